@@ -1,0 +1,21 @@
+// Runtime choice of the CPU code path. The build targets baseline x86-64; the
+// AVX2 and AVX-512 translation units are entered only when cpuid (and the OS,
+// for the wider register state) says they can run. FUSENAS_CPU_ISA=scalar|avx2|
+// avx512 forces a lower path (tests use it to cover every path on one machine).
+#pragma once
+
+namespace fusenas {
+namespace cpu {
+
+enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+
+// Best ISA this CPU supports, capped by FUSENAS_CPU_ISA when set (read on every
+// call so tests can switch it).
+Isa active_isa();
+// What the hardware supports, ignoring the environment.
+Isa hardware_isa();
+const char* isa_name(Isa isa);
+bool has_avx512_bf16();
+
+}  // namespace cpu
+}  // namespace fusenas

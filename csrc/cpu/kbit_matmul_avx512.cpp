@@ -1,0 +1,298 @@
+// AVX-512 k-bit matmul (compiled with -mavx512f/bw/dq/vl; entered only when
+// cpuid says so).
+//
+// Two paths, chosen by M:
+// - GEMV (small M, memory-bound): each packed block is decoded in registers
+//   (kbit_decode_avx512.h) and used at once by MT rows of x for R output rows,
+//   so the weights are streamed from memory exactly once and never written.
+// - GEMM (large M, compute-bound): a panel of 32 output rows x kKc inputs is
+//   decoded once, transposed into a k-major buffer that stays in L1, and fed
+//   to a 12 x 32 outer-product FMA micro-kernel (24 accumulators), which
+//   amortises the decoding over all M rows.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+
+#include "cpu/kbit_decode_avx512.h"
+#include "cpu/kbit_kernels.h"
+
+namespace fusenas {
+namespace cpu {
+
+using namespace avx512;
+
+namespace {
+
+constexpr int64_t kGemvMaxM = 8;  // above this the GEMM path wins (benchmarks/bench_kbit.py)
+constexpr int kNr = 32;           // GEMM panel width (output rows) = two zmm
+constexpr int kMr = 12;           // GEMM micro-kernel rows of x
+constexpr int64_t kKc = 256;      // GEMM k-chunk: 256 x 32 floats = 32 KiB, fits L1
+
+inline __mmask16 tail_mask(int64_t remaining) {
+  return remaining >= 16 ? static_cast<__mmask16>(0xffff)
+                         : static_cast<__mmask16>((1u << remaining) - 1u);
+}
+
+// ---------------------------------------------------------------- GEMV ----
+
+template <int BITS, int MT, int R>
+void gemv_tile(const KbitProblem& p, const KbitWeight& w, int64_t m0, int64_t n0) {
+  __m512 acc[MT][R];
+  for (int m = 0; m < MT; ++m)
+    for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
+  GroupConst gc[R];
+  const int64_t nb = kbit::num_blocks(w.K);
+  const int64_t G = w.group_size;
+  int64_t next_group = 0;  // first k of the next group
+  const float* xrow[MT];
+  for (int m = 0; m < MT; ++m) xrow[m] = p.x + (m0 + m) * p.ldx;
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t k0 = b * kbit::kBlock;
+    Planes pl[R];
+    for (int r = 0; r < R; ++r)
+      pl[r] = load_planes<BITS>(w.codes + (n0 + r) * w.row_stride + b * 16 * BITS);
+    const bool full = k0 + kbit::kBlock <= w.K;
+    for_each_subvector([&](auto ic) {
+      constexpr int I = decltype(ic)::value;
+      const int64_t k = k0 + 16 * I;
+      if (!full && k >= w.K) return;
+      if (k >= next_group) {
+        const int64_t g = k / G;
+        next_group = (g + 1) * G;
+        for (int r = 0; r < R; ++r) {
+          float s, z;
+          group_params(w, n0 + r, g, s, z);
+          gc[r] = group_const<BITS>(s, z);
+        }
+      }
+      const __mmask16 mask = full ? static_cast<__mmask16>(0xffff) : tail_mask(w.K - k);
+      __m512 xv[MT];
+      for (int m = 0; m < MT; ++m) xv[m] = _mm512_maskz_loadu_ps(mask, xrow[m] + k);
+      for (int r = 0; r < R; ++r) {
+        const __m512 wv = decode<BITS, I>(pl[r], gc[r]);
+        for (int m = 0; m < MT; ++m) acc[m][r] = _mm512_fmadd_ps(xv[m], wv, acc[m][r]);
+      }
+    });
+  }
+  for (int r = 0; r < R; ++r) {
+    const float bias = p.bias ? p.bias[n0 + r] : 0.f;
+    for (int m = 0; m < MT; ++m)
+      p.y[(m0 + m) * p.ldy + n0 + r] = _mm512_reduce_add_ps(acc[m][r]) + bias;
+  }
+}
+
+// R output rows at a time, MT rows of x at a time (registers: MT*R
+// accumulators + R tables + up to 3R planes).
+template <int BITS, int MT>
+void gemv_rows(const KbitProblem& p, const KbitWeight& w, int64_t m0, int64_t n_begin,
+               int64_t n_end) {
+  constexpr int R = MT <= 2 ? 4 : 2;
+  int64_t n = n_begin;
+  for (; n + R <= n_end; n += R) gemv_tile<BITS, MT, R>(p, w, m0, n);
+  for (; n < n_end; ++n) gemv_tile<BITS, MT, 1>(p, w, m0, n);
+}
+
+template <int BITS>
+void gemv(const KbitProblem& p, const KbitWeight& w, int64_t n_begin, int64_t n_end) {
+  int64_t m = 0;
+  for (; m + 8 <= p.M; m += 8) gemv_rows<BITS, 8>(p, w, m, n_begin, n_end);
+  if (p.M - m >= 4) gemv_rows<BITS, 4>(p, w, m, n_begin, n_end), m += 4;
+  if (p.M - m >= 2) gemv_rows<BITS, 2>(p, w, m, n_begin, n_end), m += 2;
+  if (p.M - m >= 1) gemv_rows<BITS, 1>(p, w, m, n_begin, n_end), m += 1;
+}
+
+// ---------------------------------------------------------------- GEMM ----
+
+// Decodes rows [n0, n0 + rows) x k in [kc0, kc0 + kc) (kc0 a multiple of 128)
+// into out[row][kk] (row stride kKc); rows past `rows` and k past K are zero.
+template <int BITS>
+void decode_panel(const KbitWeight& w, int64_t n0, int rows, int64_t kc0, int64_t kc,
+                  float* out) {
+  const int64_t G = w.group_size;
+  for (int r = 0; r < kNr; ++r) {
+    float* dst = out + r * kKc;
+    if (r >= rows) {
+      std::memset(dst, 0, sizeof(float) * kKc);
+      continue;
+    }
+    const int64_t n = n0 + r;
+    int64_t next_group = kc0;
+    GroupConst gc{};
+    for (int64_t kb = 0; kb < kc; kb += kbit::kBlock) {
+      const int64_t k0 = kc0 + kb;
+      const Planes pl = load_planes<BITS>(w.codes + n * w.row_stride + (k0 / 128) * 16 * BITS);
+      for_each_subvector([&](auto ic) {
+        constexpr int I = decltype(ic)::value;
+        const int64_t k = k0 + 16 * I;
+        if (k >= w.K) {  // padding past K: no group, no scale
+          _mm512_storeu_ps(dst + kb + 16 * I, _mm512_setzero_ps());
+          return;
+        }
+        if (k >= next_group) {
+          const int64_t g = k / G;
+          next_group = (g + 1) * G;
+          float s, z;
+          group_params(w, n, g, s, z);
+          gc = group_const<BITS>(s, z);
+        }
+        __m512 v = decode<BITS, I>(pl, gc);
+        if (k + 16 > w.K) v = _mm512_maskz_mov_ps(tail_mask(std::max<int64_t>(0, w.K - k)), v);
+        _mm512_storeu_ps(dst + kb + 16 * I, v);
+      });
+    }
+    for (int64_t kk = kc; kk < kKc; ++kk) dst[kk] = 0.f;
+  }
+}
+
+// 16 x 16 transpose of floats: src rows (stride ss) -> dst rows (stride ds).
+inline void transpose16(const float* src, int64_t ss, float* dst, int64_t ds) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ss);
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
+    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+    r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
+    r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xDD);
+  }
+  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ds, r[i]);
+}
+
+// C[MR x 32] (+)= A[MR x kc] * B[kc x 32]; B is k-major (row stride 32).
+template <int MR>
+void micro_kernel(const float* A, int64_t lda, const float* B, int64_t kc, float* C, int64_t ldc,
+                  __mmask16 m0, __mmask16 m1, bool first, const float* bias_or_null) {
+  __m512 c0[MR], c1[MR];
+  for (int i = 0; i < MR; ++i) {
+    if (first) {
+      c0[i] = _mm512_setzero_ps();
+      c1[i] = _mm512_setzero_ps();
+    } else {
+      c0[i] = _mm512_maskz_loadu_ps(m0, C + i * ldc);
+      c1[i] = _mm512_maskz_loadu_ps(m1, C + i * ldc + 16);
+    }
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m512 b0 = _mm512_loadu_ps(B + k * kNr);
+    const __m512 b1 = _mm512_loadu_ps(B + k * kNr + 16);
+    for (int i = 0; i < MR; ++i) {
+      const __m512 a = _mm512_set1_ps(A[i * lda + k]);
+      c0[i] = _mm512_fmadd_ps(a, b0, c0[i]);
+      c1[i] = _mm512_fmadd_ps(a, b1, c1[i]);
+    }
+  }
+  if (bias_or_null) {
+    const __m512 bb0 = _mm512_maskz_loadu_ps(m0, bias_or_null);
+    const __m512 bb1 = _mm512_maskz_loadu_ps(m1, bias_or_null + 16);
+    for (int i = 0; i < MR; ++i) {
+      c0[i] = _mm512_add_ps(c0[i], bb0);
+      c1[i] = _mm512_add_ps(c1[i], bb1);
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    _mm512_mask_storeu_ps(C + i * ldc, m0, c0[i]);
+    _mm512_mask_storeu_ps(C + i * ldc + 16, m1, c1[i]);
+  }
+}
+
+using MicroKernel = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t,
+                             __mmask16, __mmask16, bool, const float*);
+
+template <int... Is>
+constexpr std::array<MicroKernel, sizeof...(Is)> micro_table(std::integer_sequence<int, Is...>) {
+  return {&micro_kernel<Is + 1>...};
+}
+
+template <int BITS>
+void gemm(const KbitProblem& p, const KbitWeight& w, int64_t n_begin, int64_t n_end) {
+  alignas(64) float rows_buf[kNr * kKc];  // decoded panel, n-major
+  alignas(64) float b_buf[kKc * kNr];     // the same, k-major
+  static constexpr auto kernels = micro_table(std::make_integer_sequence<int, kMr>{});
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += kNr) {
+    const int rows = static_cast<int>(std::min<int64_t>(kNr, n_end - n0));
+    const __mmask16 m0 = tail_mask(rows), m1 = tail_mask(std::max(0, rows - 16));
+    for (int64_t kc0 = 0; kc0 < w.K; kc0 += kKc) {
+      const int64_t kc = std::min<int64_t>(kKc, w.K - kc0);
+      decode_panel<BITS>(w, n0, rows, kc0, (kc + 127) / 128 * 128, rows_buf);
+      for (int64_t kk = 0; kk < kc; kk += 16)
+        for (int h = 0; h < 2; ++h)
+          transpose16(rows_buf + h * 16 * kKc + kk, kKc, b_buf + kk * kNr + h * 16, kNr);
+      const bool first = kc0 == 0, last = kc0 + kKc >= w.K;
+      const float* bias = (last && p.bias) ? p.bias + n0 : nullptr;
+      for (int64_t m = 0; m < p.M; m += kMr) {
+        const int mr = static_cast<int>(std::min<int64_t>(kMr, p.M - m));
+        kernels[mr - 1](p.x + m * p.ldx + kc0, p.ldx, b_buf, kc, p.y + m * p.ldy + n0, p.ldy,
+                        m0, m1, first, bias);
+      }
+    }
+  }
+}
+
+template <int BITS>
+void matmul(const KbitProblem& p, const KbitWeight& w, int64_t n_begin, int64_t n_end) {
+  if (p.M <= kGemvMaxM)
+    gemv<BITS>(p, w, n_begin, n_end);
+  else
+    gemm<BITS>(p, w, n_begin, n_end);
+}
+
+template <int BITS>
+void dequantize_rows(const KbitWeight& w, float* out, int64_t n_begin, int64_t n_end) {
+  alignas(64) float buf[kNr * kKc];
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += kNr) {
+    const int rows = static_cast<int>(std::min<int64_t>(kNr, n_end - n0));
+    for (int64_t kc0 = 0; kc0 < w.K; kc0 += kKc) {
+      const int64_t kc = std::min<int64_t>(kKc, w.K - kc0);
+      decode_panel<BITS>(w, n0, rows, kc0, (kc + 127) / 128 * 128, buf);
+      for (int r = 0; r < rows; ++r)
+        std::memcpy(out + (n0 + r) * w.K + kc0, buf + r * kKc, sizeof(float) * kc);
+    }
+  }
+}
+
+}  // namespace
+
+void kbit_matmul_avx512(const KbitProblem& p, const KbitWeight& w, int64_t n_begin,
+                        int64_t n_end) {
+  switch (w.bits) {
+    case 2: return matmul<2>(p, w, n_begin, n_end);
+    case 3: return matmul<3>(p, w, n_begin, n_end);
+    case 4: return matmul<4>(p, w, n_begin, n_end);
+    case 5: return matmul<5>(p, w, n_begin, n_end);
+    case 6: return matmul<6>(p, w, n_begin, n_end);
+    case 7: return matmul<7>(p, w, n_begin, n_end);
+    default: return matmul<8>(p, w, n_begin, n_end);
+  }
+}
+
+void kbit_dequantize_avx512(const KbitWeight& w, float* out, int64_t n_begin, int64_t n_end) {
+  switch (w.bits) {
+    case 2: return dequantize_rows<2>(w, out, n_begin, n_end);
+    case 3: return dequantize_rows<3>(w, out, n_begin, n_end);
+    case 4: return dequantize_rows<4>(w, out, n_begin, n_end);
+    case 5: return dequantize_rows<5>(w, out, n_begin, n_end);
+    case 6: return dequantize_rows<6>(w, out, n_begin, n_end);
+    case 7: return dequantize_rows<7>(w, out, n_begin, n_end);
+    default: return dequantize_rows<8>(w, out, n_begin, n_end);
+  }
+}
+
+}  // namespace cpu
+}  // namespace fusenas

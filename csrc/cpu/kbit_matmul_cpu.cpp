@@ -1,0 +1,92 @@
+// Front end of the CPU k-bit matmul: converts bfloat16 activations to float32
+// once (M*K work against the kernel's N*K), splits N across OpenMP threads in
+// multiples of kRowAlign, and calls the kernel of the ISA chosen at run time.
+#include <omp.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "common/dtype_convert.h"
+#include "cpu/cpu_dispatch.h"
+#include "cpu/kbit_kernels.h"
+#include "fusenas/kbit.h"
+
+namespace fusenas {
+
+namespace {
+
+cpu::KbitKernel pick_matmul() {
+  switch (cpu::active_isa()) {
+    case cpu::Isa::kAvx512: return cpu::kbit_matmul_avx512;
+    case cpu::Isa::kAvx2: return cpu::kbit_matmul_avx2;
+    default: return cpu::kbit_matmul_scalar;
+  }
+}
+
+cpu::KbitDequantKernel pick_dequant() {
+  switch (cpu::active_isa()) {
+    case cpu::Isa::kAvx512: return cpu::kbit_dequantize_avx512;
+    case cpu::Isa::kAvx2: return cpu::kbit_dequantize_avx2;
+    default: return cpu::kbit_dequantize_scalar;
+  }
+}
+
+// Runs fn(n_begin, n_end) on each thread's share of the N rows.
+template <typename Fn>
+void parallel_rows(int64_t N, int num_threads, Fn fn) {
+  const int64_t tiles = (N + cpu::kRowAlign - 1) / cpu::kRowAlign;
+  int threads = num_threads > 0 ? num_threads : omp_get_max_threads();
+  threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, tiles)));
+  if (threads == 1) {
+    fn(int64_t{0}, N);
+    return;
+  }
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num();
+    const int nt = omp_get_num_threads();
+    const int64_t t0 = tiles * t / nt, t1 = tiles * (t + 1) / nt;
+    const int64_t n0 = std::min(N, t0 * cpu::kRowAlign), n1 = std::min(N, t1 * cpu::kRowAlign);
+    if (n0 < n1) fn(n0, n1);
+  }
+}
+
+}  // namespace
+
+void kbit_matmul_cpu(const void* x, int64_t M, int64_t ldx, DType dtype, const KbitWeight& w,
+                     const void* bias, void* y, int64_t ldy, int num_threads) {
+  const int64_t K = w.K, N = w.N;
+  std::vector<float> xbuf, ybuf, bbuf;
+  cpu::KbitProblem p{static_cast<const float*>(x), M, ldx, static_cast<const float*>(bias),
+                     static_cast<float*>(y), ldy};
+  if (dtype == DType::kBFloat16) {
+    xbuf.resize(static_cast<size_t>(M * K));
+    const uint16_t* xs = static_cast<const uint16_t*>(x);
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t k = 0; k < K; ++k) xbuf[m * K + k] = bf16_bits_to_float(xs[m * ldx + k]);
+    ybuf.resize(static_cast<size_t>(M * N));
+    p = {xbuf.data(), M, K, nullptr, ybuf.data(), N};
+    if (bias) {
+      bbuf.resize(static_cast<size_t>(N));
+      const uint16_t* bs = static_cast<const uint16_t*>(bias);
+      for (int64_t n = 0; n < N; ++n) bbuf[n] = bf16_bits_to_float(bs[n]);
+      p.bias = bbuf.data();
+    }
+  }
+  const cpu::KbitKernel kernel = pick_matmul();
+  parallel_rows(N, num_threads, [&](int64_t n0, int64_t n1) { kernel(p, w, n0, n1); });
+  if (dtype == DType::kBFloat16) {
+    uint16_t* ys = static_cast<uint16_t*>(y);
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) ys[m * ldy + n] = float_to_bf16_bits(ybuf[m * N + n]);
+  }
+}
+
+void kbit_dequantize_cpu(const KbitWeight& w, float* out, int num_threads) {
+  const cpu::KbitDequantKernel kernel = pick_dequant();
+  parallel_rows(w.N, num_threads, [&](int64_t n0, int64_t n1) { kernel(w, out, n0, n1); });
+}
+
+const char* kbit_cpu_isa() { return cpu::isa_name(cpu::active_isa()); }
+
+}  // namespace fusenas

@@ -1,0 +1,1 @@
+// TEMPORARY placeholder until the CUDA kernels land (helper in progress).

@@ -1,0 +1,44 @@
+// C++ API of the k-bit quantized matmul: y = x @ dequant(W)^T + bias.
+// No torch, no pybind11: raw pointers and sizes, as the kernels see them.
+#pragma once
+
+#include <cstdint>
+
+namespace fusenas {
+
+enum class DType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
+
+// A packed weight of N output rows and K inputs (docs/kbit_format.md).
+struct KbitWeight {
+  const uint8_t* codes;  // N rows of row_bytes(K, bits) bytes, row stride `row_stride` bytes
+  const float* scales;   // N x groups, row-major
+  const float* zeros;    // N x groups (asymmetric) or nullptr (symmetric zero point)
+  int64_t N;
+  int64_t K;
+  int64_t row_stride;  // bytes between consecutive rows of codes
+  int bits;            // 2..8 (ternary: 2 with `ternary`)
+  bool ternary;
+  int64_t group_size;  // elements of K per scale (divides K), or K for per-channel
+};
+
+// x: M x K (row stride ldx elements) in `dtype`; bias: N in `dtype` or null;
+// y: M x N (row stride ldy elements) in `dtype`. Accumulates in float32.
+// num_threads <= 0 uses OpenMP's default.
+void kbit_matmul_cpu(const void* x, int64_t M, int64_t ldx, DType dtype, const KbitWeight& w,
+                     const void* bias, void* y, int64_t ldy, int num_threads);
+
+// Unpacks to float32 W (N x K, row-major): the dequantized weight.
+void kbit_dequantize_cpu(const KbitWeight& w, float* out, int num_threads);
+
+// Name of the CPU code path chosen at run time: "avx512", "avx2" or "scalar".
+const char* kbit_cpu_isa();
+
+#ifdef FUSENAS_WITH_CUDA_API
+// CUDA launcher: all pointers on the device; stream is a cudaStream_t.
+// Returns a cudaError_t as int (0 = success).
+int kbit_matmul_cuda(const void* x, int64_t M, int64_t ldx, DType dtype, const KbitWeight& w,
+                     const void* bias, void* y, int64_t ldy, void* stream);
+int kbit_dequantize_cuda(const KbitWeight& w, float* out, void* stream);
+#endif
+
+}  // namespace fusenas
