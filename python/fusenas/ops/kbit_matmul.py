@@ -61,8 +61,8 @@ def check_kbit_args(
         )
     if group_size <= 0 or k % group_size != 0 or (group_size != k and group_size % 16 != 0):
         raise ValueError(
-            f"group_size: expected K (per-channel) or a multiple of 16 dividing K={k}, "
-            f"got {group_size}"
+            f"group_size: expected K (per-channel) or a multiple of 16 dividing K={k} "
+            f"(x's last dimension), got {group_size}"
         )
     groups = k // group_size
     if scales.dtype != torch.float32 or tuple(scales.shape) != (n, groups):

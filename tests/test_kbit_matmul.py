@@ -1,0 +1,236 @@
+"""torch.ops.fusenas.kbit_matmul: native kernels against the reference, the
+reference against a naive loop, torch.library contracts, and bad input."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import fusenas
+from fusenas.ops import _native
+from fusenas.ops._reference import kbit_matmul_reference
+from fusenas.ops.kbit_matmul import kbit_matmul
+from fusenas.quant.packed import quantize_weight
+
+ALL_BITS = [2, 3, 4, 5, 6, 7, 8, "ternary"]
+needs_ext = pytest.mark.skipif(_native.cpu() is None, reason="fusenas._C not built")
+
+
+def _isas() -> list[str]:
+    ext = _native.cpu()
+    if ext is None:
+        return []
+    order = ["scalar", "avx2", "avx512"]
+    hw = ext.build_info()["hardware_isa"]
+    return order[: order.index(hw) + 1]
+
+
+def _ref(x, pw, bias):
+    return kbit_matmul_reference(
+        x, pw.codes, pw.scales, pw.zeros, bias, pw.bits, pw.ternary, pw.group_size
+    )
+
+
+def test_reference_matches_naive_loop():
+    torch.manual_seed(0)
+    for bits, g, sym in [(4, 16, True), (3, 32, False), ("ternary", None, True), (8, None, False)]:
+        w = torch.randn(5, 32)
+        pw = quantize_weight(w, bits, g, sym)
+        q = pw.int_codes()
+        x = torch.randn(3, 32, dtype=torch.float64)
+        bias = torch.randn(5, dtype=torch.float64)
+        expected = torch.zeros(3, 5, dtype=torch.float64)
+        for m, n in itertools.product(range(3), range(5)):
+            s = bias[n].item()
+            for k in range(32):
+                grp = k // pw.group_size
+                z = pw.zero_point if pw.zeros is None else pw.zeros[n, grp].item()
+                s += x[m, k].item() * (q[n, k].item() - z) * pw.scales[n, grp].item()
+            expected[m, n] = s
+        # the reference dequantizes in float32 (as the kernels do), the loop in float64
+        torch.testing.assert_close(_ref(x, pw, bias), expected, rtol=1e-6, atol=1e-6)
+
+
+SHAPES = [  # (M, N, K, group_size)
+    (1, 1, 1, None),
+    (1, 7, 300, None),
+    (1, 64, 4096, 128),
+    (2, 33, 256, 32),
+    (3, 5, 1000, None),
+    (5, 70, 384, 128),
+    (8, 31, 96, 48),
+    (9, 40, 129, None),
+    (13, 17, 512, 64),
+    (33, 65, 640, 128),
+]
+
+
+@needs_ext
+@pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("bits", ALL_BITS)
+def test_native_matches_reference(isa, bits, monkeypatch):
+    monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
+    torch.manual_seed(7)
+    for i, (m, n, k, g) in enumerate(SHAPES):
+        sym = bits == "ternary" or i % 2 == 0
+        pw = quantize_weight(torch.randn(n, k), bits, g, sym)
+        x = torch.randn(m, k)
+        bias = torch.randn(n) if i % 3 else None
+        y = kbit_matmul(x, pw, bias)
+        torch.testing.assert_close(y, _ref(x, pw, bias), rtol=1e-4, atol=1e-4 * (k**0.5))
+
+
+@needs_ext
+@pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_native_bfloat16(isa, bits, monkeypatch):
+    monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
+    torch.manual_seed(3)
+    for m, n, k, g in [(1, 37, 512, 128), (4, 16, 200, None), (20, 48, 256, 32)]:
+        pw = quantize_weight(torch.randn(n, k), bits, g)
+        x = torch.randn(m, k).bfloat16()
+        bias = torch.randn(n).bfloat16()
+        y = kbit_matmul(x, pw, bias)
+        assert y.dtype == torch.bfloat16
+        # Same bf16 inputs, float32 accumulation: only the final rounding differs.
+        torch.testing.assert_close(y, _ref(x, pw, bias), rtol=1.6e-2, atol=1e-2)
+
+
+@needs_ext
+@pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("bits", ALL_BITS)
+def test_native_dequantize(isa, bits, monkeypatch):
+    monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
+    for n, k, g in [(3, 300, None), (40, 256, 64), (33, 96, 32)]:
+        pw = quantize_weight(torch.randn(n, k), bits, g, bits == "ternary" or n % 2 == 1)
+        assert torch.equal(fusenas.ops.dequantize_weight(pw), fusenas.dequantize(pw))
+
+
+def test_batch_dims_and_empty():
+    pw = quantize_weight(torch.randn(6, 64), 4, 32)
+    x = torch.randn(2, 3, 64)
+    y = kbit_matmul(x, pw)
+    assert y.shape == (2, 3, 6)
+    torch.testing.assert_close(y, _ref(x, pw, None), rtol=1e-4, atol=1e-4)
+    assert kbit_matmul(torch.randn(0, 64), pw).shape == (0, 6)
+
+
+def test_float64_and_float16_use_reference():
+    pw = quantize_weight(torch.randn(6, 64), 4, 32)
+    for dtype in (torch.float64, torch.float16):
+        x = torch.randn(3, 64, dtype=dtype)
+        y = kbit_matmul(x, pw)
+        assert y.dtype == dtype
+        torch.testing.assert_close(y, _ref(x, pw, None))
+
+
+def test_gradcheck_x_float64():
+    pw = quantize_weight(torch.randn(5, 32), 3, 16, symmetric=False)
+    x = torch.randn(4, 32, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(5, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda t: kbit_matmul(t, pw, bias), (x,))
+
+
+@needs_ext
+def test_gradient_float32_native():
+    pw = quantize_weight(torch.randn(9, 200), 4, None)
+    x = torch.randn(3, 200, requires_grad=True)
+    kbit_matmul(x, pw).sum().backward()
+    expected = fusenas.dequantize(pw).sum(dim=0).expand(3, 200)
+    torch.testing.assert_close(x.grad, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bits, g, sym", [(4, 32, True), (3, None, False), ("ternary", 64, True)])
+def test_opcheck(bits, g, sym):
+    pw = quantize_weight(torch.randn(7, 128), bits, g, sym)
+    x = torch.randn(3, 128, requires_grad=True)
+    bias = torch.randn(7)
+    args = (x, pw.codes, pw.scales, pw.zeros, bias, pw.bits, pw.ternary, pw.group_size)
+    torch.library.opcheck(torch.ops.fusenas.kbit_matmul.default, args)
+    deq_args = (pw.codes, pw.scales, pw.zeros, 128, pw.bits, pw.ternary, pw.group_size)
+    torch.library.opcheck(torch.ops.fusenas.kbit_dequantize.default, deq_args)
+
+
+def test_torch_compile_fullgraph():
+    pw = quantize_weight(torch.randn(16, 256), 4, 128)
+    bias = torch.randn(16)
+
+    def f(x):
+        return torch.relu(kbit_matmul(x, pw, bias)) * 2
+
+    compiled = torch.compile(f, fullgraph=True, backend="inductor")
+    x = torch.randn(5, 256)
+    torch.testing.assert_close(compiled(x), f(x))
+
+
+# ------------------------------------------------------------ bad input ----
+
+
+@pytest.fixture
+def packed():
+    return quantize_weight(torch.randn(8, 128), 4, 32, symmetric=False)
+
+
+def _call(x, pw, bias=None, **over):
+    args = {
+        "codes": pw.codes,
+        "scales": pw.scales,
+        "zeros": pw.zeros,
+        "bits": pw.bits,
+        "ternary": pw.ternary,
+        "group_size": pw.group_size,
+    }
+    args.update(over)
+    return torch.ops.fusenas.kbit_matmul(
+        x, args["codes"], args["scales"], args["zeros"], bias, args["bits"], args["ternary"],
+        args["group_size"],
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "make, exc, match",
+    [
+        (lambda pw: (torch.ones(2, 128, dtype=torch.int32), {}), TypeError, "x:"),
+        (lambda pw: (torch.randn(2, 100), {}), ValueError, "K=100"),
+        (lambda pw: (torch.randn(2, 300), {}), ValueError, "codes"),
+        (lambda pw: (torch.randn(128, 4).t(), {}), ValueError, "x:.*contiguous"),
+        (lambda pw: (torch.randn(2, 128), {"bits": 9}), ValueError, "bits"),
+        (lambda pw: (torch.randn(2, 128), {"bits": 1}), ValueError, "bits"),
+        (lambda pw: (torch.randn(2, 128), {"ternary": True}), ValueError, "ternary"),
+        (lambda pw: (torch.randn(2, 128), {"group_size": 48}), ValueError, "group_size"),
+        (lambda pw: (torch.randn(2, 128), {"group_size": 0}), ValueError, "group_size"),
+        (lambda pw: (torch.randn(2, 128), {"codes": pw.codes.float()}), TypeError, "codes"),
+        (lambda pw: (torch.randn(2, 128), {"codes": pw.codes[:, :-1]}), ValueError, "codes"),
+        (lambda pw: (torch.randn(2, 128), {"scales": pw.scales[:, :2]}), ValueError, "scales"),
+        (lambda pw: (torch.randn(2, 128), {"scales": pw.scales.double()}), ValueError, "scales"),
+        (lambda pw: (torch.randn(2, 128), {"zeros": pw.zeros[:4]}), ValueError, "zeros"),
+        (
+            lambda pw: (torch.randn(2, 128), {"scales": pw.scales.t().contiguous().t()}),
+            ValueError,
+            "scales",
+        ),
+        (lambda pw: (torch.randn(2, 128, device="meta"), {}), ValueError, "device"),
+    ],
+)
+def test_bad_input(packed, make, exc, match):
+    x, over = make(packed)
+    with pytest.raises(exc, match=match):
+        _call(x, packed, **over)
+
+
+def test_bad_bias(packed):
+    with pytest.raises(ValueError, match="bias"):
+        _call(torch.randn(2, 128), packed, bias=torch.randn(7))
+    with pytest.raises(TypeError, match="bias"):
+        _call(torch.randn(2, 128), packed, bias=torch.randn(8, dtype=torch.float64))
+
+
+def test_bad_wrapper_arguments(packed):
+    with pytest.raises(TypeError, match="weight"):
+        kbit_matmul(torch.randn(2, 128), torch.randn(8, 128))
+    with pytest.raises(TypeError, match="x"):
+        kbit_matmul([1.0] * 128, packed)
+    with pytest.raises(ValueError, match="x"):
+        kbit_matmul(torch.randn(2, 64), packed)
