@@ -94,8 +94,12 @@ def test_native_bfloat16(isa, bits, monkeypatch):
         bias = torch.randn(n).bfloat16()
         y = kbit_matmul(x, pw, bias)
         assert y.dtype == torch.bfloat16
-        # Same bf16 inputs, float32 accumulation: only the final rounding differs.
-        torch.testing.assert_close(y, _ref(x, pw, bias), rtol=1.6e-2, atol=1e-2)
+        # float32 accumulation; the AVX512-BF16 path (M >= 2) also rounds the
+        # dequantized weights to bfloat16, as bfloat16 F.linear does.
+        r = _ref(x.float(), pw, bias.float())
+        err = (y.float() - r).abs()
+        assert err.norm() / r.norm() < 5e-3
+        assert err.max() < 1e-2 * r.abs().max()
 
 
 @needs_ext

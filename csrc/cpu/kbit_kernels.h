@@ -20,6 +20,17 @@ struct KbitProblem {
   int64_t ldy;
 };
 
+// bfloat16 activations for the AVX512-BF16 kernel: rows zero-padded to a whole
+// number of 128-element blocks (ldx >= num_blocks(K) * 128).
+struct KbitProblemBf16 {
+  const uint16_t* x;
+  int64_t M;
+  int64_t ldx;
+  const float* bias;
+  float* y;
+  int64_t ldy;
+};
+
 using KbitKernel = void (*)(const KbitProblem& p, const KbitWeight& w, int64_t n_begin,
                             int64_t n_end);
 using KbitDequantKernel = void (*)(const KbitWeight& w, float* out, int64_t n_begin,
@@ -31,6 +42,8 @@ void kbit_matmul_avx2(const KbitProblem& p, const KbitWeight& w, int64_t n_begin
 void kbit_dequantize_avx2(const KbitWeight& w, float* out, int64_t n_begin, int64_t n_end);
 void kbit_matmul_avx512(const KbitProblem& p, const KbitWeight& w, int64_t n_begin, int64_t n_end);
 void kbit_dequantize_avx512(const KbitWeight& w, float* out, int64_t n_begin, int64_t n_end);
+void kbit_matmul_avx512_bf16(const KbitProblemBf16& p, const KbitWeight& w, int64_t n_begin,
+                             int64_t n_end);
 
 // Rows each thread takes are a multiple of this, so the wide kernels' row tiles
 // never straddle two threads.

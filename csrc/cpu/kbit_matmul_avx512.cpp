@@ -16,6 +16,7 @@
 #include <cstring>
 
 #include "cpu/kbit_decode_avx512.h"
+#include "cpu/kbit_panel_avx512.h"
 #include "cpu/kbit_kernels.h"
 
 namespace fusenas {
@@ -26,14 +27,7 @@ using namespace avx512;
 namespace {
 
 constexpr int64_t kGemvMaxM = 8;  // above this the GEMM path wins (benchmarks/bench_kbit.py)
-constexpr int kNr = 32;           // GEMM panel width (output rows) = two zmm
-constexpr int kMr = 12;           // GEMM micro-kernel rows of x
-constexpr int64_t kKc = 256;      // GEMM k-chunk: 256 x 32 floats = 32 KiB, fits L1
-
-inline __mmask16 tail_mask(int64_t remaining) {
-  return remaining >= 16 ? static_cast<__mmask16>(0xffff)
-                         : static_cast<__mmask16>((1u << remaining) - 1u);
-}
+constexpr int kMr = 12;           // GEMM micro-kernel rows of x (24 accumulators)
 
 // ---------------------------------------------------------------- GEMV ----
 
@@ -104,76 +98,6 @@ void gemv(const KbitProblem& p, const KbitWeight& w, int64_t n_begin, int64_t n_
 }
 
 // ---------------------------------------------------------------- GEMM ----
-
-// Decodes rows [n0, n0 + rows) x k in [kc0, kc0 + kc) (kc0 a multiple of 128)
-// into out[row][kk] (row stride kKc); rows past `rows` and k past K are zero.
-template <int BITS>
-void decode_panel(const KbitWeight& w, int64_t n0, int rows, int64_t kc0, int64_t kc,
-                  float* out) {
-  const int64_t G = w.group_size;
-  for (int r = 0; r < kNr; ++r) {
-    float* dst = out + r * kKc;
-    if (r >= rows) {
-      std::memset(dst, 0, sizeof(float) * kKc);
-      continue;
-    }
-    const int64_t n = n0 + r;
-    int64_t next_group = kc0;
-    GroupConst gc{};
-    for (int64_t kb = 0; kb < kc; kb += kbit::kBlock) {
-      const int64_t k0 = kc0 + kb;
-      const Planes pl = load_planes<BITS>(w.codes + n * w.row_stride + (k0 / 128) * 16 * BITS);
-      for_each_subvector([&](auto ic) {
-        constexpr int I = decltype(ic)::value;
-        const int64_t k = k0 + 16 * I;
-        if (k >= w.K) {  // padding past K: no group, no scale
-          _mm512_storeu_ps(dst + kb + 16 * I, _mm512_setzero_ps());
-          return;
-        }
-        if (k >= next_group) {
-          const int64_t g = k / G;
-          next_group = (g + 1) * G;
-          float s, z;
-          group_params(w, n, g, s, z);
-          gc = group_const<BITS>(s, z);
-        }
-        __m512 v = decode<BITS, I>(pl, gc);
-        if (k + 16 > w.K) v = _mm512_maskz_mov_ps(tail_mask(std::max<int64_t>(0, w.K - k)), v);
-        _mm512_storeu_ps(dst + kb + 16 * I, v);
-      });
-    }
-    for (int64_t kk = kc; kk < kKc; ++kk) dst[kk] = 0.f;
-  }
-}
-
-// 16 x 16 transpose of floats: src rows (stride ss) -> dst rows (stride ds).
-inline void transpose16(const float* src, int64_t ss, float* dst, int64_t ds) {
-  __m512 r[16], t[16];
-  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ss);
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {
-    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
-    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
-    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-  }
-  for (int i = 0; i < 4; ++i) {
-    t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
-    t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
-    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
-    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
-    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
-    r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
-    r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xDD);
-  }
-  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ds, r[i]);
-}
 
 // C[MR x 32] (+)= A[MR x kc] * B[kc x 32]; B is k-major (row stride 32).
 template <int MR>

@@ -4,9 +4,11 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "common/dtype_convert.h"
+#include "common/kbit_layout.h"
 #include "cpu/cpu_dispatch.h"
 #include "cpu/kbit_kernels.h"
 #include "fusenas/kbit.h"
@@ -51,12 +53,41 @@ void parallel_rows(int64_t N, int num_threads, Fn fn) {
   }
 }
 
+void bf16_to_float(const uint16_t* src, int64_t n, float* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = bf16_bits_to_float(src[i]);
+}
+
+// bfloat16 activations on AVX512-BF16 CPUs (M >= 2): x stays bfloat16, padded
+// with zeros to whole 128-element blocks so the kernel's loads need no masks.
+void bf16_avx512(const uint16_t* x, int64_t M, int64_t ldx, const KbitWeight& w,
+                 const uint16_t* bias, uint16_t* y, int64_t ldy, int num_threads) {
+  const int64_t K = w.K, N = w.N, Kp = kbit::num_blocks(K) * kbit::kBlock;
+  std::vector<uint16_t> xp(static_cast<size_t>(M * Kp), 0);
+  for (int64_t m = 0; m < M; ++m) std::memcpy(&xp[m * Kp], x + m * ldx, sizeof(uint16_t) * K);
+  std::vector<float> yf(static_cast<size_t>(M * N)), bf;
+  if (bias) {
+    bf.resize(static_cast<size_t>(N));
+    bf16_to_float(bias, N, bf.data());
+  }
+  const cpu::KbitProblemBf16 p{xp.data(), M, Kp, bias ? bf.data() : nullptr, yf.data(), N};
+  parallel_rows(N, num_threads,
+                [&](int64_t n0, int64_t n1) { cpu::kbit_matmul_avx512_bf16(p, w, n0, n1); });
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) y[m * ldy + n] = float_to_bf16_bits(yf[m * N + n]);
+}
+
 }  // namespace
 
 void kbit_matmul_cpu(const void* x, int64_t M, int64_t ldx, DType dtype, const KbitWeight& w,
                      const void* bias, void* y, int64_t ldy, int num_threads) {
   const int64_t K = w.K, N = w.N;
   std::vector<float> xbuf, ybuf, bbuf;
+  if (dtype == DType::kBFloat16 && M >= 2 && cpu::active_isa() == cpu::Isa::kAvx512 &&
+      cpu::has_avx512_bf16()) {
+    bf16_avx512(static_cast<const uint16_t*>(x), M, ldx, w, static_cast<const uint16_t*>(bias),
+                static_cast<uint16_t*>(y), ldy, num_threads);
+    return;
+  }
   cpu::KbitProblem p{static_cast<const float*>(x), M, ldx, static_cast<const float*>(bias),
                      static_cast<float*>(y), ldy};
   if (dtype == DType::kBFloat16) {

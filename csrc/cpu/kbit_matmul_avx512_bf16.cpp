@@ -1,0 +1,221 @@
+// AVX-512 BF16 k-bit matmul for bfloat16 activations (M >= 2), compiled with
+// -mavx512bf16 and entered only when cpuid reports AVX512_BF16.
+//
+// vdpbf16ps does 32 multiply-adds per instruction against 16 for a float32
+// FMA, so with bfloat16 inputs the compute-bound shapes run up to twice as
+// fast. Decoded weights ((q - z) * s, exact in float32) are rounded to
+// bfloat16 once, the same rounding bfloat16 F.linear applies to its weights;
+// products accumulate in float32. x arrives zero-padded to a whole number of
+// 128-element blocks, so no load needs a mask.
+// - GEMV (small M): two decoded sub-vectors make one 32-element bfloat16
+//   vector whose element order matches 32 consecutive x values.
+// - GEMM: the float32 panel (kbit_panel_avx512.h) is converted to k-pair
+//   interleaved bfloat16 and fed to a 12 x 32 vdpbf16ps micro-kernel.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+
+#include "cpu/kbit_decode_avx512.h"
+#include "cpu/kbit_kernels.h"
+#include "cpu/kbit_panel_avx512.h"
+
+namespace fusenas {
+namespace cpu {
+
+using namespace avx512;
+
+namespace {
+
+constexpr int64_t kGemvMaxM = 8;
+constexpr int kMr = 12;
+
+inline __m512bh as_bh(__m512i v) { return reinterpret_cast<__m512bh&>(v); }
+
+// ---------------------------------------------------------------- GEMV ----
+
+template <int BITS, int MT, int R>
+void gemv_tile(const KbitProblemBf16& p, const KbitWeight& w, int64_t m0, int64_t n0) {
+  __m512 acc[MT][R];
+  for (int m = 0; m < MT; ++m)
+    for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
+  GroupConst gc[R];
+  const int64_t nb = kbit::num_blocks(w.K);
+  const int64_t G = w.group_size;
+  int64_t next_group = 0;
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t k0 = b * kbit::kBlock;
+    Planes pl[R];
+    for (int r = 0; r < R; ++r)
+      pl[r] = load_planes<BITS>(w.codes + (n0 + r) * w.row_stride + b * 16 * BITS);
+    __m512 lo[R];
+    for_each_subvector([&](auto ic) {
+      constexpr int I = decltype(ic)::value;
+      const int64_t k = k0 + 16 * I;
+      const bool valid = k < w.K;  // past K: x is zero, weights must be finite
+      if (valid && k >= next_group) {
+        const int64_t g = k / G;
+        next_group = (g + 1) * G;
+        for (int r = 0; r < R; ++r) {
+          float s, z;
+          group_params(w, n0 + r, g, s, z);
+          gc[r] = group_const<BITS>(s, z);
+        }
+      }
+      for (int r = 0; r < R; ++r) {
+        const __m512 v = valid ? decode<BITS, I>(pl[r], gc[r]) : _mm512_setzero_ps();
+        if constexpr (I % 2 == 0) {
+          lo[r] = v;
+        } else {
+          // [lo 0..15, v 0..15] as bf16 elements: the order of x[k-16 .. k+15].
+          const __m512bh wv = _mm512_cvtne2ps_pbh(v, lo[r]);
+          for (int m = 0; m < MT; ++m) {
+            const __m512bh xv =
+                as_bh(_mm512_loadu_si512(p.x + (m0 + m) * p.ldx + k - 16));
+            acc[m][r] = _mm512_dpbf16_ps(acc[m][r], xv, wv);
+          }
+        }
+      }
+    });
+  }
+  for (int r = 0; r < R; ++r) {
+    const float bias = p.bias ? p.bias[n0 + r] : 0.f;
+    for (int m = 0; m < MT; ++m)
+      p.y[(m0 + m) * p.ldy + n0 + r] = _mm512_reduce_add_ps(acc[m][r]) + bias;
+  }
+}
+
+template <int BITS, int MT>
+void gemv_rows(const KbitProblemBf16& p, const KbitWeight& w, int64_t m0, int64_t n_begin,
+               int64_t n_end) {
+  constexpr int R = MT <= 2 ? 4 : 2;
+  int64_t n = n_begin;
+  for (; n + R <= n_end; n += R) gemv_tile<BITS, MT, R>(p, w, m0, n);
+  for (; n < n_end; ++n) gemv_tile<BITS, MT, 1>(p, w, m0, n);
+}
+
+template <int BITS>
+void gemv(const KbitProblemBf16& p, const KbitWeight& w, int64_t n_begin, int64_t n_end) {
+  int64_t m = 0;
+  for (; m + 8 <= p.M; m += 8) gemv_rows<BITS, 8>(p, w, m, n_begin, n_end);
+  if (p.M - m >= 4) gemv_rows<BITS, 4>(p, w, m, n_begin, n_end), m += 4;
+  if (p.M - m >= 2) gemv_rows<BITS, 2>(p, w, m, n_begin, n_end), m += 2;
+  if (p.M - m >= 1) gemv_rows<BITS, 1>(p, w, m, n_begin, n_end), m += 1;
+}
+
+// ---------------------------------------------------------------- GEMM ----
+
+// C[MR x 32] (+)= A[MR x 2*pairs] * B; B holds, per k-pair, 16 columns x 2 k
+// interleaved (32 bf16) for columns 0..15, then the same for 16..31.
+template <int MR>
+void micro_kernel(const uint16_t* A, int64_t lda, const uint16_t* B, int64_t pairs, float* C,
+                  int64_t ldc, __mmask16 m0, __mmask16 m1, bool first, const float* bias) {
+  __m512 c0[MR], c1[MR];
+  for (int i = 0; i < MR; ++i) {
+    c0[i] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m0, C + i * ldc);
+    c1[i] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m1, C + i * ldc + 16);
+  }
+  for (int64_t q = 0; q < pairs; ++q) {
+    const __m512bh b0 = as_bh(_mm512_loadu_si512(B + q * 64));
+    const __m512bh b1 = as_bh(_mm512_loadu_si512(B + q * 64 + 32));
+    for (int i = 0; i < MR; ++i) {
+      int32_t pair;
+      std::memcpy(&pair, A + i * lda + 2 * q, sizeof(pair));
+      const __m512bh a = as_bh(_mm512_set1_epi32(pair));
+      c0[i] = _mm512_dpbf16_ps(c0[i], a, b0);
+      c1[i] = _mm512_dpbf16_ps(c1[i], a, b1);
+    }
+  }
+  if (bias) {
+    const __m512 bb0 = _mm512_maskz_loadu_ps(m0, bias);
+    const __m512 bb1 = _mm512_maskz_loadu_ps(m1, bias + 16);
+    for (int i = 0; i < MR; ++i) {
+      c0[i] = _mm512_add_ps(c0[i], bb0);
+      c1[i] = _mm512_add_ps(c1[i], bb1);
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    _mm512_mask_storeu_ps(C + i * ldc, m0, c0[i]);
+    _mm512_mask_storeu_ps(C + i * ldc + 16, m1, c1[i]);
+  }
+}
+
+using MicroKernel = void (*)(const uint16_t*, int64_t, const uint16_t*, int64_t, float*, int64_t,
+                             __mmask16, __mmask16, bool, const float*);
+
+template <int... Is>
+constexpr std::array<MicroKernel, sizeof...(Is)> micro_table(std::integer_sequence<int, Is...>) {
+  return {&micro_kernel<Is + 1>...};
+}
+
+// k-major float32 panel (kc x 32) -> k-pair interleaved bfloat16.
+inline void pack_pairs(const float* b, int64_t pairs, uint16_t* out) {
+  const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25,
+                                              9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2,
+                                              17, 1, 16, 0);
+  for (int64_t q = 0; q < pairs; ++q) {
+    for (int h = 0; h < 2; ++h) {
+      const __m512 even = _mm512_loadu_ps(b + (2 * q) * kNr + 16 * h);
+      const __m512 odd = _mm512_loadu_ps(b + (2 * q + 1) * kNr + 16 * h);
+      __m512bh v = _mm512_cvtne2ps_pbh(odd, even);  // [even 0..15, odd 0..15]
+      const __m512i x = _mm512_permutexvar_epi16(interleave, reinterpret_cast<__m512i&>(v));
+      _mm512_storeu_si512(out + q * 64 + 32 * h, x);
+    }
+  }
+}
+
+template <int BITS>
+void gemm(const KbitProblemBf16& p, const KbitWeight& w, int64_t n_begin, int64_t n_end) {
+  alignas(64) float rows_buf[kNr * kKc];
+  alignas(64) float b_buf[kKc * kNr];
+  alignas(64) uint16_t bp[kKc * kNr];
+  static constexpr auto kernels = micro_table(std::make_integer_sequence<int, kMr>{});
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += kNr) {
+    const int rows = static_cast<int>(std::min<int64_t>(kNr, n_end - n0));
+    const __mmask16 m0 = tail_mask(rows), m1 = tail_mask(std::max(0, rows - 16));
+    for (int64_t kc0 = 0; kc0 < w.K; kc0 += kKc) {
+      const int64_t kc = std::min<int64_t>(kKc, w.K - kc0);
+      const int64_t kc_blocks = (kc + 127) / 128 * 128;
+      decode_panel<BITS>(w, n0, rows, kc0, kc_blocks, rows_buf);
+      for (int64_t kk = 0; kk < kc; kk += 16)
+        for (int h = 0; h < 2; ++h)
+          transpose16(rows_buf + h * 16 * kKc + kk, kKc, b_buf + kk * kNr + h * 16, kNr);
+      const int64_t pairs = (kc + 1) / 2;  // a lone last k pairs with x's zero padding
+      pack_pairs(b_buf, pairs, bp);
+      const bool first = kc0 == 0, last = kc0 + kKc >= w.K;
+      const float* bias = (last && p.bias) ? p.bias + n0 : nullptr;
+      for (int64_t m = 0; m < p.M; m += kMr) {
+        const int mr = static_cast<int>(std::min<int64_t>(kMr, p.M - m));
+        kernels[mr - 1](p.x + m * p.ldx + kc0, p.ldx, bp, pairs, p.y + m * p.ldy + n0, p.ldy, m0,
+                        m1, first, bias);
+      }
+    }
+  }
+}
+
+template <int BITS>
+void matmul(const KbitProblemBf16& p, const KbitWeight& w, int64_t n_begin, int64_t n_end) {
+  if (p.M <= kGemvMaxM)
+    gemv<BITS>(p, w, n_begin, n_end);
+  else
+    gemm<BITS>(p, w, n_begin, n_end);
+}
+
+}  // namespace
+
+void kbit_matmul_avx512_bf16(const KbitProblemBf16& p, const KbitWeight& w, int64_t n_begin,
+                             int64_t n_end) {
+  switch (w.bits) {
+    case 2: return matmul<2>(p, w, n_begin, n_end);
+    case 3: return matmul<3>(p, w, n_begin, n_end);
+    case 4: return matmul<4>(p, w, n_begin, n_end);
+    case 5: return matmul<5>(p, w, n_begin, n_end);
+    case 6: return matmul<6>(p, w, n_begin, n_end);
+    case 7: return matmul<7>(p, w, n_begin, n_end);
+    default: return matmul<8>(p, w, n_begin, n_end);
+  }
+}
+
+}  // namespace cpu
+}  // namespace fusenas
