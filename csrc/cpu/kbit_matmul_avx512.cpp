@@ -33,8 +33,11 @@ constexpr int kMr = 12;           // GEMM micro-kernel rows of x (24 accumulator
 
 template <int BITS, int MT, int R>
 void gemv_tile(const KbitProblem& p, const KbitWeight& w, int64_t m0, int64_t n0) {
-  __m512 acc[MT][R];
-  for (int m = 0; m < MT; ++m)
+  // With one x row, R accumulators are too few to hide the 4-cycle FMA
+  // latency: even and odd sub-vectors then go to separate accumulators.
+  constexpr int kSplit = MT == 1 ? 2 : 1;
+  __m512 acc[MT * kSplit][R];
+  for (int m = 0; m < MT * kSplit; ++m)
     for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
   GroupConst gc[R];
   const int64_t nb = kbit::num_blocks(w.K);
@@ -66,10 +69,15 @@ void gemv_tile(const KbitProblem& p, const KbitWeight& w, int64_t m0, int64_t n0
       for (int m = 0; m < MT; ++m) xv[m] = _mm512_maskz_loadu_ps(mask, xrow[m] + k);
       for (int r = 0; r < R; ++r) {
         const __m512 wv = decode<BITS, I>(pl[r], gc[r]);
-        for (int m = 0; m < MT; ++m) acc[m][r] = _mm512_fmadd_ps(xv[m], wv, acc[m][r]);
+        for (int m = 0; m < MT; ++m) {
+          __m512& a = acc[kSplit == 2 ? (I & 1) : m][r];
+          a = _mm512_fmadd_ps(xv[m], wv, a);
+        }
       }
     });
   }
+  if constexpr (kSplit == 2)
+    for (int r = 0; r < R; ++r) acc[0][r] = _mm512_add_ps(acc[0][r], acc[1][r]);
   for (int r = 0; r < R; ++r) {
     const float bias = p.bias ? p.bias[n0 + r] : 0.f;
     for (int m = 0; m < MT; ++m)
