@@ -3,6 +3,30 @@
 __version__ = "0.1.0"
 
 from fusenas import ops, quant  # noqa: E402  (registers torch.ops.fusenas.*)
-from fusenas.quant import PackedWeight, dequantize, quantize_weight  # noqa: E402
 
-__all__ = ["ops", "quant", "PackedWeight", "quantize_weight", "dequantize", "__version__"]
+# isort: split
+# After quant: fusenas.quant.convert / io import fusenas.nn, which imports fusenas.quant.packed.
+from fusenas import nn  # noqa: E402
+from fusenas.quant import (  # noqa: E402
+    PackedWeight,
+    QuantConfig,
+    dequantize,
+    load_packed,
+    quantize_,
+    quantize_weight,
+    save_packed,
+)
+
+__all__ = [
+    "ops",
+    "quant",
+    "nn",
+    "PackedWeight",
+    "quantize_weight",
+    "dequantize",
+    "quantize_",
+    "QuantConfig",
+    "save_packed",
+    "load_packed",
+    "__version__",
+]

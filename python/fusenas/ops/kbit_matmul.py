@@ -95,7 +95,9 @@ def check_kbit_args(
         if t is None:
             continue
         if t.device != device:
-            raise ValueError(f"{name}: expected a tensor on {device} (codes' device), got {t.device}")
+            raise ValueError(
+                f"{name}: expected a tensor on {device} (codes' device), got {t.device}"
+            )
         if name != "x" and not t.is_contiguous():
             raise ValueError(f"{name}: expected a contiguous tensor")
 
@@ -238,7 +240,9 @@ def _backward(ctx, grad_y):
 torch.library.register_autograd("fusenas::kbit_matmul", _backward, setup_context=_setup_context)
 
 
-def kbit_matmul(x: torch.Tensor, weight: PackedWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+def kbit_matmul(
+    x: torch.Tensor, weight: PackedWeight, bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """y = x @ dequant(weight)^T + bias.
 
     Args:
@@ -250,7 +254,9 @@ def kbit_matmul(x: torch.Tensor, weight: PackedWeight, bias: torch.Tensor | None
         (..., N) in x's dtype. Differentiable with respect to x.
     """
     if not isinstance(weight, PackedWeight):
-        raise TypeError(f"weight: expected a fusenas.quant.PackedWeight, got {type(weight).__name__}")
+        raise TypeError(
+            f"weight: expected a fusenas.quant.PackedWeight, got {type(weight).__name__}"
+        )
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
     if x.dim() < 1 or x.shape[-1] != weight.in_features:

@@ -1,5 +1,30 @@
-"""k-bit weight quantization: packed format, quantize / dequantize."""
+"""k-bit weight quantization: packed format, quantize / dequantize, model conversion, files."""
 
 from fusenas.quant.packed import PackedWeight, dequantize, parse_bits, quantize_weight
 
-__all__ = ["PackedWeight", "quantize_weight", "dequantize", "parse_bits"]
+# isort: split
+from fusenas.quant.convert import QuantConfig, format_report, quantize_
+from fusenas.quant.io import (
+    ModelState,
+    load_float,
+    load_model,
+    load_packed,
+    save_float,
+    save_packed,
+)
+
+__all__ = [
+    "PackedWeight",
+    "quantize_weight",
+    "dequantize",
+    "parse_bits",
+    "QuantConfig",
+    "quantize_",
+    "format_report",
+    "ModelState",
+    "save_packed",
+    "load_packed",
+    "save_float",
+    "load_float",
+    "load_model",
+]

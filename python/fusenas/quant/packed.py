@@ -107,10 +107,13 @@ def resolve_group_size(group_size: int | None, k: int) -> int:
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0:
         raise ValueError(f"group_size: expected a positive integer or None, got {group_size!r}")
     if group_size % 16 != 0:
-        raise ValueError(f"group_size: expected a multiple of 16 (e.g. 32, 64, 128), got {group_size}")
+        raise ValueError(
+            f"group_size: expected a multiple of 16 (e.g. 32, 64, 128), got {group_size}"
+        )
     if k % group_size != 0:
         raise ValueError(
-            f"group_size: K={k} (the weight's input size) is not a multiple of group_size={group_size}"
+            f"group_size: K={k} (the weight's input size) is not a multiple of "
+            f"group_size={group_size}"
         )
     return group_size
 

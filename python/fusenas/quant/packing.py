@@ -51,8 +51,9 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
         fields = 32 // p
         v = (c >> shift) & ((1 << p) - 1)
         v = v.view(n, nb, fields, words)  # e = field * words + word
-        weights = torch.tensor([1 << (p * f) for f in range(fields)], dtype=torch.int64,
-                               device=codes.device)
+        weights = torch.tensor(
+            [1 << (p * f) for f in range(fields)], dtype=torch.int64, device=codes.device
+        )
         word_vals = (v * weights.view(1, 1, fields, 1)).sum(dim=2)  # (n, nb, words)
         byte_shifts = torch.tensor([0, 8, 16, 24], dtype=torch.int64, device=codes.device)
         b = (word_vals.unsqueeze(-1) >> byte_shifts) & 0xFF  # (n, nb, words, 4)
@@ -75,8 +76,9 @@ def unpack_codes(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
         fields = 32 // p
         b = raw[:, :, offset : offset + 16 * p].reshape(n, nb, words, 4)
         word_vals = (b << byte_shifts).sum(dim=-1)  # (n, nb, words)
-        f_shift = torch.tensor([p * f for f in range(fields)], dtype=torch.int64,
-                               device=packed.device)
+        f_shift = torch.tensor(
+            [p * f for f in range(fields)], dtype=torch.int64, device=packed.device
+        )
         v = (word_vals.unsqueeze(2) >> f_shift.view(1, 1, fields, 1)) & ((1 << p) - 1)
         codes |= v.reshape(n, nb, BLOCK) << shift
         offset += 16 * p

@@ -1,0 +1,7 @@
+"""``python -m fusenas``: the ``fusenas`` command line (see fusenas.cli)."""
+
+import sys
+
+from fusenas.cli import main
+
+sys.exit(main())

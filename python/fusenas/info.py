@@ -1,0 +1,99 @@
+"""``python -m fusenas.info``: what was built, and which path each op takes here.
+
+Prints the fusenas and torch versions, ``fusenas._C.build_info()`` (the CPU ISA
+chosen at run time, OpenMP threads, compiler), ``fusenas._C_cuda.build_info()``
+when the CUDA extension imports (archs, devices), torch's thread settings, and
+for ``kbit_matmul`` whether CPU float32 / bfloat16 / float16 and CUDA inputs
+run a native kernel or the pure-torch reference, and why.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from typing import Any
+
+import torch
+
+from fusenas.ops import _native
+
+
+def _call_build_info(ext: Any) -> dict[str, Any] | str:
+    fn = getattr(ext, "build_info", None)
+    if fn is None:
+        return "no build_info() in this build"
+    try:
+        return dict(fn())
+    except Exception as exc:  # a broken build must not break the report
+        return f"build_info() failed: {exc}"
+
+
+def kbit_matmul_paths() -> dict[str, str]:
+    """Device / dtype -> "native kernel (...)" or "reference (why)" for kbit_matmul."""
+    from fusenas.ops.kbit_matmul import _CPU_DTYPES, _CUDA_DTYPES
+
+    paths: dict[str, str] = {}
+    cpu = _native.cpu()
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        key = f"cpu {str(dtype).removeprefix('torch.')}"
+        if cpu is None:
+            paths[key] = f"reference (fusenas._C not built: {_native.load_error('_C')})"
+        elif dtype not in _CPU_DTYPES:
+            paths[key] = f"reference (no CPU kernel for {str(dtype).removeprefix('torch.')})"
+        else:
+            info = _call_build_info(cpu)
+            isa = info.get("active_isa", "?") if isinstance(info, dict) else "?"
+            paths[key] = f"native kernel (fusenas._C, {isa})"
+    cuda = _native.cuda()
+    dtypes = ", ".join(str(d).removeprefix("torch.") for d in _CUDA_DTYPES)
+    if not torch.cuda.is_available():
+        why = "torch built without CUDA" if torch.version.cuda is None else "no CUDA device"
+        paths["cuda"] = f"unavailable ({why})"
+    elif cuda is None:
+        paths["cuda"] = f"reference (fusenas._C_cuda not built: {_native.load_error('_C_cuda')})"
+    elif not hasattr(cuda, "kbit_matmul_cuda"):
+        paths["cuda"] = "unusable (fusenas._C_cuda has no kbit_matmul_cuda: placeholder build)"
+    else:
+        paths["cuda"] = f"native kernel (fusenas._C_cuda) for {dtypes}; reference for others"
+    return paths
+
+
+def collect_info() -> dict[str, Any]:
+    """Everything :func:`main` prints, as a dict."""
+    from fusenas import __version__
+
+    cpu, cuda = _native.cpu(), _native.cuda()
+    return {
+        "fusenas": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "fusenas._C": _call_build_info(cpu) if cpu is not None else
+        f"not built ({_native.load_error('_C')})",
+        "fusenas._C_cuda": _call_build_info(cuda) if cuda is not None else
+        f"not built ({_native.load_error('_C_cuda')})",
+        "cuda devices": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+        "torch threads": torch.get_num_threads(),
+        "torch interop threads": torch.get_num_interop_threads(),
+        "kbit_matmul": kbit_matmul_paths(),
+    }  # fmt: skip
+
+
+def format_info(info: dict[str, Any]) -> str:
+    lines = []
+    for key, value in info.items():
+        if isinstance(value, dict):
+            lines.append(f"{key}:")
+            lines += [f"  {k:<22} {v}" for k, v in value.items()]
+        else:
+            lines.append(f"{key:<24} {value}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    print(format_info(collect_info()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
