@@ -64,6 +64,7 @@ SHAPES = [  # (M, N, K, group_size)
     (9, 40, 129, None),
     (13, 17, 512, 64),
     (33, 65, 640, 128),
+    (200, 16, 96, 32),  # few output rows, many x rows: threads split M
 ]
 
 
@@ -88,7 +89,12 @@ def test_native_matches_reference(isa, bits, monkeypatch):
 def test_native_bfloat16(isa, bits, monkeypatch):
     monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
     torch.manual_seed(3)
-    for m, n, k, g in [(1, 37, 512, 128), (4, 16, 200, None), (20, 48, 256, 32)]:
+    for m, n, k, g in [
+        (1, 37, 512, 128),
+        (4, 16, 200, None),
+        (20, 48, 256, 32),
+        (300, 8, 27, None),
+    ]:
         pw = quantize_weight(torch.randn(n, k), bits, g)
         x = torch.randn(m, k).bfloat16()
         bias = torch.randn(n).bfloat16()

@@ -1,6 +1,6 @@
 // Front end of the CPU k-bit matmul: converts bfloat16 activations to float32
-// once (M*K work against the kernel's N*K), splits N across OpenMP threads in
-// multiples of kRowAlign, and calls the kernel of the ISA chosen at run time.
+// once (M*K work against the kernel's N*K), splits the output across OpenMP
+// threads (parallel_work), and calls the kernel of the ISA chosen at run time.
 #include <omp.h>
 
 #include <algorithm>
@@ -19,38 +19,61 @@ namespace {
 
 cpu::KbitKernel pick_matmul() {
   switch (cpu::active_isa()) {
-    case cpu::Isa::kAvx512: return cpu::kbit_matmul_avx512;
-    case cpu::Isa::kAvx2: return cpu::kbit_matmul_avx2;
-    default: return cpu::kbit_matmul_scalar;
+    case cpu::Isa::kAvx512:
+      return cpu::kbit_matmul_avx512;
+    case cpu::Isa::kAvx2:
+      return cpu::kbit_matmul_avx2;
+    default:
+      return cpu::kbit_matmul_scalar;
   }
 }
 
 cpu::KbitDequantKernel pick_dequant() {
   switch (cpu::active_isa()) {
-    case cpu::Isa::kAvx512: return cpu::kbit_dequantize_avx512;
-    case cpu::Isa::kAvx2: return cpu::kbit_dequantize_avx2;
-    default: return cpu::kbit_dequantize_scalar;
+    case cpu::Isa::kAvx512:
+      return cpu::kbit_dequantize_avx512;
+    case cpu::Isa::kAvx2:
+      return cpu::kbit_dequantize_avx2;
+    default:
+      return cpu::kbit_dequantize_scalar;
   }
 }
 
-// Runs fn(n_begin, n_end) on each thread's share of the N rows.
+// Runs fn(m0, m1, n0, n1) on each thread's share of the output. N is split in
+// multiples of kRowAlign when there are enough row tiles to go round (each
+// thread then streams only its own weights); otherwise (few output rows and
+// many x rows: convolutions as im2col GEMMs) M is split and each thread decodes
+// all N rows, which costs little next to M x N x K multiply-adds.
 template <typename Fn>
-void parallel_rows(int64_t N, int num_threads, Fn fn) {
+void parallel_work(int64_t M, int64_t N, int num_threads, Fn fn) {
   const int64_t tiles = (N + cpu::kRowAlign - 1) / cpu::kRowAlign;
   int threads = num_threads > 0 ? num_threads : omp_get_max_threads();
-  threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, tiles)));
+  constexpr int64_t kMinRowsPerThread = 48;
+  const bool split_m = tiles < 2 * threads && M >= kMinRowsPerThread * threads;
+  const int64_t units = split_m ? M : tiles;
+  threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, units)));
   if (threads == 1) {
-    fn(int64_t{0}, N);
+    fn(int64_t{0}, M, int64_t{0}, N);
     return;
   }
 #pragma omp parallel num_threads(threads)
   {
     const int t = omp_get_thread_num();
     const int nt = omp_get_num_threads();
-    const int64_t t0 = tiles * t / nt, t1 = tiles * (t + 1) / nt;
-    const int64_t n0 = std::min(N, t0 * cpu::kRowAlign), n1 = std::min(N, t1 * cpu::kRowAlign);
-    if (n0 < n1) fn(n0, n1);
+    const int64_t u0 = units * t / nt, u1 = units * (t + 1) / nt;
+    if (split_m) {
+      if (u0 < u1) fn(u0, u1, int64_t{0}, N);
+    } else {
+      const int64_t n0 = std::min(N, u0 * cpu::kRowAlign), n1 = std::min(N, u1 * cpu::kRowAlign);
+      if (n0 < n1) fn(int64_t{0}, M, n0, n1);
+    }
   }
+}
+
+// Runs fn(n_begin, n_end) on each thread's share of the N rows.
+template <typename Fn>
+void parallel_rows(int64_t N, int num_threads, Fn fn) {
+  parallel_work(0, N, num_threads, [&](int64_t, int64_t, int64_t n0, int64_t n1) { fn(n0, n1); });
 }
 
 void bf16_to_float(const uint16_t* src, int64_t n, float* dst) {
@@ -69,9 +92,11 @@ void bf16_avx512(const uint16_t* x, int64_t M, int64_t ldx, const KbitWeight& w,
     bf.resize(static_cast<size_t>(N));
     bf16_to_float(bias, N, bf.data());
   }
-  const cpu::KbitProblemBf16 p{xp.data(), M, Kp, bias ? bf.data() : nullptr, yf.data(), N};
-  parallel_rows(N, num_threads,
-                [&](int64_t n0, int64_t n1) { cpu::kbit_matmul_avx512_bf16(p, w, n0, n1); });
+  parallel_work(M, N, num_threads, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    const cpu::KbitProblemBf16 p{xp.data() + m0 * Kp, m1 - m0, Kp, bias ? bf.data() : nullptr,
+                                 yf.data() + m0 * N,  N};
+    cpu::kbit_matmul_avx512_bf16(p, w, n0, n1);
+  });
   for (int64_t m = 0; m < M; ++m)
     for (int64_t n = 0; n < N; ++n) y[m * ldy + n] = float_to_bf16_bits(yf[m * N + n]);
 }
@@ -88,8 +113,8 @@ void kbit_matmul_cpu(const void* x, int64_t M, int64_t ldx, DType dtype, const K
                 static_cast<uint16_t*>(y), ldy, num_threads);
     return;
   }
-  cpu::KbitProblem p{static_cast<const float*>(x), M, ldx, static_cast<const float*>(bias),
-                     static_cast<float*>(y), ldy};
+  cpu::KbitProblem p{static_cast<const float*>(x), M,  ldx, static_cast<const float*>(bias),
+                     static_cast<float*>(y),       ldy};
   if (dtype == DType::kBFloat16) {
     xbuf.resize(static_cast<size_t>(M * K));
     const uint16_t* xs = static_cast<const uint16_t*>(x);
@@ -105,7 +130,10 @@ void kbit_matmul_cpu(const void* x, int64_t M, int64_t ldx, DType dtype, const K
     }
   }
   const cpu::KbitKernel kernel = pick_matmul();
-  parallel_rows(N, num_threads, [&](int64_t n0, int64_t n1) { kernel(p, w, n0, n1); });
+  parallel_work(M, N, num_threads, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    const cpu::KbitProblem sub{p.x + m0 * p.ldx, m1 - m0, p.ldx, p.bias, p.y + m0 * p.ldy, p.ldy};
+    kernel(sub, w, n0, n1);
+  });
   if (dtype == DType::kBFloat16) {
     uint16_t* ys = static_cast<uint16_t*>(y);
     for (int64_t m = 0; m < M; ++m)

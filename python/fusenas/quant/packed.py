@@ -123,6 +123,7 @@ def quantize_weight(
     bits: int | str = 4,
     group_size: int | None = 128,
     symmetric: bool = True,
+    clip_search: bool = True,
 ) -> PackedWeight:
     """Quantizes a float weight (N, K) to packed k-bit codes.
 
@@ -134,6 +135,11 @@ def quantize_weight(
             64, 128), or None for one scale per output channel.
         symmetric: zero point fixed at 2**(bits-1) (scale = absmax / (2**(bits-1) - 1));
             otherwise a per-group zero point from the group's min and max.
+        clip_search: per group, try the range shrunk by each of CLIP_RATIOS
+            (1.0 down to 0.3) and keep the scale with the least squared error, as
+            llama.cpp's and AWQ's clip searches do; large at 2-3 bits, where the
+            min/max scale leaves most weights in the zero bin. False: plain
+            min/max (absmax) scales. Ternary always uses TWN's rule.
     Returns:
         PackedWeight on ``w``'s device.
     """
@@ -163,20 +169,24 @@ def quantize_weight(
         scale = torch.where(mask, absw, torch.zeros_like(absw)).sum(dim=2, keepdim=True) / cnt
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         q = torch.sign(wf) * mask + 1
-    elif symmetric:
-        zp = float(1 << (nbits - 1))
-        absmax = wf.abs().amax(dim=2, keepdim=True)
-        scale = absmax / (zp - 1)
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        q = torch.clamp(torch.round(wf / scale) + zp, 0, qmax)
     else:
-        lo = wf.amin(dim=2, keepdim=True).clamp_max(0)
-        hi = wf.amax(dim=2, keepdim=True).clamp_min(0)
-        scale = (hi - lo) / qmax
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        zp = torch.clamp(torch.round(-lo / scale), 0, qmax)
-        q = torch.clamp(torch.round(wf / scale) + zp, 0, qmax)
-        zeros = zp.reshape(n, k // g).contiguous()
+        ratios = CLIP_RATIOS if clip_search else (1.0,)
+        best_err = None
+        for r in ratios:
+            sc, zp = _scale_and_zero(wf, nbits, symmetric, r)
+            qr = torch.clamp(torch.round(wf / sc) + zp, 0, qmax)
+            err = ((qr - zp) * sc - wf).square().sum(dim=2, keepdim=True)
+            if best_err is None:
+                best_err, scale, zero, q = err, sc, zp, qr
+                continue
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            scale = torch.where(better, sc, scale)
+            q = torch.where(better, qr, q)
+            if not symmetric:
+                zero = torch.where(better, zp, zero)
+        if not symmetric:
+            zeros = zero.reshape(n, k // g).contiguous()
     codes = pack_codes(q.reshape(n, k).to(torch.int64), nbits)
     return PackedWeight(
         codes=codes,
@@ -187,6 +197,25 @@ def quantize_weight(
         ternary=ternary,
         group_size=g,
     )
+
+
+CLIP_RATIOS = tuple(1.0 - 0.05 * i for i in range(15))  # 1.0 .. 0.3
+
+
+def _scale_and_zero(
+    wf: torch.Tensor, nbits: int, symmetric: bool, ratio: float
+) -> tuple[torch.Tensor, torch.Tensor | float]:
+    """Scale and zero point of each group (N, groups, 1) with the range shrunk by ``ratio``."""
+    qmax = (1 << nbits) - 1
+    if symmetric:
+        zp = float(1 << (nbits - 1))
+        scale = wf.abs().amax(dim=2, keepdim=True) * (ratio / (zp - 1))
+        return torch.where(scale > 0, scale, torch.ones_like(scale)), zp
+    lo = wf.amin(dim=2, keepdim=True).clamp_max(0) * ratio
+    hi = wf.amax(dim=2, keepdim=True).clamp_min(0) * ratio
+    scale = (hi - lo) / qmax
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return scale, torch.clamp(torch.round(-lo / scale), 0, qmax)
 
 
 def dequantize(pw: PackedWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
