@@ -45,9 +45,14 @@ cpu::KbitDequantKernel pick_dequant() {
 // many x rows: convolutions as im2col GEMMs) M is split and each thread decodes
 // all N rows, which costs little next to M x N x K multiply-adds.
 template <typename Fn>
-void parallel_work(int64_t M, int64_t N, int num_threads, Fn fn) {
+void parallel_work(int64_t M, int64_t N, int64_t work, int num_threads, Fn fn) {
   const int64_t tiles = (N + cpu::kRowAlign - 1) / cpu::kRowAlign;
   int threads = num_threads > 0 ? num_threads : omp_get_max_threads();
+  // Waking a thread costs microseconds: small products (a few hundred
+  // thousand multiply-adds, e.g. batch-1 layers of a small CNN) run on one.
+  constexpr int64_t kMinWorkPerThread = int64_t{1} << 18;
+  threads =
+      static_cast<int>(std::min<int64_t>(threads, std::max<int64_t>(1, work / kMinWorkPerThread)));
   constexpr int64_t kMinRowsPerThread = 48;
   const bool split_m = tiles < 2 * threads && M >= kMinRowsPerThread * threads;
   const int64_t units = split_m ? M : tiles;
@@ -72,8 +77,9 @@ void parallel_work(int64_t M, int64_t N, int num_threads, Fn fn) {
 
 // Runs fn(n_begin, n_end) on each thread's share of the N rows.
 template <typename Fn>
-void parallel_rows(int64_t N, int num_threads, Fn fn) {
-  parallel_work(0, N, num_threads, [&](int64_t, int64_t, int64_t n0, int64_t n1) { fn(n0, n1); });
+void parallel_rows(int64_t N, int64_t work, int num_threads, Fn fn) {
+  parallel_work(0, N, work, num_threads,
+                [&](int64_t, int64_t, int64_t n0, int64_t n1) { fn(n0, n1); });
 }
 
 void bf16_to_float(const uint16_t* src, int64_t n, float* dst) {
@@ -92,11 +98,12 @@ void bf16_avx512(const uint16_t* x, int64_t M, int64_t ldx, const KbitWeight& w,
     bf.resize(static_cast<size_t>(N));
     bf16_to_float(bias, N, bf.data());
   }
-  parallel_work(M, N, num_threads, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-    const cpu::KbitProblemBf16 p{xp.data() + m0 * Kp, m1 - m0, Kp, bias ? bf.data() : nullptr,
-                                 yf.data() + m0 * N,  N};
-    cpu::kbit_matmul_avx512_bf16(p, w, n0, n1);
-  });
+  parallel_work(
+      M, N, M * N * w.K, num_threads, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+        const cpu::KbitProblemBf16 p{xp.data() + m0 * Kp, m1 - m0, Kp, bias ? bf.data() : nullptr,
+                                     yf.data() + m0 * N,  N};
+        cpu::kbit_matmul_avx512_bf16(p, w, n0, n1);
+      });
   for (int64_t m = 0; m < M; ++m)
     for (int64_t n = 0; n < N; ++n) y[m * ldy + n] = float_to_bf16_bits(yf[m * N + n]);
 }
@@ -130,10 +137,12 @@ void kbit_matmul_cpu(const void* x, int64_t M, int64_t ldx, DType dtype, const K
     }
   }
   const cpu::KbitKernel kernel = pick_matmul();
-  parallel_work(M, N, num_threads, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-    const cpu::KbitProblem sub{p.x + m0 * p.ldx, m1 - m0, p.ldx, p.bias, p.y + m0 * p.ldy, p.ldy};
-    kernel(sub, w, n0, n1);
-  });
+  parallel_work(M, N, M * N * w.K, num_threads,
+                [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+                  const cpu::KbitProblem sub{p.x + m0 * p.ldx, m1 - m0,          p.ldx,
+                                             p.bias,           p.y + m0 * p.ldy, p.ldy};
+                  kernel(sub, w, n0, n1);
+                });
   if (dtype == DType::kBFloat16) {
     uint16_t* ys = static_cast<uint16_t*>(y);
     for (int64_t m = 0; m < M; ++m)
@@ -143,7 +152,8 @@ void kbit_matmul_cpu(const void* x, int64_t M, int64_t ldx, DType dtype, const K
 
 void kbit_dequantize_cpu(const KbitWeight& w, float* out, int num_threads) {
   const cpu::KbitDequantKernel kernel = pick_dequant();
-  parallel_rows(w.N, num_threads, [&](int64_t n0, int64_t n1) { kernel(w, out, n0, n1); });
+  parallel_rows(w.N, w.N * w.K, num_threads,
+                [&](int64_t n0, int64_t n1) { kernel(w, out, n0, n1); });
 }
 
 const char* kbit_cpu_isa() { return cpu::isa_name(cpu::active_isa()); }

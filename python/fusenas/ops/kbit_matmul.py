@@ -116,7 +116,6 @@ def _weight_args(codes, scales, zeros, k, bits, ternary, group_size):
     )
 
 
-@torch.library.impl("fusenas::kbit_matmul", "CPU")
 def _kbit_matmul_cpu(x, codes, scales, zeros, bias, bits, ternary, group_size):
     k = x.shape[-1]
     check_kbit_args(x, codes, scales, zeros, bias, k, bits, ternary, group_size)
@@ -138,7 +137,6 @@ def _kbit_matmul_cpu(x, codes, scales, zeros, bias, bits, ternary, group_size):
     return y
 
 
-@torch.library.impl("fusenas::kbit_matmul", "CUDA")
 def _kbit_matmul_cuda(x, codes, scales, zeros, bias, bits, ternary, group_size):
     k = x.shape[-1]
     check_kbit_args(x, codes, scales, zeros, bias, k, bits, ternary, group_size)
@@ -160,6 +158,10 @@ def _kbit_matmul_cuda(x, codes, scales, zeros, bias, bits, ternary, group_size):
             torch.cuda.current_stream().cuda_stream,
         )  # fmt: skip
     return y
+
+
+torch.library.impl("fusenas::kbit_matmul", "CPU")(_kbit_matmul_cpu)
+torch.library.impl("fusenas::kbit_matmul", "CUDA")(_kbit_matmul_cuda)
 
 
 @torch.library.impl("fusenas::kbit_matmul", "CompositeExplicitAutograd")
@@ -261,10 +263,24 @@ def kbit_matmul(
         raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
     if x.dim() < 1 or x.shape[-1] != weight.in_features:
         raise ValueError(f"x: expected shape (..., {weight.in_features}), got {tuple(x.shape)}")
-    return torch.ops.fusenas.kbit_matmul(
-        x, weight.codes, weight.scales, weight.zeros, bias, weight.bits, weight.ternary,
-        weight.group_size,
-    )  # fmt: skip
+    args = (x, weight.codes, weight.scales, weight.zeros, bias, weight.bits, weight.ternary,
+            weight.group_size)  # fmt: skip
+    if _eager_inference(x):
+        # Plain tensors, no autograd, not tracing: skip the dispatcher's ~10 us
+        # of Python round trips per call (it dominates small batch-1 layers).
+        if x.device.type == "cpu":
+            return _kbit_matmul_cpu(*args)
+        if x.device.type == "cuda":
+            return _kbit_matmul_cuda(*args)
+    return torch.ops.fusenas.kbit_matmul.default(*args)
+
+
+def _eager_inference(x: torch.Tensor) -> bool:
+    return (
+        type(x) is torch.Tensor
+        and not (x.requires_grad and torch.is_grad_enabled())
+        and not torch.compiler.is_compiling()
+    )
 
 
 def dequantize_weight(weight: PackedWeight) -> torch.Tensor:
