@@ -153,6 +153,27 @@ def test_misaligned_tensors_take_the_safe_paths(bits, m):
     torch.testing.assert_close(dequantize_weight(pw_mis), dequantize_weight(pw), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("m", [1, 5, 100])
+@pytest.mark.parametrize("bits", [2, 4, 7, 8])
+def test_fractional_zero_points(bits, m):
+    # quantize_weight's zero points are integers (the GEMV's one-FADD q - z);
+    # any other float zero point takes the exact two-FADD path.
+    pw_int, _ = _make(37, 320, bits, 64, False, seed=bits)
+    g = torch.Generator().manual_seed(m)
+    zeros = pw_int.zeros + torch.rand(pw_int.zeros.shape, generator=g) - 0.5
+    pw_cpu = fusenas.PackedWeight(
+        pw_int.codes, pw_int.scales, zeros, pw_int.shape, bits, False, pw_int.group_size
+    )
+    pw = pw_cpu.to("cuda")
+    x = torch.randn(m, 320, device="cuda")
+    y = kbit_matmul(x, pw)
+    ref = kbit_matmul_reference(x, pw.codes, pw.scales, pw.zeros, None, bits, False, 64)
+    _assert_close(y, ref, torch.float32, f"fractional zeros, bits={bits} M={m}")
+    torch.testing.assert_close(
+        dequantize_weight(pw).cpu(), fusenas.dequantize(pw_cpu), rtol=0, atol=0
+    )
+
+
 def _dequant_cases():
     for bits, group, sym in _cases():
         # odd K: scalar stores; K % 4 == 0: float4 stores (K % 128 != 0 either way)

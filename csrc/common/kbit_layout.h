@@ -8,8 +8,8 @@
 // word e % (4p) at field e / (4p). So 16 consecutive elements 16i..16i+15 come
 // from 16 consecutive words at one shift when 4p >= 16, or from a broadcast of
 // all 4p words with a per-lane shift when 4p < 16: one vector load and one
-// shift per 16 elements on AVX-512, two 8-lane halves on AVX2, and a single
-// 32-bit load per thread on CUDA, for every bit width.
+// shift per 16 elements on AVX-512, two 8-lane halves on AVX2, and one 16-byte
+// load per plane per lane on CUDA (kbit_lane_decode.h), for every bit width.
 #pragma once
 
 #include <cstdint>
