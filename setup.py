@@ -34,9 +34,7 @@ class CMakeBuild(build_ext):
 
         import pybind11
 
-        cuda = os.environ.get("FUSENAS_CUDA", "auto").lower()
-        if cuda not in ("auto", "on", "off"):
-            raise ValueError(f"FUSENAS_CUDA must be auto, on or off, got {cuda!r}")
+        cuda = "on" if _cuda_wanted() else "off"
         archs = os.environ.get("FUSENAS_CUDA_ARCHS", "80;90")
         if "native" in archs:
             raise ValueError("FUSENAS_CUDA_ARCHS=native is not allowed: name the archs")
@@ -58,6 +56,17 @@ class CMakeBuild(build_ext):
         subprocess.run(["cmake", "--build", ".", "-j", jobs], cwd=build_temp, check=True)
 
 
+def _cuda_wanted() -> bool:
+    """FUSENAS_CUDA=on|off, or auto: build _C_cuda when nvcc is found."""
+    mode = os.environ.get("FUSENAS_CUDA", "auto").lower()
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"FUSENAS_CUDA must be auto, on or off, got {mode!r}")
+    if mode != "auto":
+        return mode == "on"
+    cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+    return bool(shutil.which("nvcc") or Path(cuda_home, "bin", "nvcc").exists())
+
+
 def _pip_ninja() -> str | None:
     try:
         import ninja
@@ -68,8 +77,20 @@ def _pip_ninja() -> str | None:
         return None
 
 
+class CMakeBuildOnce(CMakeBuild):
+    """One CMake run builds every extension; the others only need copying."""
+
+    def build_extension(self, ext: Extension) -> None:
+        if not getattr(self, "_cmake_done", False):
+            super().build_extension(ext)
+            self._cmake_done = True
+
+
 skip = os.environ.get("FUSENAS_SKIP_EXT") == "1"
+extensions = [CMakeExtension("fusenas._C")]
+if _cuda_wanted():
+    extensions.append(CMakeExtension("fusenas._C_cuda"))
 setup(
-    ext_modules=[] if skip else [CMakeExtension("fusenas._C")],
-    cmdclass={} if skip else {"build_ext": CMakeBuild},
+    ext_modules=[] if skip else extensions,
+    cmdclass={} if skip else {"build_ext": CMakeBuildOnce},
 )

@@ -1,12 +1,495 @@
-// TEMPORARY: AVX2 kernels are being written; until then AVX2 machines use the scalar path.
+// AVX2 + FMA k-bit matmul (compiled with -mavx2 -mfma; entered only when
+// cpuid says so): the AVX-512 kernel's design on 8-lane vectors and 16
+// registers, for CPUs without AVX-512 (most client x86 parts) or where it is
+// disabled.
+// - GEMV (M <= 8; bound by decoding and memory): each packed block is
+//   normalised and decoded in registers (kbit_decode_avx2.h) and used at once
+//   by MT rows of x for R output rows, so weights are streamed exactly once.
+//   2- and 3-bit codes decode through a vpermps table of (t - z) * s. For 4..8
+//   bits the scale is factored out of the group: the kernel accumulates x * q
+//   (shift, mask, convert, FMA per 8 weights, two ops fewer than (q - z) * s)
+//   and adds s * sum(x q) - s * z * sum(x) per group, the sums of x taken once
+//   per call. The result equals the dequantise-then-dot one up to float
+//   rounding of the sums (same order of error; dequantize itself is exact).
+//   Several accumulator chains per output hide the 4-cycle FMA latency, and K
+//   is cut into chunks whose rows of x stay in L1.
+// - GEMM (M > 8; compute-bound): a panel of 16 output rows x kKc inputs is
+//   decoded once, transposed with 8 x 8 in-register transposes into a k-major
+//   buffer that stays in L1 (16 KiB), and fed to a 6 x 16 outer-product FMA
+//   micro-kernel: 12 accumulators + 2 B vectors + 1 broadcast = 15 of the 16
+//   ymm registers, two FMAs per broadcast load (~85% of FMA peak on Zen 5).
+// x is never read at or past K (masked vmaskmovps loads on the last 8 lanes),
+// nor a scale or zero point past the last group.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <vector>
+
+#include "cpu/kbit_decode_avx2.h"
 #include "cpu/kbit_kernels.h"
+
 namespace fusenas {
 namespace cpu {
-void kbit_matmul_avx2(const KbitProblem& p, const KbitWeight& w, int64_t n0, int64_t n1) {
-  kbit_matmul_scalar(p, w, n0, n1);
+
+using namespace avx2;
+
+namespace {
+
+constexpr int64_t kGemvMaxM = 8;  // above this the GEMM path wins
+constexpr int kNr = 16;           // GEMM panel width (output rows) = two ymm
+constexpr int kMr = 6;            // GEMM micro-kernel rows of x
+constexpr int64_t kKc = 256;      // GEMM k-chunk: 256 x 16 floats = 16 KiB, fits L1
+
+// ---------------------------------------------------------------- GEMV ----
+
+// Loads 8 floats of x at k; with TAIL, lanes at or past K read nothing
+// (vmaskmovps does not touch masked-out lanes).
+template <bool TAIL>
+inline FUSENAS_AVX2_INLINE __m256 load_x(const float* x, int64_t k, int64_t K) {
+  if (!TAIL || k + 8 <= K) return _mm256_loadu_ps(x + k);
+  return _mm256_maskload_ps(x + k, lane_mask(K - k));
 }
-void kbit_dequantize_avx2(const KbitWeight& w, float* out, int64_t n0, int64_t n1) {
-  kbit_dequantize_scalar(w, out, n0, n1);
+
+// Blocks [b_begin, b_end) of the rows a GEMV tile works on.
+struct BlockRange {
+  int64_t b_begin, b_end;
+  bool first;  // the range starts at k = 0: write y (with bias), else add to it
+};
+
+// Walks blocks [rg.b_begin, rg.b_end) of rows row[0..R): loads each block's
+// codes and calls step(ih, codes, k, tail) for its halves ih = 2I + H that
+// start before K. Full blocks are unrolled without any bounds test; only the
+// last, partial block of a row carries them (tail = std::true_type).
+template <int BITS, int R, typename Step>
+inline FUSENAS_AVX2_INLINE void walk_halves(const KbitWeight& w, const uint8_t* const* row,
+                                            const BlockRange& rg, Step&& step) {
+  const int64_t K = w.K, full = std::min(rg.b_end, K / kbit::kBlock);
+  auto block = [&](int64_t b, auto tail) FUSENAS_AVX2_INLINE {
+    Codes c[R];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) c[r] = load_codes<BITS>(row[r] + b * 16 * BITS);
+    const int64_t k0 = b * kbit::kBlock;
+    static_for<16>([&](auto ih) FUSENAS_AVX2_INLINE {
+      const int64_t k = k0 + 8 * decltype(ih)::value;
+      if (decltype(tail)::value && k >= K) return;
+      step(ih, c, k, tail);
+    });
+  };
+  for (int64_t b = rg.b_begin; b < full; ++b) block(b, std::false_type{});
+  if (full < rg.b_end) block(full, std::true_type{});
 }
+
+// Table path (2 and 3 bits): acc += x * T[code], T = (t - z) * s, in MT*R*C
+// independent chains.
+template <int BITS, int MT, int R, int C>
+void gemv_tile_table(const KbitProblem& p, const KbitWeight& w, int64_t m0, int64_t n0,
+                     const BlockRange& rg) {
+  __m256 acc[MT][R][C];
+#pragma GCC unroll 8
+  for (int m = 0; m < MT; ++m)
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int i = 0; i < C; ++i) acc[m][r][i] = _mm256_setzero_ps();
+  GroupConst gc[R]{};
+  const int64_t K = w.K, G = w.group_size, k_begin = rg.b_begin * kbit::kBlock;
+  int64_t g = k_begin / G - 1, next_group = k_begin;  // current group, first k of the next
+  const float* xrow[MT];
+  for (int m = 0; m < MT; ++m) xrow[m] = p.x + (m0 + m) * p.ldx;
+  const uint8_t* row[R];
+  for (int r = 0; r < R; ++r) row[r] = w.codes + (n0 + r) * w.row_stride;
+  auto step = [&](auto ih, const Codes* c, int64_t k, auto tail) FUSENAS_AVX2_INLINE {
+    constexpr int I = decltype(ih)::value / 2, H = decltype(ih)::value % 2;
+    constexpr int chain = (2 * I + H) % C;
+    if (H == 0 && k >= next_group) {  // groups are multiples of 16: they start at H = 0
+      next_group = (++g + 1) * G;
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        float s, z;
+        group_params(w, n0 + r, g, s, z);
+        gc[r] = group_const<BITS>(s, z);
+      }
+    }
+    __m256 xv[MT];
+#pragma GCC unroll 8
+    for (int m = 0; m < MT; ++m) xv[m] = load_x<decltype(tail)::value>(xrow[m], k, K);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m256 wv = decode<BITS, I, H>(c[r], gc[r]);
+#pragma GCC unroll 8
+      for (int m = 0; m < MT; ++m) acc[m][r][chain] = _mm256_fmadd_ps(xv[m], wv, acc[m][r][chain]);
+    }
+  };
+  walk_halves<BITS, R>(w, row, rg, step);
+  for (int r = 0; r < R; ++r) {
+    const float bias = p.bias ? p.bias[n0 + r] : 0.f;
+    for (int m = 0; m < MT; ++m) {
+      __m256 a = acc[m][r][0];
+      for (int i = 1; i < C; ++i) a = _mm256_add_ps(a, acc[m][r][i]);
+      float& y = p.y[(m0 + m) * p.ldy + n0 + r];
+      y = rg.first ? hsum(a) + bias : y + hsum(a);
+    }
+  }
+}
+
+// Sum over groups of s * z * xsum for row n: the zero-point part of the
+// factored dot product.
+inline float zero_term(const KbitWeight& w, int64_t n, const float* xsum) {
+  const int64_t groups = w.K / w.group_size;
+  const float* s = w.scales + n * groups;
+  const float* z = w.zeros ? w.zeros + n * groups : nullptr;
+  __m256 acc = _mm256_setzero_ps();
+  int64_t g = 0;
+  for (; g + 8 <= groups; g += 8) {
+    __m256 sx = _mm256_mul_ps(_mm256_loadu_ps(s + g), _mm256_loadu_ps(xsum + g));
+    if (z) sx = _mm256_mul_ps(sx, _mm256_loadu_ps(z + g));
+    acc = _mm256_add_ps(acc, sx);
+  }
+  float t = hsum(acc);
+  for (; g < groups; ++g) t += s[g] * xsum[g] * (z ? z[g] : 1.f);
+  return z ? t : t * kbit::symmetric_zero(w.bits, w.ternary);
+}
+
+// Conversion path (4..8 bits), scale factored out of each group:
+// acc += s * sum_g(x * q), then y -= sum_g s * z * sum_g(x). The MT*R*C
+// chains of x * q live in registers; acc, touched once per group, in memory.
+template <int BITS, int MT, int R, int C>
+void gemv_tile_factored(const KbitProblem& p, const KbitWeight& w, int64_t m0, int64_t n0,
+                        const BlockRange& rg, const float* xsum) {
+  alignas(32) float acc[MT][R][8] = {};
+  __m256 qacc[MT][R][C];
+#pragma GCC unroll 8
+  for (int m = 0; m < MT; ++m)
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int i = 0; i < C; ++i) qacc[m][r][i] = _mm256_setzero_ps();
+  const int64_t K = w.K, G = w.group_size, groups = K / G, k_begin = rg.b_begin * kbit::kBlock;
+  int64_t g = k_begin / G - 1, next_group = k_begin;  // current group, first k of the next
+  float scale[R] = {};                                // scale of (row r, group g)
+  const float* xrow[MT];
+  for (int m = 0; m < MT; ++m) xrow[m] = p.x + (m0 + m) * p.ldx;
+  const uint8_t* row[R];
+  for (int r = 0; r < R; ++r) row[r] = w.codes + (n0 + r) * w.row_stride;
+  auto fold = [&]() FUSENAS_AVX2_INLINE {
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m256 vs = _mm256_set1_ps(scale[r]);
+#pragma GCC unroll 8
+      for (int m = 0; m < MT; ++m) {
+        __m256 q = qacc[m][r][0];
+#pragma GCC unroll 8
+        for (int i = 1; i < C; ++i) q = _mm256_add_ps(q, qacc[m][r][i]);
+        _mm256_store_ps(acc[m][r], _mm256_fmadd_ps(q, vs, _mm256_load_ps(acc[m][r])));
+#pragma GCC unroll 8
+        for (int i = 0; i < C; ++i) qacc[m][r][i] = _mm256_setzero_ps();
+      }
+    }
+  };
+  auto step = [&](auto ih, const Codes* c, int64_t k, auto tail) FUSENAS_AVX2_INLINE {
+    constexpr int I = decltype(ih)::value / 2, H = decltype(ih)::value % 2;
+    constexpr int chain = (2 * I + H) % C;
+    if (H == 0 && k >= next_group) {  // groups are multiples of 16: they start at H = 0
+      if (k > k_begin) fold();
+      next_group = (++g + 1) * G;
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) scale[r] = w.scales[(n0 + r) * groups + g];
+    }
+    __m256 xv[MT];
+#pragma GCC unroll 8
+    for (int m = 0; m < MT; ++m) xv[m] = load_x<decltype(tail)::value>(xrow[m], k, K);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m256 q = codes_ps<BITS, I, H>(c[r]);
+#pragma GCC unroll 8
+      for (int m = 0; m < MT; ++m) qacc[m][r][chain] = _mm256_fmadd_ps(xv[m], q, qacc[m][r][chain]);
+    }
+  };
+  walk_halves<BITS, R>(w, row, rg, step);
+  fold();
+  for (int r = 0; r < R; ++r) {
+    const float bias = p.bias ? p.bias[n0 + r] : 0.f;
+    for (int m = 0; m < MT; ++m) {
+      float& y = p.y[(m0 + m) * p.ldy + n0 + r];
+      const float part = hsum(_mm256_load_ps(acc[m][r]));
+      y = rg.first ? part - zero_term(w, n0 + r, xsum + (m0 + m) * groups) + bias : y + part;
+    }
+  }
+}
+
+// Per-group sums of x: xsum[m * groups + g] = sum of x[m][g*G .. (g+1)*G).
+std::vector<float> group_sums(const KbitProblem& p, const KbitWeight& w) {
+  const int64_t G = w.group_size, groups = w.K / G;
+  std::vector<float> xsum(static_cast<size_t>(p.M * groups));
+  for (int64_t m = 0; m < p.M; ++m) {
+    const float* x = p.x + m * p.ldx;
+    for (int64_t g = 0; g < groups; ++g) {
+      __m256 acc = _mm256_setzero_ps();
+      int64_t k = g * G;
+      const int64_t end = k + G;
+      for (; k + 8 <= end; k += 8) acc = _mm256_add_ps(acc, _mm256_loadu_ps(x + k));
+      if (k < end) acc = _mm256_add_ps(acc, _mm256_maskload_ps(x + k, lane_mask(end - k)));
+      xsum[m * groups + g] = hsum(acc);
+    }
+  }
+  return xsum;
+}
+
+// Tile shape of the GEMV for MT rows of x: R output rows per tile, C
+// accumulator chains per (m, r). Both FMA pipes at a 4-cycle latency want ~8
+// independent chains; the factored path also holds codes for 4..8 bits and
+// the group fold, so it spills beyond ~4 (measured on Zen 5: 8 chains there
+// cost 10-60%).
+template <int BITS, int MT>
+struct GemvShape {
+  static constexpr bool kTable = Spec<BITS>::kTable;
+  static constexpr int kChains = kTable ? 8 : 4;
+  static constexpr int R = MT == 1 || (MT == 2 && kTable) ? 2 : 1;
+  static constexpr int C = std::max(1, kChains / (MT * R));
+  static constexpr int C1 = std::min(4, std::max(1, kChains / MT));  // single-row tiles
+};
+
+// MT rows of x against rows [n_begin, n_end). K is cut into chunks of
+// 8192 / MT elements, so the chunk of x (32 KiB) stays in L1 while every
+// output row streams its codes for that chunk; the codes are still read once.
+template <int BITS, int MT>
+void gemv_rows(const KbitProblem& p, const KbitWeight& w, int64_t m0, int64_t n_begin,
+               int64_t n_end, const float* xsum) {
+  using S = GemvShape<BITS, MT>;
+  constexpr int R = S::R, C = S::C, C1 = S::C1;
+  constexpr int64_t kChunkBlocks = 8192 / kbit::kBlock / MT;
+  const int64_t nb = kbit::num_blocks(w.K);
+  for (int64_t b0 = 0; b0 < nb; b0 += kChunkBlocks) {
+    const BlockRange rg{b0, std::min(nb, b0 + kChunkBlocks), b0 == 0};
+    int64_t n = n_begin;
+    if constexpr (S::kTable) {
+      for (; n + R <= n_end; n += R) gemv_tile_table<BITS, MT, R, C>(p, w, m0, n, rg);
+      for (; n < n_end; ++n) gemv_tile_table<BITS, MT, 1, C1>(p, w, m0, n, rg);
+    } else {
+      for (; n + R <= n_end; n += R) gemv_tile_factored<BITS, MT, R, C>(p, w, m0, n, rg, xsum);
+      for (; n < n_end; ++n) gemv_tile_factored<BITS, MT, 1, C1>(p, w, m0, n, rg, xsum);
+    }
+  }
+}
+
+template <int BITS>
+void gemv(const KbitProblem& p, const KbitWeight& w, int64_t n_begin, int64_t n_end) {
+  std::vector<float> xsum;
+  if constexpr (!Spec<BITS>::kTable) xsum = group_sums(p, w);
+  int64_t m = 0;
+  for (; m + 4 <= p.M; m += 4) gemv_rows<BITS, 4>(p, w, m, n_begin, n_end, xsum.data());
+  if (p.M - m >= 2) gemv_rows<BITS, 2>(p, w, m, n_begin, n_end, xsum.data()), m += 2;
+  if (p.M - m >= 1) gemv_rows<BITS, 1>(p, w, m, n_begin, n_end, xsum.data()), m += 1;
+}
+
+// ---------------------------------------------------------------- GEMM ----
+
+// Dequantises row n, k in [kc0, kc0 + kc) (kc0 a multiple of 128), into
+// dst[0 .. kc). With `pad`, k past K is written as zero up to the end of the
+// last block; without, nothing at or past K is written.
+template <int BITS>
+void decode_row(const KbitWeight& w, int64_t n, int64_t kc0, int64_t kc, float* dst, bool pad) {
+  const int64_t K = w.K, G = w.group_size;
+  const uint8_t* row = w.codes + n * w.row_stride;
+  int64_t next_group = kc0, g = kc0 / G - 1;
+  GroupConst gc{};
+  for (int64_t kb = 0; kb < kc; kb += kbit::kBlock) {
+    const int64_t k0 = kc0 + kb;
+    const Codes c = load_codes<BITS>(row + (k0 / kbit::kBlock) * 16 * BITS);
+    static_for<16>([&](auto ih) FUSENAS_AVX2_INLINE {
+      constexpr int I = decltype(ih)::value / 2, H = decltype(ih)::value % 2;
+      const int64_t k = k0 + 16 * I + 8 * H;
+      float* d = dst + kb + 16 * I + 8 * H;
+      if (k >= K) {  // padding past K: no group, no scale
+        if (pad) _mm256_storeu_ps(d, _mm256_setzero_ps());
+        return;
+      }
+      if (H == 0 && k >= next_group) {
+        ++g;
+        next_group = (g + 1) * G;
+        float s, z;
+        group_params(w, n, g, s, z);
+        gc = group_const<BITS>(s, z);
+      }
+      const __m256 v = decode<BITS, I, H>(c, gc);
+      if (k + 8 <= K)
+        _mm256_storeu_ps(d, v);
+      else if (pad)
+        _mm256_storeu_ps(d, _mm256_and_ps(v, _mm256_castsi256_ps(lane_mask(K - k))));
+      else
+        _mm256_maskstore_ps(d, lane_mask(K - k), v);
+    });
+  }
+}
+
+// 8 x 8 transpose of floats: src rows (stride ss) -> dst rows (stride ds).
+inline void transpose8(const float* src, int64_t ss, float* dst, int64_t ds) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ss);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
+    t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
+  }
+  for (int i = 0; i < 8; ++i) _mm256_storeu_ps(dst + i * ds, t[i]);
+}
+
+// C[MR x 16] (+)= A[MR x kc] * B[kc x 16]; B is k-major (row stride 16). FULL:
+// all 16 columns of C exist; otherwise only the first `cols`.
+template <int MR, bool FULL>
+void micro_kernel(const float* A, int64_t lda, const float* B, int64_t kc, float* C, int64_t ldc,
+                  int cols, bool first, const float* bias_or_null) {
+  const __m256i m0 = lane_mask(std::min(cols, 8)), m1 = lane_mask(std::max(0, cols - 8));
+  __m256 c0[MR], c1[MR];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    if (first) {
+      c0[i] = _mm256_setzero_ps();
+      c1[i] = _mm256_setzero_ps();
+    } else if (FULL) {
+      c0[i] = _mm256_loadu_ps(C + i * ldc);
+      c1[i] = _mm256_loadu_ps(C + i * ldc + 8);
+    } else {
+      c0[i] = _mm256_maskload_ps(C + i * ldc, m0);
+      c1[i] = _mm256_maskload_ps(C + i * ldc + 8, m1);
+    }
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m256 b0 = _mm256_load_ps(B + k * kNr);
+    const __m256 b1 = _mm256_load_ps(B + k * kNr + 8);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const __m256 a = _mm256_broadcast_ss(A + i * lda + k);
+      c0[i] = _mm256_fmadd_ps(a, b0, c0[i]);
+      c1[i] = _mm256_fmadd_ps(a, b1, c1[i]);
+    }
+  }
+  if (bias_or_null) {
+    const __m256 bb0 = FULL ? _mm256_loadu_ps(bias_or_null) : _mm256_maskload_ps(bias_or_null, m0);
+    const __m256 bb1 =
+        FULL ? _mm256_loadu_ps(bias_or_null + 8) : _mm256_maskload_ps(bias_or_null + 8, m1);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      c0[i] = _mm256_add_ps(c0[i], bb0);
+      c1[i] = _mm256_add_ps(c1[i], bb1);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    if (FULL) {
+      _mm256_storeu_ps(C + i * ldc, c0[i]);
+      _mm256_storeu_ps(C + i * ldc + 8, c1[i]);
+    } else {
+      _mm256_maskstore_ps(C + i * ldc, m0, c0[i]);
+      _mm256_maskstore_ps(C + i * ldc + 8, m1, c1[i]);
+    }
+  }
+}
+
+using MicroKernel = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t, int,
+                             bool, const float*);
+
+template <bool FULL, int... Is>
+constexpr std::array<MicroKernel, sizeof...(Is)> micro_table(std::integer_sequence<int, Is...>) {
+  return {&micro_kernel<Is + 1, FULL>...};
+}
+
+template <int BITS>
+void gemm(const KbitProblem& p, const KbitWeight& w, int64_t n_begin, int64_t n_end) {
+  alignas(32) float rows_buf[kNr * kKc];  // decoded panel, n-major
+  alignas(32) float b_buf[kKc * kNr];     // the same, k-major
+  static constexpr auto kFull = micro_table<true>(std::make_integer_sequence<int, kMr>{});
+  static constexpr auto kPart = micro_table<false>(std::make_integer_sequence<int, kMr>{});
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += kNr) {
+    const int rows = static_cast<int>(std::min<int64_t>(kNr, n_end - n0));
+    const auto& kernels = rows == kNr ? kFull : kPart;
+    for (int64_t kc0 = 0; kc0 < w.K; kc0 += kKc) {
+      const int64_t kc = std::min<int64_t>(kKc, w.K - kc0);
+      const int64_t kc_blocks = (kc + kbit::kBlock - 1) / kbit::kBlock * kbit::kBlock;
+      for (int r = 0; r < kNr; ++r) {
+        if (r < rows)
+          decode_row<BITS>(w, n0 + r, kc0, kc_blocks, rows_buf + r * kKc, true);
+        else
+          std::memset(rows_buf + r * kKc, 0, sizeof(float) * kc_blocks);
+      }
+      for (int64_t kk = 0; kk < kc; kk += 8) {
+        transpose8(rows_buf + kk, kKc, b_buf + kk * kNr, kNr);
+        transpose8(rows_buf + 8 * kKc + kk, kKc, b_buf + kk * kNr + 8, kNr);
+      }
+      const bool first = kc0 == 0, last = kc0 + kKc >= w.K;
+      const float* bias = (last && p.bias) ? p.bias + n0 : nullptr;
+      for (int64_t m = 0; m < p.M; m += kMr) {
+        const int mr = static_cast<int>(std::min<int64_t>(kMr, p.M - m));
+        kernels[mr - 1](p.x + m * p.ldx + kc0, p.ldx, b_buf, kc, p.y + m * p.ldy + n0, p.ldy, rows,
+                        first, bias);
+      }
+    }
+  }
+}
+
+template <int BITS>
+void matmul(const KbitProblem& p, const KbitWeight& w, int64_t n_begin, int64_t n_end) {
+  if (p.M <= kGemvMaxM)
+    gemv<BITS>(p, w, n_begin, n_end);
+  else
+    gemm<BITS>(p, w, n_begin, n_end);
+}
+
+template <int BITS>
+void dequantize_rows(const KbitWeight& w, float* out, int64_t n_begin, int64_t n_end) {
+  for (int64_t n = n_begin; n < n_end; ++n) decode_row<BITS>(w, n, 0, w.K, out + n * w.K, false);
+}
+
+}  // namespace
+
+void kbit_matmul_avx2(const KbitProblem& p, const KbitWeight& w, int64_t n_begin, int64_t n_end) {
+  switch (w.bits) {
+    case 2:
+      return matmul<2>(p, w, n_begin, n_end);
+    case 3:
+      return matmul<3>(p, w, n_begin, n_end);
+    case 4:
+      return matmul<4>(p, w, n_begin, n_end);
+    case 5:
+      return matmul<5>(p, w, n_begin, n_end);
+    case 6:
+      return matmul<6>(p, w, n_begin, n_end);
+    case 7:
+      return matmul<7>(p, w, n_begin, n_end);
+    default:
+      return matmul<8>(p, w, n_begin, n_end);
+  }
+}
+
+void kbit_dequantize_avx2(const KbitWeight& w, float* out, int64_t n_begin, int64_t n_end) {
+  switch (w.bits) {
+    case 2:
+      return dequantize_rows<2>(w, out, n_begin, n_end);
+    case 3:
+      return dequantize_rows<3>(w, out, n_begin, n_end);
+    case 4:
+      return dequantize_rows<4>(w, out, n_begin, n_end);
+    case 5:
+      return dequantize_rows<5>(w, out, n_begin, n_end);
+    case 6:
+      return dequantize_rows<6>(w, out, n_begin, n_end);
+    case 7:
+      return dequantize_rows<7>(w, out, n_begin, n_end);
+    default:
+      return dequantize_rows<8>(w, out, n_begin, n_end);
+  }
+}
+
 }  // namespace cpu
 }  // namespace fusenas
