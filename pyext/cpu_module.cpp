@@ -22,8 +22,15 @@ T* ptr(uintptr_t p) {
 
 KbitWeight make_weight(uintptr_t codes, uintptr_t scales, uintptr_t zeros, int64_t N, int64_t K,
                        int64_t row_stride, int bits, bool ternary, int64_t group_size) {
-  return KbitWeight{ptr<const uint8_t>(codes), ptr<const float>(scales), ptr<const float>(zeros),
-                    N, K, row_stride, bits, ternary, group_size};
+  return KbitWeight{ptr<const uint8_t>(codes),
+                    ptr<const float>(scales),
+                    ptr<const float>(zeros),
+                    N,
+                    K,
+                    row_stride,
+                    bits,
+                    ternary,
+                    group_size};
 }
 
 }  // namespace
@@ -35,8 +42,8 @@ PYBIND11_MODULE(_C, m) {
       [](uintptr_t x, int64_t M, int64_t ldx, int dtype, uintptr_t codes, uintptr_t scales,
          uintptr_t zeros, int64_t N, int64_t K, int64_t row_stride, int bits, bool ternary,
          int64_t group_size, uintptr_t bias, uintptr_t y, int64_t ldy, int threads) {
-        const KbitWeight w = make_weight(codes, scales, zeros, N, K, row_stride, bits, ternary,
-                                         group_size);
+        const KbitWeight w =
+            make_weight(codes, scales, zeros, N, K, row_stride, bits, ternary, group_size);
         fusenas::kbit_matmul_cpu(ptr<const void>(x), M, ldx, static_cast<DType>(dtype), w,
                                  ptr<const void>(bias), ptr<void>(y), ldy, threads);
       },
@@ -46,8 +53,8 @@ PYBIND11_MODULE(_C, m) {
       [](uintptr_t codes, uintptr_t scales, uintptr_t zeros, int64_t N, int64_t K,
          int64_t row_stride, int bits, bool ternary, int64_t group_size, uintptr_t out,
          int threads) {
-        const KbitWeight w = make_weight(codes, scales, zeros, N, K, row_stride, bits, ternary,
-                                         group_size);
+        const KbitWeight w =
+            make_weight(codes, scales, zeros, N, K, row_stride, bits, ternary, group_size);
         fusenas::kbit_dequantize_cpu(w, ptr<float>(out), threads);
       },
       py::call_guard<py::gil_scoped_release>());

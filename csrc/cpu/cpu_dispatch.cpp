@@ -40,17 +40,23 @@ Isa active_isa() {
   const char* env = std::getenv("FUSENAS_CPU_ISA");
   if (env == nullptr || *env == '\0') return hw;
   Isa want = hw;
-  if (std::strcmp(env, "scalar") == 0) want = Isa::kScalar;
-  else if (std::strcmp(env, "avx2") == 0) want = Isa::kAvx2;
-  else if (std::strcmp(env, "avx512") == 0) want = Isa::kAvx512;
+  if (std::strcmp(env, "scalar") == 0)
+    want = Isa::kScalar;
+  else if (std::strcmp(env, "avx2") == 0)
+    want = Isa::kAvx2;
+  else if (std::strcmp(env, "avx512") == 0)
+    want = Isa::kAvx512;
   return static_cast<int>(want) < static_cast<int>(hw) ? want : hw;
 }
 
 const char* isa_name(Isa isa) {
   switch (isa) {
-    case Isa::kAvx512: return "avx512";
-    case Isa::kAvx2: return "avx2";
-    default: return "scalar";
+    case Isa::kAvx512:
+      return "avx512";
+    case Isa::kAvx2:
+      return "avx2";
+    default:
+      return "scalar";
   }
 }
 

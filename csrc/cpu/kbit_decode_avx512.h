@@ -30,11 +30,11 @@ struct Spec {
   static constexpr bool kHas4 = BITS != 8 && (BITS & 4);
   static constexpr bool kHas2 = BITS != 8 && (BITS & 2);
   static constexpr bool kHas1 = BITS != 8 && (BITS & 1);
-  static constexpr int kOff2 = kHas4 ? 64 : 0;               // byte offset of the 2-bit plane
-  static constexpr int kOff1 = kOff2 + (kHas2 ? 32 : 0);     // byte offset of the 1-bit plane
-  static constexpr bool kTable = BITS <= 4;                  // one-register lookup
-  static constexpr bool kTable2 = BITS == 5;                 // two-register lookup
-  static constexpr bool kConvert = BITS >= 6;                // int -> float path
+  static constexpr int kOff2 = kHas4 ? 64 : 0;            // byte offset of the 2-bit plane
+  static constexpr int kOff1 = kOff2 + (kHas2 ? 32 : 0);  // byte offset of the 1-bit plane
+  static constexpr bool kTable = BITS <= 4;               // one-register lookup
+  static constexpr bool kTable2 = BITS == 5;              // two-register lookup
+  static constexpr bool kConvert = BITS >= 6;             // int -> float path
 };
 
 // The planes of one block of one row.

@@ -33,8 +33,7 @@ struct KbitProblemBf16 {
 
 using KbitKernel = void (*)(const KbitProblem& p, const KbitWeight& w, int64_t n_begin,
                             int64_t n_end);
-using KbitDequantKernel = void (*)(const KbitWeight& w, float* out, int64_t n_begin,
-                                   int64_t n_end);
+using KbitDequantKernel = void (*)(const KbitWeight& w, float* out, int64_t n_begin, int64_t n_end);
 
 void kbit_matmul_scalar(const KbitProblem& p, const KbitWeight& w, int64_t n_begin, int64_t n_end);
 void kbit_dequantize_scalar(const KbitWeight& w, float* out, int64_t n_begin, int64_t n_end);

@@ -16,8 +16,8 @@
 #include <cstring>
 
 #include "cpu/kbit_decode_avx512.h"
-#include "cpu/kbit_panel_avx512.h"
 #include "cpu/kbit_kernels.h"
+#include "cpu/kbit_panel_avx512.h"
 
 namespace fusenas {
 namespace cpu {
@@ -170,8 +170,8 @@ void gemm(const KbitProblem& p, const KbitWeight& w, int64_t n_begin, int64_t n_
       const float* bias = (last && p.bias) ? p.bias + n0 : nullptr;
       for (int64_t m = 0; m < p.M; m += kMr) {
         const int mr = static_cast<int>(std::min<int64_t>(kMr, p.M - m));
-        kernels[mr - 1](p.x + m * p.ldx + kc0, p.ldx, b_buf, kc, p.y + m * p.ldy + n0, p.ldy,
-                        m0, m1, first, bias);
+        kernels[mr - 1](p.x + m * p.ldx + kc0, p.ldx, b_buf, kc, p.y + m * p.ldy + n0, p.ldy, m0,
+                        m1, first, bias);
       }
     }
   }
@@ -201,28 +201,41 @@ void dequantize_rows(const KbitWeight& w, float* out, int64_t n_begin, int64_t n
 
 }  // namespace
 
-void kbit_matmul_avx512(const KbitProblem& p, const KbitWeight& w, int64_t n_begin,
-                        int64_t n_end) {
+void kbit_matmul_avx512(const KbitProblem& p, const KbitWeight& w, int64_t n_begin, int64_t n_end) {
   switch (w.bits) {
-    case 2: return matmul<2>(p, w, n_begin, n_end);
-    case 3: return matmul<3>(p, w, n_begin, n_end);
-    case 4: return matmul<4>(p, w, n_begin, n_end);
-    case 5: return matmul<5>(p, w, n_begin, n_end);
-    case 6: return matmul<6>(p, w, n_begin, n_end);
-    case 7: return matmul<7>(p, w, n_begin, n_end);
-    default: return matmul<8>(p, w, n_begin, n_end);
+    case 2:
+      return matmul<2>(p, w, n_begin, n_end);
+    case 3:
+      return matmul<3>(p, w, n_begin, n_end);
+    case 4:
+      return matmul<4>(p, w, n_begin, n_end);
+    case 5:
+      return matmul<5>(p, w, n_begin, n_end);
+    case 6:
+      return matmul<6>(p, w, n_begin, n_end);
+    case 7:
+      return matmul<7>(p, w, n_begin, n_end);
+    default:
+      return matmul<8>(p, w, n_begin, n_end);
   }
 }
 
 void kbit_dequantize_avx512(const KbitWeight& w, float* out, int64_t n_begin, int64_t n_end) {
   switch (w.bits) {
-    case 2: return dequantize_rows<2>(w, out, n_begin, n_end);
-    case 3: return dequantize_rows<3>(w, out, n_begin, n_end);
-    case 4: return dequantize_rows<4>(w, out, n_begin, n_end);
-    case 5: return dequantize_rows<5>(w, out, n_begin, n_end);
-    case 6: return dequantize_rows<6>(w, out, n_begin, n_end);
-    case 7: return dequantize_rows<7>(w, out, n_begin, n_end);
-    default: return dequantize_rows<8>(w, out, n_begin, n_end);
+    case 2:
+      return dequantize_rows<2>(w, out, n_begin, n_end);
+    case 3:
+      return dequantize_rows<3>(w, out, n_begin, n_end);
+    case 4:
+      return dequantize_rows<4>(w, out, n_begin, n_end);
+    case 5:
+      return dequantize_rows<5>(w, out, n_begin, n_end);
+    case 6:
+      return dequantize_rows<6>(w, out, n_begin, n_end);
+    case 7:
+      return dequantize_rows<7>(w, out, n_begin, n_end);
+    default:
+      return dequantize_rows<8>(w, out, n_begin, n_end);
   }
 }
 

@@ -71,8 +71,7 @@ void gemv_tile(const KbitProblemBf16& p, const KbitWeight& w, int64_t m0, int64_
           // [lo 0..15, v 0..15] as bf16 elements: the order of x[k-16 .. k+15].
           const __m512bh wv = _mm512_cvtne2ps_pbh(v, lo[r]);
           for (int m = 0; m < MT; ++m) {
-            const __m512bh xv =
-                as_bh(_mm512_loadu_si512(p.x + (m0 + m) * p.ldx + k - 16));
+            const __m512bh xv = as_bh(_mm512_loadu_si512(p.x + (m0 + m) * p.ldx + k - 16));
             acc[m][r] = _mm512_dpbf16_ps(acc[m][r], xv, wv);
           }
         }
@@ -151,9 +150,9 @@ constexpr std::array<MicroKernel, sizeof...(Is)> micro_table(std::integer_sequen
 
 // k-major float32 panel (kc x 32) -> k-pair interleaved bfloat16.
 inline void pack_pairs(const float* b, int64_t pairs, uint16_t* out) {
-  const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25,
-                                              9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2,
-                                              17, 1, 16, 0);
+  const __m512i interleave =
+      _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                       21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
   for (int64_t q = 0; q < pairs; ++q) {
     for (int h = 0; h < 2; ++h) {
       const __m512 even = _mm512_loadu_ps(b + (2 * q) * kNr + 16 * h);
@@ -207,13 +206,20 @@ void matmul(const KbitProblemBf16& p, const KbitWeight& w, int64_t n_begin, int6
 void kbit_matmul_avx512_bf16(const KbitProblemBf16& p, const KbitWeight& w, int64_t n_begin,
                              int64_t n_end) {
   switch (w.bits) {
-    case 2: return matmul<2>(p, w, n_begin, n_end);
-    case 3: return matmul<3>(p, w, n_begin, n_end);
-    case 4: return matmul<4>(p, w, n_begin, n_end);
-    case 5: return matmul<5>(p, w, n_begin, n_end);
-    case 6: return matmul<6>(p, w, n_begin, n_end);
-    case 7: return matmul<7>(p, w, n_begin, n_end);
-    default: return matmul<8>(p, w, n_begin, n_end);
+    case 2:
+      return matmul<2>(p, w, n_begin, n_end);
+    case 3:
+      return matmul<3>(p, w, n_begin, n_end);
+    case 4:
+      return matmul<4>(p, w, n_begin, n_end);
+    case 5:
+      return matmul<5>(p, w, n_begin, n_end);
+    case 6:
+      return matmul<6>(p, w, n_begin, n_end);
+    case 7:
+      return matmul<7>(p, w, n_begin, n_end);
+    default:
+      return matmul<8>(p, w, n_begin, n_end);
   }
 }
 

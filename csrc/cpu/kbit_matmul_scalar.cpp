@@ -27,8 +27,7 @@ void decode_block(const KbitWeight& w, int64_t n, int64_t b, float* out, int64_t
 
 }  // namespace
 
-void kbit_matmul_scalar(const KbitProblem& p, const KbitWeight& w, int64_t n_begin,
-                        int64_t n_end) {
+void kbit_matmul_scalar(const KbitProblem& p, const KbitWeight& w, int64_t n_begin, int64_t n_end) {
   float wv[kbit::kBlock];
   std::vector<float> acc(p.M);
   const int64_t nb = kbit::num_blocks(w.K);

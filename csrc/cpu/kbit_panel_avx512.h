@@ -27,8 +27,7 @@ inline __mmask16 tail_mask(int64_t remaining) {
 // Decodes rows [n0, n0 + rows) x k in [kc0, kc0 + kc) (kc0 a multiple of 128)
 // into out[row][kk] (row stride kKc); rows past `rows` and k past K are zero.
 template <int BITS>
-void decode_panel(const KbitWeight& w, int64_t n0, int rows, int64_t kc0, int64_t kc,
-                  float* out) {
+void decode_panel(const KbitWeight& w, int64_t n0, int rows, int64_t kc0, int64_t kc, float* out) {
   const int64_t G = w.group_size;
   for (int r = 0; r < kNr; ++r) {
     float* dst = out + r * kKc;
