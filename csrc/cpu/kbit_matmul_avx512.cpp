@@ -37,28 +37,28 @@ void gemv_tile(const KbitProblem& p, const KbitWeight& w, int64_t m0, int64_t n0
   // latency: even and odd sub-vectors then go to separate accumulators.
   constexpr int kSplit = MT == 1 ? 2 : 1;
   __m512 acc[MT * kSplit][R];
-  for (int m = 0; m < MT * kSplit; ++m)
-    for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
+  FUSENAS_UNROLL for (int m = 0; m < MT * kSplit; ++m) FUSENAS_UNROLL for (int r = 0; r < R; ++r)
+      acc[m][r] = _mm512_setzero_ps();
   GroupConst gc[R];
   const int64_t nb = kbit::num_blocks(w.K);
   const int64_t G = w.group_size;
   int64_t next_group = 0;  // first k of the next group
   const float* xrow[MT];
-  for (int m = 0; m < MT; ++m) xrow[m] = p.x + (m0 + m) * p.ldx;
+  FUSENAS_UNROLL for (int m = 0; m < MT; ++m) xrow[m] = p.x + (m0 + m) * p.ldx;
   for (int64_t b = 0; b < nb; ++b) {
     const int64_t k0 = b * kbit::kBlock;
     Planes pl[R];
-    for (int r = 0; r < R; ++r)
-      pl[r] = load_planes<BITS>(w.codes + (n0 + r) * w.row_stride + b * 16 * BITS);
+    FUSENAS_UNROLL for (int r = 0; r < R; ++r) pl[r] =
+        load_planes<BITS>(w.codes + (n0 + r) * w.row_stride + b * 16 * BITS);
     const bool full = k0 + kbit::kBlock <= w.K;
-    for_each_subvector([&](auto ic) {
+    for_each_subvector([&](auto ic) FUSENAS_ALWAYS_INLINE {
       constexpr int I = decltype(ic)::value;
       const int64_t k = k0 + 16 * I;
       if (!full && k >= w.K) return;
       if (k >= next_group) {
         const int64_t g = k / G;
         next_group = (g + 1) * G;
-        for (int r = 0; r < R; ++r) {
+        FUSENAS_UNROLL for (int r = 0; r < R; ++r) {
           float s, z;
           group_params(w, n0 + r, g, s, z);
           gc[r] = group_const<BITS>(s, z);
@@ -66,10 +66,10 @@ void gemv_tile(const KbitProblem& p, const KbitWeight& w, int64_t m0, int64_t n0
       }
       const __mmask16 mask = full ? static_cast<__mmask16>(0xffff) : tail_mask(w.K - k);
       __m512 xv[MT];
-      for (int m = 0; m < MT; ++m) xv[m] = _mm512_maskz_loadu_ps(mask, xrow[m] + k);
-      for (int r = 0; r < R; ++r) {
+      FUSENAS_UNROLL for (int m = 0; m < MT; ++m) xv[m] = _mm512_maskz_loadu_ps(mask, xrow[m] + k);
+      FUSENAS_UNROLL for (int r = 0; r < R; ++r) {
         const __m512 wv = decode<BITS, I>(pl[r], gc[r]);
-        for (int m = 0; m < MT; ++m) {
+        FUSENAS_UNROLL for (int m = 0; m < MT; ++m) {
           __m512& a = acc[kSplit == 2 ? (I & 1) : m][r];
           a = _mm512_fmadd_ps(xv[m], wv, a);
         }
@@ -77,11 +77,11 @@ void gemv_tile(const KbitProblem& p, const KbitWeight& w, int64_t m0, int64_t n0
     });
   }
   if constexpr (kSplit == 2)
-    for (int r = 0; r < R; ++r) acc[0][r] = _mm512_add_ps(acc[0][r], acc[1][r]);
-  for (int r = 0; r < R; ++r) {
+    FUSENAS_UNROLL for (int r = 0; r < R; ++r) acc[0][r] = _mm512_add_ps(acc[0][r], acc[1][r]);
+  FUSENAS_UNROLL for (int r = 0; r < R; ++r) {
     const float bias = p.bias ? p.bias[n0 + r] : 0.f;
-    for (int m = 0; m < MT; ++m)
-      p.y[(m0 + m) * p.ldy + n0 + r] = _mm512_reduce_add_ps(acc[m][r]) + bias;
+    FUSENAS_UNROLL for (int m = 0; m < MT; ++m) p.y[(m0 + m) * p.ldy + n0 + r] =
+        _mm512_reduce_add_ps(acc[m][r]) + bias;
   }
 }
 
@@ -90,7 +90,7 @@ void gemv_tile(const KbitProblem& p, const KbitWeight& w, int64_t m0, int64_t n0
 template <int BITS, int MT>
 void gemv_rows(const KbitProblem& p, const KbitWeight& w, int64_t m0, int64_t n_begin,
                int64_t n_end) {
-  constexpr int R = MT <= 2 ? 4 : 2;
+  constexpr int R = gemv_rows_per_tile(BITS, MT);
   int64_t n = n_begin;
   for (; n + R <= n_end; n += R) gemv_tile<BITS, MT, R>(p, w, m0, n);
   for (; n < n_end; ++n) gemv_tile<BITS, MT, 1>(p, w, m0, n);
@@ -112,7 +112,7 @@ template <int MR>
 void micro_kernel(const float* A, int64_t lda, const float* B, int64_t kc, float* C, int64_t ldc,
                   __mmask16 m0, __mmask16 m1, bool first, const float* bias_or_null) {
   __m512 c0[MR], c1[MR];
-  for (int i = 0; i < MR; ++i) {
+  FUSENAS_UNROLL for (int i = 0; i < MR; ++i) {
     if (first) {
       c0[i] = _mm512_setzero_ps();
       c1[i] = _mm512_setzero_ps();
@@ -124,7 +124,7 @@ void micro_kernel(const float* A, int64_t lda, const float* B, int64_t kc, float
   for (int64_t k = 0; k < kc; ++k) {
     const __m512 b0 = _mm512_loadu_ps(B + k * kNr);
     const __m512 b1 = _mm512_loadu_ps(B + k * kNr + 16);
-    for (int i = 0; i < MR; ++i) {
+    FUSENAS_UNROLL for (int i = 0; i < MR; ++i) {
       const __m512 a = _mm512_set1_ps(A[i * lda + k]);
       c0[i] = _mm512_fmadd_ps(a, b0, c0[i]);
       c1[i] = _mm512_fmadd_ps(a, b1, c1[i]);
@@ -133,12 +133,12 @@ void micro_kernel(const float* A, int64_t lda, const float* B, int64_t kc, float
   if (bias_or_null) {
     const __m512 bb0 = _mm512_maskz_loadu_ps(m0, bias_or_null);
     const __m512 bb1 = _mm512_maskz_loadu_ps(m1, bias_or_null + 16);
-    for (int i = 0; i < MR; ++i) {
+    FUSENAS_UNROLL for (int i = 0; i < MR; ++i) {
       c0[i] = _mm512_add_ps(c0[i], bb0);
       c1[i] = _mm512_add_ps(c1[i], bb1);
     }
   }
-  for (int i = 0; i < MR; ++i) {
+  FUSENAS_UNROLL for (int i = 0; i < MR; ++i) {
     _mm512_mask_storeu_ps(C + i * ldc, m0, c0[i]);
     _mm512_mask_storeu_ps(C + i * ldc + 16, m1, c1[i]);
   }
@@ -164,8 +164,8 @@ void gemm(const KbitProblem& p, const KbitWeight& w, int64_t n_begin, int64_t n_
       const int64_t kc = std::min<int64_t>(kKc, w.K - kc0);
       decode_panel<BITS>(w, n0, rows, kc0, (kc + 127) / 128 * 128, rows_buf);
       for (int64_t kk = 0; kk < kc; kk += 16)
-        for (int h = 0; h < 2; ++h)
-          transpose16(rows_buf + h * 16 * kKc + kk, kKc, b_buf + kk * kNr + h * 16, kNr);
+        FUSENAS_UNROLL for (int h = 0; h < 2; ++h)
+            transpose16(rows_buf + h * 16 * kKc + kk, kKc, b_buf + kk * kNr + h * 16, kNr);
       const bool first = kc0 == 0, last = kc0 + kKc >= w.K;
       const float* bias = (last && p.bias) ? p.bias + n0 : nullptr;
       for (int64_t m = 0; m < p.M; m += kMr) {
@@ -193,8 +193,8 @@ void dequantize_rows(const KbitWeight& w, float* out, int64_t n_begin, int64_t n
     for (int64_t kc0 = 0; kc0 < w.K; kc0 += kKc) {
       const int64_t kc = std::min<int64_t>(kKc, w.K - kc0);
       decode_panel<BITS>(w, n0, rows, kc0, (kc + 127) / 128 * 128, buf);
-      for (int r = 0; r < rows; ++r)
-        std::memcpy(out + (n0 + r) * w.K + kc0, buf + r * kKc, sizeof(float) * kc);
+      FUSENAS_UNROLL for (int r = 0; r < rows; ++r)
+          std::memcpy(out + (n0 + r) * w.K + kc0, buf + r * kKc, sizeof(float) * kc);
     }
   }
 }

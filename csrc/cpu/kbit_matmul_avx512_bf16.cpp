@@ -38,8 +38,8 @@ inline __m512bh as_bh(__m512i v) { return reinterpret_cast<__m512bh&>(v); }
 template <int BITS, int MT, int R>
 void gemv_tile(const KbitProblemBf16& p, const KbitWeight& w, int64_t m0, int64_t n0) {
   __m512 acc[MT][R];
-  for (int m = 0; m < MT; ++m)
-    for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
+  FUSENAS_UNROLL for (int m = 0; m < MT; ++m) FUSENAS_UNROLL for (int r = 0; r < R; ++r) acc[m][r] =
+      _mm512_setzero_ps();
   GroupConst gc[R];
   const int64_t nb = kbit::num_blocks(w.K);
   const int64_t G = w.group_size;
@@ -47,30 +47,30 @@ void gemv_tile(const KbitProblemBf16& p, const KbitWeight& w, int64_t m0, int64_
   for (int64_t b = 0; b < nb; ++b) {
     const int64_t k0 = b * kbit::kBlock;
     Planes pl[R];
-    for (int r = 0; r < R; ++r)
-      pl[r] = load_planes<BITS>(w.codes + (n0 + r) * w.row_stride + b * 16 * BITS);
+    FUSENAS_UNROLL for (int r = 0; r < R; ++r) pl[r] =
+        load_planes<BITS>(w.codes + (n0 + r) * w.row_stride + b * 16 * BITS);
     __m512 lo[R];
-    for_each_subvector([&](auto ic) {
+    for_each_subvector([&](auto ic) FUSENAS_ALWAYS_INLINE {
       constexpr int I = decltype(ic)::value;
       const int64_t k = k0 + 16 * I;
       const bool valid = k < w.K;  // past K: x is zero, weights must be finite
       if (valid && k >= next_group) {
         const int64_t g = k / G;
         next_group = (g + 1) * G;
-        for (int r = 0; r < R; ++r) {
+        FUSENAS_UNROLL for (int r = 0; r < R; ++r) {
           float s, z;
           group_params(w, n0 + r, g, s, z);
           gc[r] = group_const<BITS>(s, z);
         }
       }
-      for (int r = 0; r < R; ++r) {
+      FUSENAS_UNROLL for (int r = 0; r < R; ++r) {
         const __m512 v = valid ? decode<BITS, I>(pl[r], gc[r]) : _mm512_setzero_ps();
         if constexpr (I % 2 == 0) {
           lo[r] = v;
         } else {
           // [lo 0..15, v 0..15] as bf16 elements: the order of x[k-16 .. k+15].
           const __m512bh wv = _mm512_cvtne2ps_pbh(v, lo[r]);
-          for (int m = 0; m < MT; ++m) {
+          FUSENAS_UNROLL for (int m = 0; m < MT; ++m) {
             const __m512bh xv = as_bh(_mm512_loadu_si512(p.x + (m0 + m) * p.ldx + k - 16));
             acc[m][r] = _mm512_dpbf16_ps(acc[m][r], xv, wv);
           }
@@ -78,17 +78,17 @@ void gemv_tile(const KbitProblemBf16& p, const KbitWeight& w, int64_t m0, int64_
       }
     });
   }
-  for (int r = 0; r < R; ++r) {
+  FUSENAS_UNROLL for (int r = 0; r < R; ++r) {
     const float bias = p.bias ? p.bias[n0 + r] : 0.f;
-    for (int m = 0; m < MT; ++m)
-      p.y[(m0 + m) * p.ldy + n0 + r] = _mm512_reduce_add_ps(acc[m][r]) + bias;
+    FUSENAS_UNROLL for (int m = 0; m < MT; ++m) p.y[(m0 + m) * p.ldy + n0 + r] =
+        _mm512_reduce_add_ps(acc[m][r]) + bias;
   }
 }
 
 template <int BITS, int MT>
 void gemv_rows(const KbitProblemBf16& p, const KbitWeight& w, int64_t m0, int64_t n_begin,
                int64_t n_end) {
-  constexpr int R = MT <= 2 ? 4 : 2;
+  constexpr int R = gemv_rows_per_tile(BITS, MT);
   int64_t n = n_begin;
   for (; n + R <= n_end; n += R) gemv_tile<BITS, MT, R>(p, w, m0, n);
   for (; n < n_end; ++n) gemv_tile<BITS, MT, 1>(p, w, m0, n);
@@ -111,14 +111,14 @@ template <int MR>
 void micro_kernel(const uint16_t* A, int64_t lda, const uint16_t* B, int64_t pairs, float* C,
                   int64_t ldc, __mmask16 m0, __mmask16 m1, bool first, const float* bias) {
   __m512 c0[MR], c1[MR];
-  for (int i = 0; i < MR; ++i) {
+  FUSENAS_UNROLL for (int i = 0; i < MR; ++i) {
     c0[i] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m0, C + i * ldc);
     c1[i] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m1, C + i * ldc + 16);
   }
   for (int64_t q = 0; q < pairs; ++q) {
     const __m512bh b0 = as_bh(_mm512_loadu_si512(B + q * 64));
     const __m512bh b1 = as_bh(_mm512_loadu_si512(B + q * 64 + 32));
-    for (int i = 0; i < MR; ++i) {
+    FUSENAS_UNROLL for (int i = 0; i < MR; ++i) {
       int32_t pair;
       std::memcpy(&pair, A + i * lda + 2 * q, sizeof(pair));
       const __m512bh a = as_bh(_mm512_set1_epi32(pair));
@@ -129,12 +129,12 @@ void micro_kernel(const uint16_t* A, int64_t lda, const uint16_t* B, int64_t pai
   if (bias) {
     const __m512 bb0 = _mm512_maskz_loadu_ps(m0, bias);
     const __m512 bb1 = _mm512_maskz_loadu_ps(m1, bias + 16);
-    for (int i = 0; i < MR; ++i) {
+    FUSENAS_UNROLL for (int i = 0; i < MR; ++i) {
       c0[i] = _mm512_add_ps(c0[i], bb0);
       c1[i] = _mm512_add_ps(c1[i], bb1);
     }
   }
-  for (int i = 0; i < MR; ++i) {
+  FUSENAS_UNROLL for (int i = 0; i < MR; ++i) {
     _mm512_mask_storeu_ps(C + i * ldc, m0, c0[i]);
     _mm512_mask_storeu_ps(C + i * ldc + 16, m1, c1[i]);
   }
@@ -154,7 +154,7 @@ inline void pack_pairs(const float* b, int64_t pairs, uint16_t* out) {
       _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
                        21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
   for (int64_t q = 0; q < pairs; ++q) {
-    for (int h = 0; h < 2; ++h) {
+    FUSENAS_UNROLL for (int h = 0; h < 2; ++h) {
       const __m512 even = _mm512_loadu_ps(b + (2 * q) * kNr + 16 * h);
       const __m512 odd = _mm512_loadu_ps(b + (2 * q + 1) * kNr + 16 * h);
       __m512bh v = _mm512_cvtne2ps_pbh(odd, even);  // [even 0..15, odd 0..15]
@@ -178,8 +178,8 @@ void gemm(const KbitProblemBf16& p, const KbitWeight& w, int64_t n_begin, int64_
       const int64_t kc_blocks = (kc + 127) / 128 * 128;
       decode_panel<BITS>(w, n0, rows, kc0, kc_blocks, rows_buf);
       for (int64_t kk = 0; kk < kc; kk += 16)
-        for (int h = 0; h < 2; ++h)
-          transpose16(rows_buf + h * 16 * kKc + kk, kKc, b_buf + kk * kNr + h * 16, kNr);
+        FUSENAS_UNROLL for (int h = 0; h < 2; ++h)
+            transpose16(rows_buf + h * 16 * kKc + kk, kKc, b_buf + kk * kNr + h * 16, kNr);
       const int64_t pairs = (kc + 1) / 2;  // a lone last k pairs with x's zero padding
       pack_pairs(b_buf, pairs, bp);
       const bool first = kc0 == 0, last = kc0 + kKc >= w.K;

@@ -41,7 +41,7 @@ void decode_panel(const KbitWeight& w, int64_t n0, int rows, int64_t kc0, int64_
     for (int64_t kb = 0; kb < kc; kb += kbit::kBlock) {
       const int64_t k0 = kc0 + kb;
       const Planes pl = load_planes<BITS>(w.codes + n * w.row_stride + (k0 / 128) * 16 * BITS);
-      for_each_subvector([&](auto ic) {
+      for_each_subvector([&](auto ic) FUSENAS_ALWAYS_INLINE {
         constexpr int I = decltype(ic)::value;
         const int64_t k = k0 + 16 * I;
         if (k >= w.K) {  // padding past K: no group, no scale
@@ -67,30 +67,30 @@ void decode_panel(const KbitWeight& w, int64_t n0, int rows, int64_t kc0, int64_
 // 16 x 16 transpose of floats: src rows (stride ss) -> dst rows (stride ds).
 inline void transpose16(const float* src, int64_t ss, float* dst, int64_t ds) {
   __m512 r[16], t[16];
-  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ss);
-  for (int i = 0; i < 16; i += 2) {
+  FUSENAS_UNROLL for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ss);
+  FUSENAS_UNROLL for (int i = 0; i < 16; i += 2) {
     t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
     t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
   }
-  for (int i = 0; i < 16; i += 4) {
+  FUSENAS_UNROLL for (int i = 0; i < 16; i += 4) {
     r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
     r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
     r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
     r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
   }
-  for (int i = 0; i < 4; ++i) {
+  FUSENAS_UNROLL for (int i = 0; i < 4; ++i) {
     t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
     t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
     t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
     t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
   }
-  for (int i = 0; i < 4; ++i) {
+  FUSENAS_UNROLL for (int i = 0; i < 4; ++i) {
     r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
     r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
     r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
     r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xDD);
   }
-  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ds, r[i]);
+  FUSENAS_UNROLL for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ds, r[i]);
 }
 
 }  // namespace avx512
