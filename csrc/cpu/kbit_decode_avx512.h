@@ -39,8 +39,8 @@ struct Spec {
 
 // The planes of one block of one row.
 struct Planes {
-  __m512i a;  // 8-bit: words 0..15; 4-bit plane; or 2-bit plane when there is no 4-bit one
-  __m512i b;  // 8-bit: words 16..31; 2-bit plane (with a 4-bit one); 1-bit plane (3-bit)
+  __m512i a;  // 8-bit: words 0..15; 4-bit plane; 2-bit plane; 3-bit: both planes merged
+  __m512i b;  // 8-bit: words 16..31; 2-bit plane of 6- and 7-bit codes
   __m512i c;  // 1-bit plane of 5- and 7-bit codes
 };
 
@@ -69,7 +69,13 @@ inline Planes load_planes(const uint8_t* block) {
     if constexpr (S::kHas1) pl.c = broadcast_plane1(block + S::kOff1);
   } else {
     pl.a = broadcast_plane2(block);  // 2- and 3-bit codes start with the 2-bit plane
-    if constexpr (S::kHas1) pl.b = broadcast_plane1(block + S::kOff1);
+    if constexpr (S::kHas1) {
+      // 3-bit: merge the planes once per block into nibbles (bits 4I, 4I+1
+      // from the 2-bit plane, bit 4I+2 from the 1-bit plane rotated up by 2),
+      // so each sub-vector then costs one shift, as for 2 and 4 bits.
+      const __m512i hi = _mm512_rol_epi32(broadcast_plane1(block + S::kOff1), 2);
+      pl.a = _mm512_ternarylogic_epi32(_mm512_set1_epi32(0x33333333), pl.a, hi, 0xCA);
+    }
   }
   return pl;
 }
@@ -81,14 +87,10 @@ inline __m512i codes(const Planes& pl) {
   if constexpr (BITS == 8) {
     const __m512i v = (I & 1) ? pl.b : pl.a;
     return _mm512_and_si512(_mm512_srli_epi32(v, 8 * (I >> 1)), _mm512_set1_epi32(0xff));
-  } else if constexpr (BITS == 4 || BITS == 2) {
+  } else if constexpr (BITS <= 4) {  // 2, 3 (merged in load_planes) and 4 bits
     return _mm512_srli_epi32(pl.a, 4 * I);
-  } else if constexpr (BITS == 3) {
-    const __m512i lo = _mm512_srli_epi32(pl.a, 4 * I);
-    const __m512i hi = _mm512_slli_epi32(_mm512_srli_epi32(pl.b, 4 * I), 2);
-    // mask ? lo : hi bitwise (imm 0xCA), i.e. (lo & 3) | (hi & ~3).
-    return _mm512_ternarylogic_epi32(_mm512_set1_epi32(3), lo, hi, 0xCA);
   } else if constexpr (BITS == 5) {
+    // mask ? lo : hi bitwise (imm 0xCA), i.e. (lo & 15) | (hi & ~15).
     const __m512i lo = _mm512_srli_epi32(pl.a, 4 * I);
     const __m512i hi = _mm512_slli_epi32(_mm512_srli_epi32(pl.c, 4 * I), 4);
     return _mm512_ternarylogic_epi32(_mm512_set1_epi32(15), lo, hi, 0xCA);
@@ -175,7 +177,7 @@ FUSENAS_ALWAYS_INLINE inline void for_each_subvector(F&& f) {
 // spilling (MT*R accumulators, R tables, one register per plane per row;
 // checked in the assembly), since each decoded vector feeds MT rows of x.
 constexpr int gemv_rows_per_tile(int bits, int mt) {
-  const bool one_plane = bits == 2 || bits == 4;  // 8-bit: two registers per row
+  const bool one_plane = bits <= 4;  // 3-bit planes are merged; 8-bit: two registers
   return mt <= 2 ? (one_plane || bits == 8 ? 4 : 2) : (one_plane ? 2 : 1);
 }
 
