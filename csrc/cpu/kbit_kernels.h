@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "fusenas/kbit.h"
 
@@ -43,6 +44,28 @@ void kbit_matmul_avx512(const KbitProblem& p, const KbitWeight& w, int64_t n_beg
 void kbit_dequantize_avx512(const KbitWeight& w, float* out, int64_t n_begin, int64_t n_end);
 void kbit_matmul_avx512_bf16(const KbitProblemBf16& p, const KbitWeight& w, int64_t n_begin,
                              int64_t n_end);
+
+// Calls fn(std::integral_constant<int, B>{}) with B = bits (2..8), so each
+// kernel is instantiated per bit width behind one switch.
+template <typename Fn>
+inline void with_bits(int bits, Fn&& fn) {
+  switch (bits) {
+    case 2:
+      return fn(std::integral_constant<int, 2>{});
+    case 3:
+      return fn(std::integral_constant<int, 3>{});
+    case 4:
+      return fn(std::integral_constant<int, 4>{});
+    case 5:
+      return fn(std::integral_constant<int, 5>{});
+    case 6:
+      return fn(std::integral_constant<int, 6>{});
+    case 7:
+      return fn(std::integral_constant<int, 7>{});
+    default:
+      return fn(std::integral_constant<int, 8>{});
+  }
+}
 
 // Rows each thread takes are a multiple of this, so the wide kernels' row tiles
 // never straddle two threads.

@@ -202,41 +202,11 @@ void dequantize_rows(const KbitWeight& w, float* out, int64_t n_begin, int64_t n
 }  // namespace
 
 void kbit_matmul_avx512(const KbitProblem& p, const KbitWeight& w, int64_t n_begin, int64_t n_end) {
-  switch (w.bits) {
-    case 2:
-      return matmul<2>(p, w, n_begin, n_end);
-    case 3:
-      return matmul<3>(p, w, n_begin, n_end);
-    case 4:
-      return matmul<4>(p, w, n_begin, n_end);
-    case 5:
-      return matmul<5>(p, w, n_begin, n_end);
-    case 6:
-      return matmul<6>(p, w, n_begin, n_end);
-    case 7:
-      return matmul<7>(p, w, n_begin, n_end);
-    default:
-      return matmul<8>(p, w, n_begin, n_end);
-  }
+  with_bits(w.bits, [&](auto b) { matmul<decltype(b)::value>(p, w, n_begin, n_end); });
 }
 
 void kbit_dequantize_avx512(const KbitWeight& w, float* out, int64_t n_begin, int64_t n_end) {
-  switch (w.bits) {
-    case 2:
-      return dequantize_rows<2>(w, out, n_begin, n_end);
-    case 3:
-      return dequantize_rows<3>(w, out, n_begin, n_end);
-    case 4:
-      return dequantize_rows<4>(w, out, n_begin, n_end);
-    case 5:
-      return dequantize_rows<5>(w, out, n_begin, n_end);
-    case 6:
-      return dequantize_rows<6>(w, out, n_begin, n_end);
-    case 7:
-      return dequantize_rows<7>(w, out, n_begin, n_end);
-    default:
-      return dequantize_rows<8>(w, out, n_begin, n_end);
-  }
+  with_bits(w.bits, [&](auto b) { dequantize_rows<decltype(b)::value>(w, out, n_begin, n_end); });
 }
 
 }  // namespace cpu

@@ -205,22 +205,7 @@ void matmul(const KbitProblemBf16& p, const KbitWeight& w, int64_t n_begin, int6
 
 void kbit_matmul_avx512_bf16(const KbitProblemBf16& p, const KbitWeight& w, int64_t n_begin,
                              int64_t n_end) {
-  switch (w.bits) {
-    case 2:
-      return matmul<2>(p, w, n_begin, n_end);
-    case 3:
-      return matmul<3>(p, w, n_begin, n_end);
-    case 4:
-      return matmul<4>(p, w, n_begin, n_end);
-    case 5:
-      return matmul<5>(p, w, n_begin, n_end);
-    case 6:
-      return matmul<6>(p, w, n_begin, n_end);
-    case 7:
-      return matmul<7>(p, w, n_begin, n_end);
-    default:
-      return matmul<8>(p, w, n_begin, n_end);
-  }
+  with_bits(w.bits, [&](auto b) { matmul<decltype(b)::value>(p, w, n_begin, n_end); });
 }
 
 }  // namespace cpu
