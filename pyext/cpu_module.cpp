@@ -8,32 +8,13 @@
 
 #include "cpu/cpu_dispatch.h"
 #include "fusenas/kbit.h"
+#include "pointer_args.h"
 
 namespace py = pybind11;
 using fusenas::DType;
 using fusenas::KbitWeight;
-
-namespace {
-
-template <typename T>
-T* ptr(uintptr_t p) {
-  return reinterpret_cast<T*>(p);
-}
-
-KbitWeight make_weight(uintptr_t codes, uintptr_t scales, uintptr_t zeros, int64_t N, int64_t K,
-                       int64_t row_stride, int bits, bool ternary, int64_t group_size) {
-  return KbitWeight{ptr<const uint8_t>(codes),
-                    ptr<const float>(scales),
-                    ptr<const float>(zeros),
-                    N,
-                    K,
-                    row_stride,
-                    bits,
-                    ternary,
-                    group_size};
-}
-
-}  // namespace
+using fusenas::pyext::make_weight;
+using fusenas::pyext::ptr;
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fusenas CPU kernels (pointer-level; use fusenas.ops)";

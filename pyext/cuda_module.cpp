@@ -13,6 +13,7 @@
 #include <string>
 
 #include "fusenas/kbit.h"
+#include "pointer_args.h"
 
 #ifndef FUSENAS_CUDA_ARCHS_STR
 #define FUSENAS_CUDA_ARCHS_STR "unknown"
@@ -21,26 +22,10 @@
 namespace py = pybind11;
 using fusenas::DType;
 using fusenas::KbitWeight;
+using fusenas::pyext::make_weight;
+using fusenas::pyext::ptr;
 
 namespace {
-
-template <typename T>
-T* ptr(uintptr_t p) {
-  return reinterpret_cast<T*>(p);
-}
-
-KbitWeight make_weight(uintptr_t codes, uintptr_t scales, uintptr_t zeros, int64_t N, int64_t K,
-                       int64_t row_stride, int bits, bool ternary, int64_t group_size) {
-  return KbitWeight{ptr<const uint8_t>(codes),
-                    ptr<const float>(scales),
-                    ptr<const float>(zeros),
-                    N,
-                    K,
-                    row_stride,
-                    bits,
-                    ternary,
-                    group_size};
-}
 
 // Raises RuntimeError for a nonzero cudaError_t (called with the GIL held).
 void check(int err, const char* op) {
