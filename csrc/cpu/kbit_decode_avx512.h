@@ -181,6 +181,24 @@ constexpr int gemv_rows_per_tile(int bits, int mt) {
   return mt <= 2 ? (one_plane || bits == 8 ? 4 : 2) : (one_plane ? 2 : 1);
 }
 
+// GEMV tiling shared by the float32 and bfloat16 kernels: x rows in tiles of
+// 8, 4, 2, 1 and output rows in tiles of gemv_rows_per_tile (then singly).
+// tile(mt, r, m0, n0) receives MT and R as std::integral_constant.
+template <int BITS, typename Tile>
+inline void gemv_tiles(int64_t M, int64_t n_begin, int64_t n_end, Tile&& tile) {
+  auto rows = [&](auto mt, int64_t m0) {
+    constexpr int R = gemv_rows_per_tile(BITS, decltype(mt)::value);
+    int64_t n = n_begin;
+    for (; n + R <= n_end; n += R) tile(mt, std::integral_constant<int, R>{}, m0, n);
+    for (; n < n_end; ++n) tile(mt, std::integral_constant<int, 1>{}, m0, n);
+  };
+  int64_t m = 0;
+  for (; m + 8 <= M; m += 8) rows(std::integral_constant<int, 8>{}, m);
+  if (M - m >= 4) rows(std::integral_constant<int, 4>{}, m), m += 4;
+  if (M - m >= 2) rows(std::integral_constant<int, 2>{}, m), m += 2;
+  if (M - m >= 1) rows(std::integral_constant<int, 1>{}, m);
+}
+
 // Scale and zero point of (row n, group g).
 inline void group_params(const KbitWeight& w, int64_t n, int64_t g, float& s, float& z) {
   const int64_t groups = w.K / w.group_size;

@@ -85,22 +85,11 @@ void gemv_tile(const KbitProblemBf16& p, const KbitWeight& w, int64_t m0, int64_
   }
 }
 
-template <int BITS, int MT>
-void gemv_rows(const KbitProblemBf16& p, const KbitWeight& w, int64_t m0, int64_t n_begin,
-               int64_t n_end) {
-  constexpr int R = gemv_rows_per_tile(BITS, MT);
-  int64_t n = n_begin;
-  for (; n + R <= n_end; n += R) gemv_tile<BITS, MT, R>(p, w, m0, n);
-  for (; n < n_end; ++n) gemv_tile<BITS, MT, 1>(p, w, m0, n);
-}
-
 template <int BITS>
 void gemv(const KbitProblemBf16& p, const KbitWeight& w, int64_t n_begin, int64_t n_end) {
-  int64_t m = 0;
-  for (; m + 8 <= p.M; m += 8) gemv_rows<BITS, 8>(p, w, m, n_begin, n_end);
-  if (p.M - m >= 4) gemv_rows<BITS, 4>(p, w, m, n_begin, n_end), m += 4;
-  if (p.M - m >= 2) gemv_rows<BITS, 2>(p, w, m, n_begin, n_end), m += 2;
-  if (p.M - m >= 1) gemv_rows<BITS, 1>(p, w, m, n_begin, n_end), m += 1;
+  gemv_tiles<BITS>(p.M, n_begin, n_end, [&](auto mt, auto r, int64_t m0, int64_t n0) {
+    gemv_tile<BITS, decltype(mt)::value, decltype(r)::value>(p, w, m0, n0);
+  });
 }
 
 // ---------------------------------------------------------------- GEMM ----
