@@ -1,10 +1,12 @@
-"""The ``fusenas`` command: demo, train, quantize, infer, info.
+"""The ``fusenas`` command: demo, train, quantize, infer, info, search, latency.
 
     fusenas demo [--out DIR]        train on digits, quantize to 8/4/3/2/ternary, compare
     fusenas train --dataset digits -o fp32.safetensors
     fusenas quantize fp32.safetensors -o 4bit.safetensors --bits 4 --group-size 128
     fusenas infer 4bit.safetensors [--dataset digits]
     fusenas info                    same as python -m fusenas.info
+    fusenas search pcdarts --set space=nb201 --set epochs=5   (see fusenas.cli_search)
+    fusenas latency collect|fit ...
 
 Bad arguments and bad files end with ``fusenas: error: ...`` and exit status 2.
 """
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from fusenas import cli_search
 from fusenas.quant.packed import parse_bits
 
 _DEFAULT_EPOCHS = {"digits": 20, "fashion-mnist": 3, "cifar10": 5}
@@ -102,7 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     _add_common(p, dataset=False)
 
-    p = sub.add_parser("train", help="train the demo CNN, save an fp32 safetensors checkpoint")
+    p = sub.add_parser(
+        "train",
+        help="train the demo CNN, or a searched cell (--genotype), save an fp32 checkpoint",
+    )
+    p.add_argument(
+        "--genotype",
+        default=None,
+        help="genotype.json of a search: train its DARTS / NAS-Bench-201 network",
+    )
+    p.add_argument("--channels", type=_positive_int, default=16, help="derived network's C")
+    p.add_argument("--layers", type=_positive_int, default=8,
+                   help="derived network: cells (DARTS) or cells per stage (NB201)")  # fmt: skip
+    p.add_argument("--auxiliary", action="store_true", help="DARTS auxiliary head (weight 0.4)")
+    p.add_argument("--cutout", type=int, default=0, help="cutout square size (0: off)")
+    p.add_argument("--drop-path", type=float, default=0.0, help="final drop-path probability")
     p.add_argument(
         "-o",
         "--out",
@@ -111,7 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--epochs", type=_positive_int, default=None)
     p.add_argument("--batch-size", type=_positive_int, default=64)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate (default 3e-3 AdamW for the CNN, 0.025 SGD for --genotype)",
+    )
     p.add_argument("--no-progress", action="store_true")
     _add_common(p)
 
@@ -137,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     sub.add_parser("info", help="build and dispatch information (python -m fusenas.info)")
+    cli_search.add_parsers(sub)
     return parser
 
 
@@ -157,15 +180,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from fusenas.training import accuracy, fit
 
     dataset = args.dataset or "digits"
+    args.lr_set = args.lr is not None
+    if args.lr is None:
+        args.lr = 3e-3
     torch.set_num_threads(args.threads)
     train, test = load_splits(dataset, args.data_path, args.seed, limit=args.limit)
     print(f"{dataset}: {len(train)} train / {len(test)} test images, {tuple(train.x.shape[1:])}")
     torch.manual_seed(args.seed)
-    model = small_cnn_for(dataset, num_classes=len(train.classes))
     epochs = args.epochs or _DEFAULT_EPOCHS[dataset]
-    fit(model, train, epochs, args.batch_size, args.lr, seed=args.seed,
-        augment=dataset == "cifar10", progress=not args.no_progress)  # fmt: skip
-    acc = accuracy(model, test)
+    if args.genotype:
+        model = _derived_network(args, train)
+        from fusenas.search.train_derived import train_from_scratch
+
+        result = train_from_scratch(
+            model, train, test, epochs, args.batch_size, lr=args.lr if args.lr_set else 0.025,
+            drop_path_prob=args.drop_path, cutout_size=args.cutout, seed=args.seed,
+            progress=not args.no_progress,
+        )  # fmt: skip
+        acc = result.test_accuracy
+    else:
+        model = small_cnn_for(dataset, num_classes=len(train.classes))
+        fit(model, train, epochs, args.batch_size, args.lr, seed=args.seed,
+            augment=dataset == "cifar10", progress=not args.no_progress)  # fmt: skip
+        acc = accuracy(model, test)
     out = Path(args.out or f"fusenas_{dataset}_fp32.safetensors")
     meta = {
         "dataset": dataset, "split_seed": args.seed, "test_fraction": 0.2, "limit": args.limit,
@@ -174,6 +211,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
     save_float(model, out, meta)
     print(f"test accuracy {acc:.2f}%  saved {out} ({out.stat().st_size:,} bytes)")
     return 0
+
+
+def _derived_network(args: argparse.Namespace, train) -> torch.nn.Module:
+    import json
+
+    path = Path(args.genotype)
+    if not path.is_file():
+        raise FileNotFoundError(f"--genotype: no such file: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--genotype: {path} is not JSON ({exc})") from exc
+    in_ch, classes = train.x.shape[1], len(train.classes)
+    if isinstance(data, dict) and "arch_str" in data:
+        from fusenas.models.nb201_network import Nb201Network
+
+        return Nb201Network(data["arch_str"], args.channels, args.layers, classes, in_ch)
+    from fusenas.models.darts_network import DartsNetwork
+
+    return DartsNetwork(data, args.channels, classes, args.layers, args.auxiliary, in_ch)
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
@@ -242,6 +299,8 @@ _COMMANDS = {
     "quantize": _cmd_quantize,
     "infer": _cmd_infer,
     "info": _cmd_info,
+    "search": lambda args: cli_search.cmd_search(args),
+    "latency": lambda args: cli_search.cmd_latency(args),
 }
 
 

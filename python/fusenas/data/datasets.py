@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,6 +115,89 @@ def load_cifar10_npz(path: str | os.PathLike) -> ImageDataset:
         return ImageDataset(xt, torch.from_numpy(y.astype(np.int64)), classes, "cifar10")
     except ValueError as exc:
         raise ValueError(f"path: {path}: {exc}") from exc
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR-10's python batches while refusing anything but numpy arrays.
+
+    The batches are pickles (dicts of bytes, lists and ndarrays); a plain
+    pickle.load would run whatever a tampered file asks for.
+    """
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def load_cifar10_batches(directory: str | os.PathLike, split: str = "train") -> ImageDataset:
+    """CIFAR-10 from the standard python batches (``data_batch_1..5``, ``test_batch``).
+
+    Args:
+        directory: the ``cifar-10-batches-py`` directory.
+        split: "train" (the five data batches, 50,000 images) or "test" (10,000).
+    Returns: x uint8 (N, 3, 32, 32), y int64 (N,).
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"directory: no such directory: {directory}")
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    xs, ys = [], []
+    for name in names:
+        path = _existing_file(directory / name, "directory")
+        try:
+            with open(path, "rb") as f:
+                batch = _ArrayOnlyUnpickler(f, encoding="bytes").load()
+            data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            labels = np.asarray(batch[b"labels"], dtype=np.int64)
+        except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as exc:
+            raise ValueError(f"directory: {path} is not a CIFAR-10 python batch ({exc})") from exc
+        xs.append(data)
+        ys.append(labels)
+    classes = ("airplane", "automobile", "bird", "cat", "deer",
+               "dog", "frog", "horse", "ship", "truck")  # fmt: skip
+    return ImageDataset(
+        torch.from_numpy(np.concatenate(xs)),
+        torch.from_numpy(np.concatenate(ys)),
+        classes,
+        "cifar10",
+    )
+
+
+def load_cifar10(path: str | os.PathLike | None = None) -> ImageDataset:
+    """CIFAR-10 training images from an .npz file or a python-batches directory (default place)."""
+    path = Path(path) if path is not None else default_cifar10_path()
+    if path.is_dir():
+        return load_cifar10_batches(path, "train")
+    return load_cifar10_npz(path)
+
+
+def load_train_set(
+    name: str, path: str | os.PathLike | None = None, limit: int | None = None, seed: int = 0
+) -> ImageDataset:
+    """The training images of a data set by name (all of digits), optionally a seeded subset."""
+    limit = _check_limit(limit)
+    if name == "digits":
+        ds = load_digits()
+    elif name == "cifar10":
+        ds = load_cifar10(path)
+    elif name == "fashion-mnist":
+        ds = load_fashion_mnist(path if path is not None else DEFAULT_FASHION_MNIST_DIR, "train")
+    else:
+        raise ValueError(f"name: expected one of {list(DATASETS)}, got {name!r}")
+    return random_subset(ds, limit, seed) if limit is not None else ds
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -271,10 +355,7 @@ def load_splits(
     """
     limit = _check_limit(limit)
     if name in ("digits", "cifar10"):
-        if name == "digits":
-            ds = load_digits()
-        else:
-            ds = load_cifar10_npz(path if path is not None else default_cifar10_path())
+        ds = load_digits() if name == "digits" else load_cifar10(path)
         if limit is not None:
             ds = random_subset(ds, limit, seed)
         return train_test_split(ds, test_fraction, seed)

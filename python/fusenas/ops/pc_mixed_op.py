@@ -45,6 +45,10 @@ PC_DARTS_PRIMITIVES = (
     "dil_conv_5x5",
 )
 
+# Every name an edge may carry: PC-DARTS' candidates plus NAS-Bench-201's two
+# convolutions (parametric: computed by torch and passed in param_outs).
+KNOWN_CANDIDATES = PC_DARTS_PRIMITIVES + ("nor_conv_1x1", "nor_conv_3x3")
+
 # Candidate kinds as the native kernel numbers them (csrc/include/fusenas/pc_mixed.h).
 KIND_NONE, KIND_MAX_POOL, KIND_AVG_POOL, KIND_SKIP, KIND_PARAMETRIC = 0, 1, 2, 3, 4
 _POOL_ROW = {"max_pool_3x3": 0, "avg_pool_3x3": 1}
@@ -133,9 +137,9 @@ def check_pc_mixed_args(
     if isinstance(ops, str) or not isinstance(ops, Sequence) or len(ops) == 0:
         raise ValueError(f"ops: expected a non-empty list of candidate names, got {ops!r}")
     for name in ops:
-        if name not in PC_DARTS_PRIMITIVES:
+        if name not in KNOWN_CANDIDATES:
             raise ValueError(
-                f"ops: unknown candidate {name!r}; expected names from {PC_DARTS_PRIMITIVES}"
+                f"ops: unknown candidate {name!r}; expected names from {KNOWN_CANDIDATES}"
             )
     if len(set(ops)) != len(ops):
         raise ValueError(f"ops: expected each candidate at most once, got {list(ops)}")

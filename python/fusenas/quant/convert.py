@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fusenas._layer_select import as_patterns, selects
 from fusenas.nn.quant_conv import QuantConv2d
 from fusenas.nn.quant_linear import QuantLinear
 from fusenas.quant.packed import parse_bits
@@ -33,14 +34,6 @@ def _check_group_size(value: Any, name: str) -> None:
         raise ValueError(
             f"{name}: expected None (per-channel) or a positive multiple of 16, got {value!r}"
         )
-
-
-def _patterns(value: Any, name: str) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = (value,)
-    if not isinstance(value, (tuple, list)) or not all(isinstance(p, str) for p in value):
-        raise TypeError(f"{name}: expected a tuple of fnmatch patterns (str), got {value!r}")
-    return tuple(value)
 
 
 @dataclass
@@ -77,8 +70,8 @@ class QuantConfig:
             raise TypeError(f"symmetric: expected a bool, got {self.symmetric!r}")
         if ternary and not self.symmetric:
             raise ValueError("symmetric: ternary weights are symmetric; pass symmetric=True")
-        self.include = _patterns(self.include, "include")
-        self.exclude = _patterns(self.exclude, "exclude")
+        self.include = as_patterns(self.include, "include")
+        self.exclude = as_patterns(self.exclude, "exclude")
         types = (self.types,) if isinstance(self.types, type) else self.types
         if (
             not isinstance(types, (tuple, list))
@@ -111,8 +104,7 @@ class QuantConfig:
 
     def selects(self, name: str) -> bool:
         """Whether the module called ``name`` passes include / exclude."""
-        hit = any(fnmatch.fnmatchcase(name, p) for p in self.include)
-        return hit and not any(fnmatch.fnmatchcase(name, p) for p in self.exclude)
+        return selects(name, self.include, self.exclude)
 
     def settings_for(self, name: str) -> dict[str, Any]:
         """{"bits", "group_size", "symmetric"} for the module called ``name``."""

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_bytes
 from torch import nn
 
+from fusenas._atomic import atomic_write_bytes
 from fusenas.nn.quant_conv import QuantConv2d
 from fusenas.nn.quant_linear import QuantLinear
 from fusenas.quant.packing import FORMAT_VERSION
@@ -251,31 +251,7 @@ def _save(
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], header: dict[str, str], path: Path) -> None:
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise FileNotFoundError(f"path: directory {directory} does not exist")
-    data = save_bytes(tensors, metadata=header)
-    tmp = directory / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    # os.open with 0o666 lets the umask decide the final permissions (mkstemp would force 0600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if hasattr(os, "O_DIRECTORY"):
-        try:
-            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError:
-            pass
+    atomic_write_bytes(path, save_bytes(tensors, metadata=header))
 
 
 def _load(path: str | os.PathLike, kind: str | None) -> ModelState:

@@ -4,8 +4,8 @@
 and 2, im2col path), a 1 x 1 conv (direct GEMM path) and a two-layer linear
 head. It works for 1 x 8 x 8 digits, 1 x 28 x 28 Fashion-MNIST and 3 x 32 x 32
 CIFAR-10: an adaptive average pool fixes the head's input size. ``model.spec``
-is a plain dict that :func:`build_model` turns back into the same architecture;
-``fusenas.quant.io`` stores it in checkpoints.
+is a plain dict that :func:`fusenas.models.build_model` turns back into the same
+architecture; ``fusenas.quant.io`` stores it in checkpoints.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from typing import Any
 
 import torch
 from torch import nn
-
-_SMALL_CNN_ARGS = ("in_channels", "num_classes", "channels", "hidden", "pool", "mean", "std")
 
 # Per-dataset defaults: input channels, widths, and the normalisation applied inside the model.
 DATASET_SPECS: dict[str, dict[str, Any]] = {
@@ -117,16 +115,6 @@ class SmallCNN(nn.Module):
             x = x.to(self.mean.dtype) / 255.0
         x = (x - self.mean) / self.std
         return self.head(self.pool(self.features(x)))
-
-
-def build_model(spec: dict[str, Any]) -> nn.Module:
-    """Rebuilds a model from its ``spec`` (``{"name": "SmallCNN", "kwargs": {...}}``)."""
-    if not isinstance(spec, dict) or spec.get("name") != "SmallCNN":
-        raise ValueError(f"spec: expected {{'name': 'SmallCNN', 'kwargs': {{...}}}}, got {spec!r}")
-    kwargs = spec.get("kwargs", {})
-    if not isinstance(kwargs, dict) or set(kwargs) - set(_SMALL_CNN_ARGS):
-        raise ValueError(f"spec: unknown SmallCNN arguments in {kwargs!r}")
-    return SmallCNN(**kwargs)
 
 
 def small_cnn_for(dataset: str, num_classes: int = 10, **overrides: Any) -> SmallCNN:
