@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 from pathlib import Path
 
@@ -250,3 +251,51 @@ def test_load_splits_bad_arguments():
         load_splits("digits", limit=-3)
     tr, te = load_splits("digits", limit=500, seed=1)
     assert len(tr) + len(te) == 500
+
+
+def _write_cifar_batches(directory, shared_data):
+    """The standard python batches, made from real images of the shared .npz."""
+    import pickle
+
+    with np.load(shared_data / "cifar10" / "cifar10_train.npz") as f:
+        x, y = f["x"][:60], f["y"][:60]
+    directory.mkdir()
+    flat = x.transpose(0, 3, 1, 2).reshape(60, -1)
+    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
+        part = slice(10 * i, 10 * (i + 1))
+        batch = {b"data": flat[part], b"labels": [int(v) for v in y[part]], b"batch_label": b"x"}
+        with open(directory / name, "wb") as f:
+            pickle.dump(batch, f)
+    return x, y
+
+
+def test_cifar_python_batches(tmp_path, shared_data):
+    from fusenas.data.datasets import load_cifar10, load_cifar10_batches
+
+    x, y = _write_cifar_batches(tmp_path / "cifar-10-batches-py", shared_data)
+    train = load_cifar10(tmp_path / "cifar-10-batches-py")
+    assert train.x.shape == (50, 3, 32, 32) and train.classes[0] == "airplane"
+    assert torch.equal(train.x, torch.from_numpy(x[:50]).permute(0, 3, 1, 2))
+    assert torch.equal(train.y, torch.from_numpy(y[:50]).long())
+    test = load_cifar10_batches(tmp_path / "cifar-10-batches-py", "test")
+    assert len(test) == 10
+
+
+def test_cifar_python_batches_refuse_code(tmp_path):
+    import pickle
+
+    from fusenas.data.datasets import load_cifar10_batches
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    d = tmp_path / "batches"
+    d.mkdir()
+    for name in [f"data_batch_{k}" for k in range(1, 6)]:
+        with open(d / name, "wb") as f:
+            pickle.dump({b"data": Evil(), b"labels": []}, f)
+    with pytest.raises(ValueError, match="refusing to load"):
+        load_cifar10_batches(d)
+    with pytest.raises(FileNotFoundError, match="directory"):
+        load_cifar10_batches(tmp_path / "missing")
