@@ -27,7 +27,7 @@ def _pair(cls_kwargs, seed=0):
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("k", [2, 4])
+@pytest.mark.parametrize("k", [1, 2, 4])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_edge_fused_equals_reference_train_and_eval(stride, k, channels_last):
     fused, reference = _pair(dict(channels=8, stride=stride, k=k))
