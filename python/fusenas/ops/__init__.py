@@ -1,5 +1,6 @@
 """Fused ops, registered under torch.ops.fusenas."""
 
 from fusenas.ops.kbit_matmul import dequantize_weight, kbit_matmul
+from fusenas.ops.lowrank_conv import lowrank_conv2d
 
-__all__ = ["kbit_matmul", "dequantize_weight"]
+__all__ = ["kbit_matmul", "dequantize_weight", "lowrank_conv2d"]
