@@ -150,3 +150,37 @@ def _check_weight(weight: torch.Tensor) -> None:
         raise TypeError(f"weight: expected a floating-point tensor, got {weight.dtype}")
     if not torch.isfinite(weight).all():
         raise ValueError("weight: contains NaN or Inf")
+
+
+def _fold(matrix: torch.Tensor, shape: torch.Size, scheme: str) -> torch.Tensor:
+    """Inverse of :func:`_matrix`: the unfolded matrix back in conv-weight layout."""
+    n, c, kh, kw = shape
+    if scheme == "channel":
+        return matrix.reshape(n, c, kh, kw)
+    return matrix.reshape(c, kh, n, kw).permute(2, 0, 1, 3)
+
+
+def project_with_subgradient(
+    weight: torch.Tensor, scheme: str, energy: float
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """TRP's step on one conv weight: (rank-r projection, U_r V_r^T folded, r).
+
+    r is the energy rank of ``weight`` unfolded as ``scheme`` says; U_r V_r^T
+    (from the same SVD) is the sub-gradient of the nuclear norm of the
+    unfolded weight restricted to its top-r subspace, as TRP applies it. Both
+    come back in ``weight``'s dtype and conv layout.
+    """
+    _check_weight(weight)
+    check_scheme(scheme)
+    u, s, vh = torch.linalg.svd(_matrix(weight, scheme), full_matrices=False)
+    r = choose_rank(s, energy=energy)
+    projected = (u[:, :r] * s[:r]) @ vh[:r]
+    sub = u[:, :r] @ vh[:r]
+    like = dict(dtype=weight.dtype, device=weight.device)
+    return (_fold(projected, weight.shape, scheme).to(**like).contiguous(),
+            _fold(sub, weight.shape, scheme).to(**like).contiguous(), r)  # fmt: skip
+
+
+def nuclear_norm(weight: torch.Tensor, scheme: str) -> float:
+    """Sum of the singular values of ``weight`` unfolded as ``scheme`` says."""
+    return float(singular_values(weight, scheme).sum())
