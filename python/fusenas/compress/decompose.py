@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from fusenas._layer_select import as_patterns, selects
-from fusenas.nn.lowrank_factors import check_scheme, choose_rank, singular_values
 from fusenas.nn.lowrank_conv import LowRankConv2d
+from fusenas.nn.lowrank_factors import check_scheme, choose_rank, singular_values
 
 logger = logging.getLogger("fusenas.compress")
 
