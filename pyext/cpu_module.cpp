@@ -108,53 +108,57 @@ PYBIND11_MODULE(_C, m) {
          uintptr_t stats, bool batch_stats, const std::vector<int>& kinds, int64_t k, int stride,
          double eps, const TensorView& grad_x, const std::vector<TensorView>& grad_params,
          uintptr_t grad_weights, uintptr_t grad_edge_scale, int threads) {
-    const PcMixedCall call(shape, x, params, weights, edge_scale, kinds, k, stride, eps);
-    std::vector<fusenas::PcMutTensor> gp;
-    for (const TensorView& v : grad_params) gp.push_back(pc_mut_tensor(v));
-    fusenas::pc_mixed_backward_cpu(call.args, pc_tensor(grad_out), ptr<const float>(stats),
-                                   batch_stats, pc_mut_tensor(grad_x), gp.data(),
-                                   ptr<float>(grad_weights), ptr<float>(grad_edge_scale), threads);
+        const PcMixedCall call(shape, x, params, weights, edge_scale, kinds, k, stride, eps);
+        std::vector<fusenas::PcMutTensor> gp;
+        for (const TensorView& v : grad_params) gp.push_back(pc_mut_tensor(v));
+        fusenas::pc_mixed_backward_cpu(call.args, pc_tensor(grad_out), ptr<const float>(stats),
+                                       batch_stats, pc_mut_tensor(grad_x), gp.data(),
+                                       ptr<float>(grad_weights), ptr<float>(grad_edge_scale),
+                                       threads);
+      },
+      py::call_guard<py::gil_scoped_release>());
+  m.def(
       "lowrank_conv2d_cpu",
       [](uintptr_t x, int64_t xsn, int64_t xsc, int64_t xsh, int64_t xsw, uintptr_t w1,
          uintptr_t w2, uintptr_t bias, uintptr_t y, int64_t ysn, int64_t ysc, int64_t ysh,
          int64_t ysw, int64_t N, int64_t C, int64_t H, int64_t W, int64_t rank, int64_t nout,
          int64_t kh, int64_t kw, int scheme, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
          int64_t dh, int64_t dw, int dtype, int threads) {
-      const fusenas::LowRankConvShape s{
-          N,  C,  H,  W,  rank, nout, kh, kw, static_cast<fusenas::LowRankScheme>(scheme),
-          sh, sw, ph, pw, dh,   dw};
-      fusenas::lowrank_conv2d_cpu(ptr<const void>(x), {xsn, xsc, xsh, xsw}, ptr<const void>(w1),
-                                  ptr<const void>(w2), ptr<const void>(bias), ptr<void>(y),
-                                  {ysn, ysc, ysh, ysw}, s, static_cast<DType>(dtype), threads);
+        const fusenas::LowRankConvShape s{
+            N,  C,  H,  W,  rank, nout, kh, kw, static_cast<fusenas::LowRankScheme>(scheme),
+            sh, sw, ph, pw, dh,   dw};
+        fusenas::lowrank_conv2d_cpu(ptr<const void>(x), {xsn, xsc, xsh, xsw}, ptr<const void>(w1),
+                                    ptr<const void>(w2), ptr<const void>(bias), ptr<void>(y),
+                                    {ysn, ysc, ysh, ysw}, s, static_cast<DType>(dtype), threads);
       },
       py::call_guard<py::gil_scoped_release>());
-      m.def(
-          "lowrank_conv2d_backward_cpu",
-          [](uintptr_t go, int64_t gsn, int64_t gsc, int64_t gsh, int64_t gsw, uintptr_t x,
-             int64_t xsn, int64_t xsc, int64_t xsh, int64_t xsw, uintptr_t w1, uintptr_t w2,
-             uintptr_t gx, int64_t gxsn, int64_t gxsc, int64_t gxsh, int64_t gxsw, uintptr_t gw1,
-             uintptr_t gw2, int64_t N, int64_t C, int64_t H, int64_t W, int64_t rank, int64_t nout,
-             int64_t kh, int64_t kw, int scheme, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
-             int64_t dh, int64_t dw, int dtype, int threads) {
-            const fusenas::LowRankConvShape s{
-                N,  C,  H,  W,  rank, nout, kh, kw, static_cast<fusenas::LowRankScheme>(scheme),
-                sh, sw, ph, pw, dh,   dw};
-            fusenas::lowrank_conv2d_backward_cpu(
-                ptr<const void>(go), {gsn, gsc, gsh, gsw}, ptr<const void>(x), {xsn, xsc, xsh, xsw},
-                ptr<const void>(w1), ptr<const void>(w2), ptr<void>(gx), {gxsn, gxsc, gxsh, gxsw},
-                ptr<void>(gw1), ptr<void>(gw2), s, static_cast<DType>(dtype), threads);
-          },
-          py::call_guard<py::gil_scoped_release>());
-      m.def("build_info", [] {
-        py::dict d;
-        d["compiler"] = FUSENAS_VERSION_INFO;
-        d["hardware_isa"] = fusenas::cpu::isa_name(fusenas::cpu::hardware_isa());
-        d["active_isa"] = fusenas::kbit_cpu_isa();
-        d["avx512_bf16"] = fusenas::cpu::has_avx512_bf16();
-        d["openmp_max_threads"] = omp_get_max_threads();
-        d["kbit_format_version"] = 1;
-        d["pc_mixed_active_isa"] = fusenas::pc_mixed_cpu_isa();
-        d["lowrank_isa"] = fusenas::lowrank_cpu_isa();
-        return d;
-      });
+  m.def(
+      "lowrank_conv2d_backward_cpu",
+      [](uintptr_t go, int64_t gsn, int64_t gsc, int64_t gsh, int64_t gsw, uintptr_t x, int64_t xsn,
+         int64_t xsc, int64_t xsh, int64_t xsw, uintptr_t w1, uintptr_t w2, uintptr_t gx,
+         int64_t gxsn, int64_t gxsc, int64_t gxsh, int64_t gxsw, uintptr_t gw1, uintptr_t gw2,
+         int64_t N, int64_t C, int64_t H, int64_t W, int64_t rank, int64_t nout, int64_t kh,
+         int64_t kw, int scheme, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh,
+         int64_t dw, int dtype, int threads) {
+        const fusenas::LowRankConvShape s{
+            N,  C,  H,  W,  rank, nout, kh, kw, static_cast<fusenas::LowRankScheme>(scheme),
+            sh, sw, ph, pw, dh,   dw};
+        fusenas::lowrank_conv2d_backward_cpu(
+            ptr<const void>(go), {gsn, gsc, gsh, gsw}, ptr<const void>(x), {xsn, xsc, xsh, xsw},
+            ptr<const void>(w1), ptr<const void>(w2), ptr<void>(gx), {gxsn, gxsc, gxsh, gxsw},
+            ptr<void>(gw1), ptr<void>(gw2), s, static_cast<DType>(dtype), threads);
+      },
+      py::call_guard<py::gil_scoped_release>());
+  m.def("build_info", [] {
+    py::dict d;
+    d["compiler"] = FUSENAS_VERSION_INFO;
+    d["hardware_isa"] = fusenas::cpu::isa_name(fusenas::cpu::hardware_isa());
+    d["active_isa"] = fusenas::kbit_cpu_isa();
+    d["avx512_bf16"] = fusenas::cpu::has_avx512_bf16();
+    d["openmp_max_threads"] = omp_get_max_threads();
+    d["kbit_format_version"] = 1;
+    d["pc_mixed_active_isa"] = fusenas::pc_mixed_cpu_isa();
+    d["lowrank_isa"] = fusenas::lowrank_cpu_isa();
+    return d;
+  });
 }
