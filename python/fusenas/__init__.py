@@ -7,6 +7,10 @@ from fusenas import ops, quant  # noqa: E402  (registers torch.ops.fusenas.*)
 # isort: split
 # After quant: fusenas.quant.convert / io import fusenas.nn, which imports fusenas.quant.packed.
 from fusenas import nn  # noqa: E402
+
+# isort: split
+from fusenas import compress, search  # noqa: E402
+from fusenas.compress import DecomposeConfig, decompose_  # noqa: E402
 from fusenas.quant import (  # noqa: E402
     PackedWeight,
     QuantConfig,
@@ -21,6 +25,10 @@ __all__ = [
     "ops",
     "quant",
     "nn",
+    "compress",
+    "search",
+    "decompose_",
+    "DecomposeConfig",
     "PackedWeight",
     "quantize_weight",
     "dequantize",
