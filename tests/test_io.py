@@ -286,3 +286,26 @@ def test_load_arguments(tmp_path):
         load_packed(tmp_path / "nope.safetensors")
     with pytest.raises(TypeError, match="path"):
         load_packed(123)
+
+
+def test_decomposed_and_quantized_models_round_trip(tmp_path):
+    import fusenas
+    from fusenas.models import resnet20
+    from fusenas.nn.lowrank_conv import LowRankConv2d
+    from fusenas.quant.io import load_model, save_float, save_packed
+
+    torch.manual_seed(0)
+    model = resnet20().eval()
+    fusenas.decompose_(model, fusenas.DecomposeConfig(scheme="spatial", rank=6,
+                                                      exclude=("stem*",)))  # fmt: skip
+    x = torch.rand(2, 3, 32, 32)
+    want = model(x)
+    path = save_float(model, tmp_path / "lowrank.safetensors", {"note": "trp"})
+    again, state = load_model(path)
+    assert sum(isinstance(m, LowRankConv2d) for m in again.modules()) == 16
+    assert state.layers["blocks.0.conv1"]["rank"] == 6
+    torch.testing.assert_close(again(x), want)
+    fusenas.quantize_(model, fusenas.QuantConfig(bits=8, group_size=None, types=(torch.nn.Linear,)))
+    path = save_packed(model, tmp_path / "both.safetensors")
+    both, _ = load_model(path)
+    torch.testing.assert_close(both(x), model(x))

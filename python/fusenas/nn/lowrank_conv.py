@@ -172,6 +172,30 @@ class LowRankConv2d(nn.Module):
             conv.bias.copy_(self.bias)
         return conv
 
+    def describe(self) -> dict:
+        """JSON-able description of the layer's structure (used by fusenas.quant.io)."""
+        return {
+            "type": "LowRankConv2d",
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": list(self.kernel_size),
+            "rank": self.rank,
+            "scheme": self.scheme,
+            "stride": list(self.stride),
+            "padding": list(self.padding),
+            "dilation": list(self.dilation),
+            "has_bias": self.bias is not None,
+        }
+
+    @classmethod
+    def from_description(cls, desc: dict) -> LowRankConv2d:
+        """Module (uninitialised values) matching :meth:`describe`'s output."""
+        return cls(
+            desc["in_channels"], desc["out_channels"], tuple(desc["kernel_size"]), desc["rank"],
+            desc["scheme"], tuple(desc["stride"]), tuple(desc["padding"]),
+            tuple(desc["dilation"]), desc["has_bias"],
+        )  # fmt: skip
+
     def extra_repr(self) -> str:
         s = (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

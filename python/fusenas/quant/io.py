@@ -34,6 +34,7 @@ from safetensors.torch import save as save_bytes
 from torch import nn
 
 from fusenas._atomic import atomic_write_bytes
+from fusenas.nn.lowrank_conv import LowRankConv2d
 from fusenas.nn.quant_conv import QuantConv2d
 from fusenas.nn.quant_linear import QuantLinear
 from fusenas.quant.packing import FORMAT_VERSION
@@ -41,10 +42,12 @@ from fusenas.quant.packing import FORMAT_VERSION
 HEADER_KEY = "fusenas"
 KIND_PACKED = "packed"
 KIND_FLOAT = "float"
-_LAYER_TYPES: dict[str, type[QuantLinear] | type[QuantConv2d]] = {
+_LAYER_TYPES: dict[str, type[nn.Module]] = {
     "QuantLinear": QuantLinear,
     "QuantConv2d": QuantConv2d,
+    "LowRankConv2d": LowRankConv2d,  # float factors; a structural change, not a k-bit one
 }
+_KBIT_TYPES = ("QuantLinear", "QuantConv2d")
 _DTYPES = {
     str(d).removeprefix("torch."): d
     for d in (
@@ -114,8 +117,15 @@ class ModelState:
         return self.load_into(model)
 
 
-def _check_replaceable(old: nn.Module, new: QuantLinear | QuantConv2d, name: str) -> None:
-    """The layer a k-bit module replaces must have its type and (N, K)."""
+def _check_replaceable(old: nn.Module, new: nn.Module, name: str) -> None:
+    """The layer a k-bit or low-rank module replaces must have its type and shape."""
+    if isinstance(new, LowRankConv2d):
+        geometry = ("in_channels", "out_channels", "kernel_size")
+        if not isinstance(old, (nn.Conv2d, LowRankConv2d)) or any(
+            tuple(_as_tuple(getattr(old, a))) != tuple(_as_tuple(getattr(new, a))) for a in geometry
+        ):
+            raise ValueError(f"layer {name!r} is {old!r}, the file holds {new!r}")
+        return
     if isinstance(old, (QuantLinear, QuantConv2d)):
         kind, nk = type(old) is type(new), (old._n, old._k)
     elif isinstance(old, (nn.Linear, nn.Conv2d)):
@@ -125,6 +135,10 @@ def _check_replaceable(old: nn.Module, new: QuantLinear | QuantConv2d, name: str
         kind, nk = False, None
     if not kind or nk != (new._n, new._k):
         raise ValueError(f"layer {name!r} is {old!r}, the file holds {new!r}")
+
+
+def _as_tuple(v: Any) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,)
 
 
 def save_packed(
@@ -141,7 +155,7 @@ def save_packed(
         The path written.
     """
     layers = _check_model(model)
-    if not layers:
+    if not any(d["type"] in _KBIT_TYPES for d in layers.values()):
         raise ValueError(
             "model: has no QuantLinear / QuantConv2d layers; call fusenas.quantize_ first "
             "(or save_float for a float checkpoint)"
@@ -152,11 +166,15 @@ def save_packed(
 def save_float(
     model: nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | None = None
 ) -> Path:
-    """Writes a float model (its state_dict and ``model.spec``) to a safetensors file."""
+    """Writes a float model (its state_dict and ``model.spec``) to a safetensors file.
+
+    LowRankConv2d layers (e.g. from decompose_ or TRP) are recorded so that
+    loading rebuilds them in place of the spec's dense convs.
+    """
     layers = _check_model(model)
-    if layers:
+    if any(d["type"] in _KBIT_TYPES for d in layers.values()):
         raise ValueError("model: has k-bit layers; use save_packed")
-    return _save(model, path, metadata, KIND_FLOAT, {})
+    return _save(model, path, metadata, KIND_FLOAT, layers)
 
 
 def load_packed(path: str | os.PathLike) -> ModelState:
@@ -188,7 +206,7 @@ def _check_model(model: Any) -> dict[str, dict[str, Any]]:
     return {
         name: m.describe()
         for name, m in model.named_modules()
-        if isinstance(m, (QuantLinear, QuantConv2d))
+        if isinstance(m, (QuantLinear, QuantConv2d, LowRankConv2d))
     }
 
 
@@ -301,7 +319,9 @@ def _check(
         or not isinstance(user, dict)
     ):
         raise ValueError(f"{path}: malformed fusenas header (layers / tensors / user)")
-    if found_kind == KIND_PACKED and not layers:
+    if found_kind == KIND_PACKED and not any(
+        isinstance(d, dict) and d.get("type") in _KBIT_TYPES for d in layers.values()
+    ):
         raise ValueError(f"{path}: a packed checkpoint without k-bit layers")
     if set(described) != set(tensors):
         missing = sorted(set(described) - set(tensors))
