@@ -7,6 +7,7 @@
     fusenas info                    same as python -m fusenas.info
     fusenas search pcdarts --set space=nb201 --set epochs=5   (see fusenas.cli_search)
     fusenas latency collect|fit ...
+    fusenas compress trp --set scheme=spatial --set epochs=30   (see fusenas.cli_compress)
 
 Bad arguments and bad files end with ``fusenas: error: ...`` and exit status 2.
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from fusenas import cli_search
+from fusenas import cli_compress, cli_search
 from fusenas.quant.packed import parse_bits
 
 _DEFAULT_EPOCHS = {"digits": 20, "fashion-mnist": 3, "cifar10": 5}
@@ -160,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("info", help="build and dispatch information (python -m fusenas.info)")
     cli_search.add_parsers(sub)
+    cli_compress.add_parsers(sub)
     return parser
 
 
@@ -301,6 +303,7 @@ _COMMANDS = {
     "info": _cmd_info,
     "search": lambda args: cli_search.cmd_search(args),
     "latency": lambda args: cli_search.cmd_latency(args),
+    "compress": lambda args: cli_compress.cmd_compress(args),
 }
 
 

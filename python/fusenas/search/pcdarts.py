@@ -37,7 +37,7 @@ from fusenas import distributed
 from fusenas._atomic import atomic_write_bytes, write_json_atomic
 from fusenas._state_io import load_state, save_state
 from fusenas.config_file import dump_config
-from fusenas.data.augment import random_crop_flip
+from fusenas.data.batches import evaluate, make_batch
 from fusenas.data.datasets import ImageDataset, load_train_set
 from fusenas.search.config import SearchConfig
 from fusenas.search.genotype import Genotype
@@ -88,44 +88,6 @@ def _device(config: SearchConfig) -> torch.device:
             raise ValueError("device: 'cuda' requested but torch sees no CUDA device")
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
-
-
-def _batch(
-    ds: ImageDataset,
-    idx: torch.Tensor,
-    augment: bool,
-    gen: torch.Generator,
-    device: torch.device,
-    channels_last: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    x = ds.x[idx]
-    if augment:
-        x = random_crop_flip(x, gen, pad=4)
-    x = x.to(device, non_blocking=True).float().div_(255.0)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x, ds.y[idx].to(device, non_blocking=True)
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    ds: ImageDataset,
-    device: torch.device,
-    batch_size: int = 256,
-    channels_last: bool = False,
-) -> tuple[float, float]:
-    """(mean cross-entropy, top-1 accuracy %) of ``model`` on ``ds`` in eval mode."""
-    model.eval()
-    loss, correct = 0.0, 0
-    for i in range(0, len(ds), batch_size):
-        idx = torch.arange(i, min(i + batch_size, len(ds)))
-        x, y = _batch(ds, idx, False, torch.Generator(), device, channels_last)
-        logits = model(x)
-        loss += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
-    model.train()
-    return loss / len(ds), 100.0 * correct / len(ds)
 
 
 def _arch_snapshot(model: nn.Module) -> dict[str, list]:
@@ -231,8 +193,8 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
             idx_w, idx_a = perm_w[sl], perm_a[sl]
             # Augment the global batch, then take this rank's share: every rank
             # draws the same random numbers, so the generators stay in step.
-            xw, yw = _batch(w_half, idx_w, augment, gen, device, config.channels_last)
-            xa, ya = _batch(a_half, idx_a, augment, gen, device, config.channels_last)
+            xw, yw = make_batch(w_half, idx_w, augment, gen, device, config.channels_last)
+            xa, ya = make_batch(a_half, idx_a, augment, gen, device, config.channels_last)
             mine = slice(rank * per_rank, (rank + 1) * per_rank)
             xw, yw, xa, ya = xw[mine], yw[mine], xa[mine], ya[mine]
             if search_arch:

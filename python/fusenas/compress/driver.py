@@ -1,0 +1,214 @@
+"""The compression driver: train (with TRP, or plainly as the baseline), export, report.
+
+A run trains the chosen model on the training split with SGD, applying TRP's
+projection and nuclear sub-gradient around each step (``method="trp"``), and
+writes, under ``out_dir``: ``checkpoint.safetensors`` every epoch (atomic; no
+pickle), ``log.jsonl`` (one line per epoch, with the layers' current ranks),
+``config.yaml``; at the end ``dense.safetensors`` (the trained network),
+``compressed.safetensors`` (TRP: its convs exported to fused LowRankConv2d
+layers by the singular-value threshold, no fine-tuning) and ``report.md`` /
+``report.json``: accuracy, parameters, MACs, file size and latency of each,
+side by side. ``resume=True`` continues a killed run to the same result.
+Data-parallel under torchrun, as the search driver.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+from tqdm.auto import tqdm
+
+from fusenas import distributed
+from fusenas._atomic import atomic_write_bytes
+from fusenas._state_io import load_state, save_state
+from fusenas.compress.config import CompressConfig
+from fusenas.compress.report import format_report, measure
+from fusenas.compress.trp import TRPRegularizer, TRPSettings
+from fusenas.config_file import dump_config
+from fusenas.data.batches import evaluate, make_batch
+from fusenas.data.datasets import load_train_set, train_test_split
+from fusenas.quant.io import save_float
+
+logger = logging.getLogger("fusenas.compress")
+CHECKPOINT = "checkpoint.safetensors"
+_RUN_DEFINING = ("method", "model", "genotype", "channels", "layers", "dataset", "limit",
+                 "test_size", "epochs", "batch_size", "lr", "momentum", "weight_decay",
+                 "milestones", "scheme", "energy", "period", "nuclear_weight", "seed")  # fmt: skip
+
+
+@dataclass
+class CompressResult:
+    dense: nn.Module
+    compressed: nn.Module
+    report: list[dict[str, Any]]
+    history: list[dict[str, Any]]
+    out_dir: Path
+
+
+def build_model(config: CompressConfig, in_channels: int, num_classes: int) -> nn.Module:
+    """The network ``config.model`` names, for ``in_channels`` and ``num_classes``."""
+    if config.model == "darts":
+        from fusenas.models.darts_network import DartsNetwork
+        from fusenas.search.genotype import Genotype
+
+        genotype = Genotype.load(config.genotype)
+        return DartsNetwork(genotype, config.channels, num_classes, config.layers,
+                            in_channels=in_channels)  # fmt: skip
+    from fusenas.models import CifarResNet
+
+    depth = int(config.model.removeprefix("resnet"))
+    mean = [0.5] * in_channels if in_channels != 3 else None
+    return CifarResNet(depth, num_classes, in_channels, mean=mean, std=mean)
+
+
+def _trp_settings(config: CompressConfig, model: nn.Module) -> TRPSettings:
+    # The stem (the first conv a network applies to the image) stays dense, as TRP does.
+    stem = next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    return TRPSettings(config.scheme, config.energy, config.period, config.nuclear_weight,
+                       config.export_threshold, exclude=(stem,))  # fmt: skip
+
+
+def _check_resumable(state: dict[str, Any], config: CompressConfig, path: Path) -> None:
+    saved = state.get("config")
+    if not isinstance(saved, dict):
+        raise ValueError(f"resume: {path} holds no compression config")
+    now = dump_config(config)
+    norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
+    diff = [k for k in _RUN_DEFINING if norm(saved.get(k)) != norm(now[k])]
+    if diff:
+        pairs = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in diff)
+        raise ValueError(f"resume: {path} was written by a different run ({pairs})")
+
+
+def run_compress(
+    config: CompressConfig, resume: bool = False, progress: bool = True
+) -> CompressResult:
+    """Runs (or resumes) the compression ``config`` describes; see the module docstring."""
+    if not isinstance(config, CompressConfig):
+        raise TypeError(f"config: expected a CompressConfig, got {type(config).__name__}")
+    device = torch.device(config.device)
+    rank, world = distributed.init_from_env(device)
+    if config.batch_size % world:
+        raise ValueError(f"batch_size: {config.batch_size} is not divisible by {world} processes")
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    out = Path(config.out_dir)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out / "config.yaml", yaml.safe_dump(dump_config(config)).encode())
+
+    data = load_train_set(config.dataset, config.data_dir, config.limit, config.seed)
+    if config.test_size >= len(data):
+        raise ValueError(f"test_size: {config.test_size} leaves no training images of {len(data)}")
+    train, test = train_test_split(data, config.test_size / len(data), config.seed)
+    augment = train.x.shape[-1] >= 32
+
+    torch.manual_seed(config.seed)
+    model = build_model(config, train.x.shape[1], len(train.classes)).to(device)
+    trp = TRPRegularizer(model, _trp_settings(config, model)) if config.method == "trp" else None
+    opt = torch.optim.SGD(model.parameters(), config.lr, momentum=config.momentum,
+                          weight_decay=config.weight_decay)  # fmt: skip
+    steps = max(1, len(train) // config.batch_size)
+    milestones = [int(m * config.epochs) for m in config.milestones]
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, 0.1)
+
+    history: list[dict[str, Any]] = []
+    start = 0
+    ckpt = out / CHECKPOINT
+    if resume and ckpt.is_file():
+        state = load_state(ckpt)
+        _check_resumable(state, config, ckpt)
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise ValueError(f"resume: {ckpt} does not match this model ({exc})") from exc
+        history, start = list(state["history"]), int(state["epoch"])
+    per_rank = config.batch_size // world
+    for epoch in range(start, config.epochs):
+        t0 = time.perf_counter()
+        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+        perm = torch.randperm(len(train), generator=gen)
+        model.train()
+        totals = torch.zeros(3, dtype=torch.float64)
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",
+                   disable=not progress or rank != 0, leave=False)  # fmt: skip
+        for s in bar:
+            idx = perm[s * config.batch_size : (s + 1) * config.batch_size]
+            x, y = make_batch(train, idx, augment, gen, device, False)
+            mine = slice(rank * per_rank, (rank + 1) * per_rank)
+            x, y = x[mine], y[mine]
+            if trp is not None:
+                trp.before_forward(epoch * steps + s)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if trp is not None:
+                trp.after_backward()
+            distributed.average_gradients(model.parameters())
+            opt.step()
+            totals += torch.tensor([float(loss) * y.numel(), float((logits.argmax(1) == y).sum()),
+                                    y.numel()], dtype=torch.float64)  # fmt: skip
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.close()
+        lr = sched.get_last_lr()[0]
+        sched.step()
+        totals = distributed.all_reduce_sum(totals)
+        test_loss, test_acc = evaluate(model, test, device)
+        record = {
+            "epoch": epoch + 1, "lr": lr, "train_loss": float(totals[0] / totals[2]),
+            "train_acc": float(100 * totals[1] / totals[2]), "test_loss": test_loss,
+            "test_acc": test_acc, "seconds": time.perf_counter() - t0, "world_size": world,
+            "weights_rank_max_diff": distributed.max_deviation_from_rank0(model.parameters()),
+        }  # fmt: skip
+        if trp is not None:
+            record["ranks"] = dict(trp.ranks)
+        history.append(record)
+        if rank == 0:
+            save_state(ckpt, {"epoch": epoch + 1, "model": model.state_dict(),
+                              "opt": opt.state_dict(), "sched": sched.state_dict(),
+                              "history": history, "config": dump_config(config)})  # fmt: skip
+            atomic_write_bytes(out / "log.jsonl",
+                               "".join(json.dumps(h) + "\n" for h in history).encode())  # fmt: skip
+            if progress:
+                tqdm.write(f"epoch {epoch + 1}/{config.epochs}: train {record['train_acc']:.1f}% "
+                           f"test {test_acc:.2f}% ({record['seconds']:.0f} s)")  # fmt: skip
+        distributed.barrier()
+
+    model.eval()
+    import copy
+
+    compressed = copy.deepcopy(model)
+    export = []
+    if trp is not None:
+        export = trp.export(compressed)
+    report = [
+        measure("dense (trained)", model, test, config.latency_batches, out / "dense.safetensors"),
+        measure("TRP, exported" if trp is not None else "baseline", compressed, test,
+                config.latency_batches, out / "compressed.safetensors"),
+    ]  # fmt: skip
+    if rank == 0:
+        save_float(model, out / "dense.safetensors", {"config": dump_config(config)})
+        save_float(compressed, out / "compressed.safetensors",
+                   {"config": dump_config(config), "export": export})  # fmt: skip
+        for row in report:
+            row["file_bytes"] = os.path.getsize(row.pop("path"))
+        text = format_report(report, export)
+        atomic_write_bytes(out / "report.md", text.encode())
+        summary = json.dumps({"stages": report, "export": export}, indent=1)
+        atomic_write_bytes(out / "report.json", summary.encode())
+        if progress:
+            print(text)
+    return CompressResult(model, compressed, report, history, out)

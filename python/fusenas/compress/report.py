@@ -1,0 +1,61 @@
+"""The report of a compression run: accuracy, size, MACs and measured latency per stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fusenas.data.batches import evaluate
+from fusenas.data.datasets import ImageDataset
+from fusenas.profiling import count_macs, count_params, latency_ms
+
+
+def measure(stage: str, model: nn.Module, test: ImageDataset, batches: tuple[int, ...],
+            path: Path) -> dict[str, Any]:  # fmt: skip
+    """One row: accuracy on ``test``, parameters, MACs per image, latency per batch size (ms)."""
+    _, acc = evaluate(model, test, torch.device("cpu"))
+    x = test.x[: max(batches)].float() / 255.0
+    row: dict[str, Any] = {
+        "stage": stage,
+        "accuracy": acc,
+        "params": count_params(model),
+        "macs": count_macs(model, x[:1]),
+        "latency_ms": {},
+        "threads": torch.get_num_threads(),
+        "path": str(path),
+    }
+    for b in batches:
+        xb = x[:b] if x.shape[0] >= b else x[:1].expand(b, *x.shape[1:]).contiguous()
+        row["latency_ms"][b] = latency_ms(model, xb, repeats=10 if b > 8 else 30)
+    return row
+
+
+def format_report(rows: list[dict[str, Any]], export: list[dict[str, Any]]) -> str:
+    """Markdown: one line per stage with ratios against the first; says when nothing is gained."""
+    base = rows[0]
+    batches = list(base["latency_ms"])
+    head = ("| stage | accuracy (%) | params | MACs (M) | file (KB) | "
+            + " | ".join(f"latency b{b} (ms)" for b in batches) + " |")  # fmt: skip
+    lines = [head, "|" + " --- |" * (5 + len(batches))]
+    for r in rows:
+        lat = " | ".join(
+            f"{r['latency_ms'][b]:.2f} ({base['latency_ms'][b] / r['latency_ms'][b]:.2f}x)"
+            for b in batches
+        )
+        lines.append(
+            f"| {r['stage']} | {r['accuracy']:.2f} | {r['params']:,} | {r['macs'] / 1e6:.1f} "
+            f"({base['macs'] / r['macs']:.2f}x) | {r.get('file_bytes', 0) / 1024:.0f} | {lat} |"
+        )
+    last = rows[-1]
+    notes = []
+    if last["macs"] >= base["macs"] and last["params"] >= base["params"]:
+        notes.append("The compressed model is not smaller than the original.")
+    if all(last["latency_ms"][b] >= base["latency_ms"][b] for b in batches):
+        notes.append("The compressed model is not faster than the original at any batch size.")
+    if export:
+        ranks = ", ".join(f"{e['name']}: {e['rank']}/{e['max_rank']}" for e in export)
+        notes.append(f"Exported layers (rank / full rank): {ranks}.")
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"

@@ -1,0 +1,94 @@
+"""The compression driver end to end on real (tiny) data: TRP, export, report, resume, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fusenas.cli import main as cli_main
+from fusenas.compress.config import CompressConfig
+from fusenas.compress.driver import run_compress
+from fusenas.nn.lowrank_conv import LowRankConv2d
+from fusenas.quant.io import load_model
+
+TINY = dict(model="resnet20", dataset="digits", limit=600, test_size=200, epochs=2,
+            batch_size=64, threads=1, latency_batches=(1, 8))  # fmt: skip
+
+
+def _cfg(tmp_path, name="run", **kw):
+    return CompressConfig(**{**TINY, "out_dir": str(tmp_path / name), **kw})
+
+
+def test_trp_run_exports_fused_layers_that_reproduce_the_trained_model(tmp_path):
+    result = run_compress(_cfg(tmp_path, scheme="spatial"), progress=False)
+    out = result.out_dir
+    assert sum(isinstance(m, LowRankConv2d) for m in result.compressed.modules()) == 16
+    ranks = result.history[-1]["ranks"]
+    assert len(ranks) == 18 and all(r < 48 for n, r in ranks.items() if n.startswith("blocks.0"))
+    x = torch.rand(4, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(result.compressed(x), result.dense(x), atol=2e-3, rtol=2e-3)
+    loaded, _ = load_model(out / "compressed.safetensors")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), result.compressed(x))
+    report = json.loads((out / "report.json").read_text())
+    dense, comp = report["stages"]
+    assert comp["macs"] < dense["macs"] / 2 and comp["file_bytes"] < dense["file_bytes"]
+    assert "latency b8" in (out / "report.md").read_text()
+
+
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    import fusenas.compress.driver as driver
+
+    whole = run_compress(_cfg(tmp_path, "whole", epochs=2), progress=False)
+    real = driver.save_state
+    calls = []
+
+    def save_then_die(*a, **k):
+        real(*a, **k)
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(driver, "save_state", save_then_die)
+    cfg = _cfg(tmp_path, "killed", epochs=2)
+    with pytest.raises(KeyboardInterrupt):
+        run_compress(cfg, progress=False)
+    monkeypatch.setattr(driver, "save_state", real)
+    resumed = run_compress(cfg, resume=True, progress=False)
+    for (n, p), (_, q) in zip(whole.dense.state_dict().items(),
+                              resumed.dense.state_dict().items(), strict=True):  # fmt: skip
+        torch.testing.assert_close(p, q, atol=0, rtol=0, msg=lambda m, n=n: f"{n}: {m}")
+
+
+def test_cli_baseline_and_bad_input(tmp_path, capsys):
+    sets = [f"{k}={v}" for k, v in {**TINY, "epochs": 1, "out_dir": str(tmp_path / "b")}.items()]
+    sets = [s.replace("(1, 8)", "[1, 8]") for s in sets]
+    assert cli_main(["compress", "baseline", "--no-progress"]
+                    + [a for s in sets for a in ("--set", s)]) == 0  # fmt: skip
+    assert Path(tmp_path / "b" / "report.md").is_file()
+    assert cli_main(["compress", "trp", "--set", "energi=0.9"]) == 2
+    assert "did you mean 'energy'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(energy=0.0), "energy"),
+        (dict(energy=1.2), "energy"),
+        (dict(model="vgg16"), "model"),
+        (dict(model="darts"), "genotype"),
+        (dict(scheme="tucker"), "scheme"),
+        (dict(milestones=(1.5,)), "milestones"),
+    ],
+)
+def test_bad_compress_configs(kw, match):
+    with pytest.raises(ValueError, match=match):
+        CompressConfig(**kw)
+
+
+def test_test_size_larger_than_the_data(tmp_path):
+    with pytest.raises(ValueError, match="test_size"):
+        run_compress(_cfg(tmp_path, test_size=5000), progress=False)
