@@ -30,6 +30,13 @@ def init_from_env(device: torch.device) -> tuple[int, int]:
     return 0, 1
 
 
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) when not distributed."""
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
     """All-reduces (mean) the gradients of ``params`` across ranks; no-op on one process."""
     if not dist.is_initialized() or dist.get_world_size() == 1:

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import yaml
 from torch import nn
 from tqdm.auto import tqdm
@@ -32,10 +31,11 @@ from fusenas import distributed
 from fusenas._atomic import atomic_write_bytes
 from fusenas._state_io import load_state, save_state
 from fusenas.compress.config import CompressConfig
+from fusenas.compress.loop import epoch_generator, train_epoch
 from fusenas.compress.report import format_report, measure
 from fusenas.compress.trp import TRPRegularizer, TRPSettings
 from fusenas.config_file import dump_config
-from fusenas.data.batches import evaluate, make_batch
+from fusenas.data.batches import evaluate
 from fusenas.data.datasets import load_train_set, train_test_split
 from fusenas.quant.io import save_float
 
@@ -111,7 +111,6 @@ def run_compress(
     if config.test_size >= len(data):
         raise ValueError(f"test_size: {config.test_size} leaves no training images of {len(data)}")
     train, test = train_test_split(data, config.test_size / len(data), config.seed)
-    augment = train.x.shape[-1] >= 32
 
     torch.manual_seed(config.seed)
     model = build_model(config, train.x.shape[1], len(train.classes)).to(device)
@@ -135,41 +134,21 @@ def run_compress(
         except (KeyError, RuntimeError, ValueError) as exc:
             raise ValueError(f"resume: {ckpt} does not match this model ({exc})") from exc
         history, start = list(state["history"]), int(state["epoch"])
-    per_rank = config.batch_size // world
     for epoch in range(start, config.epochs):
         t0 = time.perf_counter()
-        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-        perm = torch.randperm(len(train), generator=gen)
-        model.train()
-        totals = torch.zeros(3, dtype=torch.float64)
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",
-                   disable=not progress or rank != 0, leave=False)  # fmt: skip
-        for s in bar:
-            idx = perm[s * config.batch_size : (s + 1) * config.batch_size]
-            x, y = make_batch(train, idx, augment, gen, device, False)
-            mine = slice(rank * per_rank, (rank + 1) * per_rank)
-            x, y = x[mine], y[mine]
-            if trp is not None:
-                trp.before_forward(epoch * steps + s)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if trp is not None:
-                trp.after_backward()
-            distributed.average_gradients(model.parameters())
-            opt.step()
-            totals += torch.tensor([float(loss) * y.numel(), float((logits.argmax(1) == y).sum()),
-                                    y.numel()], dtype=torch.float64)  # fmt: skip
-            bar.set_postfix(loss=f"{float(loss):.3f}")
-        bar.close()
+        hooks = {}
+        if trp is not None:
+            hooks = {"before_forward": trp.before_forward, "after_backward": trp.after_backward}
+        train_loss, train_acc = train_epoch(
+            model, train, opt, config.batch_size, epoch_generator(config.seed, epoch), device,
+            f"epoch {epoch + 1}/{config.epochs}", progress, epoch * steps, **hooks,
+        )  # fmt: skip
         lr = sched.get_last_lr()[0]
         sched.step()
-        totals = distributed.all_reduce_sum(totals)
         test_loss, test_acc = evaluate(model, test, device)
         record = {
-            "epoch": epoch + 1, "lr": lr, "train_loss": float(totals[0] / totals[2]),
-            "train_acc": float(100 * totals[1] / totals[2]), "test_loss": test_loss,
+            "epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
+            "train_acc": train_acc, "test_loss": test_loss,
             "test_acc": test_acc, "seconds": time.perf_counter() - t0, "world_size": world,
             "weights_rank_max_diff": distributed.max_deviation_from_rank0(model.parameters()),
         }  # fmt: skip
