@@ -2,6 +2,7 @@
 
     fusenas compress trp [--config trp.yaml] [--set scheme=spatial --set epochs=30] [--resume]
     fusenas compress baseline ...        the same training without TRP (the reference)
+    fusenas compress slq|mlq|dnq [--set init=runs/base/dense.safetensors --set bits=4 ...]
 
 Settings are fusenas.compress.config.CompressConfig's fields (YAML file, then
 ``--set`` overrides). ``torchrun --nproc_per_node=P -m fusenas compress trp ...``
@@ -19,6 +20,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     methods = {
         "trp": "Trained Rank Pruning, exported to fused LowRankConv2d layers",
         "baseline": "the same training without compression (reference)",
+        "slq": "single-level k-bit quantization with re-training (SLQ)",
+        "mlq": "multi-level quantization, layer groups one after another (MLQ; ternary)",
+        "dnq": "per-layer bit widths from a policy-gradient controller (DNQ)",
     }
     for name, text in methods.items():
         m = method.add_parser(name, help=text)
@@ -31,14 +35,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from fusenas import distributed
-    from fusenas.compress.config import CompressConfig
+    from fusenas.compress.config import QUANT_METHODS, CompressConfig
     from fusenas.compress.driver import run_compress
+    from fusenas.compress.quantize_driver import run_quantize
     from fusenas.config_file import load_config
 
     config = load_config(CompressConfig, args.config, [f"method={args.method}", *args.set])
     try:
-        result = run_compress(config, resume=args.resume, progress=not args.no_progress)
+        run = run_quantize if config.method in QUANT_METHODS else run_compress
+        result = run(config, resume=args.resume, progress=not args.no_progress)
     finally:
         distributed.shutdown()
-    print(f"wrote {result.out_dir / 'compressed.safetensors'} and {result.out_dir / 'report.md'}")
+    print(f"wrote {result.out_dir} (report.md, the compressed model's .safetensors)")
     return 0

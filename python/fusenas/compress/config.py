@@ -14,7 +14,8 @@ from fusenas.data.datasets import DATASETS
 from fusenas.nn.lowrank_factors import SCHEMES
 
 MODELS = ("resnet20", "resnet32", "resnet56", "darts")
-METHODS = ("trp", "baseline")
+METHODS = ("trp", "baseline", "slq", "mlq", "dnq")
+QUANT_METHODS = ("slq", "mlq", "dnq")
 
 
 @dataclass
@@ -22,8 +23,10 @@ class CompressConfig:
     """Settings of a compression run.
 
     Attributes:
-        method: "trp" (Trained Rank Pruning) or "baseline" (the same training
-            without it: the same-budget reference).
+        method: "trp" (Trained Rank Pruning), "baseline" (the same training
+            without it: the same-budget reference), or the k-bit quantizers
+            "slq" / "mlq" (single / multi-level quantization) and "dnq"
+            (bit widths per layer from a policy-gradient controller).
         model: "resnet20" / "resnet32" / "resnet56", or "darts" (the evaluation
             network of ``genotype``, a genotype.json from a search, with
             ``channels`` and ``layers``).
@@ -33,6 +36,18 @@ class CompressConfig:
             divided by 10 at the fractions ``milestones`` of the epochs.
         scheme, energy, period, nuclear_weight, export_threshold: TRP's settings
             (see fusenas.compress.trp.TRPSettings).
+        bits: slq / mlq: the bit width of every quantized layer (2..8 or
+            "ternary"; None: 4 for slq, ternary for mlq).
+        init: a float checkpoint (e.g. a baseline run's dense.safetensors) to
+            quantize; None: train one first for ``epochs`` epochs.
+        stages: fractions of each layer quantized at successive stages (SLQ's
+            width level); epochs_per_stage and retrain_lr: the re-training after each.
+        depth_groups: mlq: layers are quantized in this many consecutive groups
+            (incremental layer compensation), each through all stages.
+        budget_bits, bit_choices, dnq_episodes, dnq_tradeoff: dnq's size budget
+            (parameter-weighted average bits), candidate widths, controller
+            episodes and accuracy / size trade-off.
+        quant_exclude: fnmatch patterns of conv / linear layers kept in float.
         latency_batches: batch sizes of the latency report (2 threads).
         seed, threads, device, out_dir.
     """
@@ -57,6 +72,17 @@ class CompressConfig:
     period: int = 1
     nuclear_weight: float = 3e-4
     export_threshold: float = 0.05
+    bits: int | str | None = None
+    init: str | None = None
+    stages: tuple[float, ...] = (0.5, 0.75, 0.875, 1.0)
+    epochs_per_stage: int = 1
+    retrain_lr: float = 0.01
+    depth_groups: int = 3
+    budget_bits: float = 3.0
+    bit_choices: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
+    dnq_episodes: int = 40
+    dnq_tradeoff: float = 0.05
+    quant_exclude: tuple[str, ...] = ()
     latency_batches: tuple[int, ...] = (1, 64)
     seed: int = 0
     threads: int | None = 2
@@ -94,5 +120,36 @@ class CompressConfig:
                 f"latency_batches: expected positive integers, got {self.latency_batches!r}"
             )
         self.latency_batches = tuple(self.latency_batches)
+        if self.bits is None and self.method in ("slq", "mlq"):
+            self.bits = 4 if self.method == "slq" else "ternary"
+        if self.bits is not None:
+            from fusenas.quant.packed import parse_bits
+
+            parse_bits(self.bits)
+        if (
+            not self.stages
+            or list(self.stages) != sorted(self.stages)
+            or not all(isinstance(f, (int, float)) and 0 < f <= 1 for f in self.stages)
+            or self.stages[-1] != 1
+        ):
+            raise ValueError(
+                f"stages: expected increasing fractions in (0, 1] ending at 1, got {self.stages!r}"
+            )
+        self.stages = tuple(float(f) for f in self.stages)
+        for name in ("epochs_per_stage", "depth_groups", "dnq_episodes"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{name}: expected a positive integer, got {v!r}")
+        if not all(isinstance(b, int) and 2 <= b <= 8 for b in self.bit_choices):
+            raise ValueError(f"bit_choices: expected widths in 2..8, got {self.bit_choices!r}")
+        self.bit_choices = tuple(sorted(set(self.bit_choices)))
+        if self.method == "dnq" and self.budget_bits < self.bit_choices[0]:
+            raise ValueError(
+                f"budget_bits: {self.budget_bits} is below the narrowest choice "
+                f"{self.bit_choices[0]}; no bit assignment can meet it"
+            )
+        from fusenas._layer_select import as_patterns
+
+        self.quant_exclude = as_patterns(self.quant_exclude, "quant_exclude")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device: expected 'cpu' or 'cuda', got {self.device!r}")

@@ -47,8 +47,7 @@ def train_epoch(
     perm = torch.randperm(len(train), generator=gen)
     model.train()
     totals = torch.zeros(3, dtype=torch.float64)
-    bar = tqdm(range(steps), desc=desc, unit="step", disable=not progress or rank != 0,
-               leave=False)  # fmt: skip
+    bar = tqdm(range(steps), desc=desc, unit="step", disable=not progress or rank != 0, leave=False)
     for s in bar:
         idx = perm[s * batch_size : (s + 1) * batch_size]
         x, y = make_batch(train, idx, augment, gen, device, False)
@@ -68,8 +67,10 @@ def train_epoch(
         opt.step()
         if after_step is not None:
             after_step()
-        totals += torch.tensor([float(loss) * y.numel(), float((logits.argmax(1) == y).sum()),
-                                y.numel()], dtype=torch.float64)  # fmt: skip
+        totals += torch.tensor(
+            [float(loss) * y.numel(), float((logits.argmax(1) == y).sum()), y.numel()],
+            dtype=torch.float64,
+        )
         bar.set_postfix(loss=f"{float(loss):.3f}")
     bar.close()
     totals = distributed.all_reduce_sum(totals)

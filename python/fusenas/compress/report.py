@@ -51,7 +51,8 @@ def format_report(rows: list[dict[str, Any]], export: list[dict[str, Any]]) -> s
         )
     last = rows[-1]
     notes = []
-    if last["macs"] >= base["macs"] and last["params"] >= base["params"]:
+    smaller = last["macs"] < base["macs"] or last.get("file_bytes", 0) < base.get("file_bytes", 0)
+    if not smaller:
         notes.append("The compressed model is not smaller than the original.")
     if all(last["latency_ms"][b] >= base["latency_ms"][b] for b in batches):
         notes.append("The compressed model is not faster than the original at any batch size.")
