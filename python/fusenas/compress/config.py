@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from fusenas.data.datasets import DATASETS
 from fusenas.nn.lowrank_factors import SCHEMES
 
-MODELS = ("resnet20", "resnet32", "resnet56", "darts")
+MODELS = ("resnet20", "resnet32", "resnet56", "darts", "nb201")
 METHODS = ("trp", "baseline", "slq", "mlq", "dnq")
 QUANT_METHODS = ("slq", "mlq", "dnq")
 
@@ -27,9 +27,13 @@ class CompressConfig:
             without it: the same-budget reference), or the k-bit quantizers
             "slq" / "mlq" (single / multi-level quantization) and "dnq"
             (bit widths per layer from a policy-gradient controller).
-        model: "resnet20" / "resnet32" / "resnet56", or "darts" (the evaluation
+        model: "resnet20" / "resnet32" / "resnet56", "darts" (the evaluation
             network of ``genotype``, a genotype.json from a search, with
-            ``channels`` and ``layers``).
+            ``channels`` and ``layers`` cells) or "nb201" (NAS-Bench-201's network
+            of the cell in ``genotype``: a genotype.json holding ``arch_str`` or
+            the architecture string itself; ``layers`` cells per stage).
+        min_kernel: TRP decomposes convs with kernels at least this wide (2, as
+            TRP; 1 also factors 1x1 convs, where DARTS cells keep their MACs).
         dataset, data_dir, limit: the training images (a seeded subset with limit).
         test_size: images held out of them as the test split (5000).
         epochs, batch_size, lr, momentum, weight_decay: SGD; the learning rate is
@@ -72,6 +76,7 @@ class CompressConfig:
     period: int = 1
     nuclear_weight: float = 3e-4
     export_threshold: float = 0.05
+    min_kernel: int = 2
     bits: int | str | None = None
     init: str | None = None
     stages: tuple[float, ...] = (0.5, 0.75, 0.875, 1.0)
@@ -94,13 +99,21 @@ class CompressConfig:
             raise ValueError(f"method: expected one of {METHODS}, got {self.method!r}")
         if self.model not in MODELS:
             raise ValueError(f"model: expected one of {MODELS}, got {self.model!r}")
-        if self.model == "darts" and not self.genotype:
-            raise ValueError("genotype: required (a genotype.json) when model is 'darts'")
+        if self.model in ("darts", "nb201") and not self.genotype:
+            raise ValueError(f"genotype: required when model is {self.model!r}")
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset: expected one of {DATASETS}, got {self.dataset!r}")
         if self.scheme not in SCHEMES:
             raise ValueError(f"scheme: expected one of {SCHEMES}, got {self.scheme!r}")
-        for name in ("epochs", "batch_size", "test_size", "channels", "layers", "period"):
+        for name in (
+            "epochs",
+            "batch_size",
+            "test_size",
+            "channels",
+            "layers",
+            "period",
+            "min_kernel",
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"{name}: expected a positive integer, got {v!r}")

@@ -37,6 +37,8 @@ class DecomposeConfig:
         exclude: ... and none of these (e.g. ``("stem*",)`` for the first conv).
         keep_if_not_smaller: leave a layer dense when its factors would need at
             least the dense conv's MACs.
+        min_kernel: smallest kernel side decomposed (2, as TRP; 1 also factors
+            1x1 convs, channel scheme only).
     """
 
     scheme: str = "channel"
@@ -46,6 +48,7 @@ class DecomposeConfig:
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
     keep_if_not_smaller: bool = True
+    min_kernel: int = 2
 
     def __post_init__(self) -> None:
         check_scheme(self.scheme)
@@ -63,19 +66,27 @@ class DecomposeConfig:
         choose_rank(dummy, self.rank, self.energy, self.value_threshold)
         self.include = as_patterns(self.include, "include")
         self.exclude = as_patterns(self.exclude, "exclude")
+        if (
+            isinstance(self.min_kernel, bool)
+            or not isinstance(self.min_kernel, int)
+            or (self.min_kernel < 1)
+        ):
+            raise ValueError(f"min_kernel: expected a positive integer, got {self.min_kernel!r}")
+        if self.min_kernel == 1 and self.scheme != "channel":
+            raise ValueError("min_kernel: 1x1 convs only factor by the 'channel' scheme")
         if not isinstance(self.keep_if_not_smaller, bool):
             raise TypeError(
                 f"keep_if_not_smaller: expected a bool, got {self.keep_if_not_smaller!r}"
             )
 
 
-def ineligible_reason(conv: nn.Conv2d) -> str | None:
+def ineligible_reason(conv: nn.Conv2d, min_kernel: int = 2) -> str | None:
     """Why ``conv`` is not decomposed, or None when it is eligible."""
     if conv.groups != 1:
         return f"groups={conv.groups}"
     if conv.stride != (1, 1):
         return f"stride={conv.stride}"
-    if min(conv.kernel_size) < 2:
+    if min(conv.kernel_size) < min_kernel:
         return f"kernel_size={conv.kernel_size}"
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         return f"padding={conv.padding!r} padding_mode={conv.padding_mode!r}"
@@ -113,7 +124,7 @@ def decompose_(model: nn.Module, config: DecomposeConfig | None = None) -> list[
             continue
         if name == "":
             raise ValueError("model: the model itself is a conv; use LowRankConv2d.from_conv")
-        reason = ineligible_reason(module)
+        reason = ineligible_reason(module, config.min_kernel)
         if reason is not None:
             logger.info("decompose_: leaving %s dense: %s", name, reason)
             continue

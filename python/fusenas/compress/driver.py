@@ -41,9 +41,27 @@ from fusenas.quant.io import save_float
 
 logger = logging.getLogger("fusenas.compress")
 CHECKPOINT = "checkpoint.safetensors"
-_RUN_DEFINING = ("method", "model", "genotype", "channels", "layers", "dataset", "limit",
-                 "test_size", "epochs", "batch_size", "lr", "momentum", "weight_decay",
-                 "milestones", "scheme", "energy", "period", "nuclear_weight", "seed")  # fmt: skip
+_RUN_DEFINING = (
+    "method",
+    "model",
+    "genotype",
+    "channels",
+    "layers",
+    "dataset",
+    "limit",
+    "test_size",
+    "epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "milestones",
+    "scheme",
+    "energy",
+    "period",
+    "nuclear_weight",
+    "seed",
+)
 
 
 @dataclass
@@ -57,13 +75,21 @@ class CompressResult:
 
 def build_model(config: CompressConfig, in_channels: int, num_classes: int) -> nn.Module:
     """The network ``config.model`` names, for ``in_channels`` and ``num_classes``."""
+    if config.model == "nb201":
+        from fusenas.models.nb201_network import Nb201Network
+
+        arch = config.genotype
+        if not arch.startswith("|"):
+            arch = json.loads(Path(arch).read_text())["arch_str"]
+        return Nb201Network(arch, config.channels, config.layers, num_classes, in_channels)
     if config.model == "darts":
         from fusenas.models.darts_network import DartsNetwork
         from fusenas.search.genotype import Genotype
 
         genotype = Genotype.load(config.genotype)
-        return DartsNetwork(genotype, config.channels, num_classes, config.layers,
-                            in_channels=in_channels)  # fmt: skip
+        return DartsNetwork(
+            genotype, config.channels, num_classes, config.layers, in_channels=in_channels
+        )
     from fusenas.models import CifarResNet
 
     depth = int(config.model.removeprefix("resnet"))
@@ -74,8 +100,15 @@ def build_model(config: CompressConfig, in_channels: int, num_classes: int) -> n
 def _trp_settings(config: CompressConfig, model: nn.Module) -> TRPSettings:
     # The stem (the first conv a network applies to the image) stays dense, as TRP does.
     stem = next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
-    return TRPSettings(config.scheme, config.energy, config.period, config.nuclear_weight,
-                       config.export_threshold, exclude=(stem,))  # fmt: skip
+    return TRPSettings(
+        config.scheme,
+        config.energy,
+        config.period,
+        config.nuclear_weight,
+        config.export_threshold,
+        exclude=(stem,),
+        min_kernel=config.min_kernel,
+    )
 
 
 def _check_resumable(state: dict[str, Any], config: CompressConfig, path: Path) -> None:
@@ -115,8 +148,9 @@ def run_compress(
     torch.manual_seed(config.seed)
     model = build_model(config, train.x.shape[1], len(train.classes)).to(device)
     trp = TRPRegularizer(model, _trp_settings(config, model)) if config.method == "trp" else None
-    opt = torch.optim.SGD(model.parameters(), config.lr, momentum=config.momentum,
-                          weight_decay=config.weight_decay)  # fmt: skip
+    opt = torch.optim.SGD(
+        model.parameters(), config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
     steps = max(1, len(train) // config.batch_size)
     milestones = [int(m * config.epochs) for m in config.milestones]
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, 0.1)
@@ -140,30 +174,54 @@ def run_compress(
         if trp is not None:
             hooks = {"before_forward": trp.before_forward, "after_backward": trp.after_backward}
         train_loss, train_acc = train_epoch(
-            model, train, opt, config.batch_size, epoch_generator(config.seed, epoch), device,
-            f"epoch {epoch + 1}/{config.epochs}", progress, epoch * steps, **hooks,
-        )  # fmt: skip
+            model,
+            train,
+            opt,
+            config.batch_size,
+            epoch_generator(config.seed, epoch),
+            device,
+            f"epoch {epoch + 1}/{config.epochs}",
+            progress,
+            epoch * steps,
+            **hooks,
+        )
         lr = sched.get_last_lr()[0]
         sched.step()
         test_loss, test_acc = evaluate(model, test, device)
         record = {
-            "epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
-            "train_acc": train_acc, "test_loss": test_loss,
-            "test_acc": test_acc, "seconds": time.perf_counter() - t0, "world_size": world,
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "seconds": time.perf_counter() - t0,
+            "world_size": world,
             "weights_rank_max_diff": distributed.max_deviation_from_rank0(model.parameters()),
-        }  # fmt: skip
+        }
         if trp is not None:
             record["ranks"] = dict(trp.ranks)
         history.append(record)
         if rank == 0:
-            save_state(ckpt, {"epoch": epoch + 1, "model": model.state_dict(),
-                              "opt": opt.state_dict(), "sched": sched.state_dict(),
-                              "history": history, "config": dump_config(config)})  # fmt: skip
-            atomic_write_bytes(out / "log.jsonl",
-                               "".join(json.dumps(h) + "\n" for h in history).encode())  # fmt: skip
+            save_state(
+                ckpt,
+                {
+                    "epoch": epoch + 1,
+                    "model": model.state_dict(),
+                    "opt": opt.state_dict(),
+                    "sched": sched.state_dict(),
+                    "history": history,
+                    "config": dump_config(config),
+                },
+            )
+            atomic_write_bytes(
+                out / "log.jsonl", "".join(json.dumps(h) + "\n" for h in history).encode()
+            )
             if progress:
-                tqdm.write(f"epoch {epoch + 1}/{config.epochs}: train {record['train_acc']:.1f}% "
-                           f"test {test_acc:.2f}% ({record['seconds']:.0f} s)")  # fmt: skip
+                tqdm.write(
+                    f"epoch {epoch + 1}/{config.epochs}: train {record['train_acc']:.1f}% "
+                    f"test {test_acc:.2f}% ({record['seconds']:.0f} s)"
+                )
         distributed.barrier()
 
     model.eval()
@@ -175,13 +233,21 @@ def run_compress(
         export = trp.export(compressed)
     report = [
         measure("dense (trained)", model, test, config.latency_batches, out / "dense.safetensors"),
-        measure("TRP, exported" if trp is not None else "baseline", compressed, test,
-                config.latency_batches, out / "compressed.safetensors"),
-    ]  # fmt: skip
+        measure(
+            "TRP, exported" if trp is not None else "baseline",
+            compressed,
+            test,
+            config.latency_batches,
+            out / "compressed.safetensors",
+        ),
+    ]
     if rank == 0:
         save_float(model, out / "dense.safetensors", {"config": dump_config(config)})
-        save_float(compressed, out / "compressed.safetensors",
-                   {"config": dump_config(config), "export": export})  # fmt: skip
+        save_float(
+            compressed,
+            out / "compressed.safetensors",
+            {"config": dump_config(config), "export": export},
+        )
         for row in report:
             row["file_bytes"] = os.path.getsize(row.pop("path"))
         text = format_report(report, export)

@@ -34,6 +34,8 @@ class TRPSettings:
         nuclear_weight: lambda of the nuclear-norm sub-gradient (3e-4).
         export_threshold: singular values >= this survive export (0.05).
         include / exclude: fnmatch patterns on conv names.
+        min_kernel: decompose convs whose kernel is at least this wide (2: TRP's
+            k > 1; 1 also factors 1x1 convs by the channel scheme).
     """
 
     scheme: str = "channel"
@@ -43,6 +45,7 @@ class TRPSettings:
     export_threshold: float = 0.05
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ("stem*",)
+    min_kernel: int = 2
 
     def __post_init__(self) -> None:
         check_scheme(self.scheme)
@@ -54,19 +57,26 @@ class TRPSettings:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise ValueError(f"{name}: expected a number >= 0, got {v!r}")
+        if isinstance(self.min_kernel, bool) or self.min_kernel not in range(1, 64):
+            raise ValueError(f"min_kernel: expected a positive integer, got {self.min_kernel!r}")
+        if self.min_kernel == 1 and self.scheme != "channel":
+            raise ValueError("min_kernel: 1x1 convs only factor by the 'channel' scheme")
         self.include = as_patterns(self.include, "include")
         self.exclude = as_patterns(self.exclude, "exclude")
 
 
 def eligible_convs(model: nn.Module, settings: TRPSettings) -> list[tuple[str, nn.Conv2d]]:
-    """The convs TRP trains low-rank: k x k (k > 1), groups 1, selected by name."""
+    """The convs TRP trains low-rank: k x k (k >= min_kernel), groups 1, selected by name."""
     out = [
         (name, m) for name, m in model.named_modules()
-        if type(m) is nn.Conv2d and m.groups == 1 and min(m.kernel_size) > 1
+        if type(m) is nn.Conv2d and m.groups == 1 and min(m.kernel_size) >= settings.min_kernel
         and selects(name, settings.include, settings.exclude)
     ]  # fmt: skip
     if not out:
-        raise ValueError("model: no eligible convolution (k x k, k > 1, groups 1) is selected")
+        raise ValueError(
+            f"model: no eligible convolution (k x k, k >= {settings.min_kernel}, groups 1) "
+            "is selected"
+        )
     return out
 
 
@@ -112,5 +122,6 @@ class TRPRegularizer:
         config = DecomposeConfig(
             scheme=self.settings.scheme, value_threshold=self.settings.export_threshold,
             include=tuple(n for n, _ in self.convs), exclude=(),
+            min_kernel=self.settings.min_kernel,
         )  # fmt: skip
         return decompose_(model, config)
