@@ -160,6 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     sub.add_parser("info", help="build and dispatch information (python -m fusenas.info)")
+    p = sub.add_parser(
+        "pipeline", help="search a cell, train it with TRP, quantize, time low-bit inference"
+    )
+    p.add_argument("--out", default="fusenas_pipeline", help="output directory")
+    p.add_argument("--bits", type=_bits, default="4", help="k of the quantized layers (default 4)")
+    p.add_argument("--quick", action="store_true", help="fewer epochs (a smoke run)")
+    p.add_argument("--no-progress", action="store_true")
+    _add_common(p, dataset=False)
     cli_search.add_parsers(sub)
     cli_compress.add_parsers(sub)
     return parser
@@ -289,6 +297,14 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    from fusenas.pipeline import run_pipeline
+
+    bits = args.bits if args.bits == "ternary" else int(args.bits)
+    run_pipeline(args.out, bits, args.seed, args.threads, args.quick, not args.no_progress)
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from fusenas.info import main as info_main
 
@@ -301,6 +317,7 @@ _COMMANDS = {
     "quantize": _cmd_quantize,
     "infer": _cmd_infer,
     "info": _cmd_info,
+    "pipeline": _cmd_pipeline,
     "search": lambda args: cli_search.cmd_search(args),
     "latency": lambda args: cli_search.cmd_latency(args),
     "compress": lambda args: cli_compress.cmd_compress(args),
