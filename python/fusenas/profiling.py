@@ -9,15 +9,13 @@ convention of the papers' FLOP figures).
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 from torch import nn
 
 from fusenas.nn.lowrank_conv import LowRankConv2d
 from fusenas.nn.quant_conv import QuantConv2d
 from fusenas.nn.quant_linear import QuantLinear
+from fusenas.training import measure_latency
 
 
 def _layer_macs(module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
@@ -68,15 +66,6 @@ def count_params(model: nn.Module) -> int:
     return n
 
 
-@torch.inference_mode()
 def latency_ms(model: nn.Module, x: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:
     """Median wall time of ``model(x)`` in milliseconds (eval mode)."""
-    model.eval()
-    for _ in range(warmup):
-        model(x)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        model(x)
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    return 1e3 * measure_latency(model, x, repeats, warmup)

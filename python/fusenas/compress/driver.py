@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -36,8 +35,9 @@ from fusenas.compress.report import format_report, measure
 from fusenas.compress.trp import TRPRegularizer, TRPSettings
 from fusenas.config_file import dump_config
 from fusenas.data.batches import evaluate
-from fusenas.data.datasets import load_train_set, train_test_split
+from fusenas.data.datasets import ImageDataset, load_train_set, train_test_split
 from fusenas.quant.io import save_float
+from fusenas.run_dir import start_run, write_log
 
 logger = logging.getLogger("fusenas.compress")
 CHECKPOINT = "checkpoint.safetensors"
@@ -111,6 +111,14 @@ def _trp_settings(config: CompressConfig, model: nn.Module) -> TRPSettings:
     )
 
 
+def load_split(config: CompressConfig) -> tuple[ImageDataset, ImageDataset]:
+    """(train, test): ``test_size`` images of the training set held out, stratified, seeded."""
+    data = load_train_set(config.dataset, config.data_dir, config.limit, config.seed)
+    if config.test_size >= len(data):
+        raise ValueError(f"test_size: {config.test_size} leaves no training images of {len(data)}")
+    return train_test_split(data, config.test_size / len(data), config.seed)
+
+
 def _check_resumable(state: dict[str, Any], config: CompressConfig, path: Path) -> None:
     saved = state.get("config")
     if not isinstance(saved, dict):
@@ -129,21 +137,9 @@ def run_compress(
     """Runs (or resumes) the compression ``config`` describes; see the module docstring."""
     if not isinstance(config, CompressConfig):
         raise TypeError(f"config: expected a CompressConfig, got {type(config).__name__}")
-    device = torch.device(config.device)
-    rank, world = distributed.init_from_env(device)
-    if config.batch_size % world:
-        raise ValueError(f"batch_size: {config.batch_size} is not divisible by {world} processes")
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    out = Path(config.out_dir)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out / "config.yaml", yaml.safe_dump(dump_config(config)).encode())
-
-    data = load_train_set(config.dataset, config.data_dir, config.limit, config.seed)
-    if config.test_size >= len(data):
-        raise ValueError(f"test_size: {config.test_size} leaves no training images of {len(data)}")
-    train, test = train_test_split(data, config.test_size / len(data), config.seed)
+    run = start_run(config, torch.device(config.device))
+    device, rank, world, out = run.device, run.rank, run.world, run.out
+    train, test = load_split(config)
 
     torch.manual_seed(config.seed)
     model = build_model(config, train.x.shape[1], len(train.classes)).to(device)
@@ -214,9 +210,7 @@ def run_compress(
                     "config": dump_config(config),
                 },
             )
-            atomic_write_bytes(
-                out / "log.jsonl", "".join(json.dumps(h) + "\n" for h in history).encode()
-            )
+            write_log(out, history)
             if progress:
                 tqdm.write(
                     f"epoch {epoch + 1}/{config.epochs}: train {record['train_acc']:.1f}% "

@@ -23,28 +23,26 @@ import copy
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from fusenas import distributed
 from fusenas._atomic import atomic_write_bytes
 from fusenas._layer_select import selects
 from fusenas._state_io import load_state, save_state
 from fusenas.compress.config import CompressConfig
 from fusenas.compress.dnq import search_bit_widths
-from fusenas.compress.driver import CompressResult, build_model
+from fusenas.compress.driver import CompressResult, build_model, load_split
 from fusenas.compress.incremental import IncrementalQuantizer
 from fusenas.compress.loop import epoch_generator, train_epoch
 from fusenas.compress.report import format_report, measure
 from fusenas.config_file import dump_config
 from fusenas.data.batches import evaluate
-from fusenas.data.datasets import load_train_set, random_subset, train_test_split
+from fusenas.data.datasets import random_subset
 from fusenas.quant.io import load_float, save_float, save_packed
+from fusenas.run_dir import start_run, write_log
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -73,20 +71,9 @@ def run_quantize(
     """Runs (or resumes) an SLQ / MLQ / DNQ quantization; see the module docstring."""
     if config.method not in ("slq", "mlq", "dnq"):
         raise ValueError(f"method: expected slq, mlq or dnq, got {config.method!r}")
-    device = torch.device(config.device)
-    rank, world = distributed.init_from_env(device)
-    if config.batch_size % world:
-        raise ValueError(f"batch_size: {config.batch_size} is not divisible by {world} processes")
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    out = Path(config.out_dir)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out / "config.yaml", yaml.safe_dump(dump_config(config)).encode())
-    data = load_train_set(config.dataset, config.data_dir, config.limit, config.seed)
-    if config.test_size >= len(data):
-        raise ValueError(f"test_size: {config.test_size} leaves no training images of {len(data)}")
-    train, test = train_test_split(data, config.test_size / len(data), config.seed)
+    run = start_run(config, torch.device(config.device))
+    device, rank, out = run.device, run.rank, run.out
+    train, test = load_split(config)
 
     torch.manual_seed(config.seed)
     if config.init:
@@ -107,9 +94,7 @@ def run_quantize(
                     "config": dump_config(config),
                 },
             )
-            atomic_write_bytes(
-                out / "log.jsonl", "".join(json.dumps(h) + "\n" for h in history).encode()
-            )
+            write_log(out, history)
 
     def log(record: dict[str, Any]) -> None:
         history.append(record)

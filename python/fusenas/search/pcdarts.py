@@ -20,7 +20,6 @@ to exactly the result of an uninterrupted run.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -29,16 +28,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
 from fusenas import distributed
-from fusenas._atomic import atomic_write_bytes, write_json_atomic
+from fusenas._atomic import write_json_atomic
 from fusenas._state_io import load_state, save_state
 from fusenas.config_file import dump_config
 from fusenas.data.batches import evaluate, make_batch
 from fusenas.data.datasets import ImageDataset, load_train_set
+from fusenas.run_dir import start_run, write_log
 from fusenas.search.config import SearchConfig
 from fusenas.search.genotype import Genotype
 from fusenas.search.spaces.darts import DartsSupernet
@@ -120,17 +119,10 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
     """Runs (or resumes) a PC-DARTS search as ``config`` says; see the module docstring."""
     if not isinstance(config, SearchConfig):
         raise TypeError(f"config: expected a SearchConfig, got {type(config).__name__}")
-    device = _device(config)
-    rank, world = distributed.init_from_env(device)
-    if config.batch_size % world:
-        raise ValueError(f"batch_size: {config.batch_size} is not divisible by {world} processes")
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    out = Path(config.out_dir)
+    run = start_run(config, _device(config))
+    device, rank, world, out = run.device, run.rank, run.world, run.out
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
         (out / "genotypes").mkdir(exist_ok=True)
-        atomic_write_bytes(out / "config.yaml", yaml.safe_dump(dump_config(config)).encode())
 
     train = load_train_set(config.dataset, config.data_dir, config.limit, config.seed)
     w_half, a_half = split_halves(train, config.seed)
@@ -272,8 +264,7 @@ def _write_epoch(out: Path, model: nn.Module, w_opt, a_opt, sched, history, conf
         "config": dump_config(config),
     }
     save_state(out / CHECKPOINT, state)
-    lines = "".join(json.dumps(h) + "\n" for h in history)
-    atomic_write_bytes(out / "log.jsonl", lines.encode())
+    write_log(out, history)
     g = history[-1]["genotype"]
     payload = {"arch_str": g} if isinstance(g, str) else g
     write_json_atomic(out / "genotypes" / f"epoch_{history[-1]['epoch']:03d}.json", payload)

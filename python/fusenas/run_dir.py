@@ -1,0 +1,49 @@
+"""What every driver (search, compression) does before its first epoch, and its log file.
+
+``start_run`` sets up torch.distributed from torchrun's environment, checks the
+global batch splits over the ranks, sets torch's threads, creates the output
+directory and writes the run's settings to ``config.yaml`` (rank 0).
+``write_log`` rewrites ``log.jsonl`` from the run's history, atomically, so
+the log always agrees with the checkpoint it was written after.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from fusenas import distributed
+from fusenas._atomic import atomic_write_bytes
+from fusenas.config_file import dump_config
+
+
+@dataclass
+class Run:
+    device: torch.device
+    rank: int
+    world: int
+    out: Path
+
+
+def start_run(config: Any, device: torch.device) -> Run:
+    """Distributed setup, thread count, output directory and config.yaml for ``config``."""
+    rank, world = distributed.init_from_env(device)
+    if config.batch_size % world:
+        raise ValueError(f"batch_size: {config.batch_size} is not divisible by {world} processes")
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    out = Path(config.out_dir)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out / "config.yaml", yaml.safe_dump(dump_config(config)).encode())
+    return Run(device, rank, world, out)
+
+
+def write_log(out: Path, history: list[dict[str, Any]]) -> None:
+    """log.jsonl: one JSON line per record of ``history``."""
+    atomic_write_bytes(out / "log.jsonl", "".join(json.dumps(h) + "\n" for h in history).encode())
