@@ -138,7 +138,7 @@ def test_corrupt_and_mismatched_checkpoints(tmp_path):
     state = load_state(ckpt)
     # A different search (other channel count) cannot resume from it.
     other = _tiny(tmp_path, channels=8, epochs=1)
-    with pytest.raises(ValueError, match="different search.*channels"):
+    with pytest.raises(ValueError, match="different run.*channels"):
         run_search(other, resume=True, progress=False)
     state["model"].pop("alphas_normal")
     save_state(ckpt, state)

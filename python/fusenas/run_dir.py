@@ -19,6 +19,7 @@ import yaml
 
 from fusenas import distributed
 from fusenas._atomic import atomic_write_bytes
+from fusenas._state_io import load_state
 from fusenas.config_file import dump_config
 
 
@@ -47,3 +48,32 @@ def start_run(config: Any, device: torch.device) -> Run:
 def write_log(out: Path, history: list[dict[str, Any]]) -> None:
     """log.jsonl: one JSON line per record of ``history``."""
     atomic_write_bytes(out / "log.jsonl", "".join(json.dumps(h) + "\n" for h in history).encode())
+
+
+def resume_state(
+    path: Path, config: Any, run_defining: tuple[str, ...], parts: dict[str, Any], what: str
+) -> tuple[list[dict[str, Any]], int] | None:
+    """Loads a driver checkpoint into ``parts`` ({key: object with load_state_dict}).
+
+    Returns (history, epochs done), or None when there is no checkpoint. The
+    checkpoint must come from a run with the same ``run_defining`` settings;
+    ValueError names the ones that differ, or says what does not fit ``what``.
+    """
+    if not path.is_file():
+        return None
+    state = load_state(path)
+    saved = state.get("config")
+    if not isinstance(saved, dict):
+        raise ValueError(f"resume: {path} holds no driver config; not a fusenas run checkpoint")
+    now = dump_config(config)
+    norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
+    diff = [k for k in run_defining if norm(saved.get(k)) != norm(now[k])]
+    if diff:
+        pairs = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in diff)
+        raise ValueError(f"resume: {path} was written by a different run ({pairs})")
+    try:
+        for key, obj in parts.items():
+            obj.load_state_dict(state[key])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise ValueError(f"resume: {path} does not match this {what} ({exc})") from exc
+    return list(state["history"]), int(state["epoch"])

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from fusenas import distributed
 from fusenas._atomic import atomic_write_bytes
-from fusenas._state_io import load_state, save_state
+from fusenas._state_io import save_state
 from fusenas.compress.config import CompressConfig
 from fusenas.compress.loop import epoch_generator, train_epoch
 from fusenas.compress.report import format_report, measure
@@ -37,7 +37,7 @@ from fusenas.config_file import dump_config
 from fusenas.data.batches import evaluate
 from fusenas.data.datasets import ImageDataset, load_train_set, train_test_split
 from fusenas.quant.io import save_float
-from fusenas.run_dir import start_run, write_log
+from fusenas.run_dir import resume_state, start_run, write_log
 
 logger = logging.getLogger("fusenas.compress")
 CHECKPOINT = "checkpoint.safetensors"
@@ -119,18 +119,6 @@ def load_split(config: CompressConfig) -> tuple[ImageDataset, ImageDataset]:
     return train_test_split(data, config.test_size / len(data), config.seed)
 
 
-def _check_resumable(state: dict[str, Any], config: CompressConfig, path: Path) -> None:
-    saved = state.get("config")
-    if not isinstance(saved, dict):
-        raise ValueError(f"resume: {path} holds no compression config")
-    now = dump_config(config)
-    norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
-    diff = [k for k in _RUN_DEFINING if norm(saved.get(k)) != norm(now[k])]
-    if diff:
-        pairs = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in diff)
-        raise ValueError(f"resume: {path} was written by a different run ({pairs})")
-
-
 def run_compress(
     config: CompressConfig, resume: bool = False, progress: bool = True
 ) -> CompressResult:
@@ -154,16 +142,11 @@ def run_compress(
     history: list[dict[str, Any]] = []
     start = 0
     ckpt = out / CHECKPOINT
-    if resume and ckpt.is_file():
-        state = load_state(ckpt)
-        _check_resumable(state, config, ckpt)
-        try:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["opt"])
-            sched.load_state_dict(state["sched"])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise ValueError(f"resume: {ckpt} does not match this model ({exc})") from exc
-        history, start = list(state["history"]), int(state["epoch"])
+    if resume:
+        parts = {"model": model, "opt": opt, "sched": sched}
+        resumed = resume_state(ckpt, config, _RUN_DEFINING, parts, "model")
+        if resumed is not None:
+            history, start = resumed
     for epoch in range(start, config.epochs):
         t0 = time.perf_counter()
         hooks = {}

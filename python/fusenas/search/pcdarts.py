@@ -33,11 +33,11 @@ from tqdm.auto import tqdm
 
 from fusenas import distributed
 from fusenas._atomic import write_json_atomic
-from fusenas._state_io import load_state, save_state
+from fusenas._state_io import save_state
 from fusenas.config_file import dump_config
 from fusenas.data.batches import evaluate, make_batch
 from fusenas.data.datasets import ImageDataset, load_train_set
-from fusenas.run_dir import start_run, write_log
+from fusenas.run_dir import resume_state, start_run, write_log
 from fusenas.search.config import SearchConfig
 from fusenas.search.genotype import Genotype
 from fusenas.search.spaces.darts import DartsSupernet
@@ -100,21 +100,6 @@ def _arch_snapshot(model: nn.Module) -> dict[str, list]:
     return out
 
 
-def _check_resumable(state: dict[str, Any], config: SearchConfig, path: Path) -> None:
-    saved = state.get("config")
-    if not isinstance(saved, dict):
-        raise ValueError(f"resume: {path} holds no search config; not a search checkpoint")
-    now = dump_config(config)
-    diff = [k for k in _RUN_DEFINING if _norm(saved.get(k)) != _norm(now[k])]
-    if diff:
-        pairs = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in diff)
-        raise ValueError(f"resume: {path} was written by a different search ({pairs})")
-
-
-def _norm(v: Any) -> Any:
-    return list(v) if isinstance(v, tuple) else v
-
-
 def run_search(config: SearchConfig, resume: bool = False, progress: bool = True) -> SearchResult:
     """Runs (or resumes) a PC-DARTS search as ``config`` says; see the module docstring."""
     if not isinstance(config, SearchConfig):
@@ -154,18 +139,12 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
     history: list[dict[str, Any]] = []
     start = 0
     ckpt = out / CHECKPOINT
-    if resume and ckpt.is_file():
-        state = load_state(ckpt)
-        _check_resumable(state, config, ckpt)
-        try:
-            model.load_state_dict(state["model"])
-            w_opt.load_state_dict(state["w_opt"])
-            a_opt.load_state_dict(state["a_opt"])
-            sched.load_state_dict(state["sched"])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise ValueError(f"resume: {ckpt} does not match this supernet ({exc})") from exc
-        history, start = list(state["history"]), int(state["epoch"])
-        logger.info("resuming %s at epoch %d", ckpt, start)
+    if resume:
+        parts = {"model": model, "w_opt": w_opt, "a_opt": a_opt, "sched": sched}
+        resumed = resume_state(ckpt, config, _RUN_DEFINING, parts, "supernet")
+        if resumed is not None:
+            history, start = resumed
+            logger.info("resuming %s at epoch %d", ckpt, start)
 
     steps = len(w_half) // config.batch_size
     per_rank = config.batch_size // world
