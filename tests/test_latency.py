@@ -58,6 +58,20 @@ def test_predictor_fits_a_known_relation(tmp_path):
         again.check_space("darts")
 
 
+def test_search_reports_measured_and_predicted_latency_of_the_found_cell(tmp_path):
+    records = latency.collect("nb201", 8, tmp_path / "lat.jsonl", channels=4, layers=1,
+                              image_size=8, repeats=2, progress=False)  # fmt: skip
+    model, _ = latency.fit(records, steps=100)
+    assert model.measured_on["channels"] == 4 and model.measured_on["image_size"] == 8
+    model.save(tmp_path / "p.safetensors")
+    cfg = SearchConfig(space="nb201", dataset="digits", limit=96, channels=4, layers=1, k=2,
+                       epochs=1, warmup_epochs=0, batch_size=32, eval_limit=16, threads=1,
+                       latency_weight=0.1, latency_predictor=str(tmp_path / "p.safetensors"),
+                       out_dir=str(tmp_path / "s"))  # fmt: skip
+    last = run_search(cfg, progress=False).history[-1]
+    assert last["final_measured_ms"] > 0 and last["final_predicted_ms"] > 0
+
+
 def test_collect_times_real_networks_and_cli_fit(tmp_path, capsys):
     out = tmp_path / "lat.jsonl"
     assert cli_main(["latency", "collect", "--space", "nb201", "--n", "6", "--channels", "4",

@@ -191,7 +191,8 @@ def collect(
         ms = time_network(net, x, repeats, warmup)
         stored = arch if isinstance(arch, str) else arch.to_dict()
         records.append({"space": space, "arch": stored, "latency_ms": ms,
-                        "batch_size": batch_size, "device": str(device)})  # fmt: skip
+                        "batch_size": batch_size, "device": str(device), "channels": channels,
+                        "layers": layers, "image_size": image_size})  # fmt: skip
     atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in records).encode())
     return records
 
@@ -219,10 +220,14 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
 class LatencyPredictor(nn.Module):
     """MLP: architecture encoding (..., D) float32 -> predicted latency (...,) in milliseconds."""
 
-    def __init__(self, space: str, hidden: tuple[int, ...] = (128, 64), scale_ms: float = 1.0):
+    def __init__(self, space: str, hidden: tuple[int, ...] = (128, 64), scale_ms: float = 1.0,
+                 measured_on: dict[str, Any] | None = None):  # fmt: skip
         super().__init__()
         _check_space(space)
         self.space, self.hidden = space, tuple(hidden)
+        # The networks the latencies were measured on (channels, layers, batch_size,
+        # image_size, device): where a found architecture is timed again.
+        self.measured_on = dict(measured_on or {})
         dims = [encoding_size(space), *self.hidden, 1]
         layers: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:], strict=True):
@@ -239,13 +244,24 @@ class LatencyPredictor(nn.Module):
         enc = encode_supernet(model)
         return self(enc.to(self.scale_ms.device, self.scale_ms.dtype))
 
+    def measure(self, arch: Genotype | str, repeats: int = 20) -> float:
+        """Measured latency (ms) of ``arch``'s network as the training records were timed."""
+        m = self.measured_on
+        if not {"channels", "layers"} <= set(m):
+            raise ValueError("latency_predictor: fitted on records without network sizes")
+        net = build_network(self.space, arch, int(m["channels"]), int(m["layers"]))
+        size = int(m.get("image_size", 32))
+        x = torch.rand(int(m.get("batch_size", 1)), 3, size, size)
+        return time_network(net, x, repeats, warmup=3)
+
     def check_space(self, space: str) -> None:
         if space != self.space:
             raise ValueError(f"latency_predictor: fitted on space {self.space!r}, not {space!r}")
 
     def save(self, path: str | os.PathLike) -> None:
         meta = {"format": "fusenas-latency-v1", "space": self.space,
-                "hidden": json.dumps(list(self.hidden))}  # fmt: skip
+                "hidden": json.dumps(list(self.hidden)),
+                "measured_on": json.dumps(self.measured_on)}  # fmt: skip
         tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
         atomic_write_bytes(path, save_bytes(tensors, metadata=meta))
 
@@ -262,7 +278,8 @@ class LatencyPredictor(nn.Module):
             state = load_file(str(path))
             if meta.get("format") != "fusenas-latency-v1":
                 raise ValueError(f"format {meta.get('format')!r}")
-            model = cls(meta["space"], tuple(json.loads(meta["hidden"])))
+            model = cls(meta["space"], tuple(json.loads(meta["hidden"])),
+                        measured_on=json.loads(meta.get("measured_on", "{}")))  # fmt: skip
             model.load_state_dict(state)
         except Exception as exc:
             raise ValueError(
@@ -306,7 +323,9 @@ def fit(
     n_test = max(1, int(round(len(records) * test_fraction)))
     test, train = perm[:n_test], perm[n_test:]
     torch.manual_seed(seed)
-    model = LatencyPredictor(space, hidden, scale_ms=float(y[train].mean()))
+    keys = ("channels", "layers", "batch_size", "image_size", "device")
+    measured_on = {k: records[0][k] for k in keys if k in records[0]}
+    model = LatencyPredictor(space, hidden, float(y[train].mean()), measured_on)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for _ in range(steps):

@@ -222,6 +222,17 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
                 )
         distributed.barrier()
     final = model.genotype()
+    if latency is not None and rank == 0 and latency.measured_on and history:
+        # The found (discrete) architecture, timed as the predictor's records were.
+        with torch.no_grad():
+            from fusenas.search.latency import encode
+
+            history[-1]["final_predicted_ms"] = float(latency(encode(config.space, final)))
+        history[-1]["final_measured_ms"] = latency.measure(final)
+        write_log(out, history)
+        if progress:
+            tqdm.write(f"found architecture: predicted {history[-1]['final_predicted_ms']:.2f} ms, "
+                       f"measured {history[-1]['final_measured_ms']:.2f} ms")  # fmt: skip
     return SearchResult(final, history, model, out)
 
 
