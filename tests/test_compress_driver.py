@@ -92,3 +92,49 @@ def test_bad_compress_configs(kw, match):
 def test_test_size_larger_than_the_data(tmp_path):
     with pytest.raises(ValueError, match="test_size"):
         run_compress(_cfg(tmp_path, test_size=5000), progress=False)
+
+
+def test_any_user_module(tmp_path):
+    from fusenas.compress.quantize_driver import run_quantize
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = torch.nn.Sequential(
+                torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
+                torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(),
+                torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU(),
+            )  # fmt: skip
+            self.head = torch.nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.head(self.features(x).mean((2, 3)))
+
+    trp = run_compress(_cfg(tmp_path, "t", energy=0.8), progress=False, model=Tiny())
+    assert sum(isinstance(m, LowRankConv2d) for m in trp.compressed.modules()) >= 1
+    q = run_quantize(_cfg(tmp_path, "q", method="slq", stages=(1.0,), quant_exclude=("head",)),
+                     progress=False, model=Tiny())  # fmt: skip
+    assert isinstance(q.compressed.head, torch.nn.Linear)
+    with pytest.raises(TypeError, match="model"):
+        run_compress(_cfg(tmp_path, "x"), progress=False, model="resnet")
+
+
+def test_torchrun_two_processes(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sets = {**TINY, "epochs": 1, "out_dir": str(tmp_path / "ddp"), "latency_batches": [1]}
+    args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+              f"--master_port={port}"]  # fmt: skip
+    cmd = [*launch, "-m", "fusenas", "compress", "trp", "--no-progress", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["world_size"] == 2 and log[-1]["weights_rank_max_diff"] == 0.0

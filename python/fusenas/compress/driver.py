@@ -120,9 +120,17 @@ def load_split(config: CompressConfig) -> tuple[ImageDataset, ImageDataset]:
 
 
 def run_compress(
-    config: CompressConfig, resume: bool = False, progress: bool = True
+    config: CompressConfig,
+    resume: bool = False,
+    progress: bool = True,
+    model: nn.Module | None = None,
 ) -> CompressResult:
-    """Runs (or resumes) the compression ``config`` describes; see the module docstring."""
+    """Runs (or resumes) the compression ``config`` describes; see the module docstring.
+
+    ``model``: any nn.Module taking (B, C, H, W) images in [0, 1] to logits, used
+    instead of ``config.model`` (TRP then applies to its eligible convs, chosen as
+    for the built-in models; the first conv stays dense).
+    """
     if not isinstance(config, CompressConfig):
         raise TypeError(f"config: expected a CompressConfig, got {type(config).__name__}")
     run = start_run(config, torch.device(config.device))
@@ -130,7 +138,11 @@ def run_compress(
     train, test = load_split(config)
 
     torch.manual_seed(config.seed)
-    model = build_model(config, train.x.shape[1], len(train.classes)).to(device)
+    if model is None:
+        model = build_model(config, train.x.shape[1], len(train.classes))
+    elif not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module or None, got {type(model).__name__}")
+    model = model.to(device)
     trp = TRPRegularizer(model, _trp_settings(config, model)) if config.method == "trp" else None
     opt = torch.optim.SGD(
         model.parameters(), config.lr, momentum=config.momentum, weight_decay=config.weight_decay

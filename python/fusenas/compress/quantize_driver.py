@@ -66,9 +66,17 @@ def _groups(names: list[str], n_groups: int) -> list[list[str]]:
 
 
 def run_quantize(
-    config: CompressConfig, resume: bool = False, progress: bool = True
+    config: CompressConfig,
+    resume: bool = False,
+    progress: bool = True,
+    model: nn.Module | None = None,
 ) -> CompressResult:
-    """Runs (or resumes) an SLQ / MLQ / DNQ quantization; see the module docstring."""
+    """Runs (or resumes) an SLQ / MLQ / DNQ quantization; see the module docstring.
+
+    ``model``: any (trained or not) nn.Module used instead of ``config.init`` /
+    ``config.model``; its convs (groups 1) and linears are quantized, minus
+    ``config.quant_exclude`` patterns on their names.
+    """
     if config.method not in ("slq", "mlq", "dnq"):
         raise ValueError(f"method: expected slq, mlq or dnq, got {config.method!r}")
     run = start_run(config, torch.device(config.device))
@@ -76,7 +84,11 @@ def run_quantize(
     train, test = load_split(config)
 
     torch.manual_seed(config.seed)
-    if config.init:
+    if model is not None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected an nn.Module or None, got {type(model).__name__}")
+        model = model.to(device)
+    elif config.init:
         model = load_float(config.init).build_model().to(device)
     else:
         model = build_model(config, train.x.shape[1], len(train.classes)).to(device)
