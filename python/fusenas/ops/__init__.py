@@ -1,5 +1,6 @@
 """Fused ops, registered under torch.ops.fusenas."""
 
 from fusenas.ops.kbit_matmul import dequantize_weight, kbit_matmul
+from fusenas.ops.pc_mixed_op import PC_DARTS_PRIMITIVES, pc_mixed_op
 
-__all__ = ["kbit_matmul", "dequantize_weight"]
+__all__ = ["kbit_matmul", "dequantize_weight", "pc_mixed_op", "PC_DARTS_PRIMITIVES"]
