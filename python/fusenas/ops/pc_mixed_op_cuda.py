@@ -183,7 +183,10 @@ def check_backward_extras(grad_out, x, stats, ck: int, ho: int, wo: int) -> None
 def _pc_mixed_backward_cuda(
     grad_out, x, param_outs, weights, edge_scale, stats, batch_stats, ops, k, stride, eps
 ):
-    ck, ho, wo = check_pc_mixed_args(x, param_outs, weights, edge_scale, None, ops, k, stride, eps)
+    # Given (eval) statistics are checked as pool_stats: a 1x1 map is fine then.
+    ck, ho, wo = check_pc_mixed_args(
+        x, param_outs, weights, edge_scale, None if batch_stats else stats, ops, k, stride, eps
+    )
     check_backward_extras(grad_out, x, stats, ck, ho, wo)
     ext = _native.cuda()
     reason = "fusenas._C_cuda not built" if ext is None else unsupported_reason(x, param_outs)
