@@ -116,3 +116,138 @@ def test_pc_mixed_emulated_16_bit(dtype):
     args = make_inputs(n=2, c=8, h=6, w=6, k=2, stride=1, dtype=dtype, seed=2)
     # The reference computes in the 16-bit dtype, the kernels in float32.
     _assert_pc_matches(args, atol=6e-2, rtol=2e-2)
+
+
+# ------------------------------------------------------------- low-rank conv --
+
+# (N, C, H, W, R, O, kh, kw, stride, padding, dilation): odd sizes, size-1 dims,
+# rank 1 to full, more than one chunk of ranks (32), input channels (16) and
+# output channels (64), strides, paddings, dilations, several tiles per map.
+LOWRANK_CASES = [
+    (2, 3, 7, 9, 2, 5, 3, 3, 1, 1, 1),
+    (1, 5, 10, 13, 4, 6, 3, 3, 2, 1, 1),
+    (2, 4, 9, 20, 3, 7, 3, 5, (1, 2), (2, 1), (2, 1)),
+    (1, 17, 8, 8, 33, 70, 3, 3, 1, 1, 1),
+    (1, 2, 5, 5, 1, 1, 1, 1, 1, 0, 1),
+    (2, 6, 11, 11, 5, 3, 5, 3, (2, 3), (2, 0), (1, 2)),
+    (1, 3, 1, 1, 2, 2, 1, 1, 1, 0, 1),
+    (3, 8, 6, 6, 24, 8, 3, 3, 1, 1, 1),  # full rank of the spatial scheme (C*kh = O*kw = 24)
+    (1, 20, 30, 30, 8, 9, 3, 3, 1, 1, 1),
+    (1, 4, 12, 12, 3, 4, 7, 7, 1, 9, 3),  # large dilated kernel: smaller tiles
+]
+
+
+def lowrank_tensors(case, scheme, channels_last, dtype=torch.float32, bias=True, seed=0):
+    """x, w1, w2, bias and the conv arguments for a LOWRANK_CASES entry."""
+    n, c, h, w, r, o, kh, kw, stride, padding, dilation = case
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=g).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if scheme == "channel":
+        w1, w2 = torch.randn(r, c, kh, kw, generator=g), torch.randn(o, r, 1, 1, generator=g)
+    else:
+        w1, w2 = torch.randn(r, c, kh, 1, generator=g), torch.randn(o, r, 1, kw, generator=g)
+    b = torch.randn(o, generator=g).to(dtype) if bias else None
+    return x, w1.to(dtype), w2.to(dtype), b, scheme, stride, padding, dilation
+
+
+def _pairs(stride, padding, dilation):
+    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+    return pair(stride), pair(padding), pair(dilation)
+
+
+def _lowrank_float64(x, w1, w2, b, scheme, stride, padding, dilation, grad):
+    """Output and (grad_x, grad_w1, grad_w2, grad_bias) of the two-conv sequence in float64."""
+    from fusenas.ops.lowrank_conv import lowrank_conv2d_reference
+
+    leaves = [t.detach().double().requires_grad_() for t in (x, w1, w2)]
+    bb = None if b is None else b.detach().double().requires_grad_()
+    y = lowrank_conv2d_reference(*leaves, bb, scheme, *_pairs(stride, padding, dilation))
+    grads = torch.autograd.grad(y, leaves + ([] if bb is None else [bb]), grad.double())
+    return y, grads
+
+
+def _lowrank_emulated(x, w1, w2, b, scheme, stride, padding, dilation, grad, mask):
+    from fusenas.ops.lowrank_conv import check_lowrank_args
+    from fusenas.ops.lowrank_conv_cuda import (
+        lowrank_backward_native,
+        lowrank_forward_native,
+        lowrank_problem,
+        unsupported_reason,
+    )
+
+    kh, kw = check_lowrank_args(x, w1, w2, b, scheme, stride, padding, dilation)
+    problem = lowrank_problem(x, w1, w2, scheme, stride, padding, dilation, kh, kw)
+    assert unsupported_reason(EMU, x, problem) is None
+    y = lowrank_forward_native(EMU, x, w1, w2, b, problem, stream=0)
+    grads = lowrank_backward_native(
+        EMU, grad, x, w1, w2, problem, mask, sm_count=SM_COUNT, stream=0
+    )
+    return y, grads
+
+
+def _assert_lowrank_matches(args, mask=(True, True, True, True), tol=1e-5):
+    from fusenas.ops.lowrank_conv import lowrank_conv2d_reference
+
+    x = args[0]
+    shape = lowrank_conv2d_reference(*args[:5], *_pairs(*args[5:8])).shape
+    g = torch.randn(shape, generator=torch.Generator().manual_seed(3)).to(x.dtype)
+    g = g.contiguous(memory_format=torch.channels_last if _cl(x) else torch.contiguous_format)
+    y64, grads64 = _lowrank_float64(*args, g)
+    y, grads = _lowrank_emulated(*args, g, mask)
+    if _cl(x):
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    _close(y, y64, tol, "y")
+    names = ("grad_x", "grad_w1", "grad_w2", "grad_bias")
+    for i, (name, want) in enumerate(zip(names, mask, strict=True)):
+        if not want:
+            assert grads[i].numel() == 0, name
+        elif i < 3 or args[3] is not None:
+            _close(grads[i], grads64[i], tol, name)
+            if i == 0 and _cl(x):
+                assert grads[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def _cl(t):
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def _close(a, b, tol, what):
+    scale = b.abs().max().item() + 1e-12
+    torch.testing.assert_close(
+        a.double(), b, rtol=tol, atol=tol * scale, msg=lambda m: f"{what}: {m}"
+    )
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+def test_lowrank_emulated_matches_reference(scheme, channels_last):
+    for i, case in enumerate(LOWRANK_CASES):
+        _assert_lowrank_matches(lowrank_tensors(case, scheme, channels_last, bias=i % 3 != 1))
+
+
+def test_lowrank_emulated_output_masks():
+    args = lowrank_tensors(LOWRANK_CASES[2], "spatial", True)
+    for mask in itertools.product([False, True], repeat=4):
+        _assert_lowrank_matches(args, mask)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_lowrank_emulated_16_bit(dtype):
+    # Inputs are exactly representable; the kernels accumulate in float32 and
+    # round once, so the error is one 16-bit rounding of the result.
+    for scheme in ("channel", "spatial"):
+        _assert_lowrank_matches(lowrank_tensors(LOWRANK_CASES[0], scheme, True, dtype), tol=1e-2)
+
+
+def test_lowrank_plan_rejects_tiles_that_do_not_fit():
+    from fusenas.ops.lowrank_conv_cuda import lowrank_problem, unsupported_reason
+
+    # A 1 x 49 second factor needs 4 * 49 * 64 floats of w2 per stage: over 48 KiB.
+    x, w1, w2, *_ = lowrank_tensors((1, 2, 3, 60, 2, 3, 1, 49, 1, 0, 1), "spatial", False)
+    problem = lowrank_problem(x, w1, w2, "spatial", (1, 1), (0, 0), (1, 1), 1, 49)
+    assert EMU.lowrank_conv2d_cuda_plan(problem)["ok"] is False
+    assert "shared-memory" in unsupported_reason(EMU, x, problem)
+    with pytest.raises(RuntimeError, match="unsupported"):
+        EMU.lowrank_conv2d_forward_cuda(problem, x.data_ptr(), 0, 0, 0, 0, 0)
