@@ -34,9 +34,9 @@ struct HostEmulation {
                                                      grad_w2, grad_bias, t_ws, gt_ws, sm_count);
   }
   static int pc_forward(const fusenas::PcMixedProblem& p, fusenas::Tensor4 x,
-                        const fusenas::Tensor4* params, const void* weights,
-                        const void* edge_scale, const float* pool_stats, fusenas::Tensor4 out,
-                        float* stats_out, double* ws, int sm_count, void*) {
+                        const fusenas::Tensor4* params, const void* weights, const void* edge_scale,
+                        const float* pool_stats, fusenas::Tensor4 out, float* stats_out, double* ws,
+                        int sm_count, void*) {
     return fusenas::pc_mixed_forward_emulated(p, x, params, weights, edge_scale, pool_stats, out,
                                               stats_out, ws, sm_count);
   }

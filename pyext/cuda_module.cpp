@@ -52,9 +52,9 @@ struct CudaLaunchers {
                                                  grad_bias, t_ws, gt_ws, sm_count, stream);
   }
   static int pc_forward(const fusenas::PcMixedProblem& p, fusenas::Tensor4 x,
-                        const fusenas::Tensor4* params, const void* weights,
-                        const void* edge_scale, const float* pool_stats, fusenas::Tensor4 out,
-                        float* stats_out, double* ws, int sm_count, void* stream) {
+                        const fusenas::Tensor4* params, const void* weights, const void* edge_scale,
+                        const float* pool_stats, fusenas::Tensor4 out, float* stats_out, double* ws,
+                        int sm_count, void* stream) {
     return fusenas::pc_mixed_forward_cuda(p, x, params, weights, edge_scale, pool_stats, out,
                                           stats_out, ws, sm_count, stream);
   }

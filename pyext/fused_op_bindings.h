@@ -31,7 +31,8 @@ namespace py = pybind11;
 
 using LowrankTuple = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int,
                                 int, int, int, int, int, int, bool, int>;
-using PcTuple = std::tuple<int64_t, int64_t, int64_t, int64_t, int, int, double, std::vector<int>, int>;
+using PcTuple =
+    std::tuple<int64_t, int64_t, int64_t, int64_t, int, int, double, std::vector<int>, int>;
 using View = std::tuple<uintptr_t, int64_t, int64_t, int64_t, int64_t>;
 
 inline LowrankConvProblem lowrank_problem(const LowrankTuple& t) {
@@ -103,14 +104,14 @@ void bind_fused_ops(py::module_& m, void (*check)(int, const char*)) {
         int err;
         {
           py::gil_scoped_release release;
-          err = Api::lowrank_forward(p, ptr<const void>(x), ptr<const void>(w1),
-                                     ptr<const void>(w2), ptr<const void>(bias), ptr<void>(y),
-                                     ptr<void>(stream));
+          err =
+              Api::lowrank_forward(p, ptr<const void>(x), ptr<const void>(w1), ptr<const void>(w2),
+                                   ptr<const void>(bias), ptr<void>(y), ptr<void>(stream));
         }
         check(err, "lowrank_conv2d_forward_cuda");
       },
-      py::arg("problem"), py::arg("x"), py::arg("w1"), py::arg("w2"), py::arg("bias"),
-      py::arg("y"), py::arg("stream"));
+      py::arg("problem"), py::arg("x"), py::arg("w1"), py::arg("w2"), py::arg("bias"), py::arg("y"),
+      py::arg("stream"));
   m.def(
       "lowrank_conv2d_backward_cuda",
       [check](const LowrankTuple& t, uintptr_t grad_out, uintptr_t x, uintptr_t w1, uintptr_t w2,
@@ -160,9 +161,10 @@ void bind_fused_ops(py::module_& m, void (*check)(int, const char*)) {
       py::arg("ws"), py::arg("sm_count"), py::arg("stream"));
   m.def(
       "pc_mixed_backward_cuda",
-      [check](const PcTuple& t, const View& grad_out, const View& x, const std::vector<View>& params,
-              uintptr_t weights, uintptr_t edge_scale, uintptr_t stats, bool batch_stats,
-              const View& grad_x, const std::vector<View>& grad_params, uintptr_t grad_weights,
+      [check](const PcTuple& t, const View& grad_out, const View& x,
+              const std::vector<View>& params, uintptr_t weights, uintptr_t edge_scale,
+              uintptr_t stats, bool batch_stats, const View& grad_x,
+              const std::vector<View>& grad_params, uintptr_t grad_weights,
               uintptr_t grad_edge_scale, uintptr_t ws, int sm_count, uintptr_t stream) {
         const PcMixedProblem p = pc_problem(t);
         const std::vector<Tensor4> pv = tensor4s(params);

@@ -104,7 +104,9 @@ FUSENAS_HD F4 load4(const float* p) {
 #endif
 }
 
-FUSENAS_HD float lane(const F4& v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
+FUSENAS_HD float lane(const F4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
 
 // Floor / ceiling of a / b for any sign of a and b > 0.
 FUSENAS_HD int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }

@@ -87,8 +87,8 @@ FUSENAS_HD int last_window(int h, int s, int out) {
 
 // Decomposes a linear index of a (N, C, H, W) tensor dense in NCHW or NHWC
 // order (the order the kernels walk the tensor they write).
-FUSENAS_HD void unravel4(int64_t e, int C, int H, int W, bool channels_last, int& n, int& c,
-                         int& h, int& w) {
+FUSENAS_HD void unravel4(int64_t e, int C, int H, int W, bool channels_last, int& n, int& c, int& h,
+                         int& w) {
   if (channels_last) {
     c = static_cast<int>(e % C);
     e /= C;

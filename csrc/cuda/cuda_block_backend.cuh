@@ -15,7 +15,8 @@ namespace cudablock {
 
 // Body::kMinBlocks caps registers at 64K / (kThreads * kMinBlocks) per thread.
 template <class Body>
-__global__ void __launch_bounds__(Body::kThreads, Body::kMinBlocks) block_kernel(const typename Body::Args a) {
+__global__ void __launch_bounds__(Body::kThreads, Body::kMinBlocks)
+    block_kernel(const typename Body::Args a) {
   extern __shared__ float4 smem4[];  // float4: 16-byte aligned for the LDS.128 reads
   blockexec::DeviceExec ex;
   Body::run(a, ex, reinterpret_cast<float*>(smem4),

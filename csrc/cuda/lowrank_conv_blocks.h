@@ -138,34 +138,49 @@ FUSENAS_BLOCK void fwd_block(const FwdArgs& a, Ex& ex, float* smem, BlockId b) {
       });
       ex.sync();
       ex.for_threads([&](int tid) {
-        // t[r, th, tu] += sum_{c, i, j} w1[r, c, i, j] x[c, row, col]: 4 ranks x 1 column.
+        // t[r, th, tu] += sum_{c, i, j} w1[r, c, i, j] x[c, row, col]: a thread
+        // takes 4 ranks x 2 positions (pos and pos + half), so one LDS.128 of
+        // weights and two LDS of x feed 8 FMAs. Positions outside t (or past
+        // the last row) keep t = 0: the second factor's zero padding.
         const int groups = T.rc / 4;
-        for (int it = tid; it < groups * npos; it += kThreads) {
-          const int rg = it / npos, pos = it % npos;
-          const int th = pos / T.tu, tu = pos % T.tu;
-          const int u = u0 + tu;
-          // Columns outside t stay 0: the second factor's zero padding.
-          if (u < 0 || u >= g.Wt || ho0 + th >= g.Ho) continue;
-          float s[4] = {0.f, 0.f, 0.f, 0.f};
+        const int half = (npos + 1) / 2;
+        for (int it = tid; it < groups * half; it += kThreads) {
+          const int rg = it / half, pos0 = it % half;
+          int xoff[2];
+          bool ok[2];
+          for (int q = 0; q < 2; ++q) {
+            const int pos = pos0 + q * half;
+            const int th = pos / T.tu, tu = pos % T.tu;
+            const int u = u0 + tu;
+            ok[q] = pos < npos && u >= 0 && u < g.Wt && ho0 + th < g.Ho;
+            // The taps (i, j) add i*dh rows and j*dw columns: still inside the tile.
+            FUSENAS_BLOCK_CHECK(!ok[q] || (th * f1.sh + (f1.kh - 1) * f1.dh < T.xr &&
+                                           tu * f1.sw + (f1.kw - 1) * f1.dw < T.xc));
+            xoff[q] = ok[q] ? th * f1.sh * T.xc + tu * f1.sw : 0;
+          }
+          if (!ok[0] && !ok[1]) continue;
+          float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
           for (int c = 0; c < ccur; ++c) {
             for (int i = 0; i < f1.kh; ++i) {
-              const int xrow = th * f1.sh + i * f1.dh;
-              FUSENAS_BLOCK_CHECK(xrow < T.xr);
-              const float* xp = xs + (c * T.xr + xrow) * T.xc + tu * f1.sw;
+              const float* xp = xs + (c * T.xr + i * f1.dh) * T.xc;
               const float* wp = w1s + (c * f1.kh + i) * f1.kw * T.rc + 4 * rg;
               for (int j = 0; j < f1.kw; ++j) {
-                FUSENAS_BLOCK_CHECK(tu * f1.sw + j * f1.dw < T.xc);
-                const float xv = xp[j * f1.dw];
                 const F4 w = load4(wp + j * T.rc);
-                s[0] += w.x * xv;
-                s[1] += w.y * xv;
-                s[2] += w.z * xv;
-                s[3] += w.w * xv;
+                for (int q = 0; q < 2; ++q) {
+                  const float xv = xp[xoff[q] + j * f1.dw];
+                  s[q][0] += w.x * xv;
+                  s[q][1] += w.y * xv;
+                  s[q][2] += w.z * xv;
+                  s[q][3] += w.w * xv;
+                }
               }
             }
           }
-          float* tp = ts + (4 * rg * T.th + th) * T.tu + tu;
-          for (int q = 0; q < 4; ++q) tp[q * npos] += s[q];
+          for (int q = 0; q < 2; ++q) {
+            if (!ok[q]) continue;
+            float* tp = ts + 4 * rg * npos + pos0 + q * half;
+            for (int r = 0; r < 4; ++r) tp[r * npos] += s[q][r];
+          }
         }
       });
     }
@@ -328,16 +343,19 @@ FUSENAS_BLOCK void dgrad_block(const DgradArgs& a, Ex& ex, float* smem, BlockId 
       for (int o = 0; o < ocur; ++o) {
         for (int i = 0; i < f.kh; ++i) {
           const int rh = h + f.ph - i * f.dh - hlo * f.sh;  // (ho - hlo) * sh when it is a tap
-          if (rh < 0 || rh % f.sh != 0) continue;
-          FUSENAS_BLOCK_CHECK(rh / f.sh < T.gr);
-          const float* grow = gs + (o * T.gr + rh / f.sh) * T.gc;
+          // Unit strides (the common case) skip the integer divisions.
+          if (rh < 0 || (f.sh != 1 && rh % f.sh != 0)) continue;
+          const int hi = f.sh == 1 ? rh : rh / f.sh;
+          FUSENAS_BLOCK_CHECK(hi < T.gr);
+          const float* grow = gs + (o * T.gr + hi) * T.gc;
           for (int j = 0; j < f.kw; ++j) {
             const F4 w = load4(ws + (o * taps + i * f.kw + j) * kChanTile + 4 * cg);
             for (int q = 0; q < 4; ++q) {
               const int rw = wb + q + f.pw - j * f.dw - wlo * f.sw;
-              if (rw < 0 || rw % f.sw != 0) continue;
-              FUSENAS_BLOCK_CHECK(rw / f.sw < T.gc);
-              const float gv = grow[rw / f.sw];
+              if (rw < 0 || (f.sw != 1 && rw % f.sw != 0)) continue;
+              const int wi = f.sw == 1 ? rw : rw / f.sw;
+              FUSENAS_BLOCK_CHECK(wi < T.gc);
+              const float gv = grow[wi];
               ac.v[0][q] += w.x * gv;
               ac.v[1][q] += w.y * gv;
               ac.v[2][q] += w.z * gv;
@@ -360,7 +378,8 @@ FUSENAS_BLOCK void dgrad_block(const DgradArgs& a, Ex& ex, float* smem, BlockId 
       const int c = c0 + 4 * cg + i;
       if (c >= a.Cx) break;
       for (int q = 0; q < 4; ++q) {
-        if (wb + q < a.Wx) ElemIO<GXT>::store(a.gx, offset4(a.gxs, n, c, h, wb + q), acc(tid).v[i][q]);
+        if (wb + q < a.Wx)
+          ElemIO<GXT>::store(a.gx, offset4(a.gxs, n, c, h, wb + q), acc(tid).v[i][q]);
       }
     }
   });
@@ -535,8 +554,8 @@ void launch_fwd(Backend& be, const Geometry& g, const void* x, const void* w1, c
   a.y = y;
   a.xs = make_strides4(g.C, g.H, g.W, g.channels_last);
   a.ys = make_strides4(g.O, g.Ho, g.Wo, g.channels_last);
-  const BlockId grid{a.tiles_w * ceil_div_i64(g.Ho, a.t.th), kStoreT ? 1 : ceil_div_i64(g.O, kChanTile),
-                     g.N};
+  const BlockId grid{a.tiles_w * ceil_div_i64(g.Ho, a.t.th),
+                     kStoreT ? 1 : ceil_div_i64(g.O, kChanTile), g.N};
   be.template launch<FwdBody<DT, kStoreT>>(grid, 4 * a.t.smem_floats, a);
 }
 
@@ -627,8 +646,8 @@ void run_backward(Backend& be, const LowrankConvProblem& p, const void* gout, co
     }
     if (grad_bias) {
       be.zero(grad_bias, g.O);
-      launch_wgrad<DT, F32>(be, Factor{1, 1, 1, 1, 0, 0, 1, 1}, cl, g.N, g.O, g.Ho, g.Wo, 1,
-                            g.Ho, g.Wo, gout, nullptr, grad_bias, sm_count);
+      launch_wgrad<DT, F32>(be, Factor{1, 1, 1, 1, 0, 0, 1, 1}, cl, g.N, g.O, g.Ho, g.Wo, 1, g.Ho,
+                            g.Wo, gout, nullptr, grad_bias, sm_count);
     }
     if (grad_x || grad_w1) {
       // gt = dL/dt: the second factor transposed, from grad_out and w2.

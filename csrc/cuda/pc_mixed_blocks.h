@@ -84,8 +84,8 @@ struct PcArgs {
   // float64 workspace: forward [Ck][2][2] sums; backward [C][kAcc] sums, then
   // [Ck][2][kCoefStride] coefficients.
   double* ws;
-  int64_t split_len;    // positions (n, ho, wo) per block of the reductions
-  int64_t grid_threads; // threads of the elementwise grids
+  int64_t split_len;     // positions (n, ho, wo) per block of the reductions
+  int64_t grid_threads;  // threads of the elementwise grids
 };
 
 FUSENAS_HD int64_t positions(const PcArgs& a) { return static_cast<int64_t>(a.N) * a.Ho * a.Wo; }
@@ -227,7 +227,8 @@ FUSENAS_BLOCK void forward_block(const PcArgs& a, Ex& ex, float*, BlockId b) {
       int n, oc, ho, wo;
       unravel4(e, a.C, a.Ho, a.Wo, a.out_cl, n, oc, ho, wo);
       const int c = cat_channel_of_out(oc, a.k, a.ck);
-      const float v = c < a.ck ? mixed_value<DT>(a, n, c, ho, wo) : bypass_value<DT>(a, n, c, ho, wo);
+      const float v =
+          c < a.ck ? mixed_value<DT>(a, n, c, ho, wo) : bypass_value<DT>(a, n, c, ho, wo);
       ElemIO<DT>::store(a.out, offset4(a.outs, n, oc, ho, wo), v * s);
     }
   });
@@ -270,8 +271,7 @@ FUSENAS_BLOCK void bwd_reduce_block(const PcArgs& a, Ex& ex, float* smem, BlockI
       if (a.has_skip) acc[kAccSkip] += g * ElemIO<DT>::load(a.x, offset4(a.xs, n, c, ho, wo));
       for (int j = 0; j < kPcMaxParams; ++j) {
         if (j >= a.n_params) break;
-        acc[kAccParam + j] +=
-            g * ElemIO<DT>::load(a.params[j], offset4(a.ps[j], n, c, ho, wo));
+        acc[kAccParam + j] += g * ElemIO<DT>::load(a.params[j], offset4(a.ps[j], n, c, ho, wo));
         // grad of parametric output j = s * w_j * g (the weight load hits L1).
         const float wj = ElemIO<DT>::load(a.weights, a.op_of_param[j]);
         ElemIO<DT>::store(a.gparams[j], offset4(a.gps[j], n, c, ho, wo), s * wj * g);
@@ -281,9 +281,22 @@ FUSENAS_BLOCK void bwd_reduce_block(const PcArgs& a, Ex& ex, float* smem, BlockI
   });
   block_sum(ex, smem, vals, nv);
   ex.for_threads([&](int tid) {
-    if (tid < nv)
-      Ex::atomic_add(a.ws + c * kAcc + tid, static_cast<double>(smem[tid * kThreads]));
+    if (tid < nv) Ex::atomic_add(a.ws + c * kAcc + tid, static_cast<double>(smem[tid * kThreads]));
   });
+}
+
+// Accumulator slot of (non-none) op o: sum over positions of g * candidate.
+FUSENAS_HD int acc_slot(const PcArgs& a, int o) {
+  switch (static_cast<PcOpKind>(a.kinds[o])) {
+    case PcOpKind::kMaxPool:
+      return kAccMax;
+    case PcOpKind::kAvgPool:
+      return kAccAvg;
+    case PcOpKind::kSkip:
+      return kAccSkip;
+    default:
+      return kAccParam + a.param_of_op[o];
+  }
 }
 
 template <DType DT, class Ex>
@@ -297,10 +310,7 @@ FUSENAS_BLOCK void bwd_finalize_block(const PcArgs& a, Ex& ex, float*, BlockId) 
       const int kind = a.kinds[o];
       double tot = 0.0;
       if (kind != static_cast<int>(PcOpKind::kNone)) {
-        const int slot = kind == static_cast<int>(PcOpKind::kMaxPool)   ? kAccMax
-                         : kind == static_cast<int>(PcOpKind::kAvgPool) ? kAccAvg
-                         : kind == static_cast<int>(PcOpKind::kSkip)    ? kAccSkip
-                                                                        : kAccParam + a.param_of_op[o];
+        const int slot = acc_slot(a, o);
         for (int ci = 0; ci < a.ck; ++ci) tot += a.ws[ci * kAcc + slot];
       }
       ElemIO<DT>::store(a.gweights, o, static_cast<float>(s * tot));
@@ -311,10 +321,7 @@ FUSENAS_BLOCK void bwd_finalize_block(const PcArgs& a, Ex& ex, float*, BlockId) 
       for (int o = 0; o < a.n_ops; ++o) {
         const int kind = a.kinds[o];
         if (kind == static_cast<int>(PcOpKind::kNone)) continue;
-        const int slot = kind == static_cast<int>(PcOpKind::kMaxPool)   ? kAccMax
-                         : kind == static_cast<int>(PcOpKind::kAvgPool) ? kAccAvg
-                         : kind == static_cast<int>(PcOpKind::kSkip)    ? kAccSkip
-                                                                        : kAccParam + a.param_of_op[o];
+        const int slot = acc_slot(a, o);
         double tot = 0.0;
         for (int ci = 0; ci < a.ck; ++ci) tot += a.ws[ci * kAcc + slot];
         gs += static_cast<double>(ElemIO<DT>::load(a.weights, o)) * tot;
@@ -375,7 +382,8 @@ FUSENAS_BLOCK void bwd_gx_block(const PcArgs& a, Ex& ex, float*, BlockId b) {
   const double* coef = a.ws + static_cast<int64_t>(a.C) * kAcc;
   ex.for_threads([&](int tid) {
     const float s = edge_scale_of<DT>(a);
-    const float skip_w = a.has_skip ? s * kind_weight<DT>(a, static_cast<int>(PcOpKind::kSkip)) : 0.f;
+    const float skip_w =
+        a.has_skip ? s * kind_weight<DT>(a, static_cast<int>(PcOpKind::kSkip)) : 0.f;
     for (int64_t e = static_cast<int64_t>(b.x) * kThreads + tid; e < total; e += a.grid_threads) {
       int n, c, h, w;
       unravel4(e, a.C, a.H, a.W, a.gx_cl, n, c, h, w);
@@ -402,16 +410,16 @@ FUSENAS_BLOCK void bwd_gx_block(const PcArgs& a, Ex& ex, float*, BlockId b) {
 
 // The reduction keeps 12 accumulators per thread: one block per SM may use
 // all the registers it needs; the elementwise kernels stay at 3+ blocks.
-#define FUSENAS_PC_BODY(NAME, FN, MIN_BLOCKS)                                  \
-  template <DType DT>                                                          \
-  struct NAME {                                                                \
-    using Args = PcArgs;                                                       \
-    static constexpr int kThreads = pcmixed::kThreads;                         \
-    static constexpr int kMinBlocks = MIN_BLOCKS;                              \
-    template <class Ex>                                                        \
+#define FUSENAS_PC_BODY(NAME, FN, MIN_BLOCKS)                                      \
+  template <DType DT>                                                              \
+  struct NAME {                                                                    \
+    using Args = PcArgs;                                                           \
+    static constexpr int kThreads = pcmixed::kThreads;                             \
+    static constexpr int kMinBlocks = MIN_BLOCKS;                                  \
+    template <class Ex>                                                            \
     static FUSENAS_BLOCK void run(const Args& a, Ex& ex, float* smem, BlockId b) { \
-      FN<DT>(a, ex, smem, b);                                                  \
-    }                                                                          \
+      FN<DT>(a, ex, smem, b);                                                      \
+    }                                                                              \
   };
 FUSENAS_PC_BODY(StatsBody, stats_block, 3)
 FUSENAS_PC_BODY(StatsFinalizeBody, stats_finalize_block, 1)
@@ -526,8 +534,8 @@ inline bool supported(const PcMixedProblem& p) {
   int params = 0;
   for (int o = 0; o < p.n_ops; ++o) params += p.ops[o] == PcOpKind::kParam;
   return p.n_ops >= 1 && p.n_ops <= kPcMaxOps && params <= kPcMaxParams && p.k >= 1 &&
-         p.C % p.k == 0 && (p.stride == 1 || p.stride == 2) && p.N >= 1 && p.H >= 1 &&
-         p.W >= 1 && p.C < (int64_t{1} << 24) && p.N * p.C * p.H * p.W < (int64_t{1} << 62) &&
+         p.C % p.k == 0 && (p.stride == 1 || p.stride == 2) && p.N >= 1 && p.H >= 1 && p.W >= 1 &&
+         p.C < (int64_t{1} << 24) && p.N * p.C * p.H * p.W < (int64_t{1} << 62) &&
          p.N < (int64_t{1} << 31) && p.H < (int64_t{1} << 24) && p.W < (int64_t{1} << 24);
 }
 

@@ -23,8 +23,8 @@ enum class LowrankScheme : int { kChannel = 0, kSpatial = 1 };
 
 struct LowrankConvProblem {
   int64_t N, C, H, W;
-  int64_t R;  // rank: channels of the intermediate t
-  int64_t O;  // output channels
+  int64_t R;                           // rank: channels of the intermediate t
+  int64_t O;                           // output channels
   int kh, kw, sh, sw, ph, pw, dh, dw;  // of the equivalent dense kh x kw conv
   LowrankScheme scheme;
   bool channels_last;
@@ -38,7 +38,7 @@ struct LowrankCudaPlan {
   bool ok;
   int fwd_tile_h, fwd_rank_chunk, fwd_channel_chunk, fwd_smem_bytes;
   int bwd_tile_h, bwd_out_chunk, bwd_smem_bytes;  // the transposed-conv kernels (worst of two)
-  int64_t Ho, Wo, Wt;  // output size and the intermediate's width
+  int64_t Ho, Wo, Wt;                             // output size and the intermediate's width
 };
 
 LowrankCudaPlan lowrank_conv2d_cuda_plan(const LowrankConvProblem& p);
@@ -70,7 +70,7 @@ int lowrank_conv2d_forward_emulated(const LowrankConvProblem& p, const void* x, 
                                     const void* w2, const void* bias, void* y);
 int lowrank_conv2d_backward_emulated(const LowrankConvProblem& p, const void* grad_out,
                                      const void* x, const void* w1, const void* w2, void* grad_x,
-                                     float* grad_w1, float* grad_w2, float* grad_bias,
-                                     float* t_ws, float* gt_ws, int sm_count);
+                                     float* grad_w1, float* grad_w2, float* grad_bias, float* t_ws,
+                                     float* gt_ws, int sm_count);
 
 }  // namespace fusenas

@@ -70,13 +70,12 @@ int pc_mixed_backward_cuda(const PcMixedProblem& p, Tensor4 grad_out, Tensor4 x,
 
 // Host emulation through the same block bodies (tests without a GPU; host pointers).
 int pc_mixed_forward_emulated(const PcMixedProblem& p, Tensor4 x, const Tensor4* params,
-                              const void* weights, const void* edge_scale,
-                              const float* pool_stats, Tensor4 out, float* stats_out, double* ws,
-                              int sm_count);
+                              const void* weights, const void* edge_scale, const float* pool_stats,
+                              Tensor4 out, float* stats_out, double* ws, int sm_count);
 int pc_mixed_backward_emulated(const PcMixedProblem& p, Tensor4 grad_out, Tensor4 x,
-                               const Tensor4* params, const void* weights,
-                               const void* edge_scale, const float* stats, bool batch_stats,
-                               Tensor4 grad_x, const Tensor4* grad_params, void* grad_weights,
+                               const Tensor4* params, const void* weights, const void* edge_scale,
+                               const float* stats, bool batch_stats, Tensor4 grad_x,
+                               const Tensor4* grad_params, void* grad_weights,
                                void* grad_edge_scale, double* ws, int sm_count);
 
 }  // namespace fusenas
