@@ -87,6 +87,7 @@ void bind_fused_ops(py::module_& m, void (*check)(int, const char*)) {
         d["fwd_rank_chunk"] = plan.fwd_rank_chunk;
         d["fwd_channel_chunk"] = plan.fwd_channel_chunk;
         d["fwd_smem_bytes"] = plan.fwd_smem_bytes;
+        d["fwd_resident"] = plan.fwd_resident;
         d["bwd_tile_h"] = plan.bwd_tile_h;
         d["bwd_out_chunk"] = plan.bwd_out_chunk;
         d["bwd_smem_bytes"] = plan.bwd_smem_bytes;

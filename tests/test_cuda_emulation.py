@@ -241,12 +241,25 @@ def test_lowrank_emulated_16_bit(dtype):
         _assert_lowrank_matches(lowrank_tensors(LOWRANK_CASES[0], scheme, True, dtype), tol=1e-2)
 
 
+def test_lowrank_emulated_chunked_ranks():
+    # A rank too large to keep t resident in shared memory: the forward takes
+    # t in chunks of 32 ranks and one output-channel tile per block.
+    from fusenas.ops.lowrank_conv_cuda import lowrank_problem
+
+    case = (1, 212, 3, 3, 1900, 1900, 3, 3, 1, 1, 1)
+    args = lowrank_tensors(case, "channel", False)
+    problem = lowrank_problem(*args[:3], "channel", (1, 1), (1, 1), (1, 1), 3, 3)
+    plan = EMU.lowrank_conv2d_cuda_plan(problem)
+    assert plan["ok"] and not plan["fwd_resident"] and plan["fwd_rank_chunk"] == 32
+    _assert_lowrank_matches(args, tol=2e-5)
+
+
 def test_lowrank_plan_rejects_tiles_that_do_not_fit():
     from fusenas.ops.lowrank_conv_cuda import lowrank_problem, unsupported_reason
 
-    # A 1 x 49 second factor needs 4 * 49 * 64 floats of w2 per stage: over 48 KiB.
-    x, w1, w2, *_ = lowrank_tensors((1, 2, 3, 60, 2, 3, 1, 49, 1, 0, 1), "spatial", False)
-    problem = lowrank_problem(x, w1, w2, "spatial", (1, 1), (0, 0), (1, 1), 1, 49)
+    # A dilation of 20000 makes a 1 x 3 kernel's input tile 40000 floats wide.
+    x, w1, w2, *_ = lowrank_tensors((1, 1, 1, 5, 1, 1, 1, 3, 1, 0, 1), "channel", False)
+    problem = lowrank_problem(x, w1, w2, "channel", (1, 1), (0, 20000), (1, 20000), 1, 3)
     assert EMU.lowrank_conv2d_cuda_plan(problem)["ok"] is False
     assert "shared-memory" in unsupported_reason(EMU, x, problem)
     with pytest.raises(RuntimeError, match="unsupported"):

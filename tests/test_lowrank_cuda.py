@@ -171,13 +171,14 @@ def test_cuda_side_stream_and_fallbacks(monkeypatch):
         y64 = lowrank_conv2d(x.double(), w1.double(), w2.double(), b.double(), scheme="channel",
                              padding=1)  # fmt: skip
     torch.testing.assert_close(y64.float(), y, rtol=1e-5, atol=1e-5)
-    # A second factor too wide for the shared-memory tiles runs the reference.
+    # A dilation of 20000 makes a 1 x 3 kernel's input tile too wide for shared memory.
     xs, w1s, w2s, _ = (t.cuda() for t in lowrank_tensors(
-        (1, 2, 3, 60, 2, 3, 1, 49, 1, 0, 1), "spatial", False)[:4])  # fmt: skip
+        (1, 1, 1, 5, 1, 1, 1, 3, 1, 0, 1), "channel", False)[:4])  # fmt: skip
     with pytest.warns(RuntimeWarning, match="shared-memory"):
-        ys = lowrank_conv2d(xs, w1s, w2s, scheme="spatial")
-    torch.testing.assert_close(ys, lowrank_conv2d_reference(xs, w1s, w2s, None, "spatial",
-                                                            [1, 1], [0, 0], [1, 1]))  # fmt: skip
+        ys = lowrank_conv2d(xs, w1s, w2s, scheme="channel", padding=(0, 20000),
+                            dilation=(1, 20000))  # fmt: skip
+    ref = lowrank_conv2d_reference(xs, w1s, w2s, None, "channel", [1, 1], [0, 20000], [1, 20000])
+    torch.testing.assert_close(ys, ref)
 
 
 @pytest.mark.parametrize("scheme", ["channel", "spatial"])

@@ -24,6 +24,10 @@ constexpr int kPixGroups = 16;  // pixel groups of 4 consecutive columns per blo
 constexpr int kWgradPix = 16;   // pixels per shared-memory stage of the weight-gradient GEMM
 // 48 KiB: no opt-in attribute needed, and two blocks can share an SM's 100+ KiB.
 constexpr int kSmemBudgetFloats = 48 * 1024 / 4;
+// A forward block that keeps all of t may take up to 96 KiB (opt-in; within
+// sm_80's 163 KiB, sm_86's 99 KiB and sm_90's 227 KiB per block): recomputing
+// t per output-channel tile would cost more than the lost occupancy.
+constexpr int kResidentBudgetFloats = 96 * 1024 / 4;
 
 // One convolution in gather form: out[o, a, b] reads in[c, a*sh - ph + i*dh, b*sw - pw + j*dw].
 struct Factor {
@@ -72,21 +76,30 @@ inline int max_tile_height(int tw, int height) {
   return th;
 }
 
-// Tiles of the fused forward block (also of the t-materialising variant).
+// Tiles of the fused forward block (also of the t-storing variant).
+//   resident: all R ranks of the t tile stay in shared memory and the block
+//             runs every 64-channel output tile from them (t computed once);
+//   chunked:  rc ranks at a time, one output-channel tile per block (grid.y),
+//             t recomputed per output tile: the fallback for ranks too large.
+// The second factor stages w2 in chunks of rw <= 32 ranks either way.
 struct FwdTiles {
   int th, tw;  // output tile (rows, columns)
   int tu;      // intermediate columns the tile reads (halo of f2)
   int xr, xc;  // input rows / columns the tile reads (halo of f1)
-  int rc, cc;  // rank chunk and input-channel chunk per shared-memory stage
+  int rc, cc;  // rank chunk of t and input-channel chunk per shared-memory stage
+  int rw;      // rank chunk of the w2 stage
+  bool resident;
   int ts_floats, xs_floats, w1s_floats, w2s_floats, smem_floats;
 };
 
-inline FwdTiles fwd_tiles(const Geometry& g, int th, int tw, int rc, int cc) {
+inline FwdTiles fwd_tiles(const Geometry& g, int th, int tw, int rc, int cc, bool resident) {
   FwdTiles t;
   t.th = th;
   t.tw = tw;
   t.rc = rc;
   t.cc = cc;
+  t.rw = rc < 32 ? rc : 32;
+  t.resident = resident;
   t.tu = (tw - 1) * g.f2.sw + (g.f2.kw - 1) * g.f2.dw + 1;
   t.xr = (th - 1) * g.f1.sh + (g.f1.kh - 1) * g.f1.dh + 1;
   t.xc = (t.tu - 1) * g.f1.sw + (g.f1.kw - 1) * g.f1.dw + 1;
@@ -94,27 +107,36 @@ inline FwdTiles fwd_tiles(const Geometry& g, int th, int tw, int rc, int cc) {
   t.ts_floats = blockexec::round_up4(rc * th * t.tu);
   t.xs_floats = blockexec::round_up4(cc * t.xr * t.xc);
   t.w1s_floats = cc * g.f1.kh * g.f1.kw * rc;
-  t.w2s_floats = rc * g.f2.kw * kChanTile;
+  t.w2s_floats = t.rw * g.f2.kw * kChanTile;
   const int p1 = t.xs_floats + t.w1s_floats;
   t.smem_floats = t.ts_floats + (p1 > t.w2s_floats ? p1 : t.w2s_floats);
   return t;
 }
 
-// Largest tiles that fit: tile height first (input-halo reuse), then the rank
-// chunk (fewer re-reads of x), then the channel chunk. rc = 0: nothing fits.
+// Resident tiles when t fits kResidentBudgetFloats (larger tiles first), else
+// the largest chunked tiles that fit 48 KiB: tile height first (input-halo
+// reuse), then the rank chunk (fewer re-reads of x), then the channel chunk.
+// rc = 0: nothing fits.
 inline FwdTiles plan_fwd(const Geometry& g) {
   const int tw = tile_width(g.Wo);
-  const int rmax = blockexec::round_up4(g.R < 32 ? g.R : 32);
   const int cmax = g.C < 16 ? g.C : 16;
+  const int rall = blockexec::round_up4(g.R);
+  for (int th = max_tile_height(tw, g.Ho); th >= 1; th /= 2) {
+    for (int cc = cmax; cc >= 1; cc /= 2) {
+      const FwdTiles t = fwd_tiles(g, th, tw, rall, cc, true);
+      if (t.smem_floats <= kResidentBudgetFloats) return t;
+    }
+  }
+  const int rmax = blockexec::round_up4(g.R < 32 ? g.R : 32);
   for (int th = max_tile_height(tw, g.Ho); th >= 1; th /= 2) {
     for (int rc = rmax; rc >= 4; rc = rc > 4 ? blockexec::round_up4(rc / 2) : 0) {
       for (int cc = cmax; cc >= 1; cc /= 2) {
-        const FwdTiles t = fwd_tiles(g, th, tw, rc, cc);
+        const FwdTiles t = fwd_tiles(g, th, tw, rc, cc, false);
         if (t.smem_floats <= kSmemBudgetFloats) return t;
       }
     }
   }
-  FwdTiles none = fwd_tiles(g, 1, tw, 4, 1);
+  FwdTiles none = fwd_tiles(g, 1, tw, 4, 1, false);
   none.rc = 0;
   return none;
 }
@@ -176,6 +198,7 @@ inline LowrankCudaPlan make_plan(const LowrankConvProblem& p) {
   plan.fwd_rank_chunk = f.rc;
   plan.fwd_channel_chunk = f.cc;
   plan.fwd_smem_bytes = 4 * f.smem_floats;
+  plan.fwd_resident = f.resident;
   plan.bwd_tile_h = d1.th;
   plan.bwd_out_chunk = d1.oc;
   plan.bwd_smem_bytes = 4 * (d1.smem_floats > d2.smem_floats ? d1.smem_floats : d2.smem_floats);

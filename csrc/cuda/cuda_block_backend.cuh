@@ -36,6 +36,12 @@ struct CudaBackend {
       err = cudaErrorInvalidConfiguration;
       return;
     }
+    if (smem_bytes > 48 * 1024) {
+      // Above 48 KiB of dynamic shared memory a kernel must opt in.
+      err = cudaFuncSetAttribute(block_kernel<Body>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 smem_bytes);
+      if (err != cudaSuccess) return;
+    }
     block_kernel<Body><<<dim3(grid.x, grid.y, grid.z), Body::kThreads, smem_bytes, stream>>>(a);
     err = cudaGetLastError();
   }

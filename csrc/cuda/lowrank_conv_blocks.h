@@ -83,7 +83,6 @@ FUSENAS_BLOCK void fwd_block(const FwdArgs& a, Ex& ex, float* smem, BlockId b) {
   const int n = b.z;
   const int ho0 = (b.x / a.tiles_w) * T.th;
   const int wo0 = (b.x % a.tiles_w) * T.tw;
-  const int o0 = b.y * kChanTile;
   const int u0 = wo0 * f2.sw - f2.pw;  // first intermediate column the tile reads
   const int xr0 = ho0 * f1.sh - f1.ph;
   const int xc0 = u0 * f1.sw - f1.pw;
@@ -92,7 +91,7 @@ FUSENAS_BLOCK void fwd_block(const FwdArgs& a, Ex& ex, float* smem, BlockId b) {
   float* ts = smem;                 // [rc][th][tu]
   float* xs = smem + T.ts_floats;   // [cc][xr][xc]
   float* w1s = xs + T.xs_floats;    // [cc][kh][kw][rc]: 4 ranks per LDS.128
-  float* w2s = smem + T.ts_floats;  // [rc][kw2][64] (reuses the x / w1 space)
+  float* w2s = smem + T.ts_floats;  // [rw][kw2][64] (reuses the x / w1 space)
 
   typename Ex::template Local<Acc4x4> acc;
   ex.for_threads([&](int tid) {
@@ -204,63 +203,78 @@ FUSENAS_BLOCK void fwd_block(const FwdArgs& a, Ex& ex, float* smem, BlockId b) {
         }
       });
     } else {
-      ex.for_threads([&](int tid) {
-        for (int i = tid; i < T.rc * f2.kw * kChanTile; i += kThreads) {
-          // Global order (o, r, j): j fastest, as w2 is stored.
-          const int j = i % f2.kw, rest = i / f2.kw;
-          const int r = rest % T.rc, o = rest / T.rc;
-          float v = 0.f;
-          if (o0 + o < g.O && r0 + r < g.R)
-            v = ElemIO<DT>::load(a.w2, (static_cast<int64_t>(o0 + o) * g.R + r0 + r) * f2.kw + j);
-          w2s[(r * f2.kw + j) * kChanTile + o] = v;
-        }
-      });
-      ex.sync();
-      ex.for_threads([&](int tid) {
-        int og, pg;
-        thread_groups(tid, g.channels_last, og, pg);
-        const int gpr = T.tw / 4;
-        if (pg >= T.th * gpr) return;
-        const int th = pg / gpr, tw0 = (pg % gpr) * 4;
-        const int rcur = imin(T.rc, g.R - r0);
-        Acc4x4& ac = acc(tid);
-        for (int r = 0; r < rcur; ++r) {
-          for (int j = 0; j < f2.kw; ++j) {
-            const F4 w = load4(w2s + (r * f2.kw + j) * kChanTile + 4 * og);
-            const float* tp = ts + (r * T.th + th) * T.tu + tw0 * f2.sw + j * f2.dw;
-            FUSENAS_BLOCK_CHECK((tw0 + 3) * f2.sw + j * f2.dw < T.tu);
-            for (int q = 0; q < 4; ++q) {
-              const float tv = tp[q * f2.sw];
-              ac.v[0][q] += w.x * tv;
-              ac.v[1][q] += w.y * tv;
-              ac.v[2][q] += w.z * tv;
-              ac.v[3][q] += w.w * tv;
+      // Second factor from the t chunk in shared memory, per output-channel tile:
+      // all of them when t is resident, the block's own (gridDim.y) otherwise.
+      const bool last_chunk = r0 + T.rc >= g.R;
+      const int ot_end = T.resident ? (g.O + kChanTile - 1) / kChanTile : b.y + 1;
+      for (int ot = T.resident ? 0 : b.y; ot < ot_end; ++ot) {
+        const int o0 = ot * kChanTile;
+        for (int rw0 = 0; rw0 < imin(T.rc, g.R - r0); rw0 += T.rw) {
+          const int rwcur = imin(T.rw, g.R - r0 - rw0);
+          ex.for_threads([&](int tid) {
+            for (int i = tid; i < rwcur * f2.kw * kChanTile; i += kThreads) {
+              // Global order (o, r, j): j fastest, as w2 is stored.
+              const int j = i % f2.kw, rest = i / f2.kw;
+              const int r = rest % rwcur, o = rest / rwcur;
+              float v = 0.f;
+              if (o0 + o < g.O) {
+                const int64_t src = (static_cast<int64_t>(o0 + o) * g.R + r0 + rw0 + r) * f2.kw;
+                v = ElemIO<DT>::load(a.w2, src + j);
+              }
+              w2s[(r * f2.kw + j) * kChanTile + o] = v;
             }
-          }
+          });
+          ex.sync();
+          ex.for_threads([&](int tid) {
+            int og, pg;
+            thread_groups(tid, g.channels_last, og, pg);
+            const int gpr = T.tw / 4;
+            if (pg >= T.th * gpr) return;
+            const int th = pg / gpr, tw0 = (pg % gpr) * 4;
+            Acc4x4& ac = acc(tid);
+            for (int r = 0; r < rwcur; ++r) {
+              const float* trow = ts + ((rw0 + r) * T.th + th) * T.tu + tw0 * f2.sw;
+              for (int j = 0; j < f2.kw; ++j) {
+                const F4 w = load4(w2s + (r * f2.kw + j) * kChanTile + 4 * og);
+                const float* tp = trow + j * f2.dw;
+                FUSENAS_BLOCK_CHECK((tw0 + 3) * f2.sw + j * f2.dw < T.tu);
+                for (int q = 0; q < 4; ++q) {
+                  const float tv = tp[q * f2.sw];
+                  ac.v[0][q] += w.x * tv;
+                  ac.v[1][q] += w.y * tv;
+                  ac.v[2][q] += w.z * tv;
+                  ac.v[3][q] += w.w * tv;
+                }
+              }
+            }
+          });
+          ex.sync();  // before the next stage overwrites w2s
         }
-      });
-    }
-    ex.sync();  // before the next chunk overwrites ts / w2s
-  }
-
-  if constexpr (!kStoreT) {
-    ex.for_threads([&](int tid) {
-      int og, pg;
-      thread_groups(tid, g.channels_last, og, pg);
-      const int gpr = T.tw / 4;
-      if (pg >= T.th * gpr) return;
-      const int ho = ho0 + pg / gpr, wb = wo0 + (pg % gpr) * 4;
-      if (ho >= g.Ho) return;
-      for (int i = 0; i < 4; ++i) {
-        const int o = o0 + 4 * og + i;
-        if (o >= g.O) break;
-        const float bv = a.bias ? ElemIO<DT>::load(a.bias, o) : 0.f;
-        for (int q = 0; q < 4; ++q) {
-          if (wb + q < g.Wo)
-            ElemIO<DT>::store(a.y, offset4(a.ys, n, o, ho, wb + q), acc(tid).v[i][q] + bv);
+        if (last_chunk) {
+          ex.for_threads([&](int tid) {
+            int og, pg;
+            thread_groups(tid, g.channels_last, og, pg);
+            const int gpr = T.tw / 4;
+            Acc4x4& ac = acc(tid);
+            const int ho = ho0 + pg / gpr, wb = wo0 + (pg % gpr) * 4;
+            if (pg < T.th * gpr && ho < g.Ho) {
+              for (int i = 0; i < 4; ++i) {
+                const int o = o0 + 4 * og + i;
+                if (o >= g.O) break;
+                const float bv = a.bias ? ElemIO<DT>::load(a.bias, o) : 0.f;
+                for (int q = 0; q < 4; ++q) {
+                  if (wb + q < g.Wo)
+                    ElemIO<DT>::store(a.y, offset4(a.ys, n, o, ho, wb + q), ac.v[i][q] + bv);
+                }
+              }
+            }
+            for (int i = 0; i < 4; ++i)
+              for (int q = 0; q < 4; ++q) ac.v[i][q] = 0.f;
+          });
         }
       }
-    });
+    }
+    ex.sync();  // before the next chunk overwrites ts
   }
 }
 
@@ -554,8 +568,9 @@ void launch_fwd(Backend& be, const Geometry& g, const void* x, const void* w1, c
   a.y = y;
   a.xs = make_strides4(g.C, g.H, g.W, g.channels_last);
   a.ys = make_strides4(g.O, g.Ho, g.Wo, g.channels_last);
-  const BlockId grid{a.tiles_w * ceil_div_i64(g.Ho, a.t.th),
-                     kStoreT ? 1 : ceil_div_i64(g.O, kChanTile), g.N};
+  // Resident t: each block runs every output-channel tile itself.
+  const int o_tiles = kStoreT || a.t.resident ? 1 : ceil_div_i64(g.O, kChanTile);
+  const BlockId grid{a.tiles_w * ceil_div_i64(g.Ho, a.t.th), o_tiles, g.N};
   be.template launch<FwdBody<DT, kStoreT>>(grid, 4 * a.t.smem_floats, a);
 }
 

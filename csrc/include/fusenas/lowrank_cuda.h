@@ -37,6 +37,7 @@ struct LowrankConvProblem {
 struct LowrankCudaPlan {
   bool ok;
   int fwd_tile_h, fwd_rank_chunk, fwd_channel_chunk, fwd_smem_bytes;
+  bool fwd_resident;  // t computed once per pixel tile for all output channels
   int bwd_tile_h, bwd_out_chunk, bwd_smem_bytes;  // the transposed-conv kernels (worst of two)
   int64_t Ho, Wo, Wt;                             // output size and the intermediate's width
 };
