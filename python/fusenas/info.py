@@ -4,7 +4,8 @@ Prints the fusenas and torch versions, ``fusenas._C.build_info()`` (the CPU ISA
 chosen at run time, OpenMP threads, compiler), ``fusenas._C_cuda.build_info()``
 when the CUDA extension imports (archs, devices), torch's thread settings, and
 for ``kbit_matmul`` whether CPU float32 / bfloat16 / float16 and CUDA inputs
-run a native kernel or the pure-torch reference, and why.
+run a native kernel or the pure-torch reference, and why; the same for
+``lowrank_conv2d``.
 """
 
 from __future__ import annotations
@@ -58,6 +59,29 @@ def kbit_matmul_paths() -> dict[str, str]:
     return paths
 
 
+def lowrank_conv2d_paths() -> dict[str, str]:
+    """Device / dtype -> "native kernel (...)" or "reference (why)" for lowrank_conv2d."""
+    from fusenas.ops.lowrank_conv import _CPU_DTYPES, _native_reason
+
+    paths: dict[str, str] = {}
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        key = f"cpu {str(dtype).removeprefix('torch.')}"
+        reason = _native_reason(torch.empty(0, dtype=dtype))
+        if reason is None and dtype in _CPU_DTYPES:
+            info = _call_build_info(_native.cpu())
+            isa = info.get("lowrank_isa", "?") if isinstance(info, dict) else "?"
+            paths[key] = f"native kernel (fusenas._C, {isa})"
+        else:
+            paths[key] = f"reference ({reason})"
+    if not torch.cuda.is_available():
+        why = "torch built without CUDA" if torch.version.cuda is None else "no CUDA device"
+        paths["cuda"] = f"unavailable ({why})"
+    else:
+        kernel = torch._C._dispatch_has_kernel_for_dispatch_key("fusenas::lowrank_conv2d", "CUDA")
+        paths["cuda"] = "CUDA kernel registered" if kernel else "reference (no CUDA kernel)"
+    return paths
+
+
 def collect_info() -> dict[str, Any]:
     """Everything :func:`main` prints, as a dict."""
     from fusenas import __version__
@@ -76,6 +100,7 @@ def collect_info() -> dict[str, Any]:
         "torch threads": torch.get_num_threads(),
         "torch interop threads": torch.get_num_interop_threads(),
         "kbit_matmul": kbit_matmul_paths(),
+        "lowrank_conv2d": lowrank_conv2d_paths(),
     }  # fmt: skip
 
 

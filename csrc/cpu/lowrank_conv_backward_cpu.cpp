@@ -1,0 +1,274 @@
+// Backward of the fused low-rank conv on CPU, tile by tile like the forward
+// (one image, R output rows per tile), nothing of size N x r x H x W stored:
+//   G   = grad_out rows [oh0 - qh_max, oh0 + R) on the padded-width grid
+//         (zero on discarded columns, so garbage never reaches a gradient);
+//   T   = first factor, recomputed for the tile (only when grad_w2 is wanted);
+//   gT  = second factor transposed applied to G (rows above the tile too: the
+//         input rows this tile owns receive from them);
+//   grad_w2 += G . T^T and grad_w1 += gT . planes^T (pixel reductions into
+//         per-thread accumulators, summed at the end);
+//   grad_x rows owned by the tile (padded rows [oh0 sh, (oh0 + R) sh), the
+//         last tile to the end) = first factor transposed applied to gT, per
+//         stride phase: every input element is written by exactly one tile,
+//         so threads never race and nothing is zero-filled beforehand.
+#include <vector>
+
+#include "cpu/lowrank_conv_tiles.h"
+#include "fusenas/lowrank.h"
+
+namespace fusenas {
+
+using namespace lowrank_detail;  // NOLINT: the shared tile helpers
+
+namespace {
+
+constexpr int64_t kBackwardTilePixels = 512;
+
+// Taps of the first factor that read stride phase (a, b), and their plane
+// offsets (rows, columns); spatial taps are (i, 0).
+struct PhaseTaps {
+  std::vector<int64_t> i, j;
+  std::vector<float> a;         // panels of the C x (rank * taps) matrix W1[r, c, i, j]
+  std::vector<int64_t> offset;  // gT offset per (r, tap), relative to the tile's row 0
+};
+
+template <class T>
+std::vector<PhaseTaps> first_factor_transposed(const T* w1, const Geometry& g, int64_t gtplane,
+                                               int mr) {
+  const auto& s = g.s;
+  const int64_t kw1 = g.channel ? s.kw : 1;
+  std::vector<PhaseTaps> phases(static_cast<size_t>(s.sh * s.sw));
+  for (int64_t a = 0; a < s.sh; ++a)
+    for (int64_t b = 0; b < s.sw; ++b) {
+      PhaseTaps& ph = phases[static_cast<size_t>(a * s.sw + b)];
+      for (int64_t i = 0; i < s.kh; ++i)
+        for (int64_t j = 0; j < kw1; ++j)
+          if ((i * s.dh) % s.sh == a && (!g.channel || (j * s.dw) % s.sw == b)) {
+            ph.i.push_back(i);
+            ph.j.push_back(j);
+          }
+      const int64_t taps = static_cast<int64_t>(ph.i.size()), K = s.rank * taps;
+      std::vector<float> m(static_cast<size_t>(s.C * K));
+      for (int64_t c = 0; c < s.C; ++c)
+        for (int64_t r = 0; r < s.rank; ++r)
+          for (int64_t t = 0; t < taps; ++t)
+            m[static_cast<size_t>(c * K + r * taps + t)] =
+                to_f32(w1[((r * s.C + c) * s.kh + ph.i[t]) * kw1 + ph.j[t]]);
+      ph.a = pack_panels(m.data(), s.C, K, mr);
+      const int64_t tb = g.channel ? 0 : b * s.rank;  // spatial: gT of column phase b
+      for (int64_t r = 0; r < s.rank; ++r)
+        for (int64_t t = 0; t < taps; ++t) {
+          const int64_t qi = ph.i[t] * s.dh / s.sh, qj = g.channel ? ph.j[t] * s.dw / s.sw : 0;
+          ph.offset.push_back((tb + r) * gtplane - qi * g.Wq - qj);
+        }
+    }
+  return phases;
+}
+
+// Second factor transposed, per column phase b of the intermediate:
+// gT_b[r][p] = sum_{o, j : (j dw) % sw == b} W2[o, r, j] G[o][p - (j dw) / sw].
+struct SecondTransposed {
+  std::vector<float> a;  // panels of the rank x K_b matrix
+  std::vector<int64_t> offset;
+};
+
+template <class T>
+std::vector<SecondTransposed> second_factor_transposed(const T* w2, const Geometry& g,
+                                                       int64_t gplane, int mr) {
+  const auto& s = g.s;
+  const int64_t kw2 = g.channel ? 1 : s.kw, nphase = g.channel ? 1 : s.sw;
+  std::vector<SecondTransposed> out(static_cast<size_t>(nphase));
+  for (int64_t b = 0; b < nphase; ++b) {
+    std::vector<int64_t> js;
+    for (int64_t j = 0; j < kw2; ++j)
+      if (g.channel || (j * s.dw) % s.sw == b) js.push_back(j);
+    const int64_t taps = static_cast<int64_t>(js.size()), K = s.Nout * taps;
+    std::vector<float> m(static_cast<size_t>(s.rank * K));
+    for (int64_t r = 0; r < s.rank; ++r)
+      for (int64_t o = 0; o < s.Nout; ++o)
+        for (int64_t t = 0; t < taps; ++t)
+          m[static_cast<size_t>(r * K + o * taps + t)] = to_f32(w2[(o * s.rank + r) * kw2 + js[t]]);
+    out[static_cast<size_t>(b)].a = pack_panels(m.data(), s.rank, K, mr);
+    for (int64_t o = 0; o < s.Nout; ++o)
+      for (int64_t t = 0; t < taps; ++t)
+        out[static_cast<size_t>(b)].offset.push_back(o * gplane -
+                                                     (g.channel ? 0 : js[t] * s.dw / s.sw));
+  }
+  return out;
+}
+
+// grad_out rows [oh0 - qh_max, oh0 + rows) of image n -> G (zero elsewhere).
+template <class T>
+void pack_grad_out(const T* go, const Strides4& gs, int64_t n, int64_t oh0, int64_t rows,
+                   const Geometry& g, int64_t grid_rows, float* G, int64_t gplane, int64_t front) {
+  const auto& s = g.s;
+  const T* gn = go + n * gs.n;
+  for (int64_t o = 0; o < s.Nout; ++o) std::memset(G + o * gplane + front, 0, grid_rows * g.Wq * 4);
+  const int64_t r0 = std::max<int64_t>(-g.qh_max, -oh0);
+  for (int64_t i = r0; i < rows; ++i) {
+    const int64_t oh = oh0 + i;
+    float* row = G + front + (i + g.qh_max) * g.Wq;
+    if (gs.w == 1) {
+      for (int64_t o = 0; o < s.Nout; ++o)
+        convert_row(gn + o * gs.c + oh * gs.h, g.Wo, row + o * gplane);
+    } else {
+      for (int64_t ow = 0; ow < g.Wo; ++ow) {
+        const T* px = gn + oh * gs.h + ow * gs.w;
+        for (int64_t o = 0; o < s.Nout; ++o) row[o * gplane + ow] = to_f32(px[o * gs.c]);
+      }
+    }
+  }
+}
+
+// Owned plane rows [0, qown) of the tile's grad planes -> grad_x.
+template <class T>
+void store_grad_input(const float* gxp, int64_t n, int64_t oh0, int64_t qown, const Geometry& g,
+                      T* gx, const Strides4& gxs) {
+  const auto& s = g.s;
+  T* gn = gx + n * gxs.n;
+  for (int64_t a = 0; a < s.sh; ++a)
+    for (int64_t q = 0; q < qown; ++q) {
+      const int64_t ih = (oh0 + q) * s.sh + a - s.ph;
+      if (ih < 0 || ih >= s.H) continue;
+      for (int64_t b = 0; b < s.sw; ++b) {
+        const float* src0 = gxp + (a * s.sw + b) * s.C * g.plane + q * g.Wq;
+        const int64_t lo = std::min(g.Wq, ceil_div(std::max<int64_t>(0, s.pw - b), s.sw));
+        const int64_t hi = std::max(lo, std::min(g.Wq, ceil_div(s.W + s.pw - b, s.sw)));
+        const int64_t iw0 = lo * s.sw + b - s.pw;
+        T* dst = gn + ih * gxs.h + iw0 * gxs.w;
+        if (gxs.w == 1 && s.sw == 1) {
+          for (int64_t c = 0; c < s.C; ++c) {
+            const float* src = src0 + c * g.plane;
+            T* d = dst + c * gxs.c;
+            for (int64_t qc = lo; qc < hi; ++qc) d[qc - lo] = from_f32<T>(src[qc]);
+          }
+        } else {
+          for (int64_t qc = lo; qc < hi; ++qc) {
+            T* d = dst + (qc - lo) * s.sw * gxs.w;
+            for (int64_t c = 0; c < s.C; ++c) d[c * gxs.c] = from_f32<T>(src0[c * g.plane + qc]);
+          }
+        }
+      }
+    }
+}
+
+template <class T>
+void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, const T* w1,
+              const T* w2, T* gx, const Strides4& gxs, T* gw1, T* gw2, const LowRankConvShape& s,
+              int num_threads) {
+  const auto& kern = pick_kernels();
+  const int threads = resolve_threads(num_threads);
+  const Geometry g = make_geometry(s, threads, kBackwardTilePixels);
+  const bool want_gx = gx != nullptr, want_w1 = gw1 != nullptr, want_w2 = gw2 != nullptr;
+  const bool want_gt = want_gx || want_w1;
+  const int64_t nb = g.channel ? 1 : s.sw;  // column phases of the intermediate
+  // Grid of G and gT: rows [-qh_max, RQ) of the tile, after `front` zeros
+  // that the negative tap offsets of the transposed convs read.
+  const int64_t front = round_up(g.qw_max, kPixelAlign) + kPixelAlign;
+  const int64_t grid_rows = g.qh_max + g.RQ;
+  const int64_t gplane = front + round_up(grid_rows * g.Wq, kPixelAlign) + 2 * kPixelAlign;
+  const int64_t tplane = g.Pmax + round_up(g.qw_max, kPixelAlign) + kPixelAlign;
+  const int64_t row0 = front + g.qh_max * g.Wq;  // the tile's first row in G / gT
+
+  const std::vector<float> a1 = pack_panels(w1, s.rank, g.K1, kern.mr);
+  const std::vector<int64_t> off1 = stage1_offsets(g), off2 = stage2_offsets(g, tplane);
+  const auto w2t = second_factor_transposed(w2, g, gplane, kern.mr);
+  std::vector<PhaseTaps> w1t;
+  if (want_gx) w1t = first_factor_transposed(w1, g, gplane, kern.mr);
+
+  const int64_t Hp = s.H + 2 * s.ph;
+  const int64_t items = s.N * g.ntiles;
+  const int used = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, items)));
+  std::vector<std::vector<float>> acc_w1(used), acc_w2(used);
+#pragma omp parallel num_threads(used)
+  {
+    const int tid = omp_get_thread_num();
+    Buffer xp(g.planes_x() * g.plane), t(want_w2 ? nb * s.rank * tplane : 0);
+    Buffer G(s.Nout * gplane), gt(want_gt ? nb * s.rank * gplane : 0);
+    Buffer gxp(want_gx ? g.planes_x() * g.plane : 0);
+    std::vector<float>& aw1 = acc_w1[static_cast<size_t>(tid)];
+    std::vector<float>& aw2 = acc_w2[static_cast<size_t>(tid)];
+    if (want_w1) aw1.assign(static_cast<size_t>(s.rank * g.K1), 0.f);
+    if (want_w2) aw2.assign(static_cast<size_t>(s.Nout * g.K2), 0.f);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t n = item / g.ntiles, tile = item % g.ntiles, oh0 = tile * g.R;
+      const int64_t rows = std::min(g.R, g.Ho - oh0);
+      const int64_t P = round_up(rows * g.Wq, kPixelAlign);
+      const int64_t qown = tile + 1 < g.ntiles ? rows : ceil_div(Hp - oh0 * s.sh, s.sh);
+      pack_grad_out(go, gs, n, oh0, rows, g, grid_rows, G.get(), gplane, front);
+      if (want_w1 || want_w2) pack_input(x, xs, n, oh0, rows + g.qh_max, g, xp.get());
+      if (want_w2) {  // recompute the intermediate, then grad_w2 += G . T^T
+        for (int64_t b = 0; b < nb; ++b)
+          kern.row_gemm({s.rank, g.K1, P, a1.data(), xp.get() + b * s.C * g.plane, off1.data(),
+                         nullptr, t.get() + b * s.rank * tplane, tplane, false});
+        kern.reduce_gemm(
+            {s.Nout, g.K2, P, G.get() + row0, gplane, t.get(), off2.data(), aw2.data(), g.K2});
+      }
+      if (!want_gt) continue;
+      // gT over rows [-qh_max, max(rows, qown)): the owned input rows need them.
+      const int64_t ext = round_up((g.qh_max + std::max(rows, qown)) * g.Wq, kPixelAlign);
+      for (int64_t b = 0; b < nb; ++b) {
+        const auto& w = w2t[static_cast<size_t>(b)];
+        float* dst = gt.get() + b * s.rank * gplane + front;
+        const int64_t K = static_cast<int64_t>(w.offset.size());
+        if (K == 0) {
+          for (int64_t r = 0; r < s.rank; ++r) std::memset(dst + r * gplane, 0, ext * 4);
+          continue;
+        }
+        kern.row_gemm({s.rank, K, ext, w.a.data(), G.get() + front, w.offset.data(), nullptr, dst,
+                       gplane, false});
+      }
+      if (want_w1)
+        for (int64_t b = 0; b < nb; ++b)
+          kern.reduce_gemm({s.rank, g.K1, P, gt.get() + b * s.rank * gplane + row0, gplane,
+                            xp.get() + b * s.C * g.plane, off1.data(), aw1.data(), g.K1});
+      if (want_gx) {
+        const int64_t Pown = round_up(qown * g.Wq, kPixelAlign);
+        for (int64_t a = 0; a < s.sh; ++a)
+          for (int64_t b = 0; b < s.sw; ++b) {
+            const PhaseTaps& ph = w1t[static_cast<size_t>(a * s.sw + b)];
+            float* dst = gxp.get() + (a * s.sw + b) * s.C * g.plane;
+            const int64_t K = static_cast<int64_t>(ph.offset.size());
+            if (K == 0) {
+              for (int64_t c = 0; c < s.C; ++c) std::memset(dst + c * g.plane, 0, Pown * 4);
+              continue;
+            }
+            kern.row_gemm({s.C, K, Pown, ph.a.data(), gt.get() + row0, ph.offset.data(), nullptr,
+                           dst, g.plane, false});
+          }
+        store_grad_input(gxp.get(), n, oh0, qown, g, gx, gxs);
+      }
+    }
+  }
+  auto reduce = [&](std::vector<std::vector<float>>& acc, T* out, int64_t count) {
+    for (int64_t i = 0; i < count; ++i) {
+      float v = 0.f;
+      for (int th = 0; th < used; ++th) v += acc[static_cast<size_t>(th)][static_cast<size_t>(i)];
+      out[i] = from_f32<T>(v);
+    }
+  };
+  if (want_w1) reduce(acc_w1, gw1, s.rank * g.K1);
+  if (want_w2) reduce(acc_w2, gw2, s.Nout * g.K2);
+}
+
+}  // namespace
+
+void lowrank_conv2d_backward_cpu(const void* grad_out, const Strides4& gs, const void* x,
+                                 const Strides4& xs, const void* w1, const void* w2, void* grad_x,
+                                 const Strides4& gxs, void* grad_w1, void* grad_w2,
+                                 const LowRankConvShape& s, DType dtype, int num_threads) {
+  if (dtype == DType::kBFloat16) {
+    using T = uint16_t;
+    backward(static_cast<const T*>(grad_out), gs, static_cast<const T*>(x), xs,
+             static_cast<const T*>(w1), static_cast<const T*>(w2), static_cast<T*>(grad_x), gxs,
+             static_cast<T*>(grad_w1), static_cast<T*>(grad_w2), s, num_threads);
+  } else {
+    using T = float;
+    backward(static_cast<const T*>(grad_out), gs, static_cast<const T*>(x), xs,
+             static_cast<const T*>(w1), static_cast<const T*>(w2), static_cast<T*>(grad_x), gxs,
+             static_cast<T*>(grad_w1), static_cast<T*>(grad_w2), s, num_threads);
+  }
+}
+
+}  // namespace fusenas

@@ -1,0 +1,126 @@
+// Forward of the fused low-rank conv on CPU. Per tile (one image, R output
+// rows; tiles spread over OpenMP threads):
+//   1. the input rows the tile needs -> phase planes (float32, zero-padded;
+//      from NCHW or channels_last, float32 or bfloat16: the only layout
+//      conversion, and it is per tile, in cache);
+//   2. first factor: T (r x P) = GEMM over the planes (kh x kw or kh x 1 taps);
+//   3. second factor: Y (Nout x P) = GEMM over T (+ bias);
+//   4. Y's valid columns -> y in its own layout and dtype.
+// T never leaves the thread's cache-sized buffer.
+#include <vector>
+
+#include "cpu/lowrank_conv_tiles.h"
+#include "fusenas/lowrank.h"
+
+namespace fusenas {
+
+using namespace lowrank_detail;  // NOLINT: the shared tile helpers
+
+namespace {
+
+// Target grid pixels per forward tile: T (r x P) and the Y tile (Nout x P)
+// stay within L2 for the ResNet shapes.
+constexpr int64_t kForwardTilePixels = 512;
+
+// Writes the valid columns of the tile's output grid to image n of y.
+template <class T>
+void store_output(const float* yt, int64_t ldy, int64_t rows, int64_t n, int64_t oh0,
+                  const Geometry& g, T* y, const Strides4& ys) {
+  const int64_t nout = g.s.Nout;
+  T* yn = y + n * ys.n;
+  if (ys.w == 1) {
+    for (int64_t o = 0; o < nout; ++o)
+      for (int64_t i = 0; i < rows; ++i) {
+        T* dst = yn + o * ys.c + (oh0 + i) * ys.h;
+        const float* src = yt + o * ldy + i * g.Wq;
+        for (int64_t ow = 0; ow < g.Wo; ++ow) dst[ow] = from_f32<T>(src[ow]);
+      }
+    return;
+  }
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t ow = 0; ow < g.Wo; ++ow) {
+      T* dst = yn + (oh0 + i) * ys.h + ow * ys.w;
+      const float* src = yt + i * g.Wq + ow;
+      for (int64_t o = 0; o < nout; ++o) dst[o * ys.c] = from_f32<T>(src[o * ldy]);
+    }
+}
+
+template <class T>
+void forward(const T* x, const Strides4& xs, const T* w1, const T* w2, const T* bias, T* y,
+             const Strides4& ys, const LowRankConvShape& s, int num_threads) {
+  const auto& kern = pick_kernels();
+  const int threads = resolve_threads(num_threads);
+  const Geometry g = make_geometry(s, threads, kForwardTilePixels);
+  const int64_t tplane = g.Pmax + round_up(g.qw_max, kPixelAlign) + kPixelAlign;
+  const int64_t t_planes = g.channel ? s.rank : s.sw * s.rank;
+  const std::vector<float> a1 = pack_panels(w1, s.rank, g.K1, kern.mr);
+  const std::vector<float> a2 = pack_panels(w2, s.Nout, g.K2, kern.mr);
+  std::vector<float> bias_f;
+  if (bias) {
+    bias_f.resize(static_cast<size_t>(s.Nout));
+    for (int64_t o = 0; o < s.Nout; ++o) bias_f[static_cast<size_t>(o)] = to_f32(bias[o]);
+  }
+  const std::vector<int64_t> off1 = stage1_offsets(g), off2 = stage2_offsets(g, tplane);
+  struct State {
+    Buffer xp, t, yt;
+  };
+  parallel_items(
+      s.N * g.ntiles, threads,
+      [&] {
+        return State{Buffer(g.planes_x() * g.plane), Buffer(t_planes * tplane),
+                     Buffer(s.Nout * g.Pmax)};
+      },
+      [&](State& st, int64_t item) {
+        const int64_t n = item / g.ntiles, oh0 = (item % g.ntiles) * g.R;
+        const int64_t rows = std::min(g.R, g.Ho - oh0);
+        const int64_t P = round_up(rows * g.Wq, kPixelAlign);
+        // Rows past R + qh_max only feed discarded grid columns.
+        pack_input(x, xs, n, oh0, rows + g.qh_max, g, st.xp.get());
+        const int64_t phases = g.channel ? 1 : s.sw;
+        for (int64_t b = 0; b < phases; ++b) {
+          const cpu::lowrank::RowGemm g1{s.rank,
+                                         g.K1,
+                                         P,
+                                         a1.data(),
+                                         st.xp.get() + b * s.C * g.plane,
+                                         off1.data(),
+                                         nullptr,
+                                         st.t.get() + b * s.rank * tplane,
+                                         tplane,
+                                         false};
+          kern.row_gemm(g1);
+        }
+        const cpu::lowrank::RowGemm g2{s.Nout,
+                                       g.K2,
+                                       P,
+                                       a2.data(),
+                                       st.t.get(),
+                                       off2.data(),
+                                       bias ? bias_f.data() : nullptr,
+                                       st.yt.get(),
+                                       g.Pmax,
+                                       false};
+        kern.row_gemm(g2);
+        store_output(st.yt.get(), g.Pmax, rows, n, oh0, g, y, ys);
+      });
+}
+
+}  // namespace
+
+void lowrank_conv2d_cpu(const void* x, const Strides4& xs, const void* w1, const void* w2,
+                        const void* bias, void* y, const Strides4& ys, const LowRankConvShape& s,
+                        DType dtype, int num_threads) {
+  if (dtype == DType::kBFloat16) {
+    forward(static_cast<const uint16_t*>(x), xs, static_cast<const uint16_t*>(w1),
+            static_cast<const uint16_t*>(w2), static_cast<const uint16_t*>(bias),
+            static_cast<uint16_t*>(y), ys, s, num_threads);
+  } else {
+    forward(static_cast<const float*>(x), xs, static_cast<const float*>(w1),
+            static_cast<const float*>(w2), static_cast<const float*>(bias), static_cast<float*>(y),
+            ys, s, num_threads);
+  }
+}
+
+const char* lowrank_cpu_isa() { return pick_kernels().name; }
+
+}  // namespace fusenas

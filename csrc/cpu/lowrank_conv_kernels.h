@@ -1,0 +1,56 @@
+// Internal interface between the low-rank conv front end (lowrank_conv_cpu.cpp,
+// lowrank_conv_backward_cpu.cpp) and its per-ISA GEMM kernels. The front end
+// lays every tile out as channel planes of flattened pixels (a padded-width
+// grid), so each stage of the conv, forward or backward, is one of two GEMMs
+// whose B operand is a list of row offsets into such planes: im2col-free.
+#pragma once
+
+#include <cstdint>
+
+namespace fusenas {
+namespace cpu {
+namespace lowrank {
+
+// Pixel counts handed to the kernels are multiples of this (buffers are padded).
+constexpr int64_t kPixelAlign = 16;
+
+// C[m][j] = bias[m] + sum_k A[m][k] * B[boff[k] + j]   (accumulate: C[m][j] += ...)
+// for m < M, j < P. A is packed in panels of `mr` rows: panel p holds
+// A[p*mr + i][k] at A[(p*K + k)*mr + i], rows past M zero.
+struct RowGemm {
+  int64_t M, K, P;
+  const float* A;
+  const float* B;
+  const int64_t* boff;
+  const float* bias;  // M entries or null (ignored when accumulating)
+  float* C;
+  int64_t ldc;
+  bool accumulate;
+};
+
+// out[m*ldo + k] += sum_{j < P} U[m*ldu + j] * B[boff[k] + j]: the weight
+// gradients, a reduction over the tile's pixels.
+struct ReduceGemm {
+  int64_t M, K, P;
+  const float* U;
+  int64_t ldu;
+  const float* B;
+  const int64_t* boff;
+  float* out;
+  int64_t ldo;
+};
+
+struct Kernels {
+  int mr;  // panel height of RowGemm::A
+  void (*row_gemm)(const RowGemm&);
+  void (*reduce_gemm)(const ReduceGemm&);
+  const char* name;
+};
+
+const Kernels& kernels_scalar();
+const Kernels& kernels_avx2();
+const Kernels& kernels_avx512();
+
+}  // namespace lowrank
+}  // namespace cpu
+}  // namespace fusenas

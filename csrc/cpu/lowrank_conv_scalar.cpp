@@ -1,0 +1,43 @@
+// Portable kernels of the low-rank conv (baseline x86-64 or any CPU): a
+// "vector" of 4 floats in plain C++, which the compiler maps to SSE2 or
+// scalar code. The reference path the SIMD kernels are tested against.
+#include "cpu/lowrank_gemm_impl.h"
+
+namespace fusenas {
+namespace cpu {
+namespace lowrank {
+namespace {
+
+struct Vec4 {
+  float v[4];
+};
+
+struct VScalar {
+  using reg = Vec4;
+  static constexpr int kWidth = 4;
+  static LR_INLINE reg zero() { return Vec4{{0.f, 0.f, 0.f, 0.f}}; }
+  static LR_INLINE reg loadu(const float* p) { return Vec4{{p[0], p[1], p[2], p[3]}}; }
+  static LR_INLINE void storeu(float* p, reg a) {
+    for (int i = 0; i < 4; ++i) p[i] = a.v[i];
+  }
+  static LR_INLINE reg bcast(const float* p) { return Vec4{{*p, *p, *p, *p}}; }
+  static LR_INLINE reg fmadd(reg a, reg b, reg c) {
+    for (int i = 0; i < 4; ++i) c.v[i] += a.v[i] * b.v[i];
+    return c;
+  }
+  static LR_INLINE float hsum(reg a) { return (a.v[0] + a.v[1]) + (a.v[2] + a.v[3]); }
+};
+
+struct CfgScalar {
+  static constexpr int kMR = 4, kNV = 2;
+  static constexpr int kSmallRows = 2, kNVSmall = 4, kNVMax = 4;
+  static constexpr int kRR = 2, kKR = 2;
+};
+
+}  // namespace
+
+const Kernels& kernels_scalar() { return make_kernels<VScalar, CfgScalar>("scalar"); }
+
+}  // namespace lowrank
+}  // namespace cpu
+}  // namespace fusenas

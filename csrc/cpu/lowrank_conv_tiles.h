@@ -1,0 +1,257 @@
+// Tile geometry and layout conversions shared by the forward and backward
+// drivers of the low-rank conv.
+//
+// A tile is one image and a block of R output rows. Its input lives in
+// "phase planes": the zero-padded input rows the tile needs, split by the
+// stride into sh x sw phases (rows / columns congruent mod the stride) and
+// stored per channel as flattened rows of Wq = ceil((W + 2 pw) / sw) floats.
+// In that layout every kernel tap (i, j) of a conv reads, for output pixel
+// p = row * Wq + col of the tile's padded-width grid, the plane element
+// p + offset(i, j): a whole tile of a conv stage is then one GEMM over P
+// flattened pixels whose B rows are plane pointers (no im2col). Columns
+// col >= Wo of the grid are computed and thrown away (about 2 pw / Wq of the
+// work: 3% at 56 px, 20% at 8 px), the price of contiguous vectors.
+#pragma once
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <type_traits>
+#include <vector>
+
+#include "common/dtype_convert.h"
+#include "cpu/cpu_dispatch.h"
+#include "cpu/lowrank_conv_kernels.h"
+#include "fusenas/lowrank.h"
+
+namespace fusenas {
+namespace lowrank_detail {
+
+using cpu::lowrank::kPixelAlign;
+
+inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+inline const cpu::lowrank::Kernels& pick_kernels() {
+  switch (cpu::active_isa()) {
+    case cpu::Isa::kAvx512:
+      return cpu::lowrank::kernels_avx512();
+    case cpu::Isa::kAvx2:
+      return cpu::lowrank::kernels_avx2();
+    default:
+      return cpu::lowrank::kernels_scalar();
+  }
+}
+
+// 64-byte aligned, zero-filled float buffer (zeros matter: the slack past the
+// written region is read by whole-vector loads and must hold finite values).
+struct Buffer {
+  std::unique_ptr<float, decltype(&std::free)> p{nullptr, &std::free};
+  explicit Buffer(int64_t n) {
+    const size_t bytes = static_cast<size_t>(round_up(std::max<int64_t>(n, 16), 16)) * 4;
+    p.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
+    if (!p) throw std::bad_alloc();
+    std::memset(p.get(), 0, bytes);
+  }
+  float* get() const { return p.get(); }
+};
+
+struct Geometry {
+  LowRankConvShape s;
+  bool channel;
+  int64_t Ho, Wo;
+  int64_t Wq;      // plane row length (padded width / sw, rounded up)
+  int64_t qh_max;  // largest row offset of a tap in plane rows: floor((kh-1) dh / sh)
+  int64_t qw_max;  // largest column offset of a tap: floor((kw-1) dw / sw)
+  int64_t R;       // output rows per tile
+  int64_t ntiles;  // tiles per image
+  int64_t RQ;      // rows per phase plane: R + qh_max + 1
+  int64_t plane;   // floats per phase plane (with read slack)
+  int64_t Pmax;    // pixels of a full tile, padded to kPixelAlign
+  int64_t K1, K2;  // GEMM depth of the first / second factor
+  int64_t planes_x() const { return s.sh * s.sw * s.C; }
+};
+
+// R is chosen for about `target_pixels` grid pixels per tile (the rank-r
+// intermediate, r x P floats, and the input planes then sit in L2), fewer
+// when that would leave a thread without a tile.
+inline Geometry make_geometry(const LowRankConvShape& s, int threads, int64_t target_pixels) {
+  Geometry g;
+  g.s = s;
+  g.channel = s.scheme == LowRankScheme::kChannel;
+  g.Ho = (s.H + 2 * s.ph - s.dh * (s.kh - 1) - 1) / s.sh + 1;
+  g.Wo = (s.W + 2 * s.pw - s.dw * (s.kw - 1) - 1) / s.sw + 1;
+  g.Wq = ceil_div(s.W + 2 * s.pw, s.sw);
+  g.qh_max = (s.kh - 1) * s.dh / s.sh;
+  g.qw_max = (s.kw - 1) * s.dw / s.sw;
+  int64_t R = std::clamp<int64_t>(ceil_div(target_pixels, g.Wq), 1, g.Ho);
+  while (R > 1 && s.N * ceil_div(g.Ho, R) < 2 * threads) R = ceil_div(R, 2);
+  g.R = R;
+  g.ntiles = ceil_div(g.Ho, R);
+  g.RQ = R + g.qh_max + 1;
+  g.Pmax = round_up(R * g.Wq, kPixelAlign);
+  // Reads reach pixel Pmax - 1 + qh_max * Wq + qw_max < RQ * Wq + kPixelAlign.
+  g.plane = round_up(g.RQ * g.Wq, kPixelAlign) + kPixelAlign;
+  g.K1 = g.channel ? s.C * s.kh * s.kw : s.C * s.kh;
+  g.K2 = g.channel ? s.rank : s.rank * s.kw;
+  return g;
+}
+
+// Plane offset of the first factor's tap k (order of w1's flattened rows):
+// channel k = (c, i, j) reads phase ((i dh) % sh, (j dw) % sw); spatial
+// k = (c, i) reads phase ((i dh) % sh, b) with b the column phase, added by
+// the caller as b * C planes.
+inline std::vector<int64_t> stage1_offsets(const Geometry& g) {
+  const auto& s = g.s;
+  std::vector<int64_t> off(static_cast<size_t>(g.K1));
+  const int64_t kw = g.channel ? s.kw : 1;
+  for (int64_t c = 0; c < s.C; ++c)
+    for (int64_t i = 0; i < s.kh; ++i)
+      for (int64_t j = 0; j < kw; ++j) {
+        const int64_t a = (i * s.dh) % s.sh, b = g.channel ? (j * s.dw) % s.sw : 0;
+        const int64_t col = g.channel ? j * s.dw / s.sw : 0;
+        off[static_cast<size_t>((c * s.kh + i) * kw + j)] =
+            ((a * s.sw + b) * s.C + c) * g.plane + (i * s.dh / s.sh) * g.Wq + col;
+      }
+  return off;
+}
+
+// Offset of the second factor's tap k into the intermediate planes (one per
+// rank channel, spatial: one per (column phase, rank channel)), tplane floats
+// each: channel k = r; spatial k = (r, j).
+inline std::vector<int64_t> stage2_offsets(const Geometry& g, int64_t tplane) {
+  const auto& s = g.s;
+  std::vector<int64_t> off(static_cast<size_t>(g.K2));
+  for (int64_t r = 0; r < s.rank; ++r) {
+    if (g.channel) {
+      off[static_cast<size_t>(r)] = r * tplane;
+      continue;
+    }
+    for (int64_t j = 0; j < s.kw; ++j) {
+      const int64_t b = (j * s.dw) % s.sw;
+      off[static_cast<size_t>(r * s.kw + j)] = (b * s.rank + r) * tplane + j * s.dw / s.sw;
+    }
+  }
+  return off;
+}
+
+template <class T>
+inline float to_f32(T v);
+template <>
+inline float to_f32<float>(float v) {
+  return v;
+}
+template <>
+inline float to_f32<uint16_t>(uint16_t v) {
+  return bf16_bits_to_float(v);
+}
+template <class T>
+inline T from_f32(float v);
+template <>
+inline float from_f32<float>(float v) {
+  return v;
+}
+template <>
+inline uint16_t from_f32<uint16_t>(float v) {
+  return float_to_bf16_bits(v);
+}
+
+// rows x cols row-major matrix (source dtype) -> float panels of `mr` rows:
+// panel p holds row p*mr + i, column k at [(p * cols + k) * mr + i].
+template <class T>
+std::vector<float> pack_panels(const T* src, int64_t rows, int64_t cols, int mr) {
+  const int64_t panels = ceil_div(rows, mr);
+  std::vector<float> out(static_cast<size_t>(panels * cols * mr), 0.f);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < cols; ++k)
+      out[static_cast<size_t>(((r / mr) * cols + k) * mr + r % mr)] = to_f32(src[r * cols + k]);
+  return out;
+}
+
+template <class T>
+inline void convert_row(const T* src, int64_t n, float* dst) {
+  if constexpr (std::is_same_v<T, float>) {
+    std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = to_f32(src[i]);
+  }
+}
+
+// Fills rows [0, qrows) of the tile's phase planes from image n of x, the
+// tile starting at output row oh0. The common layouts take whole-row copies
+// (NCHW, stride 1) or a channel-blocked transpose (channels_last): the
+// packing is about C * (R + kh - 1) / R loads per output pixel against
+// r * C * kh * kw multiply-adds, so it must run at memory-copy speed.
+template <class T>
+void pack_input(const T* x, const Strides4& xs, int64_t n, int64_t oh0, int64_t qrows,
+                const Geometry& g, float* xp) {
+  const auto& s = g.s;
+  const T* xn = x + n * xs.n;
+  // Column range [lo, hi) of plane columns that hold input (the rest is padding).
+  for (int64_t a = 0; a < s.sh; ++a)
+    for (int64_t q = 0; q < qrows; ++q) {
+      const int64_t ih = (oh0 + q) * s.sh + a - s.ph;
+      const bool row_ok = ih >= 0 && ih < s.H;
+      for (int64_t b = 0; b < s.sw; ++b) {
+        float* dst0 = xp + (a * s.sw + b) * s.C * g.plane + q * g.Wq;
+        if (!row_ok) {
+          for (int64_t c = 0; c < s.C; ++c) std::memset(dst0 + c * g.plane, 0, g.Wq * 4);
+          continue;
+        }
+        // Plane column qc holds input column iw = qc * sw + b - pw.
+        const int64_t lo = std::min(g.Wq, ceil_div(std::max<int64_t>(0, s.pw - b), s.sw));
+        const int64_t hi = std::max(lo, std::min(g.Wq, ceil_div(s.W + s.pw - b, s.sw)));
+        for (int64_t c = 0; c < s.C; ++c) {
+          float* dst = dst0 + c * g.plane;
+          std::memset(dst, 0, lo * 4);
+          std::memset(dst + hi, 0, (g.Wq - hi) * 4);
+        }
+        const int64_t iw0 = lo * s.sw + b - s.pw;
+        const T* src = xn + ih * xs.h + iw0 * xs.w;
+        if (xs.w == 1 && s.sw == 1) {  // NCHW: each channel's row is contiguous
+          for (int64_t c = 0; c < s.C; ++c)
+            convert_row(src + c * xs.c, hi - lo, dst0 + c * g.plane + lo);
+        } else if (xs.c == 1) {  // channels_last: transpose in blocks of 16 channels
+          const int64_t step = xs.w * s.sw;
+          for (int64_t c0 = 0; c0 < s.C; c0 += 16) {
+            const int64_t cn = std::min<int64_t>(16, s.C - c0);
+            for (int64_t qc = lo; qc < hi; ++qc) {
+              const T* px = src + (qc - lo) * step + c0;
+              float* d = dst0 + c0 * g.plane + qc;
+              for (int64_t c = 0; c < cn; ++c) d[c * g.plane] = to_f32(px[c]);
+            }
+          }
+        } else {
+          for (int64_t c = 0; c < s.C; ++c) {
+            float* dst = dst0 + c * g.plane;
+            for (int64_t qc = lo; qc < hi; ++qc)
+              dst[qc] = to_f32(src[c * xs.c + (qc - lo) * s.sw * xs.w]);
+          }
+        }
+      }
+    }
+}
+
+// Runs fn(thread_index, item) over items on up to `threads` OpenMP threads,
+// after setup(thread_index) on each (per-thread buffers).
+template <class Setup, class Fn>
+void parallel_items(int64_t items, int threads, Setup setup, Fn fn) {
+  threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, items)));
+#pragma omp parallel num_threads(threads)
+  {
+    auto state = setup();
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < items; ++it) fn(state, it);
+  }
+}
+
+inline int resolve_threads(int num_threads) {
+  return num_threads > 0 ? num_threads : omp_get_max_threads();
+}
+
+}  // namespace lowrank_detail
+}  // namespace fusenas

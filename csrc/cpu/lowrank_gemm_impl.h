@@ -1,0 +1,198 @@
+// The two GEMM kernels of lowrank_conv_kernels.h, written once over a vector
+// type V and included by one translation unit per ISA (each compiled with its
+// own -m flags). Everything here has internal linkage so the per-ISA copies
+// never merge at link time.
+//
+// V provides: reg, kWidth, zero(), loadu(p), storeu(p, v), bcast(p),
+// fmadd(a, b, c) = a*b + c, add(a, b), hsum(v).
+// Register blocking: a RowGemm micro-tile is MR rows x NV vectors of pixels
+// held in registers for the whole K loop (the B row is loaded once per k and
+// reused MR times, the A value broadcast once and reused NV times); a
+// ReduceGemm micro-tile is MR x KR dot products accumulated lane-wise over
+// the pixels and reduced horizontally once at the end.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <utility>
+
+#include "cpu/lowrank_conv_kernels.h"
+
+#define LR_INLINE inline __attribute__((always_inline))
+
+namespace fusenas {
+namespace cpu {
+namespace lowrank {
+namespace {
+
+// K is processed in blocks of this many rows so the A panel block (mr x KC)
+// and the B rows of a micro-tile stay in L1/L2 across the pixel loop.
+constexpr int64_t kKBlock = 128;
+
+template <class V, int MR, int NV>
+LR_INLINE void row_micro(const float* a, int mrp, const float* B, const int64_t* boff, int64_t kc,
+                         float* c, int64_t ldc, bool load_c, const float* bias) {
+  using R = typename V::reg;
+  constexpr int W = V::kWidth;
+  R acc[MR][NV];
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m) {
+    const R init = bias ? V::bcast(bias + m) : V::zero();
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[m][v] = load_c ? V::loadu(c + m * ldc + v * W) : init;
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    const float* b = B + boff[k];
+    R bv[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) bv[v] = V::loadu(b + v * W);
+    const float* ak = a + k * mrp;
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) {
+      const R av = V::bcast(ak + m);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[m][v] = V::fmadd(av, bv[v], acc[m][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) V::storeu(c + m * ldc + v * W, acc[m][v]);
+}
+
+using RowMicroFn = void (*)(const float*, int, const float*, const int64_t*, int64_t, float*,
+                            int64_t, bool, const float*);
+
+template <class V, int MR, int NV>
+void row_micro_fn(const float* a, int mrp, const float* B, const int64_t* boff, int64_t kc,
+                  float* c, int64_t ldc, bool load_c, const float* bias) {
+  row_micro<V, MR, NV>(a, mrp, B, boff, kc, c, ldc, load_c, bias);
+}
+
+// table[rows - 1][nv - 1] for rows <= MAXR, nv <= MAXNV.
+template <class V, int MAXR, int MAXNV>
+struct RowMicroTable {
+  RowMicroFn fn[MAXR][MAXNV];
+  template <int R, int N>
+  void fill_one() {
+    fn[R - 1][N - 1] = &row_micro_fn<V, R, N>;
+  }
+  template <int R, int... Ns>
+  void fill_row(std::integer_sequence<int, Ns...>) {
+    (fill_one<R, Ns + 1>(), ...);
+  }
+  template <int... Rs>
+  void fill(std::integer_sequence<int, Rs...>) {
+    (fill_row<Rs + 1>(std::make_integer_sequence<int, MAXNV>{}), ...);
+  }
+  RowMicroTable() { fill(std::make_integer_sequence<int, MAXR>{}); }
+};
+
+// Cfg: kMR (panel rows), kNV (vectors per micro-tile at full height), kNVSmall
+// (vectors when the whole GEMM has <= kSmallRows rows: fewer accumulators per
+// pixel leave registers for more pixels), kRR/kKR (ReduceGemm micro-tile).
+template <class V, class Cfg>
+void row_gemm(const RowGemm& g) {
+  static const RowMicroTable<V, Cfg::kMR, Cfg::kNVMax> table;
+  constexpr int W = V::kWidth;
+  constexpr int MR = Cfg::kMR;
+  const int nv_max = g.M <= Cfg::kSmallRows ? Cfg::kNVSmall : Cfg::kNV;
+  const int64_t panels = (g.M + MR - 1) / MR;
+  const int64_t vecs = g.P / W;
+  for (int64_t k0 = 0; k0 < g.K; k0 += kKBlock) {
+    const int64_t kc = std::min(kKBlock, g.K - k0);
+    const bool load_c = g.accumulate || k0 > 0;
+    const float* bias = (g.accumulate || k0 > 0) ? nullptr : g.bias;
+    for (int64_t v0 = 0; v0 < vecs; v0 += nv_max) {
+      const int nv = static_cast<int>(std::min<int64_t>(nv_max, vecs - v0));
+      for (int64_t p = 0; p < panels; ++p) {
+        const int rows = static_cast<int>(std::min<int64_t>(MR, g.M - p * MR));
+        table.fn[rows - 1][nv - 1](g.A + (p * g.K + k0) * MR, MR, g.B + v0 * W, g.boff + k0, kc,
+                                   g.C + p * MR * g.ldc + v0 * W, g.ldc, load_c,
+                                   bias ? bias + p * MR : nullptr);
+      }
+    }
+  }
+}
+
+template <class V, int MR, int KR>
+LR_INLINE void reduce_micro(const float* U, int64_t ldu, const float* B, const int64_t* boff,
+                            int64_t P, float* out, int64_t ldo) {
+  using R = typename V::reg;
+  constexpr int W = V::kWidth;
+  R acc[MR][KR];
+  const float* b[KR];
+#pragma GCC unroll 8
+  for (int k = 0; k < KR; ++k) b[k] = B + boff[k];
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+    for (int k = 0; k < KR; ++k) acc[m][k] = V::zero();
+  for (int64_t j = 0; j < P; j += W) {
+    R bv[KR];
+#pragma GCC unroll 8
+    for (int k = 0; k < KR; ++k) bv[k] = V::loadu(b[k] + j);
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) {
+      const R u = V::loadu(U + m * ldu + j);
+#pragma GCC unroll 8
+      for (int k = 0; k < KR; ++k) acc[m][k] = V::fmadd(u, bv[k], acc[m][k]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+    for (int k = 0; k < KR; ++k) out[m * ldo + k] += V::hsum(acc[m][k]);
+}
+
+using ReduceMicroFn = void (*)(const float*, int64_t, const float*, const int64_t*, int64_t, float*,
+                               int64_t);
+
+template <class V, int MR, int KR>
+void reduce_micro_fn(const float* U, int64_t ldu, const float* B, const int64_t* boff, int64_t P,
+                     float* out, int64_t ldo) {
+  reduce_micro<V, MR, KR>(U, ldu, B, boff, P, out, ldo);
+}
+
+template <class V, int MAXR, int MAXK>
+struct ReduceMicroTable {
+  ReduceMicroFn fn[MAXR][MAXK];
+  template <int R, int K>
+  void fill_one() {
+    fn[R - 1][K - 1] = &reduce_micro_fn<V, R, K>;
+  }
+  template <int R, int... Ks>
+  void fill_row(std::integer_sequence<int, Ks...>) {
+    (fill_one<R, Ks + 1>(), ...);
+  }
+  template <int... Rs>
+  void fill(std::integer_sequence<int, Rs...>) {
+    (fill_row<Rs + 1>(std::make_integer_sequence<int, MAXK>{}), ...);
+  }
+  ReduceMicroTable() { fill(std::make_integer_sequence<int, MAXR>{}); }
+};
+
+template <class V, class Cfg>
+void reduce_gemm(const ReduceGemm& g) {
+  static const ReduceMicroTable<V, Cfg::kRR, Cfg::kKR> table;
+  constexpr int RR = Cfg::kRR, KR = Cfg::kKR;
+  for (int64_t m0 = 0; m0 < g.M; m0 += RR) {
+    const int rows = static_cast<int>(std::min<int64_t>(RR, g.M - m0));
+    for (int64_t k0 = 0; k0 < g.K; k0 += KR) {
+      const int kr = static_cast<int>(std::min<int64_t>(KR, g.K - k0));
+      table.fn[rows - 1][kr - 1](g.U + m0 * g.ldu, g.ldu, g.B, g.boff + k0, g.P,
+                                 g.out + m0 * g.ldo + k0, g.ldo);
+    }
+  }
+}
+
+template <class V, class Cfg>
+const Kernels& make_kernels(const char* name) {
+  static const Kernels k{Cfg::kMR, &row_gemm<V, Cfg>, &reduce_gemm<V, Cfg>, name};
+  return k;
+}
+
+}  // namespace
+}  // namespace lowrank
+}  // namespace cpu
+}  // namespace fusenas

@@ -1,0 +1,475 @@
+"""torch.ops.fusenas.lowrank_conv2d: a convolution stored as two low-rank factors (TRP).
+
+scheme "channel": w1 (r, C, kh, kw), w2 (Nout, r, 1, 1)
+    y = conv2d(conv2d(x, w1, stride, padding, dilation), w2) + bias
+scheme "spatial": w1 (r, C, kh, 1), w2 (Nout, r, 1, kw)
+    t = conv2d(x, w1, stride=(sh, 1), padding=(ph, 0), dilation=(dh, 1))
+    y = conv2d(t, w2, stride=(1, sw), padding=(0, pw), dilation=(1, dw)) + bias
+
+stride / padding / dilation are those of the equivalent dense kh x kw conv.
+The CPU kernel (fusenas._C) computes both factors per output tile, with the
+rank-r intermediate tile kept in cache; its backward recomputes that tile
+instead of storing the intermediate. Registered with torch.library (schema,
+CPU kernel, reference for other devices, fake kernel, autograd through the
+``lowrank_conv2d_backward`` op), so it runs under torch.compile(fullgraph=True)
+and passes torch.library.opcheck. Arguments are validated here, once, before
+any native call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from fusenas.ops import _native
+
+SCHEMES = ("channel", "spatial")
+_DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1}
+_CPU_DTYPES = (torch.float32, torch.bfloat16)
+
+torch.library.define(
+    "fusenas::lowrank_conv2d",
+    "(Tensor x, Tensor w1, Tensor w2, Tensor? bias, str scheme, int[2] stride, int[2] padding, "
+    "int[2] dilation) -> Tensor",
+)
+torch.library.define(
+    "fusenas::lowrank_conv2d_backward",
+    "(Tensor grad_out, Tensor x, Tensor w1, Tensor w2, str scheme, int[2] stride, "
+    "int[2] padding, int[2] dilation, bool[4] output_mask) "
+    "-> (Tensor grad_x, Tensor grad_w1, Tensor grad_w2, Tensor grad_bias)",
+)
+
+
+def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    if isinstance(value, bool):
+        raise TypeError(f"{name}: expected an int or a pair of ints, got {value!r}")
+    if isinstance(value, int):
+        return (value, value)
+    try:
+        pair = tuple(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected an int or a pair of ints, got {value!r}") from None
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
+        raise TypeError(f"{name}: expected an int or a pair of ints, got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """True when x is stored NHWC (and not also plain contiguous): the op's output follows it."""
+    return (
+        x.dim() == 4
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+    )
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if is_channels_last(x) else torch.contiguous_format
+
+
+def factor_params(
+    scheme: str, stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int]
+) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]:
+    """(stride, padding, dilation) of the first and of the second factor's conv."""
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    if scheme == "channel":
+        return ((sh, sw), (ph, pw), (dh, dw)), ((1, 1), (0, 0), (1, 1))
+    return ((sh, 1), (ph, 0), (dh, 1)), ((1, sw), (0, pw), (1, dw))
+
+
+def output_size(
+    x_shape: Sequence[int],
+    kernel: tuple[int, int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+) -> tuple[int, int]:
+    """(Ho, Wo) of the equivalent dense conv."""
+    return tuple(  # type: ignore[return-value]
+        (x_shape[2 + i] + 2 * padding[i] - dilation[i] * (kernel[i] - 1) - 1) // stride[i] + 1
+        for i in range(2)
+    )
+
+
+def check_lowrank_args(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    bias: torch.Tensor | None,
+    scheme: str,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+) -> tuple[int, int]:
+    """Validates the arguments of lowrank_conv2d; returns the dense kernel size (kh, kw).
+
+    Raises ValueError / TypeError naming the argument and what was expected.
+    """
+    for name, t in (("x", x), ("w1", w1), ("w2", w2)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme: expected one of {SCHEMES}, got {scheme!r}")
+    stride, padding, dilation = (
+        _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    )  # fmt: skip
+    if min(stride) < 1:
+        raise ValueError(f"stride: expected values >= 1, got {stride}")
+    if min(padding) < 0:
+        raise ValueError(f"padding: expected values >= 0, got {padding}")
+    if min(dilation) < 1:
+        raise ValueError(f"dilation: expected values >= 1, got {dilation}")
+    if not x.is_floating_point():
+        raise TypeError(f"x: expected a floating-point tensor, got {x.dtype}")
+    if x.dim() != 4:
+        raise ValueError(f"x: expected a 4-D tensor (N, C, H, W), got shape {tuple(x.shape)}")
+    c = x.shape[1]
+    if min(x.shape[1:]) < 1:
+        raise ValueError(f"x: expected C, H, W >= 1, got shape {tuple(x.shape)}")
+    for name, t in (("w1", w1), ("w2", w2)):
+        if t.dim() != 4:
+            raise ValueError(f"{name}: expected a 4-D weight, got shape {tuple(t.shape)}")
+        if t.dtype != x.dtype:
+            raise TypeError(f"{name}: expected dtype {x.dtype} (x's dtype), got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(
+                f"{name}: expected a tensor on {x.device} (x's device), got {t.device}"
+            )
+    r = w1.shape[0]
+    if r < 1:
+        raise ValueError(f"w1: expected rank (w1.shape[0]) >= 1, got shape {tuple(w1.shape)}")
+    if w1.shape[1] != c:
+        if w1.shape[1] >= 1 and c % w1.shape[1] == 0:
+            raise ValueError(
+                f"w1: expected {c} input channels (x.shape[1]); got w1.shape[1]={w1.shape[1]}, "
+                "which would be a grouped conv: groups != 1 is not supported"
+            )
+        raise ValueError(
+            f"w1: expected {c} input channels (x.shape[1]), got shape {tuple(w1.shape)}"
+        )
+    nout = w2.shape[0]
+    if nout < 1 or w2.shape[1] != r:
+        raise ValueError(
+            f"w2: expected shape (Nout >= 1, {r}, ...) for rank {r} (w1.shape[0]), "
+            f"got {tuple(w2.shape)}"
+        )
+    if scheme == "channel":
+        kh, kw = w1.shape[2], w1.shape[3]
+        if kh < 1 or kw < 1:
+            raise ValueError(f"w1: expected (r, C, kh >= 1, kw >= 1), got {tuple(w1.shape)}")
+        if tuple(w2.shape[2:]) != (1, 1):
+            raise ValueError(
+                f"w2: scheme 'channel' expects a 1x1 second factor ({nout}, {r}, 1, 1), "
+                f"got {tuple(w2.shape)}"
+            )
+    else:
+        kh, kw = w1.shape[2], w2.shape[3]
+        if w1.shape[3] != 1 or kh < 1:
+            raise ValueError(
+                f"w1: scheme 'spatial' expects a (r, C, kh, 1) first factor, got {tuple(w1.shape)}"
+            )
+        if w2.shape[2] != 1 or kw < 1:
+            raise ValueError(
+                f"w2: scheme 'spatial' expects a ({nout}, {r}, 1, kw) second factor, "
+                f"got {tuple(w2.shape)}"
+            )
+    ho, wo = output_size(x.shape, (kh, kw), stride, padding, dilation)
+    if ho < 1 or wo < 1:
+        raise ValueError(
+            f"x: input {tuple(x.shape[2:])} is too small for a {kh}x{kw} kernel with padding "
+            f"{padding} and dilation {dilation} (output would be {ho}x{wo})"
+        )
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (nout,):
+            shape = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
+            raise ValueError(f"bias: expected shape ({nout},) (w2.shape[0]) or None, got {shape}")
+        if bias.dtype != x.dtype:
+            raise TypeError(f"bias: expected dtype {x.dtype} (x's dtype), got {bias.dtype}")
+        if bias.device != x.device:
+            raise ValueError(f"bias: expected a tensor on {x.device}, got {bias.device}")
+    return kh, kw
+
+
+def lowrank_conv2d_reference(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    bias: torch.Tensor | None,
+    scheme: str,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+) -> torch.Tensor:
+    """The two-conv sequence (differentiable); output in x's memory format."""
+    (s1, p1, d1), (s2, p2, d2) = factor_params(
+        scheme, _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    )
+    t = F.conv2d(x, w1, None, s1, p1, d1)
+    y = F.conv2d(t, w2, bias, s2, p2, d2)
+    return y.contiguous(memory_format=_memory_format(x))
+
+
+def lowrank_conv2d_backward_reference(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    scheme: str,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    output_mask: Sequence[bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (x, w1, w2, bias) by torch's conv backward, with the intermediate recomputed.
+
+    Outputs not requested by output_mask are empty tensors.
+    """
+    (s1, p1, d1), (s2, p2, d2) = factor_params(
+        scheme, _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    )
+    want_x, want_w1, want_w2, want_b = (bool(m) for m in output_mask)
+    conv_bwd = torch.ops.aten.convolution_backward.default
+    gx = gw1 = gw2 = gb = None
+    if want_x or want_w1 or want_w2:
+        t = F.conv2d(x, w1, None, s1, p1, d1)
+        gt, gw2, _ = conv_bwd(
+            grad_out, t, w2, None, list(s2), list(p2), list(d2), False, [0, 0], 1,
+            [want_x or want_w1, want_w2, False],
+        )  # fmt: skip
+        if want_x or want_w1:
+            gx, gw1, _ = conv_bwd(
+                gt, x, w1, None, list(s1), list(p1), list(d1), False, [0, 0], 1,
+                [want_x, want_w1, False],
+            )  # fmt: skip
+    if want_b:
+        acc = torch.float64 if grad_out.dtype == torch.float64 else torch.float32
+        gb = grad_out.sum(dim=(0, 2, 3), dtype=acc).to(grad_out.dtype)
+    return (
+        gx.contiguous(memory_format=_memory_format(x)) if want_x else x.new_empty(0),
+        gw1.contiguous() if want_w1 else x.new_empty(0),
+        gw2.contiguous() if want_w2 else x.new_empty(0),
+        gb if want_b else x.new_empty(0),
+    )
+
+
+# ------------------------------------------------------------------ native ----
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int, int, int]:
+    return tuple(t.stride())  # type: ignore[return-value]
+
+
+def _geometry(x, w1, w2, scheme, stride, padding, dilation, kh, kw):
+    n, c, h, w = x.shape
+    return (
+        n, c, h, w, w1.shape[0], w2.shape[0], kh, kw, 0 if scheme == "channel" else 1,
+        stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+    )  # fmt: skip
+
+
+def _native_reason(x: torch.Tensor) -> str | None:
+    """Why the native CPU kernel cannot run x (None when it can)."""
+    if _native.cpu() is None:
+        return "fusenas._C not built"
+    if not hasattr(_native.cpu(), "lowrank_conv2d_cpu"):
+        return "fusenas._C has no lowrank_conv2d_cpu (stale build)"
+    if x.dtype not in _CPU_DTYPES:
+        return f"no CPU kernel for {x.dtype}"
+    return None
+
+
+def _lowrank_conv2d_cpu(x, w1, w2, bias, scheme, stride, padding, dilation):
+    kh, kw = check_lowrank_args(x, w1, w2, bias, scheme, stride, padding, dilation)
+    reason = _native_reason(x)
+    if reason is not None:
+        _native.warn_fallback("lowrank_conv2d", reason)
+        return lowrank_conv2d_reference(x, w1, w2, bias, scheme, stride, padding, dilation)
+    ho, wo = output_size(x.shape, (kh, kw), stride, padding, dilation)
+    y = torch.empty(x.shape[0], w2.shape[0], ho, wo, dtype=x.dtype, memory_format=_memory_format(x))
+    if y.numel() == 0:
+        return y
+    w1c, w2c = w1.contiguous(), w2.contiguous()
+    _native.cpu().lowrank_conv2d_cpu(
+        x.data_ptr(), *_strides(x), w1c.data_ptr(), w2c.data_ptr(),
+        0 if bias is None else bias.data_ptr(), y.data_ptr(), *_strides(y),
+        *_geometry(x, w1, w2, scheme, stride, padding, dilation, kh, kw),
+        _DTYPE_CODE[x.dtype], torch.get_num_threads(),
+    )  # fmt: skip
+    return y
+
+
+def _lowrank_conv2d_backward_cpu(
+    grad_out, x, w1, w2, scheme, stride, padding, dilation, output_mask
+):
+    kh, kw = check_lowrank_args(x, w1, w2, None, scheme, stride, padding, dilation)
+    ho, wo = output_size(x.shape, (kh, kw), stride, padding, dilation)
+    _check_grad_out(grad_out, x, w2.shape[0], ho, wo)
+    reason = _native_reason(x)
+    if reason is None and not hasattr(_native.cpu(), "lowrank_conv2d_backward_cpu"):
+        reason = "fusenas._C has no lowrank_conv2d_backward_cpu (stale build)"
+    if reason is not None:
+        _native.warn_fallback("lowrank_conv2d_backward", reason)
+        return lowrank_conv2d_backward_reference(
+            grad_out, x, w1, w2, scheme, stride, padding, dilation, output_mask
+        )
+    want_x, want_w1, want_w2, want_b = (bool(m) for m in output_mask)
+    # Unrequested outputs: distinct empty tensors (outputs must not alias).
+    gx = torch.empty_like(x, memory_format=_memory_format(x)) if want_x else x.new_empty(0)
+    gw1 = torch.empty(w1.shape, dtype=x.dtype) if want_w1 else x.new_empty(0)
+    gw2 = torch.empty(w2.shape, dtype=x.dtype) if want_w2 else x.new_empty(0)
+    gb = x.new_empty(0)
+    if want_b:
+        gb = grad_out.sum(dim=(0, 2, 3), dtype=torch.float32).to(x.dtype)
+    if not (want_x or want_w1 or want_w2):
+        return gx, gw1, gw2, gb
+    if x.shape[0] == 0:
+        return gx.zero_(), gw1.zero_(), gw2.zero_(), gb
+    go = grad_out.contiguous(memory_format=_memory_format(x))
+    w1c, w2c = w1.contiguous(), w2.contiguous()
+    _native.cpu().lowrank_conv2d_backward_cpu(
+        go.data_ptr(), *_strides(go), x.data_ptr(), *_strides(x), w1c.data_ptr(),
+        w2c.data_ptr(), gx.data_ptr() if want_x else 0, *(_strides(gx) if want_x else (0,) * 4),
+        gw1.data_ptr() if want_w1 else 0, gw2.data_ptr() if want_w2 else 0,
+        *_geometry(x, w1, w2, scheme, stride, padding, dilation, kh, kw),
+        _DTYPE_CODE[x.dtype], torch.get_num_threads(),
+    )  # fmt: skip
+    return gx, gw1, gw2, gb
+
+
+def _check_grad_out(grad_out, x, nout, ho, wo):
+    expected = (x.shape[0], nout, ho, wo)
+    if not isinstance(grad_out, torch.Tensor) or tuple(grad_out.shape) != expected:
+        shape = tuple(grad_out.shape) if isinstance(grad_out, torch.Tensor) else grad_out
+        raise ValueError(f"grad_out: expected shape {expected} (the output's), got {shape}")
+    if grad_out.dtype != x.dtype or grad_out.device != x.device:
+        raise TypeError(
+            f"grad_out: expected {x.dtype} on {x.device} (x's), got {grad_out.dtype} on "
+            f"{grad_out.device}"
+        )
+
+
+torch.library.impl("fusenas::lowrank_conv2d", "CPU")(_lowrank_conv2d_cpu)
+torch.library.impl("fusenas::lowrank_conv2d_backward", "CPU")(_lowrank_conv2d_backward_cpu)
+
+
+@torch.library.impl("fusenas::lowrank_conv2d", "CompositeExplicitAutograd")
+def _lowrank_conv2d_other(x, w1, w2, bias, scheme, stride, padding, dilation):
+    # Devices without a registered kernel (a "CUDA" registration, when present, wins on CUDA).
+    check_lowrank_args(x, w1, w2, bias, scheme, stride, padding, dilation)
+    _native.warn_fallback("lowrank_conv2d", f"no kernel for device {x.device.type}")
+    return lowrank_conv2d_reference(x, w1, w2, bias, scheme, stride, padding, dilation)
+
+
+@torch.library.impl("fusenas::lowrank_conv2d_backward", "CompositeExplicitAutograd")
+def _lowrank_conv2d_backward_other(
+    grad_out, x, w1, w2, scheme, stride, padding, dilation, output_mask
+):
+    kh, kw = check_lowrank_args(x, w1, w2, None, scheme, stride, padding, dilation)
+    ho, wo = output_size(x.shape, (kh, kw), stride, padding, dilation)
+    _check_grad_out(grad_out, x, w2.shape[0], ho, wo)
+    _native.warn_fallback("lowrank_conv2d_backward", f"no kernel for device {x.device.type}")
+    return lowrank_conv2d_backward_reference(
+        grad_out, x, w1, w2, scheme, stride, padding, dilation, output_mask
+    )
+
+
+@torch.library.register_fake("fusenas::lowrank_conv2d")
+def _lowrank_conv2d_fake(x, w1, w2, bias, scheme, stride, padding, dilation):
+    kh, kw = check_lowrank_args(x, w1, w2, bias, scheme, stride, padding, dilation)
+    ho, wo = output_size(x.shape, (kh, kw), stride, padding, dilation)
+    return torch.empty(
+        x.shape[0], w2.shape[0], ho, wo, dtype=x.dtype, device=x.device,
+        memory_format=_memory_format(x),
+    )  # fmt: skip
+
+
+@torch.library.register_fake("fusenas::lowrank_conv2d_backward")
+def _lowrank_conv2d_backward_fake(
+    grad_out, x, w1, w2, scheme, stride, padding, dilation, output_mask
+):
+    kh, kw = check_lowrank_args(x, w1, w2, None, scheme, stride, padding, dilation)
+    ho, wo = output_size(x.shape, (kh, kw), stride, padding, dilation)
+    _check_grad_out(grad_out, x, w2.shape[0], ho, wo)
+    return (
+        torch.empty_like(x, memory_format=_memory_format(x)) if output_mask[0] else x.new_empty(0),
+        w1.new_empty(w1.shape) if output_mask[1] else x.new_empty(0),
+        w2.new_empty(w2.shape) if output_mask[2] else x.new_empty(0),
+        x.new_empty(w2.shape[0]) if output_mask[3] else x.new_empty(0),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    x, w1, w2, bias, scheme, stride, padding, dilation = inputs
+    ctx.save_for_backward(x, w1, w2)
+    ctx.meta = (scheme, stride, padding, dilation, bias is not None)
+
+
+def _backward(ctx, grad_y):
+    x, w1, w2 = ctx.saved_tensors
+    scheme, stride, padding, dilation, has_bias = ctx.meta
+    need = ctx.needs_input_grad
+    mask = [need[0], need[1], need[2], has_bias and need[3]]
+    if not any(mask):
+        return None, None, None, None, None, None, None, None
+    gx, gw1, gw2, gb = torch.ops.fusenas.lowrank_conv2d_backward(
+        grad_y, x, w1, w2, scheme, stride, padding, dilation, mask
+    )
+    return (
+        gx if mask[0] else None, gw1 if mask[1] else None, gw2 if mask[2] else None,
+        gb if mask[3] else None, None, None, None, None,
+    )  # fmt: skip
+
+
+torch.library.register_autograd("fusenas::lowrank_conv2d", _backward, setup_context=_setup_context)
+
+
+def lowrank_conv2d(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    scheme: str,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+) -> torch.Tensor:
+    """A convolution given as two low-rank factors, computed in one fused pass on CPU.
+
+    Args:
+        x: (N, C, H, W), float32 or bfloat16 for the CPU kernel (float64 and other
+            devices run the two-conv reference), NCHW-contiguous or channels_last
+            (other strides are read as they are).
+        w1: scheme "channel": (r, C, kh, kw); scheme "spatial": (r, C, kh, 1).
+        w2: scheme "channel": (Nout, r, 1, 1); scheme "spatial": (Nout, r, 1, kw).
+        bias: (Nout,) or None.
+        scheme: "channel" or "spatial" (see the module docstring).
+        stride, padding, dilation: int or pair, those of the equivalent dense
+            kh x kw conv.
+    Returns:
+        (N, Nout, Ho, Wo) in x's dtype and memory format. Differentiable with
+        respect to x, w1, w2 and bias.
+    """
+    for name, t in (("x", x), ("w1", w1), ("w2", w2), ("bias", bias)):
+        if not isinstance(t, torch.Tensor) and not (name == "bias" and t is None):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    stride, padding, dilation = (
+        _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    )  # fmt: skip
+    args = (x, w1, w2, bias, scheme, list(stride), list(padding), list(dilation))
+    if _eager_inference(x, w1, w2, bias):
+        # No autograd, not tracing: skip the dispatcher's Python round trips.
+        return _lowrank_conv2d_cpu(*args)
+    return torch.ops.fusenas.lowrank_conv2d.default(*args)
+
+
+def _eager_inference(*tensors: torch.Tensor | None) -> bool:
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if t is None:
+            continue
+        if type(t) is not torch.Tensor or t.device.type != "cpu" or (grad and t.requires_grad):
+            return False
+    return not torch.compiler.is_compiling()

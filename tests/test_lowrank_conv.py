@@ -1,0 +1,379 @@
+"""torch.ops.fusenas.lowrank_conv2d: native kernels (every ISA) against the two-conv
+reference, the reference against the dense conv it decomposes, gradients, torch.library
+contracts and bad input."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fusenas.ops import _native, lowrank_conv2d
+from fusenas.ops.lowrank_conv import (
+    check_lowrank_args,
+    is_channels_last,
+    lowrank_conv2d_backward_reference,
+    lowrank_conv2d_reference,
+)
+
+needs_ext = pytest.mark.skipif(
+    _native.cpu() is None or not hasattr(_native.cpu(), "lowrank_conv2d_cpu"),
+    reason="fusenas._C (with lowrank_conv2d_cpu) not built",
+)
+
+
+def _isas() -> list[str]:
+    ext = _native.cpu()
+    if ext is None:
+        return []
+    order = ["scalar", "avx2", "avx512"]
+    return order[: order.index(ext.build_info()["hardware_isa"]) + 1]
+
+
+def _factors(scheme, c, r, nout, kh, kw, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if scheme == "channel":
+        w1, w2 = torch.randn(r, c, kh, kw, generator=g), torch.randn(nout, r, 1, 1, generator=g)
+    else:
+        w1, w2 = torch.randn(r, c, kh, 1, generator=g), torch.randn(nout, r, 1, kw, generator=g)
+    return w1.to(dtype), w2.to(dtype)
+
+
+def _ref(x, w1, w2, bias, scheme, s, p, d):
+    return lowrank_conv2d_reference(x, w1, w2, bias, scheme, (s, s), (p, p), (d, d))
+
+
+# (N, C, H, W, rank, Nout, k, stride, padding, dilation): odd sizes, size-1 dims, strides,
+# paddings (also larger than the kernel reach), dilations, rank 1 and rank > C.
+SHAPES = [
+    (2, 3, 7, 9, 2, 5, 3, 1, 1, 1),
+    (1, 16, 8, 8, 3, 16, 3, 1, 1, 1),
+    (2, 5, 11, 6, 7, 4, 3, 2, 1, 1),
+    (1, 4, 9, 10, 3, 6, 3, 1, 2, 2),
+    (3, 8, 5, 5, 1, 1, 1, 1, 0, 1),
+    (2, 6, 13, 12, 5, 9, 5, 3, 2, 1),
+    (1, 1, 1, 1, 1, 1, 1, 1, 0, 1),
+    (1, 1, 1, 7, 2, 3, 3, 1, 1, 1),
+    (2, 17, 10, 10, 20, 33, 3, 2, 0, 1),
+    (1, 3, 8, 9, 2, 4, 1, 2, 0, 1),
+    (2, 4, 12, 11, 3, 5, 3, 2, 3, 2),
+    (1, 2, 3, 3, 1, 2, 3, 1, 4, 1),
+]
+
+
+def _case(shape, scheme, channels_last, dtype, seed=0):
+    n, c, h, w, r, nout, k, s, p, d = shape
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=g).to(dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    w1, w2 = _factors(scheme, c, r, nout, k, k, dtype, seed)
+    bias = torch.randn(nout, generator=g).to(dtype)
+    return x, w1, w2, bias, (s, p, d)
+
+
+def _format(x):
+    """The op's rule: channels_last output iff x is channels_last and not also contiguous."""
+    return torch.channels_last if is_channels_last(x) else torch.contiguous_format
+
+
+def _close(actual, expected, dtype):
+    expected = expected.to(torch.float64)
+    tol = (1e-4 if dtype == torch.float32 else 3e-2) * max(expected.abs().max().item(), 1.0)
+    torch.testing.assert_close(actual.to(torch.float64), expected, rtol=0, atol=tol)
+
+
+@needs_ext
+@pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_native_forward_matches_reference(isa, scheme, dtype, monkeypatch):
+    monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
+    for shape, cl in itertools.product(SHAPES, [False, True]):
+        x, w1, w2, bias, (s, p, d) = _case(shape, scheme, cl, dtype)
+        y = lowrank_conv2d(x, w1, w2, bias, scheme=scheme, stride=s, padding=p, dilation=d)
+        expected = _ref(*(t.double() for t in (x, w1, w2, bias)), scheme, s, p, d)
+        assert y.dtype == dtype and y.shape == expected.shape
+        assert y.is_contiguous(memory_format=_format(x))
+        _close(y, expected, dtype)
+
+
+@needs_ext
+@pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_native_backward_matches_reference(isa, scheme, dtype, monkeypatch):
+    monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
+    masks = [[True] * 4, [True, False, False, False], [False, True, True, False]]
+    for i, (shape, cl) in enumerate(itertools.product(SHAPES, [False, True])):
+        x, w1, w2, bias, (s, p, d) = _case(shape, scheme, cl, dtype, seed=i)
+        y = _ref(x.double(), w1.double(), w2.double(), None, scheme, s, p, d)
+        go = torch.randn(y.shape, generator=torch.Generator().manual_seed(i)).to(dtype)
+        go = go.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        mask = masks[i % len(masks)]
+        args = (scheme, [s, s], [p, p], [d, d], mask)
+        got = torch.ops.fusenas.lowrank_conv2d_backward(go, x, w1, w2, *args)
+        want = lowrank_conv2d_backward_reference(
+            go.double(), x.double(), w1.double(), w2.double(), *args
+        )
+        for g_, w_, m in zip(got, want, mask, strict=True):
+            if not m:
+                assert g_.numel() == 0
+                continue
+            assert g_.dtype == dtype and g_.shape == w_.shape
+            _close(g_, w_, dtype)
+        if mask[0]:
+            assert got[0].is_contiguous(memory_format=_format(x))
+
+
+@needs_ext
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+def test_every_rank_from_one_to_full(scheme):
+    c, nout, k = 5, 6, 3
+    full = min(nout, c * k * k) if scheme == "channel" else min(c * k, nout * k)
+    x = torch.randn(2, c, 9, 8)
+    for r in range(1, full + 1):
+        w1, w2 = _factors(scheme, c, r, nout, k, k, seed=r)
+        y = lowrank_conv2d(x, w1, w2, scheme=scheme, padding=1)
+        _close(y, _ref(x.double(), w1.double(), w2.double(), None, scheme, 1, 1, 1), torch.float32)
+
+
+def _svd_factors(weight: torch.Tensor, scheme: str):
+    """Full-rank TRP factors of a dense weight (N, C, k, k)."""
+    n, c, kh, kw = weight.shape
+    if scheme == "channel":
+        u, s, vh = torch.linalg.svd(weight.reshape(n, c * kh * kw), full_matrices=False)
+        r = s.numel()
+        w1 = (s.sqrt()[:, None] * vh).reshape(r, c, kh, kw)
+        w2 = (u * s.sqrt()).reshape(n, r, 1, 1)
+    else:
+        m = weight.permute(1, 2, 0, 3).reshape(c * kh, n * kw)
+        u, s, vh = torch.linalg.svd(m, full_matrices=False)
+        r = s.numel()
+        w1 = (u * s.sqrt()).t().reshape(r, c, kh, 1)
+        w2 = (s.sqrt()[:, None] * vh).reshape(r, n, 1, kw).permute(1, 0, 2, 3).contiguous()
+    return w1, w2
+
+
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+@pytest.mark.parametrize("stride, padding", [(1, 1), (2, 1), (1, 0)])
+def test_full_rank_decomposition_reproduces_dense_conv(scheme, stride, padding):
+    torch.manual_seed(1)
+    weight = torch.randn(8, 6, 3, 3, dtype=torch.float64)
+    bias = torch.randn(8, dtype=torch.float64)
+    x = torch.randn(2, 6, 11, 10, dtype=torch.float64)
+    w1, w2 = _svd_factors(weight, scheme)
+    dense = F.conv2d(x, weight, bias, stride, padding)
+    kw = dict(scheme=scheme, stride=stride, padding=padding)
+    torch.testing.assert_close(lowrank_conv2d(x, w1, w2, bias, **kw), dense)
+    if _native.cpu() is not None:  # and through the native float32 kernel
+        y = lowrank_conv2d(x.float(), w1.float(), w2.float(), bias.float(), **kw)
+        torch.testing.assert_close(y.double(), dense, rtol=1e-4, atol=1e-4)
+
+
+@needs_ext
+def test_other_strides_and_empty_batch():
+    x = torch.randn(2, 4, 9, 11)[:, :, ::1, 1:]  # not contiguous in either layout
+    assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    w1, w2 = _factors("channel", 4, 3, 5, 3, 3)
+    y = lowrank_conv2d(x, w1, w2, scheme="channel", padding=1)
+    assert y.is_contiguous()
+    _close(y, _ref(x.double(), w1.double(), w2.double(), None, "channel", 1, 1, 1), torch.float32)
+    empty = lowrank_conv2d(torch.randn(0, 4, 9, 9), w1, w2, scheme="channel", padding=1)
+    assert empty.shape == (0, 5, 9, 9)
+
+
+@needs_ext
+def test_threads_give_the_same_result():
+    x, w1, w2, bias, _ = _case((4, 8, 16, 15, 5, 7, 3, 1, 1, 1), "channel", False, torch.float32)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = lowrank_conv2d(x, w1, w2, bias, scheme="channel", padding=1)
+        torch.set_num_threads(max(2, old))
+        many = lowrank_conv2d(x, w1, w2, bias, scheme="channel", padding=1)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(one, many)
+
+
+def test_float64_runs_the_reference():
+    x, w1, w2, bias, (s, p, d) = _case(SHAPES[0], "spatial", False, torch.float64)
+    y = lowrank_conv2d(x, w1, w2, bias, scheme="spatial", stride=s, padding=p, dilation=d)
+    torch.testing.assert_close(y, _ref(x, w1, w2, bias, "spatial", s, p, d))
+
+
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+def test_gradcheck_float64_reference(scheme):
+    x, w1, w2, bias, (s, p, d) = _case((2, 3, 6, 5, 2, 4, 3, 2, 1, 1), scheme, False, torch.float64)
+    inputs = tuple(t.requires_grad_() for t in (x, w1, w2, bias))
+
+    def f(x, w1, w2, bias):
+        return lowrank_conv2d(x, w1, w2, bias, scheme=scheme, stride=s, padding=p, dilation=d)
+
+    assert torch.autograd.gradcheck(f, inputs)
+
+
+@needs_ext
+@pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_native_backward_finite_differences(isa, scheme, channels_last, monkeypatch):
+    """Directional derivatives of the native float32 forward against <native grad, v>."""
+    monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
+    x, w1, w2, bias, (s, p, d) = _case(
+        (2, 5, 9, 8, 3, 6, 3, 1, 1, 1), scheme, channels_last, torch.float32
+    )
+    g = torch.Generator().manual_seed(5)
+    probe = torch.randn(2, 6, 9, 8, generator=g)
+
+    def loss(x, w1, w2, bias):
+        y = lowrank_conv2d(x, w1, w2, bias, scheme=scheme, stride=s, padding=p, dilation=d)
+        return (y * probe).sum()
+
+    params = [t.clone().requires_grad_() for t in (x, w1, w2, bias)]
+    loss(*params).backward()
+    eps = 1e-2
+    for i, t in enumerate((x, w1, w2, bias)):
+        v = torch.randn(t.shape, generator=g)
+        plus = [q.detach() + eps * v if j == i else q.detach() for j, q in enumerate(params)]
+        minus = [q.detach() - eps * v if j == i else q.detach() for j, q in enumerate(params)]
+        with torch.no_grad():
+            numeric = (loss(*plus).double() - loss(*minus).double()) / (2 * eps)
+        analytic = (params[i].grad.double() * v.double()).sum()
+        assert abs(numeric - analytic) <= 2e-3 * max(1.0, abs(analytic.item())), (
+            i,
+            numeric,
+            analytic,
+        )
+
+
+@pytest.mark.parametrize(
+    "scheme, shape, cl",
+    [("channel", SHAPES[2], False), ("spatial", SHAPES[3], True), ("channel", SHAPES[0], True)],
+)
+def test_opcheck(scheme, shape, cl):
+    x, w1, w2, bias, (s, p, d) = _case(shape, scheme, cl, torch.float32)
+    x.requires_grad_()
+    w1.requires_grad_()
+    args = (x, w1, w2, bias, scheme, [s, s], [p, p], [d, d])
+    torch.library.opcheck(torch.ops.fusenas.lowrank_conv2d.default, args)
+    y = _ref(x.detach(), w1.detach(), w2, bias, scheme, s, p, d)
+    bwd = (torch.randn(y.shape).contiguous(memory_format=_format(x)),
+           x.detach(), w1.detach(), w2, scheme, [s, s], [p, p], [d, d],
+           [True, True, True, True])  # fmt: skip
+    torch.library.opcheck(torch.ops.fusenas.lowrank_conv2d_backward.default, bwd)
+    bwd_partial = (*bwd[:-1], [False, True, False, True])
+    torch.library.opcheck(torch.ops.fusenas.lowrank_conv2d_backward.default, bwd_partial)
+
+
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+def test_torch_compile_fullgraph(scheme):
+    x, w1, w2, bias, (s, p, d) = _case((2, 4, 8, 8, 3, 5, 3, 1, 1, 1), scheme, True, torch.float32)
+
+    def f(x, w1, w2, bias):
+        y = lowrank_conv2d(x, w1, w2, bias, scheme=scheme, stride=s, padding=p, dilation=d)
+        return torch.relu(y).sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="inductor")
+    a = [t.clone().requires_grad_() for t in (x, w1, w2, bias)]
+    b = [t.clone().requires_grad_() for t in (x, w1, w2, bias)]
+    out_c, out_e = compiled(*a), f(*b)
+    torch.testing.assert_close(out_c, out_e)
+    out_c.backward()
+    out_e.backward()
+    for ta, tb in zip(a, b, strict=True):
+        torch.testing.assert_close(ta.grad, tb.grad)
+
+
+def test_autograd_only_requested_grads():
+    x, w1, w2, bias, _ = _case(SHAPES[0], "channel", False, torch.float32)
+    w1.requires_grad_()
+    lowrank_conv2d(x, w1, w2, bias, scheme="channel", padding=1).sum().backward()
+    assert w1.grad is not None and x.grad is None and w2.grad is None
+    expected = torch.autograd.grad(_ref(x, w1, w2, bias, "channel", 1, 1, 1).sum(), w1)[0]
+    torch.testing.assert_close(w1.grad, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_info_reports_the_op_path():
+    from fusenas.info import collect_info
+
+    paths = collect_info()["lowrank_conv2d"]
+    assert set(paths) >= {"cpu float32", "cpu bfloat16", "cpu float16", "cuda"}
+    if _native.cpu() is not None:
+        assert paths["cpu float32"].startswith("native kernel")
+    assert paths["cpu float16"].startswith("reference")
+
+
+# ------------------------------------------------------------ bad input ----
+
+
+def _good():
+    x = torch.randn(2, 4, 8, 8)
+    w1, w2 = _factors("channel", 4, 3, 5, 3, 3)
+    return {"x": x, "w1": w1, "w2": w2, "bias": torch.randn(5), "scheme": "channel",
+            "stride": 1, "padding": 1, "dilation": 1}  # fmt: skip
+
+
+def _call(**over):
+    a = _good()
+    a.update(over)
+    return lowrank_conv2d(a.pop("x"), a.pop("w1"), a.pop("w2"), a.pop("bias"), **a)
+
+
+@pytest.mark.parametrize(
+    "over, exc, match",
+    [
+        ({"w1": torch.randn(0, 4, 3, 3), "w2": torch.randn(5, 0, 1, 1)}, ValueError, "rank"),
+        ({"w2": torch.randn(5, 2, 1, 1)}, ValueError, "w2: expected shape"),
+        ({"w2": torch.randn(5, 3, 3, 3)}, ValueError, "w2: scheme 'channel'"),
+        ({"scheme": "spatial"}, ValueError, "w1: scheme 'spatial'"),
+        (
+            {"scheme": "spatial", "w1": torch.randn(3, 4, 3, 1), "w2": torch.randn(5, 3, 3, 1)},
+            ValueError,
+            "w2: scheme 'spatial'",
+        ),
+        ({"w1": torch.randn(3, 2, 3, 3)}, ValueError, "groups != 1 is not supported"),
+        ({"w1": torch.randn(3, 3, 3, 3)}, ValueError, "w1: expected 4 input channels"),
+        ({"w1": torch.randn(3, 4, 3)}, ValueError, "w1: expected a 4-D"),
+        ({"x": torch.randn(4, 8, 8)}, ValueError, "x: expected a 4-D"),
+        ({"x": torch.ones(2, 4, 8, 8, dtype=torch.int32)}, TypeError, "x: expected a floating"),
+        ({"x": torch.randn(2, 4, 8, 8).double()}, TypeError, "w1: expected dtype"),
+        ({"w2": torch.randn(5, 3, 1, 1).bfloat16()}, TypeError, "w2: expected dtype"),
+        ({"w1": torch.randn(3, 4, 3, 3, device="meta")}, ValueError, "w1: expected a tensor on"),
+        ({"bias": torch.randn(4)}, ValueError, "bias: expected shape"),
+        ({"bias": torch.randn(5).double()}, TypeError, "bias: expected dtype"),
+        ({"bias": torch.randn(5, device="meta")}, ValueError, "bias: expected a tensor on"),
+        ({"scheme": "depthwise"}, ValueError, "scheme"),
+        ({"stride": 0}, ValueError, "stride"),
+        ({"padding": -1}, ValueError, "padding"),
+        ({"dilation": (1, 0)}, ValueError, "dilation"),
+        ({"stride": (1, 2, 3)}, TypeError, "stride"),
+        ({"padding": 1.5}, TypeError, "padding"),
+        ({"x": torch.randn(2, 4, 2, 2), "padding": 0}, ValueError, "too small"),
+        ({"x": torch.randn(2, 0, 8, 8)}, ValueError, "x: expected C, H, W >= 1"),
+        ({"x": [1.0]}, TypeError, "x: expected a torch.Tensor"),
+    ],
+)
+def test_bad_input(over, exc, match):
+    with pytest.raises(exc, match=match):
+        _call(**over)
+
+
+def test_bad_grad_out():
+    a = _good()
+    args = (a["x"], a["w1"], a["w2"], "channel", [1, 1], [1, 1], [1, 1], [True] * 4)
+    with pytest.raises(ValueError, match="grad_out: expected shape"):
+        torch.ops.fusenas.lowrank_conv2d_backward(torch.randn(2, 5, 7, 8), *args)
+    with pytest.raises(TypeError, match="grad_out: expected"):
+        torch.ops.fusenas.lowrank_conv2d_backward(torch.randn(2, 5, 8, 8).double(), *args)
+
+
+def test_check_lowrank_args_returns_kernel_size():
+    a = _good()
+    ones = (1, 1)
+    assert check_lowrank_args(a["x"], a["w1"], a["w2"], None, "channel", ones, ones, ones) == (3, 3)
+    w1, w2 = _factors("spatial", 4, 3, 5, 3, 5)
+    assert check_lowrank_args(a["x"], w1, w2, None, "spatial", (1, 1), (1, 2), (1, 1)) == (3, 5)
