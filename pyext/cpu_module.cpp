@@ -3,12 +3,18 @@
 // functions release the GIL and trust what they are given.
 #include <omp.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
+#include <array>
 #include <cstdint>
+#include <stdexcept>
+#include <tuple>
+#include <vector>
 
 #include "cpu/cpu_dispatch.h"
 #include "fusenas/kbit.h"
 #include "fusenas/lowrank.h"
+#include "fusenas/pc_mixed.h"
 #include "pointer_args.h"
 
 namespace py = pybind11;
@@ -16,6 +22,50 @@ using fusenas::DType;
 using fusenas::KbitWeight;
 using fusenas::pyext::make_weight;
 using fusenas::pyext::ptr;
+
+namespace {
+
+// A tensor as Python passes it: (data_ptr, stride_n, stride_c, stride_h, stride_w).
+using TensorView = std::tuple<uintptr_t, int64_t, int64_t, int64_t, int64_t>;
+
+fusenas::PcTensor pc_tensor(const TensorView& v) {
+  return fusenas::PcTensor{ptr<const float>(std::get<0>(v)),
+                           {std::get<1>(v), std::get<2>(v), std::get<3>(v), std::get<4>(v)}};
+}
+fusenas::PcMutTensor pc_mut_tensor(const TensorView& v) {
+  return fusenas::PcMutTensor{ptr<float>(std::get<0>(v)),
+                              {std::get<1>(v), std::get<2>(v), std::get<3>(v), std::get<4>(v)}};
+}
+
+// Owns what PcMixedArgs points to for the duration of one call.
+struct PcMixedCall {
+  std::vector<fusenas::PcCandidate> kinds;
+  std::vector<fusenas::PcTensor> params;
+  fusenas::PcMixedArgs args;
+  PcMixedCall(const std::array<int64_t, 4>& shape, const TensorView& x,
+              const std::vector<TensorView>& param_views, uintptr_t weights, uintptr_t edge_scale,
+              const std::vector<int>& kind_codes, int64_t k, int stride, double eps) {
+    if (param_views.size() > 8) throw std::invalid_argument("pc_mixed: more than 8 param_outs");
+    for (int code : kind_codes) kinds.push_back(static_cast<fusenas::PcCandidate>(code));
+    for (const TensorView& v : param_views) params.push_back(pc_tensor(v));
+    args = fusenas::PcMixedArgs{shape[0],
+                                shape[1],
+                                shape[2],
+                                shape[3],
+                                k,
+                                stride,
+                                static_cast<float>(eps),
+                                pc_tensor(x),
+                                kinds.data(),
+                                static_cast<int>(kinds.size()),
+                                ptr<const float>(weights),
+                                ptr<const float>(edge_scale),
+                                params.data(),
+                                static_cast<int>(params.size())};
+  }
+};
+
+}  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fusenas CPU kernels (pointer-level; use fusenas.ops)";
@@ -72,6 +122,33 @@ PYBIND11_MODULE(_C, m) {
             ptr<void>(gw1), ptr<void>(gw2), s, static_cast<DType>(dtype), threads);
       },
       py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "pc_mixed_forward_cpu",
+      [](const std::array<int64_t, 4>& shape, const TensorView& x,
+         const std::vector<TensorView>& params, uintptr_t weights, uintptr_t edge_scale,
+         uintptr_t pool_stats, const std::vector<int>& kinds, int64_t k, int stride, double eps,
+         const TensorView& out, uintptr_t stats, int threads) {
+        const PcMixedCall call(shape, x, params, weights, edge_scale, kinds, k, stride, eps);
+        fusenas::pc_mixed_forward_cpu(call.args, ptr<const float>(pool_stats), pc_mut_tensor(out),
+                                      ptr<float>(stats), threads);
+      },
+      py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "pc_mixed_backward_cpu",
+      [](const std::array<int64_t, 4>& shape, const TensorView& grad_out, const TensorView& x,
+         const std::vector<TensorView>& params, uintptr_t weights, uintptr_t edge_scale,
+         uintptr_t stats, bool batch_stats, const std::vector<int>& kinds, int64_t k, int stride,
+         double eps, const TensorView& grad_x, const std::vector<TensorView>& grad_params,
+         uintptr_t grad_weights, uintptr_t grad_edge_scale, int threads) {
+        const PcMixedCall call(shape, x, params, weights, edge_scale, kinds, k, stride, eps);
+        std::vector<fusenas::PcMutTensor> gp;
+        for (const TensorView& v : grad_params) gp.push_back(pc_mut_tensor(v));
+        fusenas::pc_mixed_backward_cpu(call.args, pc_tensor(grad_out), ptr<const float>(stats),
+                                       batch_stats, pc_mut_tensor(grad_x), gp.data(),
+                                       ptr<float>(grad_weights), ptr<float>(grad_edge_scale),
+                                       threads);
+      },
+      py::call_guard<py::gil_scoped_release>());
   m.def("build_info", [] {
     py::dict d;
     d["compiler"] = FUSENAS_VERSION_INFO;
@@ -81,6 +158,7 @@ PYBIND11_MODULE(_C, m) {
     d["openmp_max_threads"] = omp_get_max_threads();
     d["kbit_format_version"] = 1;
     d["lowrank_isa"] = fusenas::lowrank_cpu_isa();
+    d["pc_mixed_active_isa"] = fusenas::pc_mixed_cpu_isa();
     return d;
   });
 }

@@ -103,10 +103,14 @@ def check_pc_mixed_args(
     k: int,
     stride: int,
     eps: float,
+    *,
+    forward: bool = True,
 ) -> tuple[int, int, int]:
     """Validates pc_mixed_op's arguments; returns (Ck, Ho, Wo).
 
     Raises ValueError / TypeError naming the argument and what was expected.
+    ``forward=False`` skips what only the forward decides (batch statistics of a
+    single value), for the backward op.
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
@@ -190,7 +194,7 @@ def check_pc_mixed_args(
                 f"pool_stats: expected float32 of shape (2, 2, {ck}) ([max, avg] x [mean, var] "
                 f"per processed channel), got {pool_stats.dtype} {tuple(pool_stats.shape)}"
             )
-    elif n * ho * wo == 1 and (KIND_MAX_POOL in kinds or KIND_AVG_POOL in kinds):
+    elif forward and n * ho * wo == 1 and (KIND_MAX_POOL in kinds or KIND_AVG_POOL in kinds):
         raise ValueError(
             "x: batch-norm of a pooled map in training mode needs more than one value per "
             f"channel, got N*Ho*Wo = 1 (x of shape {tuple(x.shape)}); pass pool_stats"
@@ -199,7 +203,9 @@ def check_pc_mixed_args(
 
 
 def _check_backward_args(grad_out, x, param_outs, weights, edge_scale, stats, ops, k, stride, eps):
-    ck, ho, wo = check_pc_mixed_args(x, param_outs, weights, edge_scale, None, ops, k, stride, eps)
+    ck, ho, wo = check_pc_mixed_args(
+        x, param_outs, weights, edge_scale, None, ops, k, stride, eps, forward=False
+    )
     if not isinstance(grad_out, torch.Tensor):
         raise TypeError(f"grad_out: expected a torch.Tensor, got {type(grad_out).__name__}")
     _check_same("grad_out", grad_out, x)
@@ -431,12 +437,14 @@ def _pc_mixed_cpu(x, param_outs, weights, edge_scale, pool_stats, ops, k, stride
     n, c = x.shape[:2]
     out = torch.empty((n, c, ho, wo), dtype=x.dtype, memory_format=memory_format_of(x))
     stats = torch.empty((2, 2, ck), dtype=torch.float32)
-    weights, edge_scale = weights.contiguous(), edge_scale
+    weights = weights.contiguous()
     pool = None if pool_stats is None else pool_stats.contiguous()
+    pool_ptr = 0 if pool is None else pool.data_ptr()
+    kinds = list(candidate_kinds(tuple(ops), stride))
     _native.cpu().pc_mixed_forward_cpu(
-        _view(x), [_view(p) for p in param_outs], weights.data_ptr(), _scale_ptr(edge_scale),
-        0 if pool is None else pool.data_ptr(), list(candidate_kinds(tuple(ops), stride)),
-        k, stride, float(eps), _view(out), stats.data_ptr(), torch.get_num_threads(),
+        tuple(x.shape), _view(x), [_view(p) for p in param_outs], weights.data_ptr(),
+        _scale_ptr(edge_scale), pool_ptr, kinds, k, stride, float(eps), _view(out),
+        stats.data_ptr(), torch.get_num_threads(),
     )  # fmt: skip
     return out, stats
 
@@ -460,13 +468,14 @@ def _pc_mixed_backward_cpu(
     grad_params = [torch.empty_like(p, memory_format=memory_format_of(p)) for p in param_outs]
     grad_w = torch.empty(len(ops), dtype=torch.float32)
     grad_scale = x.new_empty((0,) if edge_scale is None else ())
-    weights = weights.contiguous()
+    weights, stats = weights.contiguous(), stats.contiguous()
+    kinds = list(candidate_kinds(tuple(ops), stride))
+    scale_grad_ptr = 0 if edge_scale is None else grad_scale.data_ptr()
     _native.cpu().pc_mixed_backward_cpu(
-        _view(grad_out), _view(x), [_view(p) for p in param_outs], weights.data_ptr(),
-        _scale_ptr(edge_scale), stats.contiguous().data_ptr(), bool(batch_stats),
-        list(candidate_kinds(tuple(ops), stride)), k, stride, float(eps), _view(grad_x),
-        [_view(g) for g in grad_params], grad_w.data_ptr(),
-        0 if edge_scale is None else grad_scale.data_ptr(), torch.get_num_threads(),
+        tuple(x.shape), _view(grad_out), _view(x), [_view(p) for p in param_outs],
+        weights.data_ptr(), _scale_ptr(edge_scale), stats.data_ptr(), bool(batch_stats), kinds,
+        k, stride, float(eps), _view(grad_x), [_view(g) for g in grad_params], grad_w.data_ptr(),
+        scale_grad_ptr, torch.get_num_threads(),
     )  # fmt: skip
     return grad_x, grad_params, grad_w, grad_scale
 

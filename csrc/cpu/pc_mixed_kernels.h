@@ -1,0 +1,98 @@
+// Internal interface between the pc_mixed front end (pc_mixed_cpu.cpp) and its
+// per-ISA plane kernels (pc_mixed_{scalar,avx2,avx512}.cpp, one template in
+// pc_mixed_planes.h). A kernel handles one (sample, channel) plane: the front
+// end splits planes across OpenMP threads, owns the cross-plane reductions
+// (batch-norm statistics, weight gradients) and turns them into per-channel
+// coefficients.
+#pragma once
+
+#include <cstdint>
+
+namespace fusenas {
+namespace cpu {
+
+// Element (h, w) of a plane is p[h * sh + w * sw]: sw == 1 for NCHW rows,
+// sw == C for channels_last (rows are then gathered into a scratch row).
+struct PlaneIn {
+  const float* p;
+  int64_t sh, sw;
+};
+struct PlaneOut {
+  float* p;
+  int64_t sh, sw;
+};
+
+struct PcGeom {
+  int64_t H, W, Ho, Wo;
+  int stride;
+  // 1 / (valid taps) of the 3x3 window centred at each input position (H x W)
+  // and at each output position (Ho x Wo): AvgPool2d(count_include_pad=False).
+  const float* inv_count_in;
+  const float* inv_count_out;
+};
+
+// At most 5 of the 8 PC-DARTS candidates are parametric; the front end rejects more.
+constexpr int kPcMaxParams = 8;
+// Per-thread scratch of a plane kernel: five H x W planes and rows of
+// pc_scratch_row(W) floats (W + 2 padded values plus slack).
+constexpr int kPcScratchRows = 10 + 2 * kPcMaxParams;
+inline int64_t pc_scratch_row(int64_t W) { return W + 64; }
+inline int64_t pc_scratch_floats(int64_t H, int64_t W) {
+  return 5 * H * W + kPcScratchRows * pc_scratch_row(W);
+}
+
+// Forward, processed channel: y = bias + c_max * M + c_avg * A + c_skip * X
+// + sum_p c_param[p] * P_p, with M / A the 3x3 max / avg pools of X.
+struct PcForwardCoef {
+  bool has_max, has_avg, has_skip;
+  float c_max, c_avg, c_skip, bias;
+  int num_params;
+  const PlaneIn* params;
+  const float* c_param;
+};
+
+// Backward reduction over a processed plane (accumulated, +=):
+// ch[0] = sum G, ch[1] = sum G (M - mu_max), ch[2] = sum G (A - mu_avg);
+// tot[0] = sum G X (skip), tot[1 + p] = sum G P_p. Also writes grad P_p = c_grad_param[p] * G.
+struct PcReduceCoef {
+  bool has_max, has_avg, has_skip;
+  float mu_max, mu_avg;
+  int num_params;
+  const PlaneIn* params;
+  const PlaneOut* grad_params;
+  const float* c_grad_param;
+};
+
+// Backward, grad of a processed plane of x:
+// dM = a_max G + b_max + c_max (M - mu_max) routed to each window's first max;
+// dA = a_avg G + b_avg + c_avg (A - mu_avg) spread over each window / count;
+// plus c_skip G (skip at stride 1).
+struct PcDxCoef {
+  bool has_max, has_avg, has_skip;
+  float a_max, b_max, c_max, mu_max;
+  float a_avg, b_avg, c_avg, mu_avg;
+  float c_skip;
+};
+
+struct PcPlaneKernels {
+  // moments = {mean, sum of squared deviations} of the plane's max pool, then of its avg pool.
+  void (*pool_moments)(const PcGeom& g, PlaneIn x, bool want_max, bool want_avg, double* moments,
+                       float* scratch);
+  void (*forward)(const PcGeom& g, PlaneIn x, const PcForwardCoef& c, PlaneOut out, float* scratch);
+  // out = scale * x (stride 1) or scale * MaxPool2d(2, 2)(x) (stride 2).
+  void (*bypass_forward)(const PcGeom& g, PlaneIn x, float scale, PlaneOut out, float* scratch);
+  void (*backward_reduce)(const PcGeom& g, PlaneIn x, PlaneIn grad, const PcReduceCoef& c,
+                          double* ch, double* tot, float* scratch);
+  void (*backward_dx)(const PcGeom& g, PlaneIn x, PlaneIn grad, const PcDxCoef& c, PlaneOut dx,
+                      float* scratch);
+  // dx = scale * grad routed through the bypass; *dot += sum grad * bypass when dot != null.
+  void (*bypass_backward)(const PcGeom& g, PlaneIn x, PlaneIn grad, float scale, PlaneOut dx,
+                          double* dot, float* scratch);
+};
+
+const PcPlaneKernels& pc_plane_kernels_scalar();
+const PcPlaneKernels& pc_plane_kernels_avx2();
+const PcPlaneKernels& pc_plane_kernels_avx512();
+
+}  // namespace cpu
+}  // namespace fusenas

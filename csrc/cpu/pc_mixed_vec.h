@@ -1,0 +1,112 @@
+// Minimal float SIMD vectors for the pc_mixed plane kernels: the same template
+// code (pc_mixed_planes.h) is instantiated once per ISA translation unit with
+// one of these. Everything sits in an anonymous namespace: each TU keeps its own
+// copy, compiled with its own -m flags, so the linker can never hand an AVX-512
+// body to the scalar path.
+//
+// load_n / store_n touch only the first n lanes (masked: rows are rarely a
+// multiple of the vector width, and masked loads never fault past the end).
+#pragma once
+
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <cstdint>
+
+namespace fusenas {
+namespace cpu {
+namespace {
+
+struct VecScalar {
+  using R = float;
+  static constexpr int W = 1;
+  static R set1(float a) { return a; }
+  static R loadu(const float* p) { return *p; }
+  static void storeu(float* p, R v) { *p = v; }
+  static R load_n(const float* p, int) { return *p; }
+  static void store_n(float* p, R v, int) { *p = v; }
+  static R keep_n(R v, int) { return v; }
+  static R add(R a, R b) { return a + b; }
+  static R sub(R a, R b) { return a - b; }
+  static R mul(R a, R b) { return a * b; }
+  static R fmadd(R a, R b, R c) { return a * b + c; }
+  static R max(R a, R b) { return b > a ? b : a; }
+  static R min(R a, R b) { return b < a ? b : a; }
+  static R select_gt(R a, R b, R x, R y) { return a > b ? x : y; }  // a > b ? x : y per lane
+  static R iota() { return 0.0f; }
+  static float hsum(R v) { return v; }
+};
+
+#if defined(__AVX2__)
+struct VecAvx2 {
+  using R = __m256;
+  static constexpr int W = 8;
+  static __m256i mask(int n) {
+    alignas(32) static const int32_t kTable[16] = {-1, -1, -1, -1, -1, -1, -1, -1,
+                                                   0,  0,  0,  0,  0,  0,  0,  0};
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kTable + 8 - n));
+  }
+  static R set1(float a) { return _mm256_set1_ps(a); }
+  static R loadu(const float* p) { return _mm256_loadu_ps(p); }
+  static void storeu(float* p, R v) { _mm256_storeu_ps(p, v); }
+  static R load_n(const float* p, int n) {
+    return n == W ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, mask(n));
+  }
+  static void store_n(float* p, R v, int n) {
+    if (n == W)
+      _mm256_storeu_ps(p, v);
+    else
+      _mm256_maskstore_ps(p, mask(n), v);
+  }
+  static R keep_n(R v, int n) {
+    return n == W ? v : _mm256_and_ps(v, _mm256_castsi256_ps(mask(n)));
+  }
+  static R add(R a, R b) { return _mm256_add_ps(a, b); }
+  static R sub(R a, R b) { return _mm256_sub_ps(a, b); }
+  static R mul(R a, R b) { return _mm256_mul_ps(a, b); }
+  static R fmadd(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
+  static R max(R a, R b) { return _mm256_max_ps(a, b); }
+  static R min(R a, R b) { return _mm256_min_ps(a, b); }
+  static R select_gt(R a, R b, R x, R y) {
+    return _mm256_blendv_ps(y, x, _mm256_cmp_ps(a, b, _CMP_GT_OQ));
+  }
+  static R iota() { return _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7); }
+  static float hsum(R v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+};
+#endif
+
+#if defined(__AVX512F__)
+struct VecAvx512 {
+  using R = __m512;
+  static constexpr int W = 16;
+  static __mmask16 mask(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
+  static R set1(float a) { return _mm512_set1_ps(a); }
+  static R loadu(const float* p) { return _mm512_loadu_ps(p); }
+  static void storeu(float* p, R v) { _mm512_storeu_ps(p, v); }
+  static R load_n(const float* p, int n) { return _mm512_maskz_loadu_ps(mask(n), p); }
+  static void store_n(float* p, R v, int n) { _mm512_mask_storeu_ps(p, mask(n), v); }
+  static R keep_n(R v, int n) { return _mm512_maskz_mov_ps(mask(n), v); }
+  static R add(R a, R b) { return _mm512_add_ps(a, b); }
+  static R sub(R a, R b) { return _mm512_sub_ps(a, b); }
+  static R mul(R a, R b) { return _mm512_mul_ps(a, b); }
+  static R fmadd(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
+  static R max(R a, R b) { return _mm512_max_ps(a, b); }
+  static R min(R a, R b) { return _mm512_min_ps(a, b); }
+  static R select_gt(R a, R b, R x, R y) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_GT_OQ), y, x);
+  }
+  static R iota() { return _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
+  static float hsum(R v) { return _mm512_reduce_add_ps(v); }
+};
+#endif
+
+}  // namespace
+}  // namespace cpu
+}  // namespace fusenas
