@@ -14,11 +14,11 @@ LowrankCudaPlan lowrank_conv2d_cuda_plan(const LowrankConvProblem& p) {
 }
 
 int64_t pc_mixed_forward_workspace(const PcMixedProblem& p) {
-  return pcmixed::forward_workspace(p);
+  return pc_mixed_gpu::forward_workspace(p);
 }
 
 int64_t pc_mixed_backward_workspace(const PcMixedProblem& p) {
-  return pcmixed::backward_workspace(p);
+  return pc_mixed_gpu::backward_workspace(p);
 }
 
 }  // namespace fusenas

@@ -1,5 +1,5 @@
-// Per-element index math of the CUDA PC-DARTS mixed op, host/device: channel
-// shuffle, the 3x3 pooling windows (padding 1) and the 2x2 bypass max-pool,
+// Per-element index math of the CUDA PC-DARTS mixed op, host/device: the 3x3
+// pooling windows (padding 1) and the 2x2 bypass max-pool,
 // with torch's max-pool rule (a later element wins only if strictly greater,
 // or NaN), so gradients route to the element torch's indices would name.
 #pragma once
@@ -7,15 +7,18 @@
 #include <cstdint>
 
 #include "common/elem_io.h"
+#include "common/pc_mixed_index.h"
 
 namespace fusenas {
-namespace pcmixed {
+namespace pc_mixed_gpu {
 
-// out channel oc = ci * k + g holds cat channel g * Ck + ci (view (N, k, Ck),
-// transpose, flatten): g = 0 is the processed channel ci, g >= 1 the bypassed
-// x channel g * Ck + ci.
-FUSENAS_HD int cat_channel_of_out(int oc, int k, int ck) { return (oc % k) * ck + oc / k; }
-FUSENAS_HD int out_channel_of_cat(int c, int k, int ck) { return (c % ck) * k + c / ck; }
+// Channel shuffle: the CPU kernels' maps (common/pc_mixed_index.h).
+FUSENAS_HD int cat_channel_of_out(int oc, int k, int ck) {
+  return static_cast<int>(pc_mixed::concat_channel_of(oc, ck, k));
+}
+FUSENAS_HD int out_channel_of_cat(int c, int k, int ck) {
+  return static_cast<int>(pc_mixed::shuffled_channel(c, ck, k));
+}
 
 // Output size of the 3x3 / padding-1 pools (and of the op) at `stride`.
 FUSENAS_HD int pooled_size(int in, int stride) { return (in - 1) / stride + 1; }
@@ -106,5 +109,5 @@ FUSENAS_HD void unravel4(int64_t e, int C, int H, int W, bool channels_last, int
   }
 }
 
-}  // namespace pcmixed
+}  // namespace pc_mixed_gpu
 }  // namespace fusenas

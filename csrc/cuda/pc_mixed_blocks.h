@@ -41,7 +41,7 @@
 #include "fusenas/pc_mixed_cuda.h"
 
 namespace fusenas {
-namespace pcmixed {
+namespace pc_mixed_gpu {
 
 using blockexec::BlockId;
 
@@ -414,7 +414,7 @@ FUSENAS_BLOCK void bwd_gx_block(const PcArgs& a, Ex& ex, float*, BlockId b) {
   template <DType DT>                                                              \
   struct NAME {                                                                    \
     using Args = PcArgs;                                                           \
-    static constexpr int kThreads = pcmixed::kThreads;                             \
+    static constexpr int kThreads = pc_mixed_gpu::kThreads;                        \
     static constexpr int kMinBlocks = MIN_BLOCKS;                                  \
     template <class Ex>                                                            \
     static FUSENAS_BLOCK void run(const Args& a, Ex& ex, float* smem, BlockId b) { \
@@ -603,5 +603,5 @@ void run_backward(Backend& be, const PcArgs& base, DType dtype, int sm_count) {
   });
 }
 
-}  // namespace pcmixed
+}  // namespace pc_mixed_gpu
 }  // namespace fusenas

@@ -10,11 +10,11 @@ namespace fusenas {
 int pc_mixed_forward_emulated(const PcMixedProblem& p, Tensor4 x, const Tensor4* params,
                               const void* weights, const void* edge_scale, const float* pool_stats,
                               Tensor4 out, float* stats_out, double* ws, int sm_count) {
-  if (!pcmixed::supported(p)) return 1;  // cudaErrorInvalidValue
+  if (!pc_mixed_gpu::supported(p)) return 1;  // cudaErrorInvalidValue
   emu::HostBackend be;
-  const pcmixed::PcArgs a =
-      pcmixed::forward_args(p, x, params, weights, edge_scale, out, stats_out, ws);
-  pcmixed::run_forward(be, a, p.dtype, pool_stats, sm_count);
+  const pc_mixed_gpu::PcArgs a =
+      pc_mixed_gpu::forward_args(p, x, params, weights, edge_scale, out, stats_out, ws);
+  pc_mixed_gpu::run_forward(be, a, p.dtype, pool_stats, sm_count);
   return 0;
 }
 
@@ -23,12 +23,12 @@ int pc_mixed_backward_emulated(const PcMixedProblem& p, Tensor4 grad_out, Tensor
                                const float* stats, bool batch_stats, Tensor4 grad_x,
                                const Tensor4* grad_params, void* grad_weights,
                                void* grad_edge_scale, double* ws, int sm_count) {
-  if (!pcmixed::supported(p)) return 1;
+  if (!pc_mixed_gpu::supported(p)) return 1;
   emu::HostBackend be;
-  const pcmixed::PcArgs a =
-      pcmixed::backward_args(p, grad_out, x, params, weights, edge_scale, stats, batch_stats,
-                             grad_x, grad_params, grad_weights, grad_edge_scale, ws);
-  pcmixed::run_backward(be, a, p.dtype, sm_count);
+  const pc_mixed_gpu::PcArgs a =
+      pc_mixed_gpu::backward_args(p, grad_out, x, params, weights, edge_scale, stats, batch_stats,
+                                  grad_x, grad_params, grad_weights, grad_edge_scale, ws);
+  pc_mixed_gpu::run_backward(be, a, p.dtype, sm_count);
   return 0;
 }
 
