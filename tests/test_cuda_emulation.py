@@ -18,6 +18,7 @@ import math
 
 import pytest
 import torch
+from test_lowrank_conv import SHAPES as CPU_LOWRANK_SHAPES
 
 from fusenas.ops import _native
 from fusenas.ops.pc_mixed_op import (
@@ -134,6 +135,8 @@ LOWRANK_CASES = [
     (3, 8, 6, 6, 24, 8, 3, 3, 1, 1, 1),  # full rank of the spatial scheme (C*kh = O*kw = 24)
     (1, 20, 30, 30, 8, 9, 3, 3, 1, 1, 1),
     (1, 4, 12, 12, 3, 4, 7, 7, 1, 9, 3),  # large dilated kernel: smaller tiles
+] + [  # and the CPU tests' grid (tests/test_lowrank_conv.py), square kernels
+    (n, c, h, w, r, o, k, k, s, p, d) for n, c, h, w, r, o, k, s, p, d in CPU_LOWRANK_SHAPES
 ]
 
 
