@@ -29,9 +29,9 @@ struct HostEmulation {
   static int lowrank_backward(const fusenas::LowrankConvProblem& p, const void* grad_out,
                               const void* x, const void* w1, const void* w2, void* grad_x,
                               float* grad_w1, float* grad_w2, float* grad_bias, float* t_ws,
-                              float* gt_ws, int sm_count, void*) {
+                              float* gt_ws, void*) {
     return fusenas::lowrank_conv2d_backward_emulated(p, grad_out, x, w1, w2, grad_x, grad_w1,
-                                                     grad_w2, grad_bias, t_ws, gt_ws, sm_count);
+                                                     grad_w2, grad_bias, t_ws, gt_ws);
   }
   static int pc_forward(const fusenas::PcMixedProblem& p, fusenas::Tensor4 x,
                         const fusenas::Tensor4* params, const void* weights, const void* edge_scale,

@@ -47,9 +47,9 @@ struct CudaLaunchers {
   static int lowrank_backward(const fusenas::LowrankConvProblem& p, const void* grad_out,
                               const void* x, const void* w1, const void* w2, void* grad_x,
                               float* grad_w1, float* grad_w2, float* grad_bias, float* t_ws,
-                              float* gt_ws, int sm_count, void* stream) {
+                              float* gt_ws, void* stream) {
     return fusenas::lowrank_conv2d_backward_cuda(p, grad_out, x, w1, w2, grad_x, grad_w1, grad_w2,
-                                                 grad_bias, t_ws, gt_ws, sm_count, stream);
+                                                 grad_bias, t_ws, gt_ws, stream);
   }
   static int pc_forward(const fusenas::PcMixedProblem& p, fusenas::Tensor4 x,
                         const fusenas::Tensor4* params, const void* weights, const void* edge_scale,

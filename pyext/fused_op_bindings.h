@@ -7,7 +7,7 @@
 // of the PC-DARTS op as (ptr, s0, s1, s2, s3) tuples), the SM count and the
 // stream; every check that protects memory happens in Python first.
 //   lowrank problem: (N, C, H, W, R, O, kh, kw, sh, sw, ph, pw, dh, dw,
-//                     scheme (0 channel, 1 spatial), channels_last, dtype code)
+//                     scheme (0 channel, 1 spatial), channels_last, dtype code, SM count)
 //   pc_mixed problem: (N, C, H, W, k, stride, eps, [op kinds], dtype code)
 #pragma once
 
@@ -30,7 +30,7 @@ namespace pyext {
 namespace py = pybind11;
 
 using LowrankTuple = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int,
-                                int, int, int, int, int, int, bool, int>;
+                                int, int, int, int, int, int, bool, int, int>;
 using PcTuple =
     std::tuple<int64_t, int64_t, int64_t, int64_t, int, int, double, std::vector<int>, int>;
 using View = std::tuple<uintptr_t, int64_t, int64_t, int64_t, int64_t>;
@@ -38,7 +38,7 @@ using View = std::tuple<uintptr_t, int64_t, int64_t, int64_t, int64_t>;
 inline LowrankConvProblem lowrank_problem(const LowrankTuple& t) {
   LowrankConvProblem p;
   std::tie(p.N, p.C, p.H, p.W, p.R, p.O, p.kh, p.kw, p.sh, p.sw, p.ph, p.pw, p.dh, p.dw,
-           std::ignore, p.channels_last, std::ignore) = t;
+           std::ignore, p.channels_last, std::ignore, p.sm_count) = t;
   p.scheme = static_cast<LowrankScheme>(std::get<14>(t));
   p.dtype = static_cast<DType>(std::get<16>(t));
   return p;
@@ -117,22 +117,21 @@ void bind_fused_ops(py::module_& m, void (*check)(int, const char*)) {
       "lowrank_conv2d_backward_cuda",
       [check](const LowrankTuple& t, uintptr_t grad_out, uintptr_t x, uintptr_t w1, uintptr_t w2,
               uintptr_t grad_x, uintptr_t grad_w1, uintptr_t grad_w2, uintptr_t grad_bias,
-              uintptr_t t_ws, uintptr_t gt_ws, int sm_count, uintptr_t stream) {
+              uintptr_t t_ws, uintptr_t gt_ws, uintptr_t stream) {
         const LowrankConvProblem p = lowrank_problem(t);
         int err;
         {
           py::gil_scoped_release release;
-          err = Api::lowrank_backward(p, ptr<const void>(grad_out), ptr<const void>(x),
-                                      ptr<const void>(w1), ptr<const void>(w2), ptr<void>(grad_x),
-                                      ptr<float>(grad_w1), ptr<float>(grad_w2),
-                                      ptr<float>(grad_bias), ptr<float>(t_ws), ptr<float>(gt_ws),
-                                      sm_count, ptr<void>(stream));
+          err = Api::lowrank_backward(
+              p, ptr<const void>(grad_out), ptr<const void>(x), ptr<const void>(w1),
+              ptr<const void>(w2), ptr<void>(grad_x), ptr<float>(grad_w1), ptr<float>(grad_w2),
+              ptr<float>(grad_bias), ptr<float>(t_ws), ptr<float>(gt_ws), ptr<void>(stream));
         }
         check(err, "lowrank_conv2d_backward_cuda");
       },
       py::arg("problem"), py::arg("grad_out"), py::arg("x"), py::arg("w1"), py::arg("w2"),
       py::arg("grad_x"), py::arg("grad_w1"), py::arg("grad_w2"), py::arg("grad_bias"),
-      py::arg("t_ws"), py::arg("gt_ws"), py::arg("sm_count"), py::arg("stream"));
+      py::arg("t_ws"), py::arg("gt_ws"), py::arg("stream"));
   m.def(
       "pc_mixed_workspace",
       [](const PcTuple& t) {

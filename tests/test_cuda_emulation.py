@@ -181,12 +181,10 @@ def _lowrank_emulated(x, w1, w2, b, scheme, stride, padding, dilation, grad, mas
     )
 
     kh, kw = check_lowrank_args(x, w1, w2, b, scheme, stride, padding, dilation)
-    problem = lowrank_problem(x, w1, w2, scheme, stride, padding, dilation, kh, kw)
+    problem = lowrank_problem(x, w1, w2, scheme, stride, padding, dilation, kh, kw, SM_COUNT)
     assert unsupported_reason(EMU, x, problem) is None
     y = lowrank_forward_native(EMU, x, w1, w2, b, problem, stream=0)
-    grads = lowrank_backward_native(
-        EMU, grad, x, w1, w2, problem, mask, sm_count=SM_COUNT, stream=0
-    )
+    grads = lowrank_backward_native(EMU, grad, x, w1, w2, problem, mask, stream=0)
     return y, grads
 
 
@@ -251,7 +249,7 @@ def test_lowrank_emulated_chunked_ranks():
 
     case = (1, 212, 3, 3, 1900, 1900, 3, 3, 1, 1, 1)
     args = lowrank_tensors(case, "channel", False)
-    problem = lowrank_problem(*args[:3], "channel", (1, 1), (1, 1), (1, 1), 3, 3)
+    problem = lowrank_problem(*args[:3], "channel", (1, 1), (1, 1), (1, 1), 3, 3, SM_COUNT)
     plan = EMU.lowrank_conv2d_cuda_plan(problem)
     assert plan["ok"] and not plan["fwd_resident"] and plan["fwd_rank_chunk"] == 32
     _assert_lowrank_matches(args, tol=2e-5)
@@ -262,7 +260,7 @@ def test_lowrank_plan_rejects_tiles_that_do_not_fit():
 
     # A dilation of 20000 makes a 1 x 3 kernel's input tile 40000 floats wide.
     x, w1, w2, *_ = lowrank_tensors((1, 1, 1, 5, 1, 1, 1, 3, 1, 0, 1), "channel", False)
-    problem = lowrank_problem(x, w1, w2, "channel", (1, 1), (0, 20000), (1, 20000), 1, 3)
+    problem = lowrank_problem(x, w1, w2, "channel", (1, 1), (0, 20000), (1, 20000), 1, 3, 1)
     assert EMU.lowrank_conv2d_cuda_plan(problem)["ok"] is False
     assert "shared-memory" in unsupported_reason(EMU, x, problem)
     with pytest.raises(RuntimeError, match="unsupported"):

@@ -113,22 +113,34 @@ inline FwdTiles fwd_tiles(const Geometry& g, int th, int tw, int rc, int cc, boo
   return t;
 }
 
+// Tallest tile that still gives every SM a block: small maps with few images
+// would otherwise leave most of the GPU idle. Kept at >= 32 pixels (half the
+// 16 x 16 thread grid of the second factor busy).
+inline int fwd_tile_height(const Geometry& g, int tw, int sm_count) {
+  int th = max_tile_height(tw, g.Ho);
+  const int64_t tiles_w = (g.Wo + tw - 1) / tw;
+  while (th * tw > 32 && static_cast<int64_t>(g.N) * tiles_w * ((g.Ho + th - 1) / th) < sm_count)
+    th /= 2;
+  return th;
+}
+
 // Resident tiles when t fits kResidentBudgetFloats (larger tiles first), else
 // the largest chunked tiles that fit 48 KiB: tile height first (input-halo
 // reuse), then the rank chunk (fewer re-reads of x), then the channel chunk.
 // rc = 0: nothing fits.
-inline FwdTiles plan_fwd(const Geometry& g) {
+inline FwdTiles plan_fwd(const Geometry& g, int sm_count) {
   const int tw = tile_width(g.Wo);
   const int cmax = g.C < 16 ? g.C : 16;
   const int rall = blockexec::round_up4(g.R);
-  for (int th = max_tile_height(tw, g.Ho); th >= 1; th /= 2) {
+  const int th_max = fwd_tile_height(g, tw, sm_count);
+  for (int th = th_max; th >= 1; th /= 2) {
     for (int cc = cmax; cc >= 1; cc /= 2) {
       const FwdTiles t = fwd_tiles(g, th, tw, rall, cc, true);
       if (t.smem_floats <= kResidentBudgetFloats) return t;
     }
   }
   const int rmax = blockexec::round_up4(g.R < 32 ? g.R : 32);
-  for (int th = max_tile_height(tw, g.Ho); th >= 1; th /= 2) {
+  for (int th = th_max; th >= 1; th /= 2) {
     for (int rc = rmax; rc >= 4; rc = rc > 4 ? blockexec::round_up4(rc / 2) : 0) {
       for (int cc = cmax; cc >= 1; cc /= 2) {
         const FwdTiles t = fwd_tiles(g, th, tw, rc, cc, false);
@@ -188,8 +200,8 @@ constexpr int kWgradSmemFloats = 2 * kWgradPix * kChanTile;
 
 inline LowrankCudaPlan make_plan(const LowrankConvProblem& p) {
   const Geometry g = make_geometry(p);
-  const FwdTiles f = plan_fwd(g);
-  const FwdTiles ft = plan_fwd(t_geometry(g));
+  const FwdTiles f = plan_fwd(g, p.sm_count);
+  const FwdTiles ft = plan_fwd(t_geometry(g), p.sm_count);
   const DgradTiles d2 = plan_dgrad(g.f2, g.O, g.Ho, g.Wt);
   const DgradTiles d1 = plan_dgrad(g.f1, g.R, g.H, g.W);
   LowrankCudaPlan plan;

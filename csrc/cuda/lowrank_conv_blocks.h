@@ -555,11 +555,11 @@ void with_dtype(DType dt, F&& f) {
 inline int ceil_div_i64(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
 
 template <DType DT, bool kStoreT, class Backend>
-void launch_fwd(Backend& be, const Geometry& g, const void* x, const void* w1, const void* w2,
-                const void* bias, void* y) {
+void launch_fwd(Backend& be, const Geometry& g, int sm_count, const void* x, const void* w1,
+                const void* w2, const void* bias, void* y) {
   FwdArgs a;
   a.g = g;
-  a.t = plan_fwd(g);
+  a.t = plan_fwd(g, sm_count);
   a.tiles_w = ceil_div_i64(g.Wo, a.t.tw);
   a.x = x;
   a.w1 = w1;
@@ -639,14 +639,15 @@ void run_forward(Backend& be, const LowrankConvProblem& p, const void* x, const 
   const Geometry g = make_geometry(p);
   with_dtype(p.dtype, [&](auto dt) {
     constexpr DType DT = decltype(dt)::value;
-    launch_fwd<DT, false>(be, g, x, w1, w2, bias, y);
+    launch_fwd<DT, false>(be, g, p.sm_count, x, w1, w2, bias, y);
   });
 }
 
 template <class Backend>
 void run_backward(Backend& be, const LowrankConvProblem& p, const void* gout, const void* x,
                   const void* w1, const void* w2, void* grad_x, float* grad_w1, float* grad_w2,
-                  float* grad_bias, float* t_ws, float* gt_ws, int sm_count) {
+                  float* grad_bias, float* t_ws, float* gt_ws) {
+  const int sm_count = p.sm_count;
   const Geometry g = make_geometry(p);
   const bool cl = g.channels_last;
   constexpr DType F32 = DType::kFloat32;
@@ -654,7 +655,7 @@ void run_backward(Backend& be, const LowrankConvProblem& p, const void* gout, co
     constexpr DType DT = decltype(dt)::value;
     if (grad_w2) {
       // t = first factor of x, stored in float32 (N, R, Ho, Wt).
-      launch_fwd<DT, true>(be, t_geometry(g), x, w1, nullptr, nullptr, t_ws);
+      launch_fwd<DT, true>(be, t_geometry(g), sm_count, x, w1, nullptr, nullptr, t_ws);
       be.zero(grad_w2, static_cast<int64_t>(g.O) * g.R * g.f2.kw);
       launch_wgrad<DT, F32>(be, g.f2, cl, g.N, g.O, g.Ho, g.Wo, g.R, g.Ho, g.Wt, gout, t_ws,
                             grad_w2, sm_count);

@@ -39,13 +39,13 @@ int lowrank_conv2d_forward_cuda(const LowrankConvProblem& p, const void* x, cons
 int lowrank_conv2d_backward_cuda(const LowrankConvProblem& p, const void* grad_out, const void* x,
                                  const void* w1, const void* w2, void* grad_x, float* grad_w1,
                                  float* grad_w2, float* grad_bias, float* t_ws, float* gt_ws,
-                                 int sm_count, void* stream) {
+                                 void* stream) {
   if (!launchable(p)) return static_cast<int>(cudaErrorInvalidValue);
   if ((grad_w2 && !t_ws) || ((grad_x || grad_w1) && !gt_ws))
     return static_cast<int>(cudaErrorInvalidValue);
   cudablock::CudaBackend be{static_cast<cudaStream_t>(stream)};
   lowrank::run_backward(be, p, grad_out, x, w1, w2, grad_x, grad_w1, grad_w2, grad_bias, t_ws,
-                        gt_ws, sm_count);
+                        gt_ws);
   return static_cast<int>(be.err);
 }
 

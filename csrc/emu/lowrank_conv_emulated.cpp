@@ -19,12 +19,12 @@ int lowrank_conv2d_forward_emulated(const LowrankConvProblem& p, const void* x, 
 int lowrank_conv2d_backward_emulated(const LowrankConvProblem& p, const void* grad_out,
                                      const void* x, const void* w1, const void* w2, void* grad_x,
                                      float* grad_w1, float* grad_w2, float* grad_bias, float* t_ws,
-                                     float* gt_ws, int sm_count) {
+                                     float* gt_ws) {
   if (!lowrank::make_plan(p).ok) return 1;
   if ((grad_w2 && !t_ws) || ((grad_x || grad_w1) && !gt_ws)) return 1;
   emu::HostBackend be;
   lowrank::run_backward(be, p, grad_out, x, w1, w2, grad_x, grad_w1, grad_w2, grad_bias, t_ws,
-                        gt_ws, sm_count);
+                        gt_ws);
   return 0;
 }
 

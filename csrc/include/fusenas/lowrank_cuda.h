@@ -29,6 +29,7 @@ struct LowrankConvProblem {
   LowrankScheme scheme;
   bool channels_last;
   DType dtype;
+  int sm_count;  // of the device: sizes the forward tiles and the weight-gradient splits
 };
 
 // Tile sizes the kernels will use for a problem; ok = false when a tile of
@@ -56,11 +57,10 @@ int lowrank_conv2d_forward_cuda(const LowrankConvProblem& p, const void* x, cons
 // overwrites (the caller casts them to the weights' dtype). t_ws and gt_ws are
 // float32 workspaces of N * R * Ho * Wt elements in p's layout: t_ws is needed
 // for grad_w2, gt_ws for grad_x or grad_w1 (null otherwise).
-// sm_count sizes the split of the weight-gradient reductions.
 int lowrank_conv2d_backward_cuda(const LowrankConvProblem& p, const void* grad_out, const void* x,
                                  const void* w1, const void* w2, void* grad_x, float* grad_w1,
                                  float* grad_w2, float* grad_bias, float* t_ws, float* gt_ws,
-                                 int sm_count, void* stream);
+                                 void* stream);
 #endif
 
 // The same computations run block by block on the host through the very
@@ -72,6 +72,6 @@ int lowrank_conv2d_forward_emulated(const LowrankConvProblem& p, const void* x, 
 int lowrank_conv2d_backward_emulated(const LowrankConvProblem& p, const void* grad_out,
                                      const void* x, const void* w1, const void* w2, void* grad_x,
                                      float* grad_w1, float* grad_w2, float* grad_bias, float* t_ws,
-                                     float* gt_ws, int sm_count);
+                                     float* gt_ws);
 
 }  // namespace fusenas

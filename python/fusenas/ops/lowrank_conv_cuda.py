@@ -63,13 +63,17 @@ def lowrank_problem(
     dilation: Sequence[int],
     kh: int,
     kw: int,
+    sm_count: int,
 ) -> tuple:
-    """The problem tuple of the native functions (pyext/fused_op_bindings.h)."""
+    """The problem tuple of the native functions (pyext/fused_op_bindings.h).
+
+    sm_count: the device's multiprocessors (sizes the grids).
+    """
     n, c, h, w = x.shape
     (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
     return (
         n, c, h, w, w1.shape[0], w2.shape[0], kh, kw, sh, sw, ph, pw, dh, dw,
-        _SCHEME_CODE[scheme], _is_channels_last(x), _DTYPE_CODE.get(x.dtype, 0),
+        _SCHEME_CODE[scheme], _is_channels_last(x), _DTYPE_CODE.get(x.dtype, 0), sm_count,
     )  # fmt: skip
 
 
@@ -122,7 +126,6 @@ def lowrank_backward_native(
     problem: tuple,
     output_mask: Sequence[bool],
     *,
-    sm_count: int,
     stream: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_x, grad_w1, grad_w2, grad_bias) through ext.lowrank_conv2d_backward_cuda.
@@ -154,7 +157,7 @@ def lowrank_backward_native(
         ext.lowrank_conv2d_backward_cuda(
             problem, go.data_ptr(), x.data_ptr(), w1c.data_ptr(), w2c.data_ptr(),
             *(0 if t is None else t.data_ptr() for t in (gx, gw1, gw2, gb, t_ws, gt_ws)),
-            sm_count, stream,
+            stream,
         )  # fmt: skip
     return (
         empty if gx is None else gx,
@@ -169,11 +172,20 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+def _device_sm_count(x: torch.Tensor) -> int:
+    """Multiprocessors of x's GPU; 1 when x is not on a CUDA device (reference path)."""
+    if x.device.type != "cuda":
+        return 1
+    return _sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device())
+
+
 def _lowrank_conv2d_cuda(x, w1, w2, bias, scheme, stride, padding, dilation):
     kh, kw = check_lowrank_args(x, w1, w2, bias, scheme, stride, padding, dilation)
     ext = _native.cuda()
     x = _dense(x)
-    problem = lowrank_problem(x, w1, w2, scheme, stride, padding, dilation, kh, kw)
+    problem = lowrank_problem(
+        x, w1, w2, scheme, stride, padding, dilation, kh, kw, _device_sm_count(x)
+    )
     reason = "fusenas._C_cuda not built" if ext is None else unsupported_reason(ext, x, problem)
     if reason is not None:
         _native.warn_fallback("lowrank_conv2d", reason)
@@ -202,7 +214,9 @@ def _lowrank_conv2d_backward_cuda(
         raise ValueError(f"output_mask: expected 4 booleans, got {list(output_mask)}")
     ext = _native.cuda()
     x = _dense(x)
-    problem = lowrank_problem(x, w1, w2, scheme, stride, padding, dilation, kh, kw)
+    problem = lowrank_problem(
+        x, w1, w2, scheme, stride, padding, dilation, kh, kw, _device_sm_count(x)
+    )
     reason = "fusenas._C_cuda not built" if ext is None else unsupported_reason(ext, x, problem)
     if reason is not None:
         _native.warn_fallback("lowrank_conv2d_backward", reason)
@@ -212,7 +226,6 @@ def _lowrank_conv2d_backward_cuda(
     with torch.cuda.device(x.device):
         return lowrank_backward_native(
             ext, grad_out, x, w1, w2, problem, output_mask,
-            sm_count=_sm_count(torch.cuda.current_device()),
             stream=torch.cuda.current_stream().cuda_stream,
         )  # fmt: skip
 
