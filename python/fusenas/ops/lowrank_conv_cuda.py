@@ -77,6 +77,12 @@ def lowrank_problem(
     )  # fmt: skip
 
 
+@functools.lru_cache(maxsize=256)
+def cuda_plan(ext: ModuleType, problem: tuple) -> dict:
+    """ext.lowrank_conv2d_cuda_plan(problem), cached: tile sizes, Ho / Wo / Wt, ok (read-only)."""
+    return ext.lowrank_conv2d_cuda_plan(problem)
+
+
 def unsupported_reason(ext: ModuleType, x: torch.Tensor, problem: tuple) -> str | None:
     """Why the native kernels cannot run this problem, or None when they can."""
     if x.dtype not in _DTYPE_CODE:
@@ -86,7 +92,7 @@ def unsupported_reason(ext: ModuleType, x: torch.Tensor, problem: tuple) -> str 
     n, c, h, w, r, o = problem[:6]
     if max(c, h, w, r, o) >= _MAX_DIM:
         return f"a dimension >= {_MAX_DIM}"
-    if not ext.lowrank_conv2d_cuda_plan(problem)["ok"]:
+    if not cuda_plan(ext, problem)["ok"]:
         return "kernel / dilation too large for the shared-memory tiles"
     return None
 
@@ -103,7 +109,7 @@ def lowrank_forward_native(
 ) -> torch.Tensor:
     """y through ext.lowrank_conv2d_forward_cuda; x dense, arguments validated."""
     n, o = problem[0], problem[5]
-    plan = ext.lowrank_conv2d_cuda_plan(problem)
+    plan = cuda_plan(ext, problem)
     ho, wo = plan["Ho"], plan["Wo"]
     y = torch.empty((n, o, ho, wo), dtype=x.dtype, device=x.device, memory_format=_format(x))
     if n == 0:
@@ -146,7 +152,7 @@ def lowrank_backward_native(
             if t is not None:
                 t.zero_()
     elif want_x or want_w1 or want_w2 or want_b:
-        plan = ext.lowrank_conv2d_cuda_plan(problem)
+        plan = cuda_plan(ext, problem)
         n, r = x.shape[0], w1.shape[0]
         ws_shape = (n, r, plan["Ho"], plan["Wt"])
         # float32 rank-r tensors (R/O of grad_out): t for grad_w2, dL/dt for grad_x / grad_w1.
