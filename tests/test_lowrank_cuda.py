@@ -142,8 +142,9 @@ def test_cuda_backward_output_masks():
             g, x, w1, w2, scheme, *_pairs(stride, padding, dilation), list(mask)
         )
         for want, a, b in zip(mask, out, full, strict=True):
-            if want:
-                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+            if want:  # weight gradients are float32 atomics: their order varies
+                scale = b.abs().max().item()
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * scale)
             else:
                 assert a.numel() == 0
 
