@@ -265,3 +265,12 @@ def test_lowrank_plan_rejects_tiles_that_do_not_fit():
     assert "shared-memory" in unsupported_reason(EMU, x, problem)
     with pytest.raises(RuntimeError, match="unsupported"):
         EMU.lowrank_conv2d_forward_cuda(problem, x.data_ptr(), 0, 0, 0, 0, 0)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pc_mixed_emulated_split_reductions(stride):
+    # More than 1024 positions per channel: the statistics and the backward
+    # sums are split over several blocks and merged by float64 atomics.
+    _, _, make_inputs = _pc_inputs()
+    args = make_inputs(n=4, c=8, h=48, w=48, k=2, stride=stride, channels_last=stride == 2, seed=9)
+    _assert_pc_matches(args, atol=5e-5, rtol=5e-5)
