@@ -18,8 +18,12 @@
 namespace fusenas {
 namespace lowrank {
 
-constexpr int kThreads = 256;   // threads per block: 16 x 16 register tiles of 4 x 4
-constexpr int kChanTile = 64;   // output channels per block (16 groups of 4)
+constexpr int kThreads = 256;  // threads per block: 16 x 16 register tiles of 4 x 4
+constexpr int kChanTile = 64;  // output channels per block (16 groups of 4)
+// Shared-memory rows of 64 channels are padded to 68 floats: rows 4 banks
+// apart let 8 rows x 4 channels of a warp's staging stores hit 32 distinct
+// banks, and 68 * 4 bytes keeps the LDS.128 reads 16-byte aligned.
+constexpr int kChanRow = kChanTile + 4;
 constexpr int kPixGroups = 16;  // pixel groups of 4 consecutive columns per block
 constexpr int kWgradPix = 16;   // pixels per shared-memory stage of the weight-gradient GEMM
 // 48 KiB: no opt-in attribute needed, and two blocks can share an SM's 100+ KiB.
@@ -87,6 +91,7 @@ struct FwdTiles {
   int tu;      // intermediate columns the tile reads (halo of f2)
   int xr, xc;  // input rows / columns the tile reads (halo of f1)
   int rc, cc;  // rank chunk of t and input-channel chunk per shared-memory stage
+  int rcp;     // row stride of the w1 stage: rc padded to 4 mod 8 (conflict-free stores)
   int rw;      // rank chunk of the w2 stage
   bool resident;
   int ts_floats, xs_floats, w1s_floats, w2s_floats, smem_floats;
@@ -98,6 +103,7 @@ inline FwdTiles fwd_tiles(const Geometry& g, int th, int tw, int rc, int cc, boo
   t.tw = tw;
   t.rc = rc;
   t.cc = cc;
+  t.rcp = rc % 8 == 4 ? rc : rc + 4;
   t.rw = rc < 32 ? rc : 32;
   t.resident = resident;
   t.tu = (tw - 1) * g.f2.sw + (g.f2.kw - 1) * g.f2.dw + 1;
@@ -106,8 +112,8 @@ inline FwdTiles fwd_tiles(const Geometry& g, int th, int tw, int rc, int cc, boo
   // Regions start at multiples of 4 floats: the LDS.128 reads stay aligned.
   t.ts_floats = blockexec::round_up4(rc * th * t.tu);
   t.xs_floats = blockexec::round_up4(cc * t.xr * t.xc);
-  t.w1s_floats = cc * g.f1.kh * g.f1.kw * rc;
-  t.w2s_floats = t.rw * g.f2.kw * kChanTile;
+  t.w1s_floats = cc * g.f1.kh * g.f1.kw * t.rcp;
+  t.w2s_floats = t.rw * g.f2.kw * kChanRow;
   const int p1 = t.xs_floats + t.w1s_floats;
   t.smem_floats = t.ts_floats + (p1 > t.w2s_floats ? p1 : t.w2s_floats);
   return t;
@@ -177,7 +183,7 @@ inline DgradTiles dgrad_tiles(const Factor& f, int th, int tw, int oc) {
   t.gr = (th - 1 + (f.kh - 1) * f.dh) / f.sh + 1;
   t.gc = (tw - 1 + (f.kw - 1) * f.dw) / f.sw + 1;
   t.gys_floats = blockexec::round_up4(oc * t.gr * t.gc);
-  t.smem_floats = t.gys_floats + oc * f.kh * f.kw * kChanTile;
+  t.smem_floats = t.gys_floats + oc * f.kh * f.kw * kChanRow;
   return t;
 }
 
@@ -196,7 +202,7 @@ inline DgradTiles plan_dgrad(const Factor& f, int cy, int hx, int wx) {
   return none;
 }
 
-constexpr int kWgradSmemFloats = 2 * kWgradPix * kChanTile;
+constexpr int kWgradSmemFloats = 2 * kWgradPix * kChanRow;
 
 inline LowrankCudaPlan make_plan(const LowrankConvProblem& p) {
   const Geometry g = make_geometry(p);

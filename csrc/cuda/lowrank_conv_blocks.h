@@ -90,8 +90,8 @@ FUSENAS_BLOCK void fwd_block(const FwdArgs& a, Ex& ex, float* smem, BlockId b) {
   const int npos = T.th * T.tu;
   float* ts = smem;                 // [rc][th][tu]
   float* xs = smem + T.ts_floats;   // [cc][xr][xc]
-  float* w1s = xs + T.xs_floats;    // [cc][kh][kw][rc]: 4 ranks per LDS.128
-  float* w2s = smem + T.ts_floats;  // [rw][kw2][64] (reuses the x / w1 space)
+  float* w1s = xs + T.xs_floats;    // [cc][kh][kw][rcp]: 4 ranks per LDS.128
+  float* w2s = smem + T.ts_floats;  // [rw][kw2][kChanRow] (reuses the x / w1 space)
 
   typename Ex::template Local<Acc4x4> acc;
   ex.for_threads([&](int tid) {
@@ -125,14 +125,21 @@ FUSENAS_BLOCK void fwd_block(const FwdArgs& a, Ex& ex, float* smem, BlockId b) {
             v = ElemIO<DT>::load(a.x, offset4(a.xs, n, c0 + c, h, w));
           xs[(c * T.xr + rr) * T.xc + cc] = v;
         }
-        for (int i = tid; i < ccur * taps1 * T.rc; i += kThreads) {
-          const int r = i % T.rc, ctap = i / T.rc;  // ctap = c * taps1 + tap
+        // w1 in groups of 8 (c, tap) x 4 ranks per 32 threads: each group of 8
+        // reads 8 consecutive weights of one rank (a full 32-byte sector), and
+        // the padded row stride rcp puts the 32 stores on 32 banks.
+        const int nct = ccur * taps1;  // ctap = c * taps1 + tap
+        const int ct8 = (nct + 7) / 8;
+        for (int i = tid; i < ct8 * 8 * T.rc; i += kThreads) {
+          const int grp = i / 32, r4 = grp % (T.rc / 4), c8 = grp / (T.rc / 4);
+          const int ctap = c8 * 8 + i % 8, r = r4 * 4 + (i / 8) % 4;
+          if (ctap >= nct) continue;
           float v = 0.f;
           if (r0 + r < g.R) {
             const int64_t src = (static_cast<int64_t>(r0 + r) * g.C + c0) * taps1 + ctap;
             v = ElemIO<DT>::load(a.w1, src);
           }
-          w1s[ctap * T.rc + r] = v;
+          w1s[ctap * T.rcp + r] = v;
         }
       });
       ex.sync();
@@ -162,9 +169,9 @@ FUSENAS_BLOCK void fwd_block(const FwdArgs& a, Ex& ex, float* smem, BlockId b) {
           for (int c = 0; c < ccur; ++c) {
             for (int i = 0; i < f1.kh; ++i) {
               const float* xp = xs + (c * T.xr + i * f1.dh) * T.xc;
-              const float* wp = w1s + (c * f1.kh + i) * f1.kw * T.rc + 4 * rg;
+              const float* wp = w1s + (c * f1.kh + i) * f1.kw * T.rcp + 4 * rg;
               for (int j = 0; j < f1.kw; ++j) {
-                const F4 w = load4(wp + j * T.rc);
+                const F4 w = load4(wp + j * T.rcp);
                 for (int q = 0; q < 2; ++q) {
                   const float xv = xp[xoff[q] + j * f1.dw];
                   s[q][0] += w.x * xv;
@@ -212,16 +219,19 @@ FUSENAS_BLOCK void fwd_block(const FwdArgs& a, Ex& ex, float* smem, BlockId b) {
         for (int rw0 = 0; rw0 < imin(T.rc, g.R - r0); rw0 += T.rw) {
           const int rwcur = imin(T.rw, g.R - r0 - rw0);
           ex.for_threads([&](int tid) {
-            for (int i = tid; i < rwcur * f2.kw * kChanTile; i += kThreads) {
-              // Global order (o, r, j): j fastest, as w2 is stored.
-              const int j = i % f2.kw, rest = i / f2.kw;
-              const int r = rest % rwcur, o = rest / rwcur;
+            // Groups of 8 (r, j) x 4 channels per 32 threads: 8 consecutive
+            // weights of one w2 row per group, 32 banks per warp store.
+            const int nrj = rwcur * f2.kw;  // rj = r * kw2 + j, contiguous in a w2 row
+            for (int i = tid; i < (nrj + 7) / 8 * 8 * kChanTile; i += kThreads) {
+              const int grp = i / 32, o4 = grp % (kChanTile / 4), c8 = grp / (kChanTile / 4);
+              const int rj = c8 * 8 + i % 8, o = o4 * 4 + (i / 8) % 4;
+              if (rj >= nrj) continue;
               float v = 0.f;
               if (o0 + o < g.O) {
-                const int64_t src = (static_cast<int64_t>(o0 + o) * g.R + r0 + rw0 + r) * f2.kw;
-                v = ElemIO<DT>::load(a.w2, src + j);
+                const int64_t src = (static_cast<int64_t>(o0 + o) * g.R + r0 + rw0) * f2.kw;
+                v = ElemIO<DT>::load(a.w2, src + rj);
               }
-              w2s[(r * f2.kw + j) * kChanTile + o] = v;
+              w2s[rj * kChanRow + o] = v;
             }
           });
           ex.sync();
@@ -235,7 +245,7 @@ FUSENAS_BLOCK void fwd_block(const FwdArgs& a, Ex& ex, float* smem, BlockId b) {
             for (int r = 0; r < rwcur; ++r) {
               const float* trow = ts + ((rw0 + r) * T.th + th) * T.tu + tw0 * f2.sw;
               for (int j = 0; j < f2.kw; ++j) {
-                const F4 w = load4(w2s + (r * f2.kw + j) * kChanTile + 4 * og);
+                const F4 w = load4(w2s + (r * f2.kw + j) * kChanRow + 4 * og);
                 const float* tp = trow + j * f2.dw;
                 FUSENAS_BLOCK_CHECK((tw0 + 3) * f2.sw + j * f2.dw < T.tu);
                 for (int q = 0; q < 4; ++q) {
@@ -309,7 +319,7 @@ FUSENAS_BLOCK void dgrad_block(const DgradArgs& a, Ex& ex, float* smem, BlockId 
   const int wlo = blockexec::ceil_div(w0 + f.pw - (f.kw - 1) * f.dw, f.sw);
   const int taps = f.kh * f.kw;
   float* gs = smem;                 // [oc][gr][gc]
-  float* ws = smem + T.gys_floats;  // [oc][kh][kw][64]: 4 gx channels per LDS.128
+  float* ws = smem + T.gys_floats;  // [oc][kh][kw][kChanRow]: 4 gx channels per LDS.128
 
   typename Ex::template Local<Acc4x4> acc;
   ex.for_threads([&](int tid) {
@@ -343,7 +353,7 @@ FUSENAS_BLOCK void dgrad_block(const DgradArgs& a, Ex& ex, float* smem, BlockId 
         float v = 0.f;
         if (c0 + c < a.Cx)
           v = ElemIO<WT>::load(a.w, (static_cast<int64_t>(o0 + o) * a.Cx + c0 + c) * taps + tap);
-        ws[(o * taps + tap) * kChanTile + c] = v;
+        ws[(o * taps + tap) * kChanRow + c] = v;
       }
     });
     ex.sync();
@@ -363,7 +373,7 @@ FUSENAS_BLOCK void dgrad_block(const DgradArgs& a, Ex& ex, float* smem, BlockId 
           FUSENAS_BLOCK_CHECK(hi < T.gr);
           const float* grow = gs + (o * T.gr + hi) * T.gc;
           for (int j = 0; j < f.kw; ++j) {
-            const F4 w = load4(ws + (o * taps + i * f.kw + j) * kChanTile + 4 * cg);
+            const F4 w = load4(ws + (o * taps + i * f.kw + j) * kChanRow + 4 * cg);
             for (int q = 0; q < 4; ++q) {
               const int rw = wb + q + f.pw - j * f.dw - wlo * f.sw;
               if (rw < 0 || (f.sw != 1 && rw % f.sw != 0)) continue;
@@ -427,8 +437,8 @@ FUSENAS_BLOCK void wgrad_block(const WgradArgs& a, Ex& ex, float* smem, BlockId 
   const int64_t P = a.N * plane;
   const int64_t p_begin = b.z * a.pix_per_split;
   const int64_t p_end = p_begin + a.pix_per_split < P ? p_begin + a.pix_per_split : P;
-  float* as = smem;                          // [16 pixels][64 o]
-  float* bs = smem + kWgradPix * kChanTile;  // [16 pixels][64 k]
+  float* as = smem;                         // [16 pixels][kChanRow] of o
+  float* bs = smem + kWgradPix * kChanRow;  // [16 pixels][kChanRow] of (c, i, j)
 
   typename Ex::template Local<Acc4x4> acc;
   ex.for_threads([&](int tid) {
@@ -463,8 +473,8 @@ FUSENAS_BLOCK void wgrad_block(const WgradArgs& a, Ex& ex, float* smem, BlockId 
             }
           }
         }
-        as[pp * kChanTile + col] = gv;
-        bs[pp * kChanTile + col] = xv;
+        as[pp * kChanRow + col] = gv;
+        bs[pp * kChanRow + col] = xv;
       }
     });
     ex.sync();
@@ -472,8 +482,8 @@ FUSENAS_BLOCK void wgrad_block(const WgradArgs& a, Ex& ex, float* smem, BlockId 
       const int og = tid / 16, kg = tid % 16;
       Acc4x4& ac = acc(tid);
       for (int pp = 0; pp < kWgradPix; ++pp) {
-        const F4 gv = load4(as + pp * kChanTile + 4 * og);
-        const F4 xv = load4(bs + pp * kChanTile + 4 * kg);
+        const F4 gv = load4(as + pp * kChanRow + 4 * og);
+        const F4 xv = load4(bs + pp * kChanRow + 4 * kg);
         for (int i = 0; i < 4; ++i) {
           const float g = lane(gv, i);
           ac.v[i][0] += g * xv.x;
