@@ -34,6 +34,11 @@ struct CfgScalar {
   static constexpr int kRR = 2, kKR = 2;
 };
 
+void transpose16(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  for (int c = 0; c < 16; ++c)
+    for (int p = 0; p < 16; ++p) dst[c * ldd + p] = src[p * lds + c];
+}
+
 }  // namespace
 
 const Kernels& kernels_scalar() { return make_kernels<VScalar, CfgScalar>("scalar"); }

@@ -186,9 +186,12 @@ void reduce_gemm(const ReduceGemm& g) {
   }
 }
 
+// Each ISA file defines transpose16 (register shuffles differ per ISA).
+void transpose16(const float* src, int64_t lds, float* dst, int64_t ldd);
+
 template <class V, class Cfg>
 const Kernels& make_kernels(const char* name) {
-  static const Kernels k{Cfg::kMR, &row_gemm<V, Cfg>, &reduce_gemm<V, Cfg>, name};
+  static const Kernels k{Cfg::kMR, &row_gemm<V, Cfg>, &reduce_gemm<V, Cfg>, &transpose16, name};
   return k;
 }
 
