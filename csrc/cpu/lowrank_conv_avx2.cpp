@@ -26,8 +26,9 @@ struct V256 {
 };
 
 struct Cfg256 {
-  static constexpr int kMR = 4, kNV = 3;
-  static constexpr int kSmallRows = 2, kNVSmall = 5, kNVMax = 5;
+  static constexpr int kMR = 4, kNVMax = 5;
+  // rows x vectors + vectors + 1 broadcast <= 16 registers.
+  static constexpr int nv_for(int rows) { return rows <= 2 ? 5 : 3; }
   static constexpr int kRR = 3, kKR = 3;  // 9 accumulators + 3 B + 1 U registers
 };
 

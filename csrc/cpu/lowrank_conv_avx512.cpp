@@ -22,8 +22,9 @@ struct V512 {
 };
 
 struct Cfg512 {
-  static constexpr int kMR = 6, kNV = 4;
-  static constexpr int kSmallRows = 2, kNVSmall = 8, kNVMax = 8;
+  static constexpr int kMR = 6, kNVMax = 8;
+  // rows x vectors <= 24 accumulators (+ the B vectors) of the 32 registers.
+  static constexpr int nv_for(int rows) { return rows <= 2 ? 8 : rows <= 4 ? 6 : 4; }
   static constexpr int kRR = 4, kKR = 6;  // 24 accumulators + 6 B + 1 U registers
 };
 

@@ -29,8 +29,8 @@ struct VScalar {
 };
 
 struct CfgScalar {
-  static constexpr int kMR = 4, kNV = 2;
-  static constexpr int kSmallRows = 2, kNVSmall = 4, kNVMax = 4;
+  static constexpr int kMR = 4, kNVMax = 4;
+  static constexpr int nv_for(int rows) { return rows <= 2 ? 4 : 2; }
   static constexpr int kRR = 2, kKR = 2;
 };
 
