@@ -99,8 +99,9 @@ std::vector<SecondTransposed> second_factor_transposed(const T* w2, const Geomet
 
 // grad_out rows [oh0 - qh_max, oh0 + rows) of image n -> G (zero elsewhere).
 template <class T>
-void pack_grad_out(const T* go, const Strides4& gs, int64_t n, int64_t oh0, int64_t rows,
-                   const Geometry& g, int64_t grid_rows, float* G, int64_t gplane, int64_t front) {
+void pack_grad_out(const cpu::lowrank::Kernels& kern, const T* go, const Strides4& gs, int64_t n,
+                   int64_t oh0, int64_t rows, const Geometry& g, int64_t grid_rows, float* G,
+                   int64_t gplane, int64_t front) {
   const auto& s = g.s;
   const T* gn = go + n * gs.n;
   for (int64_t o = 0; o < s.Nout; ++o) std::memset(G + o * gplane + front, 0, grid_rows * g.Wq * 4);
@@ -111,6 +112,8 @@ void pack_grad_out(const T* go, const Strides4& gs, int64_t n, int64_t oh0, int6
     if (gs.w == 1) {
       for (int64_t o = 0; o < s.Nout; ++o)
         convert_row(gn + o * gs.c + oh * gs.h, g.Wo, row + o * gplane);
+    } else if (gs.c == 1) {
+      pixels_to_planes(kern, gn + oh * gs.h, gs.w, g.Wo, s.Nout, row, gplane);
     } else {
       for (int64_t ow = 0; ow < g.Wo; ++ow) {
         const T* px = gn + oh * gs.h + ow * gs.w;
@@ -122,8 +125,8 @@ void pack_grad_out(const T* go, const Strides4& gs, int64_t n, int64_t oh0, int6
 
 // Owned plane rows [0, qown) of the tile's grad planes -> grad_x.
 template <class T>
-void store_grad_input(const float* gxp, int64_t n, int64_t oh0, int64_t qown, const Geometry& g,
-                      T* gx, const Strides4& gxs) {
+void store_grad_input(const cpu::lowrank::Kernels& kern, const float* gxp, int64_t n, int64_t oh0,
+                      int64_t qown, const Geometry& g, T* gx, const Strides4& gxs) {
   const auto& s = g.s;
   T* gn = gx + n * gxs.n;
   for (int64_t a = 0; a < s.sh; ++a)
@@ -137,11 +140,10 @@ void store_grad_input(const float* gxp, int64_t n, int64_t oh0, int64_t qown, co
         const int64_t iw0 = lo * s.sw + b - s.pw;
         T* dst = gn + ih * gxs.h + iw0 * gxs.w;
         if (gxs.w == 1 && s.sw == 1) {
-          for (int64_t c = 0; c < s.C; ++c) {
-            const float* src = src0 + c * g.plane;
-            T* d = dst + c * gxs.c;
-            for (int64_t qc = lo; qc < hi; ++qc) d[qc - lo] = from_f32<T>(src[qc]);
-          }
+          for (int64_t c = 0; c < s.C; ++c)
+            store_row(src0 + c * g.plane + lo, hi - lo, dst + c * gxs.c);
+        } else if (gxs.c == 1) {
+          planes_to_pixels(kern, src0 + lo, g.plane, hi - lo, s.C, dst, s.sw * gxs.w);
         } else {
           for (int64_t qc = lo; qc < hi; ++qc) {
             T* d = dst + (qc - lo) * s.sw * gxs.w;
@@ -151,6 +153,26 @@ void store_grad_input(const float* gxp, int64_t n, int64_t oh0, int64_t qown, co
       }
     }
 }
+
+// Sizes of the backward's per-tile grids. G and gT hold rows [-qh_max, RQ)
+// of the tile after `front` zeros that the negative tap offsets of the
+// transposed convs read.
+struct BackwardLayout {
+  int64_t front, grid_rows, gplane, tplane, row0;
+  explicit BackwardLayout(const Geometry& g)
+      : front(round_up(g.qw_max, kPixelAlign) + kPixelAlign),
+        grid_rows(g.qh_max + g.RQ),
+        gplane(front + round_up(grid_rows * g.Wq, kPixelAlign) + 2 * kPixelAlign),
+        tplane(g.Pmax + round_up(g.qw_max, kPixelAlign) + kPixelAlign),
+        row0(front + g.qh_max * g.Wq) {}
+  // Per-thread floats with every gradient requested.
+  int64_t thread_floats(const Geometry& g) const {
+    const auto& s = g.s;
+    const int64_t nb = g.channel ? 1 : s.sw;
+    return 2 * g.planes_x() * g.plane + nb * s.rank * (tplane + gplane) + s.Nout * gplane +
+           s.rank * g.K1 + s.Nout * g.K2;
+  }
+};
 
 template <class T>
 void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, const T* w1,
@@ -162,13 +184,9 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
   const bool want_gx = gx != nullptr, want_w1 = gw1 != nullptr, want_w2 = gw2 != nullptr;
   const bool want_gt = want_gx || want_w1;
   const int64_t nb = g.channel ? 1 : s.sw;  // column phases of the intermediate
-  // Grid of G and gT: rows [-qh_max, RQ) of the tile, after `front` zeros
-  // that the negative tap offsets of the transposed convs read.
-  const int64_t front = round_up(g.qw_max, kPixelAlign) + kPixelAlign;
-  const int64_t grid_rows = g.qh_max + g.RQ;
-  const int64_t gplane = front + round_up(grid_rows * g.Wq, kPixelAlign) + 2 * kPixelAlign;
-  const int64_t tplane = g.Pmax + round_up(g.qw_max, kPixelAlign) + kPixelAlign;
-  const int64_t row0 = front + g.qh_max * g.Wq;  // the tile's first row in G / gT
+  const BackwardLayout lay(g);
+  const int64_t front = lay.front, grid_rows = lay.grid_rows, gplane = lay.gplane;
+  const int64_t tplane = lay.tplane, row0 = lay.row0;  // row0: the tile's first row in G / gT
 
   const std::vector<float> a1 = pack_panels(w1, s.rank, g.K1, kern.mr);
   const std::vector<int64_t> off1 = stage1_offsets(g), off2 = stage2_offsets(g, tplane);
@@ -196,8 +214,8 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
       const int64_t rows = std::min(g.R, g.Ho - oh0);
       const int64_t P = round_up(rows * g.Wq, kPixelAlign);
       const int64_t qown = tile + 1 < g.ntiles ? rows : ceil_div(Hp - oh0 * s.sh, s.sh);
-      pack_grad_out(go, gs, n, oh0, rows, g, grid_rows, G.get(), gplane, front);
-      if (want_w1 || want_w2) pack_input(x, xs, n, oh0, rows + g.qh_max, g, xp.get());
+      pack_grad_out(kern, go, gs, n, oh0, rows, g, grid_rows, G.get(), gplane, front);
+      if (want_w1 || want_w2) pack_input(kern, x, xs, n, oh0, rows + g.qh_max, g, xp.get());
       if (want_w2) {  // recompute the intermediate, then grad_w2 += G . T^T
         for (int64_t b = 0; b < nb; ++b)
           kern.row_gemm({s.rank, g.K1, P, a1.data(), xp.get() + b * s.C * g.plane, off1.data(),
@@ -237,7 +255,7 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
             kern.row_gemm({s.C, K, Pown, ph.a.data(), gt.get() + row0, ph.offset.data(), nullptr,
                            dst, g.plane, false});
           }
-        store_grad_input(gxp.get(), n, oh0, qown, g, gx, gxs);
+        store_grad_input(kern, gxp.get(), n, oh0, qown, g, gx, gxs);
       }
     }
   }
@@ -253,6 +271,18 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
 }
 
 }  // namespace
+
+int64_t lowrank_conv2d_backward_workspace_bytes(const LowRankConvShape& s, int num_threads) {
+  const int threads = resolve_threads(num_threads);
+  const Geometry g = make_geometry(s, threads, kBackwardTilePixels);
+  const int64_t mr = pick_kernels().mr;
+  const int64_t used = std::max<int64_t>(1, std::min<int64_t>(threads, s.N * g.ntiles));
+  const int64_t kw2 = g.channel ? 1 : s.kw;
+  const int64_t weights = round_up(s.rank, mr) * (g.K1 + s.Nout * kw2) +
+                          round_up(s.C, mr) * s.rank * s.kh * (g.channel ? s.kw : 1) +
+                          s.rank * g.K1 + s.Nout * g.K2;  // + the final gradient sums
+  return 4 * (used * BackwardLayout(g).thread_floats(g) + weights + 2 * (g.K1 + g.K2));
+}
 
 void lowrank_conv2d_backward_cpu(const void* grad_out, const Strides4& gs, const void* x,
                                  const Strides4& xs, const void* w1, const void* w2, void* grad_x,

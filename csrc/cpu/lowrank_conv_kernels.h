@@ -40,10 +40,15 @@ struct ReduceGemm {
   int64_t ldo;
 };
 
+// dst[c * ldd + p] = src[p * lds + c] for p, c < 16: the channels_last <->
+// channel-plane conversion, one 16 x 16 block at a time in registers.
+using Transpose16 = void (*)(const float* src, int64_t lds, float* dst, int64_t ldd);
+
 struct Kernels {
   int mr;  // panel height of RowGemm::A
   void (*row_gemm)(const RowGemm&);
   void (*reduce_gemm)(const ReduceGemm&);
+  Transpose16 transpose16;
   const char* name;
 };
 
