@@ -45,7 +45,8 @@ struct PcMixedCall {
   PcMixedCall(const std::array<int64_t, 4>& shape, const TensorView& x,
               const std::vector<TensorView>& param_views, uintptr_t weights, uintptr_t edge_scale,
               const std::vector<int>& kind_codes, int64_t k, int stride, double eps) {
-    if (param_views.size() > 8) throw std::invalid_argument("pc_mixed: more than 8 param_outs");
+    if (param_views.size() > static_cast<size_t>(fusenas::kPcMaxParamOuts))
+      throw std::invalid_argument("pc_mixed: too many param_outs");
     for (int code : kind_codes) kinds.push_back(static_cast<fusenas::PcCandidate>(code));
     for (const TensorView& v : param_views) params.push_back(pc_tensor(v));
     args = fusenas::PcMixedArgs{shape[0],

@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "fusenas/pc_mixed.h"
+
 namespace fusenas {
 namespace cpu {
 
@@ -31,14 +33,17 @@ struct PcGeom {
   const float* inv_count_out;
 };
 
-// At most 5 of the 8 PC-DARTS candidates are parametric; the front end rejects more.
-constexpr int kPcMaxParams = 8;
-// Per-thread scratch of a plane kernel: five H x W planes and rows of
-// pc_scratch_row(W) floats (W + 2 padded values plus slack).
-constexpr int kPcScratchRows = 10 + 2 * kPcMaxParams;
+// At most 5 of the 8 PC-DARTS candidates are parametric (4 at stride 1, plus
+// FactorizedReduce at stride 2); the bindings reject more.
+constexpr int kPcMaxParams = kPcMaxParamOuts;
+// Per-thread scratch of a plane kernel: kPcScratchPlanes planes of H * W
+// floats, then kPcScratchRows rows of pc_scratch_row(W) floats (W + 2 padded
+// values plus slack).
+constexpr int kPcScratchPlanes = 24;
+constexpr int kPcScratchRows = 6;
 inline int64_t pc_scratch_row(int64_t W) { return W + 64; }
 inline int64_t pc_scratch_floats(int64_t H, int64_t W) {
-  return 5 * H * W + kPcScratchRows * pc_scratch_row(W);
+  return kPcScratchPlanes * H * W + kPcScratchRows * pc_scratch_row(W);
 }
 
 // Forward, processed channel: y = bias + c_max * M + c_avg * A + c_skip * X
