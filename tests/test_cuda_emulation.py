@@ -274,3 +274,45 @@ def test_pc_mixed_emulated_split_reductions(stride):
     _, _, make_inputs = _pc_inputs()
     args = make_inputs(n=4, c=8, h=48, w=48, k=2, stride=stride, channels_last=stride == 2, seed=9)
     _assert_pc_matches(args, atol=5e-5, rtol=5e-5)
+
+
+# ---------------------------------------------------- bad input (CUDA impls) --
+# The CUDA impls validate before touching the GPU, so CPU tensors reach the checks.
+
+
+def test_lowrank_cuda_backward_bad_input():
+    from fusenas.ops.lowrank_conv_cuda import _lowrank_conv2d_backward_cuda
+
+    x, w1, w2, _, scheme, stride, padding, dilation = lowrank_tensors(
+        LOWRANK_CASES[0], "channel", False
+    )
+    conv = (scheme, [stride] * 2, [padding] * 2, [dilation] * 2)
+    good = torch.zeros(2, 5, 7, 9)
+    with pytest.raises(ValueError, match="grad_out: expected shape"):
+        _lowrank_conv2d_backward_cuda(good[:, :4], x, w1, w2, *conv, [True] * 4)
+    with pytest.raises(TypeError, match="grad_out: expected torch.float32"):
+        _lowrank_conv2d_backward_cuda(good.double(), x, w1, w2, *conv, [True] * 4)
+    with pytest.raises(ValueError, match="output_mask: expected 4"):
+        _lowrank_conv2d_backward_cuda(good, x, w1, w2, *conv, [True] * 3)
+    with pytest.raises(ValueError, match="scheme"):
+        _lowrank_conv2d_backward_cuda(good, x, w1, w2, "dense", *conv[1:], [True] * 4)
+
+
+def test_pc_mixed_cuda_backward_bad_input():
+    from fusenas.ops.pc_mixed_op_cuda import _pc_mixed_backward_cuda
+
+    _, _, make_inputs = _pc_inputs()
+    x, params, weights, scale, _, ops, k, stride, eps = make_inputs(n=2, c=8, h=6, w=6, k=2)
+    stats = torch.zeros(2, 2, 4)
+    g = torch.zeros(2, 8, 6, 6)
+    rest = (ops, k, stride, eps)
+    with pytest.raises(ValueError, match="grad_out: expected shape"):
+        _pc_mixed_backward_cuda(g[:, :4], x, params, weights, scale, stats, True, *rest)
+    with pytest.raises(TypeError, match="grad_out: expected torch.float32"):
+        _pc_mixed_backward_cuda(g.double(), x, params, weights, scale, stats, True, *rest)
+    with pytest.raises(ValueError, match="stats: expected float32 of shape"):
+        _pc_mixed_backward_cuda(g, x, params, weights, scale, stats[:, :, :3], True, *rest)
+    with pytest.raises(ValueError, match="pool_stats"):  # given (eval) statistics, wrong shape
+        _pc_mixed_backward_cuda(g, x, params, weights, scale, stats[:1], False, *rest)
+    with pytest.raises(ValueError, match="param_outs"):
+        _pc_mixed_backward_cuda(g, x, params[:1], weights, scale, stats, True, *rest)
