@@ -9,9 +9,12 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/block_exec.h"
 #include "fused_op_bindings.h"
 #include "fusenas/lowrank_cuda.h"
 #include "fusenas/pc_mixed_cuda.h"
+
+namespace py = pybind11;
 
 namespace {
 
@@ -57,4 +60,16 @@ struct HostEmulation {
 PYBIND11_MODULE(_C_cuda_emu, m) {
   m.doc() = "Host emulation of fusenas' CUDA low-rank conv and PC-DARTS kernels (tests only)";
   fusenas::pyext::bind_fused_ops<HostEmulation>(m, check);
+  m.def(
+      "set_thread_order",
+      [](int order) {
+        if (order < 0 || order > 2)
+          throw std::invalid_argument("order: expected 0 (ascending), 1 (descending) or 2");
+        fusenas::blockexec::host_thread_order() = order;
+      },
+      py::arg("order"),
+      "Order of the emulated threads within a phase: 0 ascending, 1 descending, 2 scrambled");
+  m.def(
+      "set_race_check", [](bool on) { fusenas::blockexec::smem_tracker().race_check = on; },
+      py::arg("on"), "Check shared-memory accesses for races between barriers (slower)");
 }

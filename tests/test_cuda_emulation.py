@@ -316,3 +316,29 @@ def test_pc_mixed_cuda_backward_bad_input():
         _pc_mixed_backward_cuda(g, x, params, weights, scale, stats[:1], False, *rest)
     with pytest.raises(ValueError, match="param_outs"):
         _pc_mixed_backward_cuda(g, x, params[:1], weights, scale, stats, True, *rest)
+
+
+# ------------------------------------------------------ shared-memory races --
+
+
+@pytest.fixture(params=[0, 1, 2], ids=["ascending", "descending", "scrambled"])
+def race_checked(request):
+    """Shared-memory race checking on, the emulated threads of each phase in one order."""
+    EMU.set_thread_order(request.param)
+    EMU.set_race_check(True)
+    yield request.param
+    EMU.set_race_check(False)
+    EMU.set_thread_order(0)
+
+
+def test_no_shared_memory_races(race_checked):
+    # Every shared-memory access is checked against those of the other threads
+    # since the last barrier (a missing __syncthreads raises), and in another
+    # thread order a phase that depends on the order gives other results.
+    _, _, make_inputs = _pc_inputs()
+    for stride, cl in ((1, False), (2, True)):
+        _assert_pc_matches(make_inputs(n=2, c=8, h=8, w=10, k=2, stride=stride, channels_last=cl))
+    _assert_pc_matches(make_inputs(n=4, c=8, h=48, w=48, k=2, seed=9), atol=5e-5, rtol=5e-5)
+    for i, case in enumerate(LOWRANK_CASES[:10]):
+        for scheme in ("channel", "spatial"):
+            _assert_lowrank_matches(lowrank_tensors(case, scheme, i % 2 == 1, seed=i))

@@ -75,7 +75,7 @@ struct FwdArgs {
 };
 
 template <DType DT, bool kStoreT, class Ex>
-FUSENAS_BLOCK void fwd_block(const FwdArgs& a, Ex& ex, float* smem, BlockId b) {
+FUSENAS_BLOCK void fwd_block(const FwdArgs& a, Ex& ex, typename Ex::Smem smem, BlockId b) {
   const Geometry& g = a.g;
   const FwdTiles& T = a.t;
   const Factor& f1 = g.f1;
@@ -88,10 +88,10 @@ FUSENAS_BLOCK void fwd_block(const FwdArgs& a, Ex& ex, float* smem, BlockId b) {
   const int xc0 = u0 * f1.sw - f1.pw;
   const int taps1 = f1.kh * f1.kw;
   const int npos = T.th * T.tu;
-  float* ts = smem;                 // [rc][th][tu]
-  float* xs = smem + T.ts_floats;   // [cc][xr][xc]
-  float* w1s = xs + T.xs_floats;    // [cc][kh][kw][rcp]: 4 ranks per LDS.128
-  float* w2s = smem + T.ts_floats;  // [rw][kw2][kChanRow] (reuses the x / w1 space)
+  const auto ts = smem;                 // [rc][th][tu]
+  const auto xs = smem + T.ts_floats;   // [cc][xr][xc]
+  const auto w1s = xs + T.xs_floats;    // [cc][kh][kw][rcp]: 4 ranks per LDS.128
+  const auto w2s = smem + T.ts_floats;  // [rw][kw2][kChanRow] (reuses the x / w1 space)
 
   typename Ex::template Local<Acc4x4> acc;
   ex.for_threads([&](int tid) {
@@ -168,8 +168,8 @@ FUSENAS_BLOCK void fwd_block(const FwdArgs& a, Ex& ex, float* smem, BlockId b) {
           float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
           for (int c = 0; c < ccur; ++c) {
             for (int i = 0; i < f1.kh; ++i) {
-              const float* xp = xs + (c * T.xr + i * f1.dh) * T.xc;
-              const float* wp = w1s + (c * f1.kh + i) * f1.kw * T.rcp + 4 * rg;
+              const auto xp = xs + (c * T.xr + i * f1.dh) * T.xc;
+              const auto wp = w1s + (c * f1.kh + i) * f1.kw * T.rcp + 4 * rg;
               for (int j = 0; j < f1.kw; ++j) {
                 const F4 w = load4(wp + j * T.rcp);
                 for (int q = 0; q < 2; ++q) {
@@ -184,7 +184,7 @@ FUSENAS_BLOCK void fwd_block(const FwdArgs& a, Ex& ex, float* smem, BlockId b) {
           }
           for (int q = 0; q < 2; ++q) {
             if (!ok[q]) continue;
-            float* tp = ts + 4 * rg * npos + pos0 + q * half;
+            const auto tp = ts + 4 * rg * npos + pos0 + q * half;
             for (int r = 0; r < 4; ++r) tp[r * npos] += s[q][r];
           }
         }
@@ -243,10 +243,10 @@ FUSENAS_BLOCK void fwd_block(const FwdArgs& a, Ex& ex, float* smem, BlockId b) {
             const int th = pg / gpr, tw0 = (pg % gpr) * 4;
             Acc4x4& ac = acc(tid);
             for (int r = 0; r < rwcur; ++r) {
-              const float* trow = ts + ((rw0 + r) * T.th + th) * T.tu + tw0 * f2.sw;
+              const auto trow = ts + ((rw0 + r) * T.th + th) * T.tu + tw0 * f2.sw;
               for (int j = 0; j < f2.kw; ++j) {
                 const F4 w = load4(w2s + (r * f2.kw + j) * kChanRow + 4 * og);
-                const float* tp = trow + j * f2.dw;
+                const auto tp = trow + j * f2.dw;
                 FUSENAS_BLOCK_CHECK((tw0 + 3) * f2.sw + j * f2.dw < T.tu);
                 for (int q = 0; q < 4; ++q) {
                   const float tv = tp[q * f2.sw];
@@ -307,7 +307,7 @@ struct DgradArgs {
 };
 
 template <DType GYT, DType WT, DType GXT, class Ex>
-FUSENAS_BLOCK void dgrad_block(const DgradArgs& a, Ex& ex, float* smem, BlockId b) {
+FUSENAS_BLOCK void dgrad_block(const DgradArgs& a, Ex& ex, typename Ex::Smem smem, BlockId b) {
   const Factor& f = a.f;
   const DgradTiles& T = a.t;
   const int n = b.z;
@@ -318,8 +318,8 @@ FUSENAS_BLOCK void dgrad_block(const DgradArgs& a, Ex& ex, float* smem, BlockId 
   const int hlo = blockexec::ceil_div(h0 + f.ph - (f.kh - 1) * f.dh, f.sh);
   const int wlo = blockexec::ceil_div(w0 + f.pw - (f.kw - 1) * f.dw, f.sw);
   const int taps = f.kh * f.kw;
-  float* gs = smem;                 // [oc][gr][gc]
-  float* ws = smem + T.gys_floats;  // [oc][kh][kw][kChanRow]: 4 gx channels per LDS.128
+  const auto gs = smem;                 // [oc][gr][gc]
+  const auto ws = smem + T.gys_floats;  // [oc][kh][kw][kChanRow]: 4 gx channels per LDS.128
 
   typename Ex::template Local<Acc4x4> acc;
   ex.for_threads([&](int tid) {
@@ -371,7 +371,7 @@ FUSENAS_BLOCK void dgrad_block(const DgradArgs& a, Ex& ex, float* smem, BlockId 
           if (rh < 0 || (f.sh != 1 && rh % f.sh != 0)) continue;
           const int hi = f.sh == 1 ? rh : rh / f.sh;
           FUSENAS_BLOCK_CHECK(hi < T.gr);
-          const float* grow = gs + (o * T.gr + hi) * T.gc;
+          const auto grow = gs + (o * T.gr + hi) * T.gc;
           for (int j = 0; j < f.kw; ++j) {
             const F4 w = load4(ws + (o * taps + i * f.kw + j) * kChanRow + 4 * cg);
             for (int q = 0; q < 4; ++q) {
@@ -427,7 +427,7 @@ struct WgradArgs {
 };
 
 template <DType GYT, DType XT, class Ex>
-FUSENAS_BLOCK void wgrad_block(const WgradArgs& a, Ex& ex, float* smem, BlockId b) {
+FUSENAS_BLOCK void wgrad_block(const WgradArgs& a, Ex& ex, typename Ex::Smem smem, BlockId b) {
   const Factor& f = a.f;
   const int taps = f.kh * f.kw;
   const int K = a.Cx * taps;
@@ -437,8 +437,8 @@ FUSENAS_BLOCK void wgrad_block(const WgradArgs& a, Ex& ex, float* smem, BlockId 
   const int64_t P = a.N * plane;
   const int64_t p_begin = b.z * a.pix_per_split;
   const int64_t p_end = p_begin + a.pix_per_split < P ? p_begin + a.pix_per_split : P;
-  float* as = smem;                         // [16 pixels][kChanRow] of o
-  float* bs = smem + kWgradPix * kChanRow;  // [16 pixels][kChanRow] of (c, i, j)
+  const auto as = smem;                         // [16 pixels][kChanRow] of o
+  const auto bs = smem + kWgradPix * kChanRow;  // [16 pixels][kChanRow] of (c, i, j)
 
   typename Ex::template Local<Acc4x4> acc;
   ex.for_threads([&](int tid) {
@@ -516,7 +516,7 @@ struct FwdBody {
   static constexpr int kThreads = lowrank::kThreads;
   static constexpr int kMinBlocks = 2;
   template <class Ex>
-  static FUSENAS_BLOCK void run(const Args& a, Ex& ex, float* smem, BlockId b) {
+  static FUSENAS_BLOCK void run(const Args& a, Ex& ex, typename Ex::Smem smem, BlockId b) {
     fwd_block<DT, kStoreT>(a, ex, smem, b);
   }
 };
@@ -527,7 +527,7 @@ struct DgradBody {
   static constexpr int kThreads = lowrank::kThreads;
   static constexpr int kMinBlocks = 2;
   template <class Ex>
-  static FUSENAS_BLOCK void run(const Args& a, Ex& ex, float* smem, BlockId b) {
+  static FUSENAS_BLOCK void run(const Args& a, Ex& ex, typename Ex::Smem smem, BlockId b) {
     dgrad_block<GYT, WT, GXT>(a, ex, smem, b);
   }
 };
@@ -538,7 +538,7 @@ struct WgradBody {
   static constexpr int kThreads = lowrank::kThreads;
   static constexpr int kMinBlocks = 2;
   template <class Ex>
-  static FUSENAS_BLOCK void run(const Args& a, Ex& ex, float* smem, BlockId b) {
+  static FUSENAS_BLOCK void run(const Args& a, Ex& ex, typename Ex::Smem smem, BlockId b) {
     wgrad_block<GYT, XT>(a, ex, smem, b);
   }
 };

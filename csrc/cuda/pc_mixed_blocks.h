@@ -113,7 +113,7 @@ struct Vals {
 
 // Tree-sums vals(tid).v[0..nv) over the block into red[v * kThreads].
 template <class Ex, class L>
-FUSENAS_BLOCK void block_sum(Ex& ex, float* red, L& vals, int nv) {
+FUSENAS_BLOCK void block_sum(Ex& ex, typename Ex::Smem red, L& vals, int nv) {
   ex.for_threads([&](int tid) {
     for (int v = 0; v < kAcc; ++v)
       if (v < nv) red[v * kThreads + tid] = vals(tid).v[v];
@@ -134,7 +134,7 @@ FUSENAS_BLOCK void block_sum(Ex& ex, float* red, L& vals, int nv) {
 
 // Pooled maps' statistics of channel blockIdx.x over positions of split blockIdx.y.
 template <DType DT, class Ex>
-FUSENAS_BLOCK void stats_block(const PcArgs& a, Ex& ex, float* smem, BlockId b) {
+FUSENAS_BLOCK void stats_block(const PcArgs& a, Ex& ex, typename Ex::Smem smem, BlockId b) {
   const int ci = b.x;
   const int64_t M = positions(a);
   const int64_t p0 = b.y * a.split_len;
@@ -163,7 +163,7 @@ FUSENAS_BLOCK void stats_block(const PcArgs& a, Ex& ex, float* smem, BlockId b) 
 }
 
 template <DType DT, class Ex>
-FUSENAS_BLOCK void stats_finalize_block(const PcArgs& a, Ex& ex, float*, BlockId) {
+FUSENAS_BLOCK void stats_finalize_block(const PcArgs& a, Ex& ex, typename Ex::Smem, BlockId) {
   const double M = static_cast<double>(positions(a));
   ex.for_threads([&](int tid) {
     for (int ci = tid; ci < a.ck; ci += kThreads) {
@@ -219,7 +219,7 @@ FUSENAS_HD float bypass_value(const PcArgs& a, int n, int c, int ho, int wo) {
 }
 
 template <DType DT, class Ex>
-FUSENAS_BLOCK void forward_block(const PcArgs& a, Ex& ex, float*, BlockId b) {
+FUSENAS_BLOCK void forward_block(const PcArgs& a, Ex& ex, typename Ex::Smem, BlockId b) {
   const int64_t total = static_cast<int64_t>(a.N) * a.C * a.Ho * a.Wo;
   ex.for_threads([&](int tid) {
     const float s = edge_scale_of<DT>(a);
@@ -237,7 +237,7 @@ FUSENAS_BLOCK void forward_block(const PcArgs& a, Ex& ex, float*, BlockId b) {
 // ------------------------------------------------------------- backward --
 
 template <DType DT, class Ex>
-FUSENAS_BLOCK void bwd_reduce_block(const PcArgs& a, Ex& ex, float* smem, BlockId b) {
+FUSENAS_BLOCK void bwd_reduce_block(const PcArgs& a, Ex& ex, typename Ex::Smem smem, BlockId b) {
   const int c = b.x;
   const int64_t M = positions(a);
   const int64_t p0 = b.y * a.split_len;
@@ -300,7 +300,7 @@ FUSENAS_HD int acc_slot(const PcArgs& a, int o) {
 }
 
 template <DType DT, class Ex>
-FUSENAS_BLOCK void bwd_finalize_block(const PcArgs& a, Ex& ex, float*, BlockId) {
+FUSENAS_BLOCK void bwd_finalize_block(const PcArgs& a, Ex& ex, typename Ex::Smem, BlockId) {
   const double M = static_cast<double>(positions(a));
   double* coef = a.ws + static_cast<int64_t>(a.C) * kAcc;
   ex.for_threads([&](int tid) {
@@ -377,7 +377,7 @@ FUSENAS_HD float pooled_grad_at(const PcArgs& a, const double* coef, int n, int 
 }
 
 template <DType DT, class Ex>
-FUSENAS_BLOCK void bwd_gx_block(const PcArgs& a, Ex& ex, float*, BlockId b) {
+FUSENAS_BLOCK void bwd_gx_block(const PcArgs& a, Ex& ex, typename Ex::Smem, BlockId b) {
   const int64_t total = static_cast<int64_t>(a.N) * a.C * a.H * a.W;
   const double* coef = a.ws + static_cast<int64_t>(a.C) * kAcc;
   ex.for_threads([&](int tid) {
@@ -410,16 +410,16 @@ FUSENAS_BLOCK void bwd_gx_block(const PcArgs& a, Ex& ex, float*, BlockId b) {
 
 // The reduction keeps 12 accumulators per thread: one block per SM may use
 // all the registers it needs; the elementwise kernels stay at 3+ blocks.
-#define FUSENAS_PC_BODY(NAME, FN, MIN_BLOCKS)                                      \
-  template <DType DT>                                                              \
-  struct NAME {                                                                    \
-    using Args = PcArgs;                                                           \
-    static constexpr int kThreads = pc_mixed_gpu::kThreads;                        \
-    static constexpr int kMinBlocks = MIN_BLOCKS;                                  \
-    template <class Ex>                                                            \
-    static FUSENAS_BLOCK void run(const Args& a, Ex& ex, float* smem, BlockId b) { \
-      FN<DT>(a, ex, smem, b);                                                      \
-    }                                                                              \
+#define FUSENAS_PC_BODY(NAME, FN, MIN_BLOCKS)                                                 \
+  template <DType DT>                                                                         \
+  struct NAME {                                                                               \
+    using Args = PcArgs;                                                                      \
+    static constexpr int kThreads = pc_mixed_gpu::kThreads;                                   \
+    static constexpr int kMinBlocks = MIN_BLOCKS;                                             \
+    template <class Ex>                                                                       \
+    static FUSENAS_BLOCK void run(const Args& a, Ex& ex, typename Ex::Smem smem, BlockId b) { \
+      FN<DT>(a, ex, smem, b);                                                                 \
+    }                                                                                         \
   };
 FUSENAS_PC_BODY(StatsBody, stats_block, 3)
 FUSENAS_PC_BODY(StatsFinalizeBody, stats_finalize_block, 1)
