@@ -4,11 +4,14 @@ Their block bodies compile both as CUDA kernels and as plain C++
 (csrc/common/block_exec.h); fusenas._C_cuda_emu runs every block of every
 launch one after the other on the CPU, through the same launch sequences,
 tile plans and Python launch helpers as the GPU path. These tests therefore
-check the kernels' tiling, halos, index math, shared-memory staging (the
-emulator fills shared memory with NaN before each block, so a read of an
-element no thread wrote shows up) and reductions against the references on a
-machine without a GPU. They cannot see what only hardware shows: data races
-between threads of a phase, launch-configuration limits, or timing.
+check the kernels' tiling, halos, index math, shared-memory staging and
+reductions against the references on a machine without a GPU. Shared memory
+is filled with NaN before each block (a read of an element no thread wrote
+shows up), every shared-memory access is bounds-checked, and one test runs
+with the race checker (an access that conflicts with another thread's since
+the last barrier raises) and with the threads of each phase in three orders.
+What only hardware shows stays unchecked: launch limits, races on global
+memory between blocks, register pressure at run time, and speed.
 """
 
 from __future__ import annotations
