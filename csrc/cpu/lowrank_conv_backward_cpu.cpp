@@ -11,6 +11,8 @@
 //         last tile to the end) = first factor transposed applied to gT, per
 //         stride phase: every input element is written by exactly one tile,
 //         so threads never race and nothing is zero-filled beforehand.
+#include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/lowrank_conv_tiles.h"
@@ -170,7 +172,7 @@ struct BackwardLayout {
     const auto& s = g.s;
     const int64_t nb = g.channel ? 1 : s.sw;
     return 2 * g.planes_x() * g.plane + nb * s.rank * (tplane + gplane) + s.Nout * gplane +
-           s.rank * g.K1 + s.Nout * g.K2;
+           s.rank * g.K1 + s.Nout * g.K2;  // (thread 0 sums into float32 outputs)
   }
 };
 
@@ -188,7 +190,8 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
   const int64_t front = lay.front, grid_rows = lay.grid_rows, gplane = lay.gplane;
   const int64_t tplane = lay.tplane, row0 = lay.row0;  // row0: the tile's first row in G / gT
 
-  const std::vector<float> a1 = pack_panels(w1, s.rank, g.K1, kern.mr);
+  std::vector<float> w1_store;
+  const float* a1 = as_f32(w1, s.rank * g.K1, w1_store);
   const std::vector<int64_t> off1 = stage1_offsets(g), off2 = stage2_offsets(g, tplane);
   const auto w2t = second_factor_transposed(w2, g, gplane, kern.mr);
   std::vector<PhaseTaps> w1t;
@@ -204,10 +207,20 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
     Buffer xp(g.planes_x() * g.plane), t(want_w2 ? nb * s.rank * tplane : 0);
     Buffer G(s.Nout * gplane), gt(want_gt ? nb * s.rank * gplane : 0);
     Buffer gxp(want_gx ? g.planes_x() * g.plane : 0);
-    std::vector<float>& aw1 = acc_w1[static_cast<size_t>(tid)];
-    std::vector<float>& aw2 = acc_w2[static_cast<size_t>(tid)];
-    if (want_w1) aw1.assign(static_cast<size_t>(s.rank * g.K1), 0.f);
-    if (want_w2) aw2.assign(static_cast<size_t>(s.Nout * g.K2), 0.f);
+    // Per-thread weight-gradient sums; thread 0 sums straight into a float32
+    // output (one copy of grad_w1 less at peak).
+    auto accumulator = [&](std::vector<std::vector<float>>& acc, T* out, int64_t count) {
+      if constexpr (std::is_same_v<T, float>) {
+        if (tid == 0) {
+          std::fill(out, out + count, 0.f);
+          return out;
+        }
+      }
+      acc[static_cast<size_t>(tid)].assign(static_cast<size_t>(count), 0.f);
+      return acc[static_cast<size_t>(tid)].data();
+    };
+    float* aw1 = want_w1 ? accumulator(acc_w1, gw1, s.rank * g.K1) : nullptr;
+    float* aw2 = want_w2 ? accumulator(acc_w2, gw2, s.Nout * g.K2) : nullptr;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t n = item / g.ntiles, tile = item % g.ntiles, oh0 = tile * g.R;
@@ -218,10 +231,10 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
       if (want_w1 || want_w2) pack_input(kern, x, xs, n, oh0, rows + g.qh_max, g, xp.get());
       if (want_w2) {  // recompute the intermediate, then grad_w2 += G . T^T
         for (int64_t b = 0; b < nb; ++b)
-          kern.row_gemm({s.rank, g.K1, P, a1.data(), xp.get() + b * s.C * g.plane, off1.data(),
+          kern.row_gemm({s.rank, g.K1, P, a1, g.K1, xp.get() + b * s.C * g.plane, off1.data(),
                          nullptr, t.get() + b * s.rank * tplane, tplane, false});
         kern.reduce_gemm(
-            {s.Nout, g.K2, P, G.get() + row0, gplane, t.get(), off2.data(), aw2.data(), g.K2});
+            {s.Nout, g.K2, P, G.get() + row0, gplane, t.get(), off2.data(), aw2, g.K2});
       }
       if (!want_gt) continue;
       // gT over rows [-qh_max, max(rows, qown)): the owned input rows need them.
@@ -234,13 +247,13 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
           for (int64_t r = 0; r < s.rank; ++r) std::memset(dst + r * gplane, 0, ext * 4);
           continue;
         }
-        kern.row_gemm({s.rank, K, ext, w.a.data(), G.get() + front, w.offset.data(), nullptr, dst,
-                       gplane, false});
+        kern.row_gemm({s.rank, K, ext, w.a.data(), 0, G.get() + front, w.offset.data(), nullptr,
+                       dst, gplane, false});
       }
       if (want_w1)
         for (int64_t b = 0; b < nb; ++b)
           kern.reduce_gemm({s.rank, g.K1, P, gt.get() + b * s.rank * gplane + row0, gplane,
-                            xp.get() + b * s.C * g.plane, off1.data(), aw1.data(), g.K1});
+                            xp.get() + b * s.C * g.plane, off1.data(), aw1, g.K1});
       if (want_gx) {
         const int64_t Pown = round_up(qown * g.Wq, kPixelAlign);
         for (int64_t a = 0; a < s.sh; ++a)
@@ -252,7 +265,7 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
               for (int64_t c = 0; c < s.C; ++c) std::memset(dst + c * g.plane, 0, Pown * 4);
               continue;
             }
-            kern.row_gemm({s.C, K, Pown, ph.a.data(), gt.get() + row0, ph.offset.data(), nullptr,
+            kern.row_gemm({s.C, K, Pown, ph.a.data(), 0, gt.get() + row0, ph.offset.data(), nullptr,
                            dst, g.plane, false});
           }
         store_grad_input(kern, gxp.get(), n, oh0, qown, g, gx, gxs);
@@ -260,9 +273,12 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
     }
   }
   auto reduce = [&](std::vector<std::vector<float>>& acc, T* out, int64_t count) {
+    constexpr bool in_place = std::is_same_v<T, float>;  // thread 0 summed into out
     for (int64_t i = 0; i < count; ++i) {
       float v = 0.f;
-      for (int th = 0; th < used; ++th) v += acc[static_cast<size_t>(th)][static_cast<size_t>(i)];
+      if constexpr (in_place) v = out[i];
+      for (int th = in_place ? 1 : 0; th < used; ++th)
+        v += acc[static_cast<size_t>(th)][static_cast<size_t>(i)];
       out[i] = from_f32<T>(v);
     }
   };
@@ -272,16 +288,20 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
 
 }  // namespace
 
-int64_t lowrank_conv2d_backward_workspace_bytes(const LowRankConvShape& s, int num_threads) {
+int64_t lowrank_conv2d_backward_workspace_bytes(const LowRankConvShape& s, DType dtype,
+                                                int num_threads) {
   const int threads = resolve_threads(num_threads);
   const Geometry g = make_geometry(s, threads, kBackwardTilePixels);
   const int64_t mr = pick_kernels().mr;
   const int64_t used = std::max<int64_t>(1, std::min<int64_t>(threads, s.N * g.ntiles));
   const int64_t kw2 = g.channel ? 1 : s.kw;
-  const int64_t weights = round_up(s.rank, mr) * (g.K1 + s.Nout * kw2) +
+  const int64_t weights = (dtype == DType::kBFloat16 ? s.rank * g.K1 : 0) +
+                          round_up(s.rank, mr) * s.Nout * kw2 +
                           round_up(s.C, mr) * s.rank * s.kh * (g.channel ? s.kw : 1) +
                           s.rank * g.K1 + s.Nout * g.K2;  // + the final gradient sums
-  return 4 * (used * BackwardLayout(g).thread_floats(g) + weights + 2 * (g.K1 + g.K2));
+  // Thread 0 sums the weight gradients straight into float32 outputs.
+  const int64_t in_place = dtype == DType::kFloat32 ? s.rank * g.K1 + s.Nout * g.K2 : 0;
+  return 4 * (used * BackwardLayout(g).thread_floats(g) - in_place + weights + 2 * (g.K1 + g.K2));
 }
 
 void lowrank_conv2d_backward_cpu(const void* grad_out, const Strides4& gs, const void* x,

@@ -67,8 +67,11 @@ void forward(const T* x, const Strides4& xs, const T* w1, const T* w2, const T* 
   const Geometry g = make_geometry(s, threads, kForwardTilePixels);
   const ForwardLayout lay(g);
   const int64_t tplane = lay.tplane, t_planes = lay.t_planes;
-  const std::vector<float> a1 = pack_panels(w1, s.rank, g.K1, kern.mr);
-  const std::vector<float> a2 = pack_panels(w2, s.Nout, g.K2, kern.mr);
+  // The GEMMs read the weights row-major in place (float32) or from one
+  // float32 copy (bfloat16): no packed duplicate of a large w1 in memory.
+  std::vector<float> w1_store, w2_store;
+  const float* a1 = as_f32(w1, s.rank * g.K1, w1_store);
+  const float* a2 = as_f32(w2, s.Nout * g.K2, w2_store);
   std::vector<float> bias_f;
   if (bias) {
     bias_f.resize(static_cast<size_t>(s.Nout));
@@ -92,28 +95,16 @@ void forward(const T* x, const Strides4& xs, const T* w1, const T* w2, const T* 
         pack_input(kern, x, xs, n, oh0, rows + g.qh_max, g, st.xp.get());
         const int64_t phases = g.channel ? 1 : s.sw;
         for (int64_t b = 0; b < phases; ++b) {
-          const cpu::lowrank::RowGemm g1{s.rank,
-                                         g.K1,
-                                         P,
-                                         a1.data(),
-                                         st.xp.get() + b * s.C * g.plane,
-                                         off1.data(),
-                                         nullptr,
-                                         st.t.get() + b * s.rank * tplane,
-                                         tplane,
-                                         false};
+          const cpu::lowrank::RowGemm g1{s.rank,      g.K1,    P,
+                                         a1,          g.K1,    st.xp.get() + b * s.C * g.plane,
+                                         off1.data(), nullptr, st.t.get() + b * s.rank * tplane,
+                                         tplane,      false};
           kern.row_gemm(g1);
         }
-        const cpu::lowrank::RowGemm g2{s.Nout,
-                                       g.K2,
-                                       P,
-                                       a2.data(),
-                                       st.t.get(),
-                                       off2.data(),
-                                       bias ? bias_f.data() : nullptr,
-                                       st.yt.get(),
-                                       g.Pmax,
-                                       false};
+        const cpu::lowrank::RowGemm g2{
+            s.Nout,      g.K2,       P,           a2,
+            g.K2,        st.t.get(), off2.data(), bias ? bias_f.data() : nullptr,
+            st.yt.get(), g.Pmax,     false};
         kern.row_gemm(g2);
         store_output(kern, st.yt.get(), g.Pmax, rows, n, oh0, g, y, ys);
       });
@@ -135,12 +126,11 @@ void lowrank_conv2d_cpu(const void* x, const Strides4& xs, const void* w1, const
   }
 }
 
-int64_t lowrank_conv2d_workspace_bytes(const LowRankConvShape& s, int num_threads) {
+int64_t lowrank_conv2d_workspace_bytes(const LowRankConvShape& s, DType dtype, int num_threads) {
   const int threads = resolve_threads(num_threads);
   const Geometry g = make_geometry(s, threads, kForwardTilePixels);
-  const int64_t mr = pick_kernels().mr;
   const int64_t used = std::max<int64_t>(1, std::min<int64_t>(threads, s.N * g.ntiles));
-  const int64_t weights = round_up(s.rank, mr) * g.K1 + round_up(s.Nout, mr) * g.K2 + s.Nout;
+  const int64_t weights = s.Nout + (dtype == DType::kBFloat16 ? s.rank * g.K1 + s.Nout * g.K2 : 0);
   const int64_t offsets = 2 * (g.K1 + g.K2);  // int64 = 2 floats
   return 4 * (used * ForwardLayout(g).thread_floats(g) + weights + offsets);
 }

@@ -15,11 +15,13 @@ namespace lowrank {
 constexpr int64_t kPixelAlign = 16;
 
 // C[m][j] = bias[m] + sum_k A[m][k] * B[boff[k] + j]   (accumulate: C[m][j] += ...)
-// for m < M, j < P. A is packed in panels of `mr` rows: panel p holds
-// A[p*mr + i][k] at A[(p*K + k)*mr + i], rows past M zero.
+// for m < M, j < P. A is either packed in panels of `mr` rows (lda == 0):
+// panel p holds A[p*mr + i][k] at A[(p*K + k)*mr + i], rows past M zero; or
+// row-major with row stride lda (no copy of a float32 weight needed).
 struct RowGemm {
   int64_t M, K, P;
   const float* A;
+  int64_t lda;
   const float* B;
   const int64_t* boff;
   const float* bias;  // M entries or null (ignored when accumulating)

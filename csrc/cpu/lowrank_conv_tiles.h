@@ -160,6 +160,18 @@ inline uint16_t from_f32<uint16_t>(float v) {
   return float_to_bf16_bits(v);
 }
 
+// A float32 weight as it is, or a float32 copy of a bfloat16 one (in storage).
+template <class T>
+const float* as_f32(const T* w, int64_t n, std::vector<float>& storage) {
+  if constexpr (std::is_same_v<T, float>) {
+    return w;
+  } else {
+    storage.resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) storage[static_cast<size_t>(i)] = to_f32(w[i]);
+    return storage.data();
+  }
+}
+
 // rows x cols row-major matrix (source dtype) -> float panels of `mr` rows:
 // panel p holds row p*mr + i, column k at [(p * cols + k) * mr + i].
 template <class T>

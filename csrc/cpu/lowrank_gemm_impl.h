@@ -30,8 +30,9 @@ namespace {
 constexpr int64_t kKBlock = 128;
 
 template <class V, int MR, int NV>
-LR_INLINE void row_micro(const float* a, int mrp, const float* B, const int64_t* boff, int64_t kc,
-                         float* c, int64_t ldc, bool load_c, const float* bias) {
+LR_INLINE void row_micro(const float* a, int64_t ak_stride, int64_t am_stride, const float* B,
+                         const int64_t* boff, int64_t kc, float* c, int64_t ldc, bool load_c,
+                         const float* bias) {
   using R = typename V::reg;
   constexpr int W = V::kWidth;
   R acc[MR][NV];
@@ -46,10 +47,10 @@ LR_INLINE void row_micro(const float* a, int mrp, const float* B, const int64_t*
     R bv[NV];
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) bv[v] = V::loadu(b + v * W);
-    const float* ak = a + k * mrp;
+    const float* ak = a + k * ak_stride;
 #pragma GCC unroll 8
     for (int m = 0; m < MR; ++m) {
-      const R av = V::bcast(ak + m);
+      const R av = V::bcast(ak + m * am_stride);
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) acc[m][v] = V::fmadd(av, bv[v], acc[m][v]);
     }
@@ -60,13 +61,14 @@ LR_INLINE void row_micro(const float* a, int mrp, const float* B, const int64_t*
     for (int v = 0; v < NV; ++v) V::storeu(c + m * ldc + v * W, acc[m][v]);
 }
 
-using RowMicroFn = void (*)(const float*, int, const float*, const int64_t*, int64_t, float*,
-                            int64_t, bool, const float*);
+using RowMicroFn = void (*)(const float*, int64_t, int64_t, const float*, const int64_t*, int64_t,
+                            float*, int64_t, bool, const float*);
 
 template <class V, int MR, int NV>
-void row_micro_fn(const float* a, int mrp, const float* B, const int64_t* boff, int64_t kc,
-                  float* c, int64_t ldc, bool load_c, const float* bias) {
-  row_micro<V, MR, NV>(a, mrp, B, boff, kc, c, ldc, load_c, bias);
+void row_micro_fn(const float* a, int64_t ak_stride, int64_t am_stride, const float* B,
+                  const int64_t* boff, int64_t kc, float* c, int64_t ldc, bool load_c,
+                  const float* bias) {
+  row_micro<V, MR, NV>(a, ak_stride, am_stride, B, boff, kc, c, ldc, load_c, bias);
 }
 
 // table[rows - 1][nv - 1] for rows <= MAXR, nv <= MAXNV.
@@ -105,10 +107,13 @@ void row_gemm(const RowGemm& g) {
     const int nv_max = Cfg::nv_for(rows);
     for (int64_t v0 = 0; v0 < vecs; v0 += nv_max) {
       const int nv = static_cast<int>(std::min<int64_t>(nv_max, vecs - v0));
-      for (int64_t p = p0; p < p1; ++p)
-        table.fn[rows - 1][nv - 1](g.A + (p * g.K + k0) * MR, MR, g.B + v0 * W, g.boff + k0, kc,
-                                   g.C + p * MR * g.ldc + v0 * W, g.ldc, load_c,
+      for (int64_t p = p0; p < p1; ++p) {
+        // Packed panels: row m, column k of panel p at (p K + k) MR + m; row-major: p MR lda + k.
+        const float* a = g.lda ? g.A + p * MR * g.lda + k0 : g.A + (p * g.K + k0) * MR;
+        table.fn[rows - 1][nv - 1](a, g.lda ? 1 : MR, g.lda ? g.lda : 1, g.B + v0 * W, g.boff + k0,
+                                   kc, g.C + p * MR * g.ldc + v0 * W, g.ldc, load_c,
                                    bias ? bias + p * MR : nullptr);
+      }
     }
   };
   for (int64_t k0 = 0; k0 < g.K; k0 += kKBlock) {

@@ -497,5 +497,5 @@ def workspace_bytes(
         return 0
     return _native.cpu().lowrank_conv2d_workspace_bytes(
         *_geometry(x, w1, w2, scheme, stride, padding, dilation, kh, kw), backward,
-        torch.get_num_threads(),
+        _DTYPE_CODE[x.dtype], torch.get_num_threads(),
     )  # fmt: skip
