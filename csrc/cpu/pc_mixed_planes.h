@@ -103,21 +103,20 @@ struct PcPlanes {
   static void horizontal(const PcGeom& g, const float* x, bool want_max, bool want_col,
                          bool want_sum, const Scratch& sc) {
     const int64_t W = g.W;
-    float* pad = sc.row(0);
     const R one = V::set1(1.0f), zero = V::set1(0.0f), last = V::set1(static_cast<float>(W - 1));
     for (int64_t h = 0; h < g.H; ++h) {
       const float* r = x + h * W;
-      // Edge columns replicated: a duplicate never changes a max, and never wins
-      // a strict comparison against the element it copies.
-      chunks(W, [&](int64_t w, int n) { V::store_n(pad + 1 + w, V::load_n(r + w, n), n); });
-      pad[0] = r[0];
-      pad[W + 1] = r[W - 1];
       float* hm = sc.slot(kHmax) + h * W;
       float* hc = sc.slot(kHcol) + h * W;
       float* hs = sc.slot(kHsum) + h * W;
       chunks(W, [&](int64_t w, int n) {
-        const R a = V::load_n(pad + w, n), b = V::load_n(pad + w + 1, n);
-        const R c = V::load_n(pad + w + 2, n);
+        // Left / right neighbours; past the row's ends the centre is repeated
+        // (a duplicate never changes a max, and never wins a strict comparison
+        // against the element it copies; the sums are fixed below).
+        const R b = V::load_n(r + w, n);
+        const R a = V::load_range_or(r + w - 1, w == 0 ? 1 : 0, n, b);
+        const R c =
+            V::load_range_or(r + w + 1, 0, static_cast<int>(std::min<int64_t>(n, W - w - 1)), b);
         if (want_col) {
           const R col = V::add(V::iota(), V::set1(static_cast<float>(w)));
           R m = a, idx = V::max(V::sub(col, one), zero);
@@ -291,8 +290,18 @@ struct PcPlanes {
     with_np(c.num_params, [&](auto np) { forward_np<decltype(np)::value>(g, x, c, out, sc); });
   }
 
-  static void bypass_forward(const PcGeom& g, PlaneIn x, float scale, PlaneOut out, float* s) {
+  static void bypass_forward(const PcGeom& g, PlaneIn x, int64_t x_step, float scale, PlaneOut out,
+                             int64_t out_step, int64_t planes, float* s) {
     const Scratch sc = carve(g, s);
+    for (int64_t i = 0; i < planes; ++i) {
+      bypass_forward_one(g, x, scale, out, sc);
+      x.p += x_step;
+      out.p += out_step;
+    }
+  }
+
+  static void bypass_forward_one(const PcGeom& g, PlaneIn x, float scale, PlaneOut out,
+                                 const Scratch& sc) {
     const float* xp = in_plane(x, g.H, g.W, sc.slot(kX));
     float* o = out_plane(out, g.Wo, sc.slot(kOut));
     const R vs = V::set1(scale);
@@ -461,24 +470,34 @@ struct PcPlanes {
             n);
       });
     if (H > 1) row(H - 1);
-    float* pad = sc.row(0);
-    pad[0] = 0.0f;
-    pad[W + 1] = 0.0f;
+    const R zero = V::set1(0.0f);
     for (int64_t h = 0; h < H; ++h) {
       const float* vr = v + h * W;
-      chunks(W, [&](int64_t w, int n) { V::store_n(pad + 1 + w, V::load_n(vr + w, n), n); });
       float* dr = d + h * W;
       chunks(W, [&](int64_t w, int n) {
-        const R s = V::add(V::add(V::load_n(pad + w, n), V::load_n(pad + w + 1, n)),
-                           V::load_n(pad + w + 2, n));
+        const R left = V::load_range_or(vr + w - 1, w == 0 ? 1 : 0, n, zero);
+        const R right = V::load_range_or(vr + w + 1, 0,
+                                         static_cast<int>(std::min<int64_t>(n, W - w - 1)), zero);
+        const R s = V::add(V::add(left, V::load_n(vr + w, n)), right);
         V::store_n(dr + w, V::add(V::load_n(dr + w, n), s), n);
       });
     }
   }
 
-  static void bypass_backward(const PcGeom& g, PlaneIn x, PlaneIn grad, float scale, PlaneOut dx,
-                              double* dot, float* s) {
+  static void bypass_backward(const PcGeom& g, PlaneIn x, int64_t x_step, PlaneIn grad,
+                              int64_t grad_step, float scale, PlaneOut dx, int64_t dx_step,
+                              int64_t planes, double* dot, float* s) {
     const Scratch sc = carve(g, s);
+    for (int64_t i = 0; i < planes; ++i) {
+      bypass_backward_one(g, x, grad, scale, dx, dot, sc);
+      x.p += x_step;
+      grad.p += grad_step;
+      dx.p += dx_step;
+    }
+  }
+
+  static void bypass_backward_one(const PcGeom& g, PlaneIn x, PlaneIn grad, float scale,
+                                  PlaneOut dx, double* dot, const Scratch& sc) {
     const float* gp = in_plane(grad, g.Ho, g.Wo, sc.slot(kG));
     const float* xp =
         dot != nullptr || g.stride != 1 ? in_plane(x, g.H, g.W, sc.slot(kX)) : nullptr;
