@@ -84,15 +84,21 @@ struct PcPlaneKernels {
   void (*pool_moments)(const PcGeom& g, PlaneIn x, bool want_max, bool want_avg, double* moments,
                        float* scratch);
   void (*forward)(const PcGeom& g, PlaneIn x, const PcForwardCoef& c, PlaneOut out, float* scratch);
-  // out = scale * x (stride 1) or scale * MaxPool2d(2, 2)(x) (stride 2).
-  void (*bypass_forward)(const PcGeom& g, PlaneIn x, float scale, PlaneOut out, float* scratch);
+  // out = scale * x (stride 1) or scale * MaxPool2d(2, 2)(x) (stride 2), for
+  // `planes` planes: plane i of x starts x_step elements after plane i - 1
+  // (likewise out). One call per bypassed group keeps small maps from paying a
+  // call per 8x8 plane.
+  void (*bypass_forward)(const PcGeom& g, PlaneIn x, int64_t x_step, float scale, PlaneOut out,
+                         int64_t out_step, int64_t planes, float* scratch);
   void (*backward_reduce)(const PcGeom& g, PlaneIn x, PlaneIn grad, const PcReduceCoef& c,
                           double* ch, double* tot, float* scratch);
   void (*backward_dx)(const PcGeom& g, PlaneIn x, PlaneIn grad, const PcDxCoef& c, PlaneOut dx,
                       float* scratch);
-  // dx = scale * grad routed through the bypass; *dot += sum grad * bypass when dot != null.
-  void (*bypass_backward)(const PcGeom& g, PlaneIn x, PlaneIn grad, float scale, PlaneOut dx,
-                          double* dot, float* scratch);
+  // dx = scale * grad routed through the bypass, over `planes` planes as in
+  // bypass_forward; *dot += sum grad * bypass when dot != null.
+  void (*bypass_backward)(const PcGeom& g, PlaneIn x, int64_t x_step, PlaneIn grad,
+                          int64_t grad_step, float scale, PlaneOut dx, int64_t dx_step,
+                          int64_t planes, double* dot, float* scratch);
 };
 
 const PcPlaneKernels& pc_plane_kernels_scalar();

@@ -55,8 +55,7 @@ struct PcPlanes {
     kHcol,
     kM,
     kA,
-    kDr,
-    kCi,
+    kArgmax,
     kDm,
     kU,
     kD,
@@ -99,85 +98,86 @@ struct PcPlanes {
   // ---- pooling -------------------------------------------------------------
 
   // Every input row of x (H x W, contiguous): stride-1 3-tap max (sc kHmax),
-  // column of its first maximum (kHcol, as float) and sum (kHsum).
-  static void horizontal(const PcGeom& g, const float* x, bool want_max, bool want_col,
-                         bool want_sum, const Scratch& sc) {
+  // column offset (-1, 0, 1, as float) of its first maximum (kHcol) and sum
+  // (kHsum). Templates on what is wanted: no per-vector branches.
+  template <bool kMax, bool kCol, bool kSum>
+  static void horizontal(const PcGeom& g, const float* x, const Scratch& sc) {
     const int64_t W = g.W;
-    float* pad = sc.row(0);
     const R one = V::set1(1.0f), zero = V::set1(0.0f), last = V::set1(static_cast<float>(W - 1));
     for (int64_t h = 0; h < g.H; ++h) {
       const float* r = x + h * W;
-      // Edge columns replicated: a duplicate never changes a max, and never wins
-      // a strict comparison against the element it copies.
-      chunks(W, [&](int64_t w, int n) { V::store_n(pad + 1 + w, V::load_n(r + w, n), n); });
-      pad[0] = r[0];
-      pad[W + 1] = r[W - 1];
       float* hm = sc.slot(kHmax) + h * W;
       float* hc = sc.slot(kHcol) + h * W;
       float* hs = sc.slot(kHsum) + h * W;
       chunks(W, [&](int64_t w, int n) {
-        const R a = V::load_n(pad + w, n), b = V::load_n(pad + w + 1, n);
-        const R c = V::load_n(pad + w + 2, n);
-        if (want_col) {
+        // Left / right neighbours; past the row's ends the centre is repeated
+        // (a duplicate never changes a max, and never wins a strict comparison
+        // against the element it copies; the sums are fixed below).
+        const R b = V::load_n(r + w, n);
+        const R a = V::load_range_or(r + w - 1, w == 0 ? 1 : 0, n, b);
+        const R c =
+            V::load_range_or(r + w + 1, 0, static_cast<int>(std::min<int64_t>(n, W - w - 1)), b);
+        if (kCol) {
           const R col = V::add(V::iota(), V::set1(static_cast<float>(w)));
           R m = a, idx = V::max(V::sub(col, one), zero);
           idx = V::select_gt(b, m, col, idx);
           m = V::max(m, b);
           idx = V::select_gt(c, m, V::min(V::add(col, one), last), idx);
           m = V::max(m, c);
-          V::store_n(hc + w, idx, n);
+          V::store_n(hc + w, V::sub(idx, col), n);
           V::store_n(hm + w, m, n);
-        } else if (want_max) {
+        } else if (kMax) {
           V::store_n(hm + w, V::max(V::max(a, b), c), n);
         }
-        if (want_sum) V::store_n(hs + w, V::add(V::add(a, b), c), n);
+        if (kSum) V::store_n(hs + w, V::add(V::add(a, b), c), n);
       });
-      if (want_sum) {  // edge columns sum two taps (one when W == 1), not the replicas
+      if (kSum) {  // edge columns sum two taps (one when W == 1), not the replicas
         hs[0] = W > 1 ? r[0] + r[1] : r[0];
         if (W > 1) hs[W - 1] = r[W - 2] + r[W - 1];
       }
     }
   }
 
-  // Vertical combination of rows top/mid/bot of the horizontal planes over
-  // `count` values starting at offset `at` (a run of whole rows centred on
-  // row h, or the interior rows as one flat run). dr: row of the first maximum
-  // relative to the centre row (as float); ci: its column.
+  // Where the vertical pass writes: pooled max, flat in-plane index of its
+  // first maximum (as float; exact below 2^24, which the Python layer checks)
+  // and pooled avg.
   struct VerticalOut {
     float* m;
-    float* dr;
-    float* ci;
+    float* arg;
     float* a;
+    VerticalOut at(int64_t off) const { return VerticalOut{m + off, arg + off, a + off}; }
   };
+
+  // Vertical combination of the horizontal planes at offsets top / mid / bot
+  // (rows above, at and below the window centres) over `count` values: a run
+  // of whole rows, or all interior rows as one flat run.
+  template <bool kMax, bool kArg, bool kAvg>
   static void vertical(const PcGeom& g, int64_t top, int64_t mid, int64_t bot, int64_t count,
                        bool sum_top, bool sum_bot, const VerticalOut& o, const Scratch& sc) {
     const float* hm = sc.slot(kHmax);
     const float* hc = sc.slot(kHcol);
     const float* hs = sc.slot(kHsum);
     const float* inv = g.inv_count_in + mid;
-    const R d_top = V::set1(static_cast<float>((top - mid) / g.W));
-    const R d_bot = V::set1(static_cast<float>((bot - mid) / g.W));
-    const R zero = V::set1(0.0f);
+    const R d_top = V::set1(static_cast<float>(top - mid)),
+            d_bot = V::set1(static_cast<float>(bot - mid));
     chunks(count, [&](int64_t i, int n) {
-      if (o.m != nullptr) {
+      if (kMax) {
         const R mt = V::load_n(hm + top + i, n), mm = V::load_n(hm + mid + i, n);
         const R mb = V::load_n(hm + bot + i, n);
-        if (o.dr != nullptr) {
-          R mx = mt, dr = d_top, ci = V::load_n(hc + top + i, n);
-          dr = V::select_gt(mm, mx, zero, dr);
-          ci = V::select_gt(mm, mx, V::load_n(hc + mid + i, n), ci);
+        if (kArg) {  // offset of the first maximum from the window centre
+          R mx = mt, d = V::add(d_top, V::load_n(hc + top + i, n));
+          d = V::select_gt(mm, mx, V::load_n(hc + mid + i, n), d);
           mx = V::max(mx, mm);
-          dr = V::select_gt(mb, mx, d_bot, dr);
-          ci = V::select_gt(mb, mx, V::load_n(hc + bot + i, n), ci);
+          d = V::select_gt(mb, mx, V::add(d_bot, V::load_n(hc + bot + i, n)), d);
           mx = V::max(mx, mb);
+          const R centre = V::add(V::iota(), V::set1(static_cast<float>(mid + i)));
           V::store_n(o.m + i, mx, n);
-          V::store_n(o.dr + i, dr, n);
-          V::store_n(o.ci + i, ci, n);
+          V::store_n(o.arg + i, V::add(centre, d), n);
         } else {
           V::store_n(o.m + i, V::max(V::max(mt, mm), mb), n);
         }
       }
-      if (o.a != nullptr) {
+      if (kAvg) {
         R s = V::load_n(hs + mid + i, n);
         if (sum_top) s = V::add(V::load_n(hs + top + i, n), s);
         if (sum_bot) s = V::add(s, V::load_n(hs + bot + i, n));
@@ -186,52 +186,53 @@ struct PcPlanes {
     });
   }
 
-  // Pooled planes (Ho x Wo, contiguous) of x into sc: kM (+ kDr, kCi when
-  // want_arg) and kA.
-  static void pool(const PcGeom& g, const float* x, bool want_max, bool want_arg, bool want_avg,
-                   const Scratch& sc) {
-    horizontal(g, x, want_max, want_arg, want_avg, sc);
+  template <bool kMax, bool kArg, bool kAvg>
+  static void pool_t(const PcGeom& g, const float* x, const Scratch& sc) {
+    horizontal<kMax, kArg, kAvg>(g, x, sc);
     const int64_t H = g.H, W = g.W;
-    const VerticalOut full{want_max ? sc.slot(kM) : nullptr, want_arg ? sc.slot(kDr) : nullptr,
-                           want_arg ? sc.slot(kCi) : nullptr, want_avg ? sc.slot(kA) : nullptr};
     auto edge_row = [&](int64_t h, const VerticalOut& o) {
       const int64_t t = h > 0 ? h - 1 : 0, b = h + 1 < H ? h + 1 : H - 1;
-      vertical(g, t * W, h * W, b * W, W, h > 0, h + 1 < H, o, sc);
+      vertical<kMax, kArg, kAvg>(g, t * W, h * W, b * W, W, h > 0, h + 1 < H, o, sc);
     };
+    const VerticalOut full{sc.slot(kM), sc.slot(kArgmax), sc.slot(kA)};
     if (g.stride == 1) {
-      auto shifted = [&](int64_t off) {
-        return VerticalOut{full.m ? full.m + off : nullptr, full.dr ? full.dr + off : nullptr,
-                           full.ci ? full.ci + off : nullptr, full.a ? full.a + off : nullptr};
-      };
-      edge_row(0, shifted(0));
-      if (H > 2) vertical(g, 0, W, 2 * W, (H - 2) * W, true, true, shifted(W), sc);
-      if (H > 1) edge_row(H - 1, shifted((H - 1) * W));
+      edge_row(0, full);
+      if (H > 2)
+        vertical<kMax, kArg, kAvg>(g, 0, W, 2 * W, (H - 2) * W, true, true, full.at(W), sc);
+      if (H > 1) edge_row(H - 1, full.at((H - 1) * W));
       return;
     }
-    // Stride 2: even rows at full width into rows 1..4, then the even columns.
-    const VerticalOut tmp{want_max ? sc.row(1) : nullptr, want_arg ? sc.row(2) : nullptr,
-                          want_arg ? sc.row(3) : nullptr, want_avg ? sc.row(4) : nullptr};
+    // Stride 2: even rows at full width into scratch rows, then the even columns.
+    const VerticalOut tmp{sc.row(1), sc.row(2), sc.row(3)};
     for (int64_t ho = 0; ho < g.Ho; ++ho) {
       const int64_t h = 2 * ho;
       if (h == 0 || h + 1 == H)
         edge_row(h, tmp);
       else
-        vertical(g, (h - 1) * W, h * W, (h + 1) * W, W, true, true, tmp, sc);
+        vertical<kMax, kArg, kAvg>(g, (h - 1) * W, h * W, (h + 1) * W, W, true, true, tmp, sc);
       const int64_t o = ho * g.Wo;
       chunks(g.Wo, [&](int64_t wo, int n) {
-        R ev, od;
         auto keep_even = [&](const float* src, float* dst) {
+          R ev, od;
           V::load_even_odd(src + 2 * wo, n, ev, od);
           V::store_n(dst + o + wo, ev, n);
         };
-        if (want_max) keep_even(tmp.m, full.m);
-        if (want_arg) {
-          keep_even(tmp.dr, full.dr);
-          keep_even(tmp.ci, full.ci);
-        }
-        if (want_avg) keep_even(tmp.a, full.a);
+        if (kMax) keep_even(tmp.m, full.m);
+        if (kArg) keep_even(tmp.arg, full.arg);
+        if (kAvg) keep_even(tmp.a, full.a);
       });
     }
+  }
+
+  // Pooled planes (Ho x Wo, contiguous) of x into sc: kM (+ kArgmax when
+  // want_arg) and kA.
+  static void pool(const PcGeom& g, const float* x, bool want_max, bool want_arg, bool want_avg,
+                   const Scratch& sc) {
+    if (want_max && want_arg && want_avg) return pool_t<true, true, true>(g, x, sc);
+    if (want_max && want_arg) return pool_t<true, true, false>(g, x, sc);
+    if (want_max && want_avg) return pool_t<true, false, true>(g, x, sc);
+    if (want_max) return pool_t<true, false, false>(g, x, sc);
+    if (want_avg) return pool_t<false, false, true>(g, x, sc);
   }
 
   // ---- forward ---------------------------------------------------------------
@@ -291,8 +292,18 @@ struct PcPlanes {
     with_np(c.num_params, [&](auto np) { forward_np<decltype(np)::value>(g, x, c, out, sc); });
   }
 
-  static void bypass_forward(const PcGeom& g, PlaneIn x, float scale, PlaneOut out, float* s) {
+  static void bypass_forward(const PcGeom& g, PlaneIn x, int64_t x_step, float scale, PlaneOut out,
+                             int64_t out_step, int64_t planes, float* s) {
     const Scratch sc = carve(g, s);
+    for (int64_t i = 0; i < planes; ++i) {
+      bypass_forward_one(g, x, scale, out, sc);
+      x.p += x_step;
+      out.p += out_step;
+    }
+  }
+
+  static void bypass_forward_one(const PcGeom& g, PlaneIn x, float scale, PlaneOut out,
+                                 const Scratch& sc) {
     const float* xp = in_plane(x, g.H, g.W, sc.slot(kX));
     float* o = out_plane(out, g.Wo, sc.slot(kOut));
     const R vs = V::set1(scale);
@@ -412,13 +423,8 @@ struct PcPlanes {
         }
       });
       if (c.has_max) {  // each window's gradient goes to its first maximum
-        const float* dr = sc.slot(kDr);
-        const float* ci = sc.slot(kCi);
-        for (int64_t ho = 0, i = 0; ho < g.Ho; ++ho) {
-          const int64_t h = g.stride * ho;
-          for (int64_t wo = 0; wo < g.Wo; ++wo, ++i)
-            d[(h + static_cast<int64_t>(dr[i])) * W + static_cast<int64_t>(ci[i])] += dm[i];
-        }
+        const float* arg = sc.slot(kArgmax);
+        for (int64_t i = 0; i < n_out; ++i) d[static_cast<int64_t>(arg[i])] += dm[i];
       }
       if (c.has_avg) {
         if (g.stride != 1) {  // even rows interleave with zeros, odd rows are zero
@@ -461,24 +467,34 @@ struct PcPlanes {
             n);
       });
     if (H > 1) row(H - 1);
-    float* pad = sc.row(0);
-    pad[0] = 0.0f;
-    pad[W + 1] = 0.0f;
+    const R zero = V::set1(0.0f);
     for (int64_t h = 0; h < H; ++h) {
       const float* vr = v + h * W;
-      chunks(W, [&](int64_t w, int n) { V::store_n(pad + 1 + w, V::load_n(vr + w, n), n); });
       float* dr = d + h * W;
       chunks(W, [&](int64_t w, int n) {
-        const R s = V::add(V::add(V::load_n(pad + w, n), V::load_n(pad + w + 1, n)),
-                           V::load_n(pad + w + 2, n));
+        const R left = V::load_range_or(vr + w - 1, w == 0 ? 1 : 0, n, zero);
+        const R right = V::load_range_or(vr + w + 1, 0,
+                                         static_cast<int>(std::min<int64_t>(n, W - w - 1)), zero);
+        const R s = V::add(V::add(left, V::load_n(vr + w, n)), right);
         V::store_n(dr + w, V::add(V::load_n(dr + w, n), s), n);
       });
     }
   }
 
-  static void bypass_backward(const PcGeom& g, PlaneIn x, PlaneIn grad, float scale, PlaneOut dx,
-                              double* dot, float* s) {
+  static void bypass_backward(const PcGeom& g, PlaneIn x, int64_t x_step, PlaneIn grad,
+                              int64_t grad_step, float scale, PlaneOut dx, int64_t dx_step,
+                              int64_t planes, double* dot, float* s) {
     const Scratch sc = carve(g, s);
+    for (int64_t i = 0; i < planes; ++i) {
+      bypass_backward_one(g, x, grad, scale, dx, dot, sc);
+      x.p += x_step;
+      grad.p += grad_step;
+      dx.p += dx_step;
+    }
+  }
+
+  static void bypass_backward_one(const PcGeom& g, PlaneIn x, PlaneIn grad, float scale,
+                                  PlaneOut dx, double* dot, const Scratch& sc) {
     const float* gp = in_plane(grad, g.Ho, g.Wo, sc.slot(kG));
     const float* xp =
         dot != nullptr || g.stride != 1 ? in_plane(x, g.H, g.W, sc.slot(kX)) : nullptr;

@@ -6,8 +6,9 @@
 //
 // load_n / store_n touch only the first n lanes, n in [0, W] (masked: planes
 // are rarely a multiple of the vector width, and masked loads never fault past
-// the end). load_even_odd / store_interleaved move 2n floats between memory and
-// two vectors of the even and odd elements (stride-2 columns).
+// the end). load_range_or(p, first, n, f) loads lanes [first, n) and keeps f's
+// other lanes, so a row's edges need no padded copy. load_even_odd / store_interleaved move 2n
+// floats between memory and two vectors of the even and odd elements (stride-2 columns).
 #pragma once
 
 #if defined(__AVX2__) || defined(__AVX512F__)
@@ -28,6 +29,9 @@ struct VecScalar {
   static R loadu(const float* p) { return *p; }
   static void storeu(float* p, R v) { *p = v; }
   static R load_n(const float* p, int) { return *p; }
+  static R load_range_or(const float* p, int first, int n, R fallback) {
+    return first <= 0 && n > 0 ? *p : fallback;
+  }
   static void store_n(float* p, R v, int) { *p = v; }
   static R keep_n(R v, int) { return v; }
   static R add(R a, R b) { return a + b; }
@@ -66,6 +70,10 @@ struct VecAvx2 {
   static void storeu(float* p, R v) { _mm256_storeu_ps(p, v); }
   static R load_n(const float* p, int n) {  // n in [0, W]
     return n == W ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, mask(n));
+  }
+  static R load_range_or(const float* p, int first, int n, R fallback) {
+    const __m256i m = _mm256_andnot_si256(mask(first), mask(n));
+    return _mm256_blendv_ps(fallback, _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m));
   }
   static void store_n(float* p, R v, int n) {
     if (n == W)
@@ -120,6 +128,9 @@ struct VecAvx512 {
   static R loadu(const float* p) { return _mm512_loadu_ps(p); }
   static void storeu(float* p, R v) { _mm512_storeu_ps(p, v); }
   static R load_n(const float* p, int n) { return _mm512_maskz_loadu_ps(mask(n), p); }
+  static R load_range_or(const float* p, int first, int n, R fallback) {
+    return _mm512_mask_loadu_ps(fallback, static_cast<__mmask16>(mask(n) & ~mask(first)), p);
+  }
   static void store_n(float* p, R v, int n) { _mm512_mask_storeu_ps(p, mask(n), v); }
   static R keep_n(R v, int n) { return _mm512_maskz_mov_ps(mask(n), v); }
   static R add(R a, R b) { return _mm512_add_ps(a, b); }

@@ -404,6 +404,9 @@ def pc_mixed_op_backward_reference(
 # ---------------------------------------------------------------------------
 
 
+_MAX_NATIVE_PLANE = 1 << 24
+
+
 def _view(t: torch.Tensor) -> tuple[int, int, int, int, int]:
     return (t.data_ptr(), *t.stride())
 
@@ -418,6 +421,10 @@ def _native_ok(op: str, x: torch.Tensor) -> bool:
         return False
     if x.dtype != torch.float32:
         _native.warn_fallback(op, f"no CPU kernel for {x.dtype}")
+        return False
+    if x.shape[2] * x.shape[3] >= _MAX_NATIVE_PLANE:
+        # The kernel keeps max-pool positions as float plane offsets (exact below 2^24).
+        _native.warn_fallback(op, "H * W >= 2**24")
         return False
     return True
 
@@ -602,7 +609,8 @@ def _eager_cpu_fast_path(tensors: Sequence[torch.Tensor | None]) -> bool:
     for t in tensors:
         if t is not None and (type(t) is not torch.Tensor or t.device.type != "cpu"):
             return False
-    return tensors[0].dtype == torch.float32
+    x = tensors[0]
+    return x.dtype == torch.float32 and x.dim() == 4 and x.shape[2] * x.shape[3] < _MAX_NATIVE_PLANE
 
 
 def pc_mixed_op(
