@@ -25,8 +25,9 @@ itself (tile buffers, packed weights: fusenas.ops.lowrank_conv.workspace_bytes).
     flock /tmp/fusenas_bench.lock python benchmarks/bench_lowrank.py --json lowrank.json
     python benchmarks/report_lowrank.py lowrank.json   # -> docs/benchmarks/lowrank.md
 
-Other knobs: FUSENAS_BENCH_COMPILE=0 skips torch.compile; FUSENAS_BENCH_ONLY=<text> runs
-only the shapes whose name contains <text>.
+Other knobs: FUSENAS_BENCH_THREADS (default 2; with 1 the timings are process CPU time,
+robust on a shared machine); FUSENAS_BENCH_COMPILE=0 skips torch.compile;
+FUSENAS_BENCH_ONLY=<text> runs only the shapes whose name contains <text>.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import fusenas
 from fusenas.ops import _native, lowrank_conv2d
 from fusenas.ops.lowrank_conv import workspace_bytes
 
-THREADS = 2
+THREADS = int(os.environ.get("FUSENAS_BENCH_THREADS", "2"))
 FULL = os.environ.get("FUSENAS_BENCH_FULL", "0") == "1"
 BUDGET_S = float(os.environ.get("FUSENAS_BENCH_SECONDS", "0.4"))
 COMPILE = os.environ.get("FUSENAS_BENCH_COMPILE", "1") == "1"
@@ -98,15 +99,20 @@ def macs(scheme: str, c: int, n: int, r: int, ho: int, wo: int, batch: int) -> i
 
 
 def time_call(fn: Callable[[], object]) -> tuple[float, float, int]:
-    """(median, min) seconds of fn over about BUDGET_S, after two warm-up calls."""
+    """(median, min) seconds of fn over about BUDGET_S, after two warm-up calls.
+
+    One thread: process CPU time (immune to the time other jobs take the core away
+    on a shared machine); more threads: wall time.
+    """
+    clock = time.process_time if THREADS == 1 else time.perf_counter
     fn()
     fn()
     samples: list[float] = []
     start = time.perf_counter()
     while time.perf_counter() - start < BUDGET_S or len(samples) < 5:
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        samples.append(time.perf_counter() - t0)
+        samples.append(clock() - t0)
     return statistics.median(samples), min(samples), len(samples)
 
 
@@ -254,6 +260,7 @@ def main() -> None:
         "fusenas": fusenas.__version__,
         "torch": torch.__version__,
         "threads": THREADS,
+        "clock": "process CPU time" if THREADS == 1 else "wall time",
         "full": FULL,
         "budget_s": BUDGET_S,
         "cpu": platform.processor() or platform.machine(),

@@ -1,6 +1,7 @@
 """docs/benchmarks/lowrank.md (+ lowrank.png) from the JSON of benchmarks/bench_lowrank.py.
 
-    python benchmarks/report_lowrank.py lowrank.json [--stat min|median] [--out docs/benchmarks]
+    python benchmarks/report_lowrank.py lowrank.json [--also lowrank_1t.json] [--stat min|median]
+        [--notes notes.md] [--out docs/benchmarks]
 
 Per case: fusenas lowrank_conv2d against the faster layout of the two-conv sequence
 (eager), torch.compile of it, and the faster layout of the dense conv; the issue's targets
@@ -167,7 +168,9 @@ def write_plot(rows: list[dict], png: Path) -> bool:
     return True
 
 
-def write_markdown(data: dict, rows: list[dict], stat: str, md: Path, png: Path | None) -> None:
+def write_markdown(
+    data: dict, rows: list[dict], stat: str, md: Path, png: Path | None, extras: list[dict]
+) -> None:
     meta = data["meta"]
     grid = "full grid" if meta["full"] else "quick grid (FUSENAS_BENCH_FULL=1 for the full grid)"
 
@@ -179,7 +182,8 @@ def write_markdown(data: dict, rows: list[dict], stat: str, md: Path, png: Path 
         "",
         "`fusenas.ops.lowrank_conv2d` against the same two factors run as two torch convs "
         "(oneDNN; eager and torch.compile) and against the dense 3x3 conv they replace. "
-        "float32, 2 threads, measured side by side in one run.",
+        f"float32, {meta['threads']} threads ({meta.get('clock', 'wall time')}), measured side "
+        "by side in one run.",
         "",
         f"- Run: {meta['date']}, fusenas {meta['fusenas']} (commit {_commit()} of the report; "
         f"see git log for the benchmarked tree), torch {meta['torch']}, "
@@ -235,7 +239,39 @@ def write_markdown(data: dict, rows: list[dict], stat: str, md: Path, png: Path 
     )  # fmt: skip
     if png is not None:
         lines += ["", f"![speed-ups]({png.name})"]
+    for extra in extras:
+        lines += ["", *summary_section(extra, stat)]
     md.write_text("\n".join(lines) + "\n")
+
+
+def summary_section(data: dict, stat: str) -> list[str]:
+    """Targets and speed-ups of a second run (e.g. 1 thread, CPU time)."""
+    meta = data["meta"]
+    rows = derive(index(data["results"], stat))
+    lines = [
+        f"## Same grid, {meta['threads']} thread(s), {meta.get('clock', 'wall time')} "
+        f"({meta['date']}, {meta['seconds']:.0f} s)",
+        "",
+        "Process CPU time does not count the time other jobs hold the core, so these ratios "
+        "are the less noisy ones on a shared machine (but one thread is not the issue's "
+        "setting).",
+        "",
+    ]
+    lines += md_table(["target", "measured", "verdict"], targets(rows))
+    lines += [""]
+    body = [
+        [r["shape"], r["scheme"], f"{r['reduction']}x", str(r["rank"]), _t(r["fwd_fus"]),
+         _t(r["fwd_two"]), _f(r["fwd_vs_two"]) + "x",
+         _f(r["fwd_realised"] and 100 * r["fwd_realised"], ".0f") + "%",
+         _t(r["fwdbwd_fus"]), _t(r["fwdbwd_two"]), _f(r["fwdbwd_vs_two"]) + "x"]
+        for r in rows
+    ]  # fmt: skip
+    lines += md_table(
+        ["shape", "scheme", "MAC cut", "rank", "fwd fusenas", "fwd two convs", "fwd vs two",
+         "realised", "fwd+bwd fusenas", "fwd+bwd two convs", "fwd+bwd vs two"],
+        body,
+    )  # fmt: skip
+    return lines
 
 
 def main() -> None:
@@ -244,6 +280,7 @@ def main() -> None:
     ap.add_argument("--stat", choices=("min", "median"), default="min")
     ap.add_argument("--out", default="docs/benchmarks")
     ap.add_argument("--notes", default="", help="markdown file appended to the report")
+    ap.add_argument("--also", nargs="*", default=[], help="more runs (JSON) summarised below")
     args = ap.parse_args()
     data = json.loads(Path(args.json).read_text())
     rows = derive(index(data["results"], args.stat))
@@ -251,7 +288,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     png = out / "lowrank.png"
     md = out / "lowrank.md"
-    write_markdown(data, rows, args.stat, md, png if write_plot(rows, png) else None)
+    extras = [json.loads(Path(p).read_text()) for p in args.also]
+    write_markdown(data, rows, args.stat, md, png if write_plot(rows, png) else None, extras)
     if args.notes:
         md.write_text(md.read_text() + "\n" + Path(args.notes).read_text())
     print(f"wrote {md}")
