@@ -88,6 +88,25 @@ def targets(configs: list[str], ix: dict) -> list[str]:
     return _table(["target", "wanted", "worst", "median", "best", "configs met"], lines)
 
 
+def memory_table(memory: list[dict]) -> list[str]:
+    ix: dict = defaultdict(dict)
+    configs: list[str] = []
+    for m in memory:
+        if m["config"] not in configs:
+            configs.append(m["config"])
+        ix[(m["config"], m["part"])][m["impl"]] = m["saved_bytes"] / 2**20
+    body = []
+    for cfg in configs:
+        row = [cfg]
+        for part in ("mixing", "edge"):
+            e, f = ix[(cfg, part)].get("eager"), ix[(cfg, part)].get("fused")
+            row += [_ms(e), _ms(f), "-" if not e or f is None else f"{f / e:.2f}"]
+        body.append(row)
+    header = ["edge (N=64)", "mixing eager MiB", "mixing fused MiB", "fused/eager",
+              "edge eager MiB", "edge fused MiB", "fused/eager"]  # fmt: skip
+    return _table(header, body)
+
+
 def section(path: Path, title: str | None, stat: str) -> list[str]:
     data = json.loads(path.read_text())
     env, rows = data["environment"], data["results"]
@@ -110,6 +129,9 @@ def section(path: Path, title: str | None, stat: str) -> list[str]:
     out += part_table(configs, ix, "mixing")
     out += ["", "### Whole edge (parametric candidates computed by torch modules)", ""]
     out += part_table(configs, ix, "edge")
+    if data.get("saved_for_backward"):
+        out += ["", "### Kept for backward (distinct storages, inputs included)", ""]
+        out += memory_table(data["saved_for_backward"])
     return out + [""]
 
 
