@@ -19,6 +19,9 @@ PC-DARTS edge (MixedOp, all 8 candidates) at batch N=64:
     compile  torch.compile of the whole eager edge,
     fused    the same torch modules, then pc_mixed_op.
 
+The bytes autograd keeps for backward (distinct storages reached through
+saved-tensor hooks, inputs included) are recorded for eager and fused.
+
 Each is timed forward (autograd recording, as in training) and forward +
 backward (torch.autograd.grad w.r.t. x, the parametric outputs or module
 weights, the mixing weights and the edge scale, for a fixed random grad).
@@ -202,6 +205,21 @@ class Result:
     iters: int
 
 
+def saved_for_backward_bytes(fn: Callable[[], torch.Tensor]) -> int:
+    """Bytes of the distinct storages autograd keeps for backward during fn()."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        st = t.untyped_storage()
+        storages[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    del out
+    return sum(storages.values())
+
+
 def _load() -> float:
     return os.getloadavg()[0]
 
@@ -272,6 +290,15 @@ def bench_config(cfg: Config, rounds: int, min_ms: float, channels_last: bool) -
                 _close(a, b, f"{cfg.name} {part} {name} grad {i}")
 
     results = []
+    memory = []
+    for part, impls, call in (
+        ("mixing", mixing, lambda f: f(x, params, weights, scale, k, s)),
+        ("edge", edges, lambda f: f(x, weights, scale, k, s)),
+    ):
+        for impl in ("eager", "fused"):  # compiled graphs bypass the hooks
+            nbytes = saved_for_backward_bytes(lambda f=impls[impl], call=call: call(f))
+            memory.append({"config": cfg.name, "part": part, "impl": impl, "saved_bytes": nbytes})
+            print(f"{cfg.name:<22} {part:<7} saved    {impl:<8} {nbytes / 2**20:8.2f} MiB")
     for part, impls, inputs, call in (
         ("mixing", mixing, mix_inputs, lambda f: f(x, params, weights, scale, k, s)),
         ("edge", edges, edge_inputs, lambda f: f(x, weights, scale, k, s)),
@@ -302,7 +329,7 @@ def bench_config(cfg: Config, rounds: int, min_ms: float, channels_last: bool) -
                     )  # fmt: skip
                 )
                 print(f"{cfg.name:<22} {part:<7} {mode:<8} {impl:<8} {med:8.3f} ms", flush=True)
-    return results
+    return results, memory
 
 
 def environment() -> dict:
@@ -348,13 +375,16 @@ def main(argv: list[str] | None = None) -> int:
                clock="process cpu time" if CLOCK is time.process_time else "wall")  # fmt: skip
     env["load_before"] = _load()
     t0 = time.time()
-    results = []
+    results, memory = [], []
     for cfg in configs(full):
-        results += bench_config(cfg, rounds, min_ms, channels_last)
+        r, m = bench_config(cfg, rounds, min_ms, channels_last)
+        results += r
+        memory += m
     env["load_after"] = _load()
     env["seconds"] = round(time.time() - t0, 1)
     with open(args.json, "w") as f:
-        json.dump({"environment": env, "results": [asdict(r) for r in results]}, f, indent=1)
+        rows = [asdict(r) for r in results]
+        json.dump({"environment": env, "results": rows, "saved_for_backward": memory}, f, indent=1)
     print(f"wrote {args.json} ({len(results)} rows, {env['seconds']} s)")
     return 0
 

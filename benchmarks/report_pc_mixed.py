@@ -21,13 +21,13 @@ IMPLS = ("eager", "compile", "fused")
 TARGET_EAGER, TARGET_COMPILE = 3.0, 1.3
 
 
-def _index(rows: list[dict]) -> tuple[list[str], dict]:
+def _index(rows: list[dict], stat: str) -> tuple[list[str], dict]:
     configs: list[str] = []
     ix: dict = defaultdict(dict)
     for r in rows:
         if r["config"] not in configs:
             configs.append(r["config"])
-        ix[(r["config"], r["part"], r["mode"])][r["impl"]] = r["ms_median"]
+        ix[(r["config"], r["part"], r["mode"])][r["impl"]] = r[f"ms_{stat}"]
     return configs, ix
 
 
@@ -88,18 +88,38 @@ def targets(configs: list[str], ix: dict) -> list[str]:
     return _table(["target", "wanted", "worst", "median", "best", "configs met"], lines)
 
 
-def section(path: Path, title: str | None) -> list[str]:
+def memory_table(memory: list[dict]) -> list[str]:
+    ix: dict = defaultdict(dict)
+    configs: list[str] = []
+    for m in memory:
+        if m["config"] not in configs:
+            configs.append(m["config"])
+        ix[(m["config"], m["part"])][m["impl"]] = m["saved_bytes"] / 2**20
+    body = []
+    for cfg in configs:
+        row = [cfg]
+        for part in ("mixing", "edge"):
+            e, f = ix[(cfg, part)].get("eager"), ix[(cfg, part)].get("fused")
+            row += [_ms(e), _ms(f), "-" if not e or f is None else f"{f / e:.2f}"]
+        body.append(row)
+    header = ["edge (N=64)", "mixing eager MiB", "mixing fused MiB", "fused/eager",
+              "edge eager MiB", "edge fused MiB", "fused/eager"]  # fmt: skip
+    return _table(header, body)
+
+
+def section(path: Path, title: str | None, stat: str) -> list[str]:
     data = json.loads(path.read_text())
     env, rows = data["environment"], data["results"]
-    configs, ix = _index(rows)
+    configs, ix = _index(rows, stat)
     fmt = "channels_last" if env.get("channels_last") else "NCHW"
     title = title or f"{env['grid']} grid, {fmt}, {env['threads']} threads, {env['clock']} clock"
     out = [f"## {title}", ""]
     out.append(
         f"fusenas {env['fusenas']} at {env['commit']}, torch {env['torch']}, Python "
         f"{env['python']}; {env['cpu']} ({env['cpu_count']} CPUs), {env['threads']} threads "
-        f"(torch.set_num_threads), kernel path {env['isa']}; batch {env['batch']}; median of "
-        f"{env['rounds']} interleaved rounds, {env['clock']}; 1-minute load average "
+        f"(torch.set_num_threads), kernel path {env['isa']}; batch {env['batch']}; "
+        f"{'best' if stat == 'min' else 'median'} of {env['rounds']} interleaved rounds "
+        f"(ms per call), {env['clock']} clock; 1-minute load average "
         f"{env['load_before']:.2f} before and {env['load_after']:.2f} after the run "
         f"({env['seconds']} s). Source: `{path.name}`."
     )
@@ -109,6 +129,9 @@ def section(path: Path, title: str | None) -> list[str]:
     out += part_table(configs, ix, "mixing")
     out += ["", "### Whole edge (parametric candidates computed by torch modules)", ""]
     out += part_table(configs, ix, "edge")
+    if data.get("saved_for_backward"):
+        out += ["", "### Kept for backward (distinct storages, inputs included)", ""]
+        out += memory_table(data["saved_for_backward"])
     return out + [""]
 
 
@@ -118,12 +141,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--title", action="append", default=[], help="section title per file")
     parser.add_argument("--intro", type=Path, help="markdown to put before the tables")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--stat", action="append", default=[], choices=["median", "min"],
+        help="per file: median of the rounds (default) or the best round",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     lines = ["# fusenas::pc_mixed_op benchmarks", ""]
     if args.intro is not None:
         lines += [args.intro.read_text().rstrip(), ""]
     for i, path in enumerate(args.results):
-        lines += section(path, args.title[i] if i < len(args.title) else None)
+        stat = args.stat[i] if i < len(args.stat) else "median"
+        lines += section(path, args.title[i] if i < len(args.title) else None, stat)
     lines += ["## Whole supernet (8 cells, C=16, 32x32, batch 64 and 96)", ""]
     lines += ["Training-step time and peak memory: filled in by the supernet benchmark.", ""]
     args.out.write_text("\n".join(lines))
