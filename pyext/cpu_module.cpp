@@ -45,7 +45,8 @@ struct PcMixedCall {
   PcMixedCall(const std::array<int64_t, 4>& shape, const TensorView& x,
               const std::vector<TensorView>& param_views, uintptr_t weights, uintptr_t edge_scale,
               const std::vector<int>& kind_codes, int64_t k, int stride, double eps) {
-    if (param_views.size() > 8) throw std::invalid_argument("pc_mixed: more than 8 param_outs");
+    if (param_views.size() > static_cast<size_t>(fusenas::kPcMaxParamOuts))
+      throw std::invalid_argument("pc_mixed: too many param_outs");
     for (int code : kind_codes) kinds.push_back(static_cast<fusenas::PcCandidate>(code));
     for (const TensorView& v : param_views) params.push_back(pc_tensor(v));
     args = fusenas::PcMixedArgs{shape[0],
@@ -91,33 +92,6 @@ PYBIND11_MODULE(_C, m) {
       },
       py::call_guard<py::gil_scoped_release>());
   m.def(
-      "pc_mixed_forward_cpu",
-      [](const std::array<int64_t, 4>& shape, const TensorView& x,
-         const std::vector<TensorView>& params, uintptr_t weights, uintptr_t edge_scale,
-         uintptr_t pool_stats, const std::vector<int>& kinds, int64_t k, int stride, double eps,
-         const TensorView& out, uintptr_t stats, int threads) {
-        const PcMixedCall call(shape, x, params, weights, edge_scale, kinds, k, stride, eps);
-        fusenas::pc_mixed_forward_cpu(call.args, ptr<const float>(pool_stats), pc_mut_tensor(out),
-                                      ptr<float>(stats), threads);
-      },
-      py::call_guard<py::gil_scoped_release>());
-  m.def(
-      "pc_mixed_backward_cpu",
-      [](const std::array<int64_t, 4>& shape, const TensorView& grad_out, const TensorView& x,
-         const std::vector<TensorView>& params, uintptr_t weights, uintptr_t edge_scale,
-         uintptr_t stats, bool batch_stats, const std::vector<int>& kinds, int64_t k, int stride,
-         double eps, const TensorView& grad_x, const std::vector<TensorView>& grad_params,
-         uintptr_t grad_weights, uintptr_t grad_edge_scale, int threads) {
-        const PcMixedCall call(shape, x, params, weights, edge_scale, kinds, k, stride, eps);
-        std::vector<fusenas::PcMutTensor> gp;
-        for (const TensorView& v : grad_params) gp.push_back(pc_mut_tensor(v));
-        fusenas::pc_mixed_backward_cpu(call.args, pc_tensor(grad_out), ptr<const float>(stats),
-                                       batch_stats, pc_mut_tensor(grad_x), gp.data(),
-                                       ptr<float>(grad_weights), ptr<float>(grad_edge_scale),
-                                       threads);
-      },
-      py::call_guard<py::gil_scoped_release>());
-  m.def(
       "lowrank_conv2d_cpu",
       [](uintptr_t x, int64_t xsn, int64_t xsc, int64_t xsh, int64_t xsw, uintptr_t w1,
          uintptr_t w2, uintptr_t bias, uintptr_t y, int64_t ysn, int64_t ysc, int64_t ysh,
@@ -149,6 +123,44 @@ PYBIND11_MODULE(_C, m) {
             ptr<void>(gw1), ptr<void>(gw2), s, static_cast<DType>(dtype), threads);
       },
       py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "pc_mixed_forward_cpu",
+      [](const std::array<int64_t, 4>& shape, const TensorView& x,
+         const std::vector<TensorView>& params, uintptr_t weights, uintptr_t edge_scale,
+         uintptr_t pool_stats, const std::vector<int>& kinds, int64_t k, int stride, double eps,
+         const TensorView& out, uintptr_t stats, int threads) {
+        const PcMixedCall call(shape, x, params, weights, edge_scale, kinds, k, stride, eps);
+        fusenas::pc_mixed_forward_cpu(call.args, ptr<const float>(pool_stats), pc_mut_tensor(out),
+                                      ptr<float>(stats), threads);
+      },
+      py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "pc_mixed_backward_cpu",
+      [](const std::array<int64_t, 4>& shape, const TensorView& grad_out, const TensorView& x,
+         const std::vector<TensorView>& params, uintptr_t weights, uintptr_t edge_scale,
+         uintptr_t stats, bool batch_stats, const std::vector<int>& kinds, int64_t k, int stride,
+         double eps, const TensorView& grad_x, const std::vector<TensorView>& grad_params,
+         uintptr_t grad_weights, uintptr_t grad_edge_scale, int threads) {
+        const PcMixedCall call(shape, x, params, weights, edge_scale, kinds, k, stride, eps);
+        std::vector<fusenas::PcMutTensor> gp;
+        for (const TensorView& v : grad_params) gp.push_back(pc_mut_tensor(v));
+        fusenas::pc_mixed_backward_cpu(call.args, pc_tensor(grad_out), ptr<const float>(stats),
+                                       batch_stats, pc_mut_tensor(grad_x), gp.data(),
+                                       ptr<float>(grad_weights), ptr<float>(grad_edge_scale),
+                                       threads);
+      },
+      py::call_guard<py::gil_scoped_release>());
+  m.def("lowrank_conv2d_workspace_bytes",
+        [](int64_t N, int64_t C, int64_t H, int64_t W, int64_t rank, int64_t nout, int64_t kh,
+           int64_t kw, int scheme, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh,
+           int64_t dw, bool backward, int dtype, int threads) {
+          const fusenas::LowRankConvShape s{
+              N,  C,  H,  W,  rank, nout, kh, kw, static_cast<fusenas::LowRankScheme>(scheme),
+              sh, sw, ph, pw, dh,   dw};
+          const auto dt = static_cast<DType>(dtype);
+          return backward ? fusenas::lowrank_conv2d_backward_workspace_bytes(s, dt, threads)
+                          : fusenas::lowrank_conv2d_workspace_bytes(s, dt, threads);
+        });
   m.def("build_info", [] {
     py::dict d;
     d["compiler"] = FUSENAS_VERSION_INFO;
@@ -157,8 +169,8 @@ PYBIND11_MODULE(_C, m) {
     d["avx512_bf16"] = fusenas::cpu::has_avx512_bf16();
     d["openmp_max_threads"] = omp_get_max_threads();
     d["kbit_format_version"] = 1;
-    d["pc_mixed_active_isa"] = fusenas::pc_mixed_cpu_isa();
     d["lowrank_isa"] = fusenas::lowrank_cpu_isa();
+    d["pc_mixed_active_isa"] = fusenas::pc_mixed_cpu_isa();
     return d;
   });
 }

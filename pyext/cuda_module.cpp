@@ -12,7 +12,10 @@
 #include <stdexcept>
 #include <string>
 
+#include "fused_op_bindings.h"
 #include "fusenas/kbit.h"
+#include "fusenas/lowrank_cuda.h"
+#include "fusenas/pc_mixed_cuda.h"
 #include "pointer_args.h"
 
 #ifndef FUSENAS_CUDA_ARCHS_STR
@@ -34,6 +37,38 @@ void check(int err, const char* op) {
                              " (" + cudaGetErrorString(static_cast<cudaError_t>(err)) + ")");
   }
 }
+
+// The launchers of the low-rank conv and PC-DARTS kernels, for bind_fused_ops.
+struct CudaLaunchers {
+  static int lowrank_forward(const fusenas::LowrankConvProblem& p, const void* x, const void* w1,
+                             const void* w2, const void* bias, void* y, void* stream) {
+    return fusenas::lowrank_conv2d_forward_cuda(p, x, w1, w2, bias, y, stream);
+  }
+  static int lowrank_backward(const fusenas::LowrankConvProblem& p, const void* grad_out,
+                              const void* x, const void* w1, const void* w2, void* grad_x,
+                              float* grad_w1, float* grad_w2, float* grad_bias, float* t_ws,
+                              float* gt_ws, void* stream) {
+    return fusenas::lowrank_conv2d_backward_cuda(p, grad_out, x, w1, w2, grad_x, grad_w1, grad_w2,
+                                                 grad_bias, t_ws, gt_ws, stream);
+  }
+  static int pc_forward(const fusenas::PcMixedProblem& p, fusenas::Tensor4 x,
+                        const fusenas::Tensor4* params, const void* weights, const void* edge_scale,
+                        const float* pool_stats, fusenas::Tensor4 out, float* stats_out, double* ws,
+                        int sm_count, void* stream) {
+    return fusenas::pc_mixed_forward_cuda(p, x, params, weights, edge_scale, pool_stats, out,
+                                          stats_out, ws, sm_count, stream);
+  }
+  static int pc_backward(const fusenas::PcMixedProblem& p, fusenas::Tensor4 grad_out,
+                         fusenas::Tensor4 x, const fusenas::Tensor4* params, const void* weights,
+                         const void* edge_scale, const float* stats, bool batch_stats,
+                         fusenas::Tensor4 grad_x, const fusenas::Tensor4* grad_params,
+                         void* grad_weights, void* grad_edge_scale, double* ws, int sm_count,
+                         void* stream) {
+    return fusenas::pc_mixed_backward_cuda(p, grad_out, x, params, weights, edge_scale, stats,
+                                           batch_stats, grad_x, grad_params, grad_weights,
+                                           grad_edge_scale, ws, sm_count, stream);
+  }
+};
 
 }  // namespace
 
@@ -76,6 +111,7 @@ PYBIND11_MODULE(_C_cuda, m) {
       py::arg("codes"), py::arg("scales"), py::arg("zeros"), py::arg("N"), py::arg("K"),
       py::arg("row_stride"), py::arg("bits"), py::arg("ternary"), py::arg("group_size"),
       py::arg("out"), py::arg("stream"));
+  fusenas::pyext::bind_fused_ops<CudaLaunchers>(m, check);
   m.def("build_info", [] {
     py::dict d;
     d["cuda_archs"] = FUSENAS_CUDA_ARCHS_STR;

@@ -506,3 +506,22 @@ def test_bad_grad_out_for_backward():
         torch.ops.fusenas.pc_mixed_op_backward(
             out, x, params, weights, scale, stats[:1], True, ops, k, stride, eps
         )
+
+
+@needs_native
+def test_eager_fast_path_matches_registered_op():
+    # pc_mixed_op takes an autograd.Function shortcut for plain eager CPU
+    # tensors; it must agree with the registered op, outputs and gradients.
+    args = make_inputs(n=2, c=8, h=6, w=6, k=2, stride=2, channels_last=True)
+    out, stats, grads = run_with_grads(native, args)
+
+    def wrapper(x, params, weights, scale, pool_stats, ops, k, stride, eps):
+        return pc_mixed_op(x, params, weights, ops=ops, k=k, stride=stride, edge_scale=scale,
+                           eps=eps, pool_stats=pool_stats)  # fmt: skip
+
+    out2, stats2, grads2 = run_with_grads(wrapper, args)
+    assert out2.grad_fn is not None and "EagerCpu" in type(out2.grad_fn).__name__
+    torch.testing.assert_close(out2, out, rtol=0, atol=0)
+    torch.testing.assert_close(stats2, stats, rtol=0, atol=0)
+    for a, b in zip(grads2, grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

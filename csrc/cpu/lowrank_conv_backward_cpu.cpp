@@ -11,6 +11,8 @@
 //         last tile to the end) = first factor transposed applied to gT, per
 //         stride phase: every input element is written by exactly one tile,
 //         so threads never race and nothing is zero-filled beforehand.
+#include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/lowrank_conv_tiles.h"
@@ -99,8 +101,9 @@ std::vector<SecondTransposed> second_factor_transposed(const T* w2, const Geomet
 
 // grad_out rows [oh0 - qh_max, oh0 + rows) of image n -> G (zero elsewhere).
 template <class T>
-void pack_grad_out(const T* go, const Strides4& gs, int64_t n, int64_t oh0, int64_t rows,
-                   const Geometry& g, int64_t grid_rows, float* G, int64_t gplane, int64_t front) {
+void pack_grad_out(const cpu::lowrank::Kernels& kern, const T* go, const Strides4& gs, int64_t n,
+                   int64_t oh0, int64_t rows, const Geometry& g, int64_t grid_rows, float* G,
+                   int64_t gplane, int64_t front) {
   const auto& s = g.s;
   const T* gn = go + n * gs.n;
   for (int64_t o = 0; o < s.Nout; ++o) std::memset(G + o * gplane + front, 0, grid_rows * g.Wq * 4);
@@ -111,6 +114,8 @@ void pack_grad_out(const T* go, const Strides4& gs, int64_t n, int64_t oh0, int6
     if (gs.w == 1) {
       for (int64_t o = 0; o < s.Nout; ++o)
         convert_row(gn + o * gs.c + oh * gs.h, g.Wo, row + o * gplane);
+    } else if (gs.c == 1) {
+      pixels_to_planes(kern, gn + oh * gs.h, gs.w, g.Wo, s.Nout, row, gplane);
     } else {
       for (int64_t ow = 0; ow < g.Wo; ++ow) {
         const T* px = gn + oh * gs.h + ow * gs.w;
@@ -122,8 +127,8 @@ void pack_grad_out(const T* go, const Strides4& gs, int64_t n, int64_t oh0, int6
 
 // Owned plane rows [0, qown) of the tile's grad planes -> grad_x.
 template <class T>
-void store_grad_input(const float* gxp, int64_t n, int64_t oh0, int64_t qown, const Geometry& g,
-                      T* gx, const Strides4& gxs) {
+void store_grad_input(const cpu::lowrank::Kernels& kern, const float* gxp, int64_t n, int64_t oh0,
+                      int64_t qown, const Geometry& g, T* gx, const Strides4& gxs) {
   const auto& s = g.s;
   T* gn = gx + n * gxs.n;
   for (int64_t a = 0; a < s.sh; ++a)
@@ -137,11 +142,10 @@ void store_grad_input(const float* gxp, int64_t n, int64_t oh0, int64_t qown, co
         const int64_t iw0 = lo * s.sw + b - s.pw;
         T* dst = gn + ih * gxs.h + iw0 * gxs.w;
         if (gxs.w == 1 && s.sw == 1) {
-          for (int64_t c = 0; c < s.C; ++c) {
-            const float* src = src0 + c * g.plane;
-            T* d = dst + c * gxs.c;
-            for (int64_t qc = lo; qc < hi; ++qc) d[qc - lo] = from_f32<T>(src[qc]);
-          }
+          for (int64_t c = 0; c < s.C; ++c)
+            store_row(src0 + c * g.plane + lo, hi - lo, dst + c * gxs.c);
+        } else if (gxs.c == 1) {
+          planes_to_pixels(kern, src0 + lo, g.plane, hi - lo, s.C, dst, s.sw * gxs.w);
         } else {
           for (int64_t qc = lo; qc < hi; ++qc) {
             T* d = dst + (qc - lo) * s.sw * gxs.w;
@@ -151,6 +155,26 @@ void store_grad_input(const float* gxp, int64_t n, int64_t oh0, int64_t qown, co
       }
     }
 }
+
+// Sizes of the backward's per-tile grids. G and gT hold rows [-qh_max, RQ)
+// of the tile after `front` zeros that the negative tap offsets of the
+// transposed convs read.
+struct BackwardLayout {
+  int64_t front, grid_rows, gplane, tplane, row0;
+  explicit BackwardLayout(const Geometry& g)
+      : front(round_up(g.qw_max, kPixelAlign) + kPixelAlign),
+        grid_rows(g.qh_max + g.RQ),
+        gplane(front + round_up(grid_rows * g.Wq, kPixelAlign) + 2 * kPixelAlign),
+        tplane(g.Pmax + round_up(g.qw_max, kPixelAlign) + kPixelAlign),
+        row0(front + g.qh_max * g.Wq) {}
+  // Per-thread floats with every gradient requested.
+  int64_t thread_floats(const Geometry& g) const {
+    const auto& s = g.s;
+    const int64_t nb = g.channel ? 1 : s.sw;
+    return 2 * g.planes_x() * g.plane + nb * s.rank * (tplane + gplane) + s.Nout * gplane +
+           s.rank * g.K1 + s.Nout * g.K2;  // (thread 0 sums into float32 outputs)
+  }
+};
 
 template <class T>
 void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, const T* w1,
@@ -162,15 +186,12 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
   const bool want_gx = gx != nullptr, want_w1 = gw1 != nullptr, want_w2 = gw2 != nullptr;
   const bool want_gt = want_gx || want_w1;
   const int64_t nb = g.channel ? 1 : s.sw;  // column phases of the intermediate
-  // Grid of G and gT: rows [-qh_max, RQ) of the tile, after `front` zeros
-  // that the negative tap offsets of the transposed convs read.
-  const int64_t front = round_up(g.qw_max, kPixelAlign) + kPixelAlign;
-  const int64_t grid_rows = g.qh_max + g.RQ;
-  const int64_t gplane = front + round_up(grid_rows * g.Wq, kPixelAlign) + 2 * kPixelAlign;
-  const int64_t tplane = g.Pmax + round_up(g.qw_max, kPixelAlign) + kPixelAlign;
-  const int64_t row0 = front + g.qh_max * g.Wq;  // the tile's first row in G / gT
+  const BackwardLayout lay(g);
+  const int64_t front = lay.front, grid_rows = lay.grid_rows, gplane = lay.gplane;
+  const int64_t tplane = lay.tplane, row0 = lay.row0;  // row0: the tile's first row in G / gT
 
-  const std::vector<float> a1 = pack_panels(w1, s.rank, g.K1, kern.mr);
+  std::vector<float> w1_store;
+  const float* a1 = as_f32(w1, s.rank * g.K1, w1_store);
   const std::vector<int64_t> off1 = stage1_offsets(g), off2 = stage2_offsets(g, tplane);
   const auto w2t = second_factor_transposed(w2, g, gplane, kern.mr);
   std::vector<PhaseTaps> w1t;
@@ -186,24 +207,34 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
     Buffer xp(g.planes_x() * g.plane), t(want_w2 ? nb * s.rank * tplane : 0);
     Buffer G(s.Nout * gplane), gt(want_gt ? nb * s.rank * gplane : 0);
     Buffer gxp(want_gx ? g.planes_x() * g.plane : 0);
-    std::vector<float>& aw1 = acc_w1[static_cast<size_t>(tid)];
-    std::vector<float>& aw2 = acc_w2[static_cast<size_t>(tid)];
-    if (want_w1) aw1.assign(static_cast<size_t>(s.rank * g.K1), 0.f);
-    if (want_w2) aw2.assign(static_cast<size_t>(s.Nout * g.K2), 0.f);
+    // Per-thread weight-gradient sums; thread 0 sums straight into a float32
+    // output (one copy of grad_w1 less at peak).
+    auto accumulator = [&](std::vector<std::vector<float>>& acc, T* out, int64_t count) {
+      if constexpr (std::is_same_v<T, float>) {
+        if (tid == 0) {
+          std::fill(out, out + count, 0.f);
+          return out;
+        }
+      }
+      acc[static_cast<size_t>(tid)].assign(static_cast<size_t>(count), 0.f);
+      return acc[static_cast<size_t>(tid)].data();
+    };
+    float* aw1 = want_w1 ? accumulator(acc_w1, gw1, s.rank * g.K1) : nullptr;
+    float* aw2 = want_w2 ? accumulator(acc_w2, gw2, s.Nout * g.K2) : nullptr;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t n = item / g.ntiles, tile = item % g.ntiles, oh0 = tile * g.R;
       const int64_t rows = std::min(g.R, g.Ho - oh0);
       const int64_t P = round_up(rows * g.Wq, kPixelAlign);
       const int64_t qown = tile + 1 < g.ntiles ? rows : ceil_div(Hp - oh0 * s.sh, s.sh);
-      pack_grad_out(go, gs, n, oh0, rows, g, grid_rows, G.get(), gplane, front);
-      if (want_w1 || want_w2) pack_input(x, xs, n, oh0, rows + g.qh_max, g, xp.get());
+      pack_grad_out(kern, go, gs, n, oh0, rows, g, grid_rows, G.get(), gplane, front);
+      if (want_w1 || want_w2) pack_input(kern, x, xs, n, oh0, rows + g.qh_max, g, xp.get());
       if (want_w2) {  // recompute the intermediate, then grad_w2 += G . T^T
         for (int64_t b = 0; b < nb; ++b)
-          kern.row_gemm({s.rank, g.K1, P, a1.data(), xp.get() + b * s.C * g.plane, off1.data(),
+          kern.row_gemm({s.rank, g.K1, P, a1, g.K1, xp.get() + b * s.C * g.plane, off1.data(),
                          nullptr, t.get() + b * s.rank * tplane, tplane, false});
         kern.reduce_gemm(
-            {s.Nout, g.K2, P, G.get() + row0, gplane, t.get(), off2.data(), aw2.data(), g.K2});
+            {s.Nout, g.K2, P, G.get() + row0, gplane, t.get(), off2.data(), aw2, g.K2});
       }
       if (!want_gt) continue;
       // gT over rows [-qh_max, max(rows, qown)): the owned input rows need them.
@@ -216,13 +247,13 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
           for (int64_t r = 0; r < s.rank; ++r) std::memset(dst + r * gplane, 0, ext * 4);
           continue;
         }
-        kern.row_gemm({s.rank, K, ext, w.a.data(), G.get() + front, w.offset.data(), nullptr, dst,
-                       gplane, false});
+        kern.row_gemm({s.rank, K, ext, w.a.data(), 0, G.get() + front, w.offset.data(), nullptr,
+                       dst, gplane, false});
       }
       if (want_w1)
         for (int64_t b = 0; b < nb; ++b)
           kern.reduce_gemm({s.rank, g.K1, P, gt.get() + b * s.rank * gplane + row0, gplane,
-                            xp.get() + b * s.C * g.plane, off1.data(), aw1.data(), g.K1});
+                            xp.get() + b * s.C * g.plane, off1.data(), aw1, g.K1});
       if (want_gx) {
         const int64_t Pown = round_up(qown * g.Wq, kPixelAlign);
         for (int64_t a = 0; a < s.sh; ++a)
@@ -234,17 +265,20 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
               for (int64_t c = 0; c < s.C; ++c) std::memset(dst + c * g.plane, 0, Pown * 4);
               continue;
             }
-            kern.row_gemm({s.C, K, Pown, ph.a.data(), gt.get() + row0, ph.offset.data(), nullptr,
+            kern.row_gemm({s.C, K, Pown, ph.a.data(), 0, gt.get() + row0, ph.offset.data(), nullptr,
                            dst, g.plane, false});
           }
-        store_grad_input(gxp.get(), n, oh0, qown, g, gx, gxs);
+        store_grad_input(kern, gxp.get(), n, oh0, qown, g, gx, gxs);
       }
     }
   }
   auto reduce = [&](std::vector<std::vector<float>>& acc, T* out, int64_t count) {
+    constexpr bool in_place = std::is_same_v<T, float>;  // thread 0 summed into out
     for (int64_t i = 0; i < count; ++i) {
       float v = 0.f;
-      for (int th = 0; th < used; ++th) v += acc[static_cast<size_t>(th)][static_cast<size_t>(i)];
+      if constexpr (in_place) v = out[i];
+      for (int th = in_place ? 1 : 0; th < used; ++th)
+        v += acc[static_cast<size_t>(th)][static_cast<size_t>(i)];
       out[i] = from_f32<T>(v);
     }
   };
@@ -253,6 +287,22 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
 }
 
 }  // namespace
+
+int64_t lowrank_conv2d_backward_workspace_bytes(const LowRankConvShape& s, DType dtype,
+                                                int num_threads) {
+  const int threads = resolve_threads(num_threads);
+  const Geometry g = make_geometry(s, threads, kBackwardTilePixels);
+  const int64_t mr = pick_kernels().mr;
+  const int64_t used = std::max<int64_t>(1, std::min<int64_t>(threads, s.N * g.ntiles));
+  const int64_t kw2 = g.channel ? 1 : s.kw;
+  const int64_t weights = (dtype == DType::kBFloat16 ? s.rank * g.K1 : 0) +
+                          round_up(s.rank, mr) * s.Nout * kw2 +
+                          round_up(s.C, mr) * s.rank * s.kh * (g.channel ? s.kw : 1) +
+                          s.rank * g.K1 + s.Nout * g.K2;  // + the final gradient sums
+  // Thread 0 sums the weight gradients straight into float32 outputs.
+  const int64_t in_place = dtype == DType::kFloat32 ? s.rank * g.K1 + s.Nout * g.K2 : 0;
+  return 4 * (used * BackwardLayout(g).thread_floats(g) - in_place + weights + 2 * (g.K1 + g.K2));
+}
 
 void lowrank_conv2d_backward_cpu(const void* grad_out, const Strides4& gs, const void* x,
                                  const Strides4& xs, const void* w1, const void* w2, void* grad_x,

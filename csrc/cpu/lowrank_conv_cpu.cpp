@@ -24,17 +24,19 @@ constexpr int64_t kForwardTilePixels = 512;
 
 // Writes the valid columns of the tile's output grid to image n of y.
 template <class T>
-void store_output(const float* yt, int64_t ldy, int64_t rows, int64_t n, int64_t oh0,
-                  const Geometry& g, T* y, const Strides4& ys) {
+void store_output(const cpu::lowrank::Kernels& kern, const float* yt, int64_t ldy, int64_t rows,
+                  int64_t n, int64_t oh0, const Geometry& g, T* y, const Strides4& ys) {
   const int64_t nout = g.s.Nout;
   T* yn = y + n * ys.n;
   if (ys.w == 1) {
     for (int64_t o = 0; o < nout; ++o)
-      for (int64_t i = 0; i < rows; ++i) {
-        T* dst = yn + o * ys.c + (oh0 + i) * ys.h;
-        const float* src = yt + o * ldy + i * g.Wq;
-        for (int64_t ow = 0; ow < g.Wo; ++ow) dst[ow] = from_f32<T>(src[ow]);
-      }
+      for (int64_t i = 0; i < rows; ++i)
+        store_row(yt + o * ldy + i * g.Wq, g.Wo, yn + o * ys.c + (oh0 + i) * ys.h);
+    return;
+  }
+  if (ys.c == 1) {
+    for (int64_t i = 0; i < rows; ++i)
+      planes_to_pixels(kern, yt + i * g.Wq, ldy, g.Wo, nout, yn + (oh0 + i) * ys.h, ys.w);
     return;
   }
   for (int64_t i = 0; i < rows; ++i)
@@ -45,16 +47,31 @@ void store_output(const float* yt, int64_t ldy, int64_t rows, int64_t n, int64_t
     }
 }
 
+// Sizes of the forward's per-thread buffers.
+struct ForwardLayout {
+  int64_t tplane;    // floats per intermediate plane (with the second factor's read slack)
+  int64_t t_planes;  // rank planes (spatial: per column phase)
+  explicit ForwardLayout(const Geometry& g)
+      : tplane(g.Pmax + round_up(g.qw_max, kPixelAlign) + kPixelAlign),
+        t_planes(g.channel ? g.s.rank : g.s.sw * g.s.rank) {}
+  int64_t thread_floats(const Geometry& g) const {
+    return g.planes_x() * g.plane + t_planes * tplane + g.s.Nout * g.Pmax;
+  }
+};
+
 template <class T>
 void forward(const T* x, const Strides4& xs, const T* w1, const T* w2, const T* bias, T* y,
              const Strides4& ys, const LowRankConvShape& s, int num_threads) {
   const auto& kern = pick_kernels();
   const int threads = resolve_threads(num_threads);
   const Geometry g = make_geometry(s, threads, kForwardTilePixels);
-  const int64_t tplane = g.Pmax + round_up(g.qw_max, kPixelAlign) + kPixelAlign;
-  const int64_t t_planes = g.channel ? s.rank : s.sw * s.rank;
-  const std::vector<float> a1 = pack_panels(w1, s.rank, g.K1, kern.mr);
-  const std::vector<float> a2 = pack_panels(w2, s.Nout, g.K2, kern.mr);
+  const ForwardLayout lay(g);
+  const int64_t tplane = lay.tplane, t_planes = lay.t_planes;
+  // The GEMMs read the weights row-major in place (float32) or from one
+  // float32 copy (bfloat16): no packed duplicate of a large w1 in memory.
+  std::vector<float> w1_store, w2_store;
+  const float* a1 = as_f32(w1, s.rank * g.K1, w1_store);
+  const float* a2 = as_f32(w2, s.Nout * g.K2, w2_store);
   std::vector<float> bias_f;
   if (bias) {
     bias_f.resize(static_cast<size_t>(s.Nout));
@@ -75,33 +92,21 @@ void forward(const T* x, const Strides4& xs, const T* w1, const T* w2, const T* 
         const int64_t rows = std::min(g.R, g.Ho - oh0);
         const int64_t P = round_up(rows * g.Wq, kPixelAlign);
         // Rows past R + qh_max only feed discarded grid columns.
-        pack_input(x, xs, n, oh0, rows + g.qh_max, g, st.xp.get());
+        pack_input(kern, x, xs, n, oh0, rows + g.qh_max, g, st.xp.get());
         const int64_t phases = g.channel ? 1 : s.sw;
         for (int64_t b = 0; b < phases; ++b) {
-          const cpu::lowrank::RowGemm g1{s.rank,
-                                         g.K1,
-                                         P,
-                                         a1.data(),
-                                         st.xp.get() + b * s.C * g.plane,
-                                         off1.data(),
-                                         nullptr,
-                                         st.t.get() + b * s.rank * tplane,
-                                         tplane,
-                                         false};
+          const cpu::lowrank::RowGemm g1{s.rank,      g.K1,    P,
+                                         a1,          g.K1,    st.xp.get() + b * s.C * g.plane,
+                                         off1.data(), nullptr, st.t.get() + b * s.rank * tplane,
+                                         tplane,      false};
           kern.row_gemm(g1);
         }
-        const cpu::lowrank::RowGemm g2{s.Nout,
-                                       g.K2,
-                                       P,
-                                       a2.data(),
-                                       st.t.get(),
-                                       off2.data(),
-                                       bias ? bias_f.data() : nullptr,
-                                       st.yt.get(),
-                                       g.Pmax,
-                                       false};
+        const cpu::lowrank::RowGemm g2{
+            s.Nout,      g.K2,       P,           a2,
+            g.K2,        st.t.get(), off2.data(), bias ? bias_f.data() : nullptr,
+            st.yt.get(), g.Pmax,     false};
         kern.row_gemm(g2);
-        store_output(st.yt.get(), g.Pmax, rows, n, oh0, g, y, ys);
+        store_output(kern, st.yt.get(), g.Pmax, rows, n, oh0, g, y, ys);
       });
 }
 
@@ -119,6 +124,15 @@ void lowrank_conv2d_cpu(const void* x, const Strides4& xs, const void* w1, const
             static_cast<const float*>(w2), static_cast<const float*>(bias), static_cast<float*>(y),
             ys, s, num_threads);
   }
+}
+
+int64_t lowrank_conv2d_workspace_bytes(const LowRankConvShape& s, DType dtype, int num_threads) {
+  const int threads = resolve_threads(num_threads);
+  const Geometry g = make_geometry(s, threads, kForwardTilePixels);
+  const int64_t used = std::max<int64_t>(1, std::min<int64_t>(threads, s.N * g.ntiles));
+  const int64_t weights = s.Nout + (dtype == DType::kBFloat16 ? s.rank * g.K1 + s.Nout * g.K2 : 0);
+  const int64_t offsets = 2 * (g.K1 + g.K2);  // int64 = 2 floats
+  return 4 * (used * ForwardLayout(g).thread_floats(g) + weights + offsets);
 }
 
 const char* lowrank_cpu_isa() { return pick_kernels().name; }

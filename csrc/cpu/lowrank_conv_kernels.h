@@ -15,11 +15,13 @@ namespace lowrank {
 constexpr int64_t kPixelAlign = 16;
 
 // C[m][j] = bias[m] + sum_k A[m][k] * B[boff[k] + j]   (accumulate: C[m][j] += ...)
-// for m < M, j < P. A is packed in panels of `mr` rows: panel p holds
-// A[p*mr + i][k] at A[(p*K + k)*mr + i], rows past M zero.
+// for m < M, j < P. A is either packed in panels of `mr` rows (lda == 0):
+// panel p holds A[p*mr + i][k] at A[(p*K + k)*mr + i], rows past M zero; or
+// row-major with row stride lda (no copy of a float32 weight needed).
 struct RowGemm {
   int64_t M, K, P;
   const float* A;
+  int64_t lda;
   const float* B;
   const int64_t* boff;
   const float* bias;  // M entries or null (ignored when accumulating)
@@ -40,10 +42,15 @@ struct ReduceGemm {
   int64_t ldo;
 };
 
+// dst[c * ldd + p] = src[p * lds + c] for p, c < 16: the channels_last <->
+// channel-plane conversion, one 16 x 16 block at a time in registers.
+using Transpose16 = void (*)(const float* src, int64_t lds, float* dst, int64_t ldd);
+
 struct Kernels {
   int mr;  // panel height of RowGemm::A
   void (*row_gemm)(const RowGemm&);
   void (*reduce_gemm)(const ReduceGemm&);
+  Transpose16 transpose16;
   const char* name;
 };
 

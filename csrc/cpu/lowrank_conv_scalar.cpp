@@ -29,10 +29,15 @@ struct VScalar {
 };
 
 struct CfgScalar {
-  static constexpr int kMR = 4, kNV = 2;
-  static constexpr int kSmallRows = 2, kNVSmall = 4, kNVMax = 4;
+  static constexpr int kMR = 4, kNVMax = 4;
+  static constexpr int nv_for(int rows) { return rows <= 2 ? 4 : 2; }
   static constexpr int kRR = 2, kKR = 2;
 };
+
+void transpose16(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  for (int c = 0; c < 16; ++c)
+    for (int p = 0; p < 16; ++p) dst[c * ldd + p] = src[p * lds + c];
+}
 
 }  // namespace
 

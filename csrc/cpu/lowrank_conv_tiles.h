@@ -160,6 +160,18 @@ inline uint16_t from_f32<uint16_t>(float v) {
   return float_to_bf16_bits(v);
 }
 
+// A float32 weight as it is, or a float32 copy of a bfloat16 one (in storage).
+template <class T>
+const float* as_f32(const T* w, int64_t n, std::vector<float>& storage) {
+  if constexpr (std::is_same_v<T, float>) {
+    return w;
+  } else {
+    storage.resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) storage[static_cast<size_t>(i)] = to_f32(w[i]);
+    return storage.data();
+  }
+}
+
 // rows x cols row-major matrix (source dtype) -> float panels of `mr` rows:
 // panel p holds row p*mr + i, column k at [(p * cols + k) * mr + i].
 template <class T>
@@ -181,14 +193,75 @@ inline void convert_row(const T* src, int64_t n, float* dst) {
   }
 }
 
+// Channel-contiguous pixels -> channel planes:
+// dst[c * ldd + p] = src[p * lds + c] for p < npix, c < nch (16 x 16 register
+// transposes, the edges element by element).
+template <class T>
+void pixels_to_planes(const cpu::lowrank::Kernels& kern, const T* src, int64_t lds, int64_t npix,
+                      int64_t nch, float* dst, int64_t ldd) {
+  int64_t c0 = 0;
+  for (; c0 + 16 <= nch; c0 += 16) {
+    int64_t p0 = 0;
+    for (; p0 + 16 <= npix; p0 += 16) {
+      if constexpr (std::is_same_v<T, float>) {
+        kern.transpose16(src + p0 * lds + c0, lds, dst + c0 * ldd + p0, ldd);
+      } else {
+        float tmp[16 * 16];
+        for (int p = 0; p < 16; ++p)
+          for (int c = 0; c < 16; ++c) tmp[p * 16 + c] = to_f32(src[(p0 + p) * lds + c0 + c]);
+        kern.transpose16(tmp, 16, dst + c0 * ldd + p0, ldd);
+      }
+    }
+    for (int64_t p = p0; p < npix; ++p)
+      for (int64_t c = c0; c < c0 + 16; ++c) dst[c * ldd + p] = to_f32(src[p * lds + c]);
+  }
+  for (int64_t p = 0; p < npix; ++p)
+    for (int64_t c = c0; c < nch; ++c) dst[c * ldd + p] = to_f32(src[p * lds + c]);
+}
+
+// Channel planes -> channel-contiguous pixels:
+// dst[p * ldd + c] = src[c * lds + p] for p < npix, c < nch.
+template <class T>
+void planes_to_pixels(const cpu::lowrank::Kernels& kern, const float* src, int64_t lds,
+                      int64_t npix, int64_t nch, T* dst, int64_t ldd) {
+  int64_t c0 = 0;
+  for (; c0 + 16 <= nch; c0 += 16) {
+    int64_t p0 = 0;
+    for (; p0 + 16 <= npix; p0 += 16) {
+      if constexpr (std::is_same_v<T, float>) {
+        kern.transpose16(src + c0 * lds + p0, lds, dst + p0 * ldd + c0, ldd);
+      } else {
+        float tmp[16 * 16];
+        kern.transpose16(src + c0 * lds + p0, lds, tmp, 16);
+        for (int p = 0; p < 16; ++p)
+          for (int c = 0; c < 16; ++c) dst[(p0 + p) * ldd + c0 + c] = from_f32<T>(tmp[p * 16 + c]);
+      }
+    }
+    for (int64_t p = p0; p < npix; ++p)
+      for (int64_t c = c0; c < c0 + 16; ++c) dst[p * ldd + c] = from_f32<T>(src[c * lds + p]);
+  }
+  for (int64_t p = 0; p < npix; ++p)
+    for (int64_t c = c0; c < nch; ++c) dst[p * ldd + c] = from_f32<T>(src[c * lds + p]);
+}
+
+// One row of n values, float -> T (a plain copy for float).
+template <class T>
+inline void store_row(const float* __restrict src, int64_t n, T* __restrict dst) {
+  if constexpr (std::is_same_v<T, float>) {
+    std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = from_f32<T>(src[i]);
+  }
+}
+
 // Fills rows [0, qrows) of the tile's phase planes from image n of x, the
 // tile starting at output row oh0. The common layouts take whole-row copies
 // (NCHW, stride 1) or a channel-blocked transpose (channels_last): the
 // packing is about C * (R + kh - 1) / R loads per output pixel against
 // r * C * kh * kw multiply-adds, so it must run at memory-copy speed.
 template <class T>
-void pack_input(const T* x, const Strides4& xs, int64_t n, int64_t oh0, int64_t qrows,
-                const Geometry& g, float* xp) {
+void pack_input(const cpu::lowrank::Kernels& kern, const T* x, const Strides4& xs, int64_t n,
+                int64_t oh0, int64_t qrows, const Geometry& g, float* xp) {
   const auto& s = g.s;
   const T* xn = x + n * xs.n;
   // Column range [lo, hi) of plane columns that hold input (the rest is padding).
@@ -215,16 +288,8 @@ void pack_input(const T* x, const Strides4& xs, int64_t n, int64_t oh0, int64_t 
         if (xs.w == 1 && s.sw == 1) {  // NCHW: each channel's row is contiguous
           for (int64_t c = 0; c < s.C; ++c)
             convert_row(src + c * xs.c, hi - lo, dst0 + c * g.plane + lo);
-        } else if (xs.c == 1) {  // channels_last: transpose in blocks of 16 channels
-          const int64_t step = xs.w * s.sw;
-          for (int64_t c0 = 0; c0 < s.C; c0 += 16) {
-            const int64_t cn = std::min<int64_t>(16, s.C - c0);
-            for (int64_t qc = lo; qc < hi; ++qc) {
-              const T* px = src + (qc - lo) * step + c0;
-              float* d = dst0 + c0 * g.plane + qc;
-              for (int64_t c = 0; c < cn; ++c) d[c * g.plane] = to_f32(px[c]);
-            }
-          }
+        } else if (xs.c == 1) {  // channels_last: transpose
+          pixels_to_planes(kern, src, xs.w * s.sw, hi - lo, s.C, dst0 + lo, g.plane);
         } else {
           for (int64_t c = 0; c < s.C; ++c) {
             float* dst = dst0 + c * g.plane;

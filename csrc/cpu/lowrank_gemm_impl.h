@@ -30,8 +30,9 @@ namespace {
 constexpr int64_t kKBlock = 128;
 
 template <class V, int MR, int NV>
-LR_INLINE void row_micro(const float* a, int mrp, const float* B, const int64_t* boff, int64_t kc,
-                         float* c, int64_t ldc, bool load_c, const float* bias) {
+LR_INLINE void row_micro(const float* a, int64_t ak_stride, int64_t am_stride, const float* B,
+                         const int64_t* boff, int64_t kc, float* c, int64_t ldc, bool load_c,
+                         const float* bias) {
   using R = typename V::reg;
   constexpr int W = V::kWidth;
   R acc[MR][NV];
@@ -46,10 +47,10 @@ LR_INLINE void row_micro(const float* a, int mrp, const float* B, const int64_t*
     R bv[NV];
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) bv[v] = V::loadu(b + v * W);
-    const float* ak = a + k * mrp;
+    const float* ak = a + k * ak_stride;
 #pragma GCC unroll 8
     for (int m = 0; m < MR; ++m) {
-      const R av = V::bcast(ak + m);
+      const R av = V::bcast(ak + m * am_stride);
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) acc[m][v] = V::fmadd(av, bv[v], acc[m][v]);
     }
@@ -60,13 +61,14 @@ LR_INLINE void row_micro(const float* a, int mrp, const float* B, const int64_t*
     for (int v = 0; v < NV; ++v) V::storeu(c + m * ldc + v * W, acc[m][v]);
 }
 
-using RowMicroFn = void (*)(const float*, int, const float*, const int64_t*, int64_t, float*,
-                            int64_t, bool, const float*);
+using RowMicroFn = void (*)(const float*, int64_t, int64_t, const float*, const int64_t*, int64_t,
+                            float*, int64_t, bool, const float*);
 
 template <class V, int MR, int NV>
-void row_micro_fn(const float* a, int mrp, const float* B, const int64_t* boff, int64_t kc,
-                  float* c, int64_t ldc, bool load_c, const float* bias) {
-  row_micro<V, MR, NV>(a, mrp, B, boff, kc, c, ldc, load_c, bias);
+void row_micro_fn(const float* a, int64_t ak_stride, int64_t am_stride, const float* B,
+                  const int64_t* boff, int64_t kc, float* c, int64_t ldc, bool load_c,
+                  const float* bias) {
+  row_micro<V, MR, NV>(a, ak_stride, am_stride, B, boff, kc, c, ldc, load_c, bias);
 }
 
 // table[rows - 1][nv - 1] for rows <= MAXR, nv <= MAXNV.
@@ -88,30 +90,38 @@ struct RowMicroTable {
   RowMicroTable() { fill(std::make_integer_sequence<int, MAXR>{}); }
 };
 
-// Cfg: kMR (panel rows), kNV (vectors per micro-tile at full height), kNVSmall
-// (vectors when the whole GEMM has <= kSmallRows rows: fewer accumulators per
-// pixel leave registers for more pixels), kRR/kKR (ReduceGemm micro-tile).
+// Cfg: kMR (panel rows), nv_for(rows) (vectors for a short panel: fewer accumulator rows leave
+// registers for more pixels, so a 2-row tail panel still has 16 FMAs per k),
+// kRR/kKR (ReduceGemm micro-tile).
 template <class V, class Cfg>
 void row_gemm(const RowGemm& g) {
   static const RowMicroTable<V, Cfg::kMR, Cfg::kNVMax> table;
   constexpr int W = V::kWidth;
   constexpr int MR = Cfg::kMR;
-  const int nv_max = g.M <= Cfg::kSmallRows ? Cfg::kNVSmall : Cfg::kNV;
-  const int64_t panels = (g.M + MR - 1) / MR;
+  const int64_t full_panels = g.M / MR;
+  const int tail_rows = static_cast<int>(g.M % MR);
   const int64_t vecs = g.P / W;
+  // Runs panels [p0, p1) of `rows` rows over all pixels, nv_max vectors at a time.
+  auto run = [&](int64_t p0, int64_t p1, int rows, int64_t k0, int64_t kc, bool load_c,
+                 const float* bias) {
+    const int nv_max = Cfg::nv_for(rows);
+    for (int64_t v0 = 0; v0 < vecs; v0 += nv_max) {
+      const int nv = static_cast<int>(std::min<int64_t>(nv_max, vecs - v0));
+      for (int64_t p = p0; p < p1; ++p) {
+        // Packed panels: row m, column k of panel p at (p K + k) MR + m; row-major: p MR lda + k.
+        const float* a = g.lda ? g.A + p * MR * g.lda + k0 : g.A + (p * g.K + k0) * MR;
+        table.fn[rows - 1][nv - 1](a, g.lda ? 1 : MR, g.lda ? g.lda : 1, g.B + v0 * W, g.boff + k0,
+                                   kc, g.C + p * MR * g.ldc + v0 * W, g.ldc, load_c,
+                                   bias ? bias + p * MR : nullptr);
+      }
+    }
+  };
   for (int64_t k0 = 0; k0 < g.K; k0 += kKBlock) {
     const int64_t kc = std::min(kKBlock, g.K - k0);
     const bool load_c = g.accumulate || k0 > 0;
     const float* bias = (g.accumulate || k0 > 0) ? nullptr : g.bias;
-    for (int64_t v0 = 0; v0 < vecs; v0 += nv_max) {
-      const int nv = static_cast<int>(std::min<int64_t>(nv_max, vecs - v0));
-      for (int64_t p = 0; p < panels; ++p) {
-        const int rows = static_cast<int>(std::min<int64_t>(MR, g.M - p * MR));
-        table.fn[rows - 1][nv - 1](g.A + (p * g.K + k0) * MR, MR, g.B + v0 * W, g.boff + k0, kc,
-                                   g.C + p * MR * g.ldc + v0 * W, g.ldc, load_c,
-                                   bias ? bias + p * MR : nullptr);
-      }
-    }
+    if (full_panels > 0) run(0, full_panels, MR, k0, kc, load_c, bias);
+    if (tail_rows > 0) run(full_panels, full_panels + 1, tail_rows, k0, kc, load_c, bias);
   }
 }
 
@@ -186,9 +196,12 @@ void reduce_gemm(const ReduceGemm& g) {
   }
 }
 
+// Each ISA file defines transpose16 (register shuffles differ per ISA).
+void transpose16(const float* src, int64_t lds, float* dst, int64_t ldd);
+
 template <class V, class Cfg>
 const Kernels& make_kernels(const char* name) {
-  static const Kernels k{Cfg::kMR, &row_gemm<V, Cfg>, &reduce_gemm<V, Cfg>, name};
+  static const Kernels k{Cfg::kMR, &row_gemm<V, Cfg>, &reduce_gemm<V, Cfg>, &transpose16, name};
   return k;
 }
 

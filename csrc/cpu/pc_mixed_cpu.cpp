@@ -176,7 +176,7 @@ void pc_mixed_forward_cpu(const PcMixedArgs& a, const float* pool_stats, PcMutTe
   const int64_t N = a.N, C = a.C, k = a.k, ck = C / k;
   const bool has_max = cd.max_op >= 0, has_avg = cd.avg_op >= 0;
   const float scale = a.edge_scale != nullptr ? *a.edge_scale : 1.0f;
-  const int threads = pick_threads(num_threads, N * C, N * C * a.H * a.W);
+  const int threads = pick_threads(num_threads, N * k, N * C * a.H * a.W);
   const Scratch scratch(threads, a.H, a.W);
 
   // 1. statistics of the pooled maps (batch: one pooling pass, nothing stored)
@@ -229,20 +229,25 @@ void pc_mixed_forward_cpu(const PcMixedArgs& a, const float* pool_stats, PcMutTe
   for (int p = 0; p < np; ++p) c_param[p] = scale * a.weights[cd.param_op[p]];
   const float c_skip = cd.skip_op >= 0 ? scale * a.weights[cd.skip_op] : 0.0f;
 
-  // 3. every output plane once, in output order (writes stream through out)
-  parallel_units(threads, N * C, [&](int t, int64_t u0, int64_t u1) {
+  // 3. every output plane once. Work unit: (sample, shuffle group); group 0
+  // is the processed part (output channels j * k), group g > 0 bypasses input
+  // channels g * Ck + j to output channels j * k + g.
+  parallel_units(threads, N * k, [&](int t, int64_t u0, int64_t u1) {
     PlaneIn params[cpu::kPcMaxParams];
     for (int64_t u = u0; u < u1; ++u) {
-      const int64_t n = u / C, co = u % C;
-      const int64_t src = pc_mixed::concat_channel_of(co, ck, k);
-      if (src < ck) {
-        for (int p = 0; p < np; ++p) params[p] = plane(a.params[p], n, src);
-        const cpu::PcForwardCoef coef{has_max,    has_avg,       cd.skip_op >= 0, c_max[src],
-                                      c_avg[src], c_skip,        bias[src],       np,
-                                      params,     c_param.data()};
-        kern.forward(g, plane(a.x, n, src), coef, plane_out(out, n, co), scratch.of(t));
-      } else {
-        kern.bypass_forward(g, plane(a.x, n, src), scale, plane_out(out, n, co), scratch.of(t));
+      const int64_t n = u / k, grp = u % k;
+      if (grp > 0) {
+        kern.bypass_forward(g, plane(a.x, n, grp * ck), a.x.stride[1], scale,
+                            plane_out(out, n, grp), k * out.stride[1], ck, scratch.of(t));
+        continue;
+      }
+      for (int64_t j = 0; j < ck; ++j) {
+        for (int p = 0; p < np; ++p) params[p] = plane(a.params[p], n, j);
+        const cpu::PcForwardCoef coef{has_max,  has_avg,       cd.skip_op >= 0, c_max[j],
+                                      c_avg[j], c_skip,        bias[j],         np,
+                                      params,   c_param.data()};
+        kern.forward(g, plane(a.x, n, j), coef,
+                     plane_out(out, n, pc_mixed::shuffled_channel(j, ck, k)), scratch.of(t));
       }
     }
   });
@@ -258,7 +263,7 @@ void pc_mixed_backward_cpu(const PcMixedArgs& a, PcTensor grad_out, const float*
   const int64_t N = a.N, C = a.C, k = a.k, ck = C / k;
   const bool has_max = cd.max_op >= 0, has_avg = cd.avg_op >= 0, has_skip = cd.skip_op >= 0;
   const float scale = a.edge_scale != nullptr ? *a.edge_scale : 1.0f;
-  const int threads = pick_threads(num_threads, N * C, N * C * a.H * a.W);
+  const int threads = pick_threads(num_threads, N * k, N * C * a.H * a.W);
   const Scratch scratch(threads, a.H, a.W);
   const int np = static_cast<int>(cd.param_op.size());
   PoolNorm nmax, navg;
@@ -274,24 +279,27 @@ void pc_mixed_backward_cpu(const PcMixedArgs& a, PcTensor grad_out, const float*
   std::vector<double> tot(static_cast<size_t>(threads) * tot_n, 0.0);
   std::vector<double> dot(threads, 0.0);
   const bool want_dot = grad_edge_scale != nullptr;
-  parallel_units(threads, N * C, [&](int t, int64_t u0, int64_t u1) {
+  parallel_units(threads, N * k, [&](int t, int64_t u0, int64_t u1) {
     PlaneIn params[cpu::kPcMaxParams];
     PlaneOut gparams[cpu::kPcMaxParams];
     for (int64_t u = u0; u < u1; ++u) {
-      const int64_t n = u / C, c = u % C;  // c: channel of x
-      const int64_t co = pc_mixed::shuffled_channel(c, ck, k);
-      if (c < ck) {
+      const int64_t n = u / k, grp = u % k;  // as in the forward's step 3
+      if (grp > 0) {
+        kern.bypass_backward(g, plane(a.x, n, grp * ck), a.x.stride[1], plane(grad_out, n, grp),
+                             k * grad_out.stride[1], scale, plane_out(grad_x, n, grp * ck),
+                             grad_x.stride[1], ck, want_dot ? &dot[t] : nullptr, scratch.of(t));
+        continue;
+      }
+      for (int64_t c = 0; c < ck; ++c) {
         for (int p = 0; p < np; ++p) {
           params[p] = plane(a.params[p], n, c);
           gparams[p] = plane_out(grad_params[p], n, c);
         }
         const cpu::PcReduceCoef coef{has_max, has_avg, has_skip, nmax.mean[c],       navg.mean[c],
                                      np,      params,  gparams,  c_grad_param.data()};
-        kern.backward_reduce(g, plane(a.x, n, c), plane(grad_out, n, co), coef,
+        kern.backward_reduce(g, plane(a.x, n, c),
+                             plane(grad_out, n, pc_mixed::shuffled_channel(c, ck, k)), coef,
                              &ch[(t * ck + c) * 3], &tot[t * tot_n], scratch.of(t));
-      } else {
-        kern.bypass_backward(g, plane(a.x, n, c), plane(grad_out, n, co), scale,
-                             plane_out(grad_x, n, c), want_dot ? &dot[t] : nullptr, scratch.of(t));
       }
     }
   });

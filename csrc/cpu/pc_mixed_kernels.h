@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "fusenas/pc_mixed.h"
+
 namespace fusenas {
 namespace cpu {
 
@@ -31,14 +33,17 @@ struct PcGeom {
   const float* inv_count_out;
 };
 
-// At most 5 of the 8 PC-DARTS candidates are parametric; the front end rejects more.
-constexpr int kPcMaxParams = 8;
-// Per-thread scratch of a plane kernel: five H x W planes and rows of
-// pc_scratch_row(W) floats (W + 2 padded values plus slack).
-constexpr int kPcScratchRows = 10 + 2 * kPcMaxParams;
+// At most 5 of the 8 PC-DARTS candidates are parametric (4 at stride 1, plus
+// FactorizedReduce at stride 2); the bindings reject more.
+constexpr int kPcMaxParams = kPcMaxParamOuts;
+// Per-thread scratch of a plane kernel: kPcScratchPlanes planes of H * W
+// floats, then kPcScratchRows rows of pc_scratch_row(W) floats (W + 2 padded
+// values plus slack).
+constexpr int kPcScratchPlanes = 24;
+constexpr int kPcScratchRows = 6;
 inline int64_t pc_scratch_row(int64_t W) { return W + 64; }
 inline int64_t pc_scratch_floats(int64_t H, int64_t W) {
-  return 5 * H * W + kPcScratchRows * pc_scratch_row(W);
+  return kPcScratchPlanes * H * W + kPcScratchRows * pc_scratch_row(W);
 }
 
 // Forward, processed channel: y = bias + c_max * M + c_avg * A + c_skip * X
@@ -79,15 +84,21 @@ struct PcPlaneKernels {
   void (*pool_moments)(const PcGeom& g, PlaneIn x, bool want_max, bool want_avg, double* moments,
                        float* scratch);
   void (*forward)(const PcGeom& g, PlaneIn x, const PcForwardCoef& c, PlaneOut out, float* scratch);
-  // out = scale * x (stride 1) or scale * MaxPool2d(2, 2)(x) (stride 2).
-  void (*bypass_forward)(const PcGeom& g, PlaneIn x, float scale, PlaneOut out, float* scratch);
+  // out = scale * x (stride 1) or scale * MaxPool2d(2, 2)(x) (stride 2), for
+  // `planes` planes: plane i of x starts x_step elements after plane i - 1
+  // (likewise out). One call per bypassed group keeps small maps from paying a
+  // call per 8x8 plane.
+  void (*bypass_forward)(const PcGeom& g, PlaneIn x, int64_t x_step, float scale, PlaneOut out,
+                         int64_t out_step, int64_t planes, float* scratch);
   void (*backward_reduce)(const PcGeom& g, PlaneIn x, PlaneIn grad, const PcReduceCoef& c,
                           double* ch, double* tot, float* scratch);
   void (*backward_dx)(const PcGeom& g, PlaneIn x, PlaneIn grad, const PcDxCoef& c, PlaneOut dx,
                       float* scratch);
-  // dx = scale * grad routed through the bypass; *dot += sum grad * bypass when dot != null.
-  void (*bypass_backward)(const PcGeom& g, PlaneIn x, PlaneIn grad, float scale, PlaneOut dx,
-                          double* dot, float* scratch);
+  // dx = scale * grad routed through the bypass, over `planes` planes as in
+  // bypass_forward; *dot += sum grad * bypass when dot != null.
+  void (*bypass_backward)(const PcGeom& g, PlaneIn x, int64_t x_step, PlaneIn grad,
+                          int64_t grad_step, float scale, PlaneOut dx, int64_t dx_step,
+                          int64_t planes, double* dot, float* scratch);
 };
 
 const PcPlaneKernels& pc_plane_kernels_scalar();

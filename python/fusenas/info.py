@@ -3,9 +3,9 @@
 Prints the fusenas and torch versions, ``fusenas._C.build_info()`` (the CPU ISA
 chosen at run time, OpenMP threads, compiler), ``fusenas._C_cuda.build_info()``
 when the CUDA extension imports (archs, devices), torch's thread settings, and
-for ``kbit_matmul`` whether CPU float32 / bfloat16 / float16 and CUDA inputs
-run a native kernel or the pure-torch reference, and why; the same for
-``lowrank_conv2d``.
+for ``kbit_matmul``, ``lowrank_conv2d`` and ``pc_mixed_op`` whether CPU float32 /
+bfloat16 / float16 (float64) and CUDA inputs run a native kernel or the pure-torch
+reference, and why.
 """
 
 from __future__ import annotations
@@ -82,6 +82,32 @@ def lowrank_conv2d_paths() -> dict[str, str]:
     return paths
 
 
+def pc_mixed_op_paths() -> dict[str, str]:
+    """Device / dtype -> which path fusenas::pc_mixed_op takes, and why."""
+    paths: dict[str, str] = {}
+    cpu = _native.cpu()
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        key = f"cpu {str(dtype).removeprefix('torch.')}"
+        if cpu is None:
+            paths[key] = f"reference (fusenas._C not built: {_native.load_error('_C')})"
+        elif not hasattr(cpu, "pc_mixed_forward_cpu"):
+            paths[key] = "reference (fusenas._C has no pc_mixed kernels: stale build)"
+        elif dtype != torch.float32:
+            paths[key] = f"reference (no CPU kernel for {str(dtype).removeprefix('torch.')})"
+        else:
+            info = _call_build_info(cpu)
+            isa = info.get("pc_mixed_active_isa", "?") if isinstance(info, dict) else "?"
+            paths[key] = f"native kernel (fusenas._C, {isa}; H * W < 2**24)"
+    if not torch.cuda.is_available():
+        why = "torch built without CUDA" if torch.version.cuda is None else "no CUDA device"
+        paths["cuda"] = f"unavailable ({why})"
+    elif torch._C._dispatch_has_kernel_for_dispatch_key("fusenas::pc_mixed_op", "CUDA"):
+        paths["cuda"] = "CUDA kernel registered"
+    else:
+        paths["cuda"] = "reference (no CUDA kernel registered: CompositeExplicitAutograd fallback)"
+    return paths
+
+
 def collect_info() -> dict[str, Any]:
     """Everything :func:`main` prints, as a dict."""
     from fusenas import __version__
@@ -101,6 +127,7 @@ def collect_info() -> dict[str, Any]:
         "torch interop threads": torch.get_num_interop_threads(),
         "kbit_matmul": kbit_matmul_paths(),
         "lowrank_conv2d": lowrank_conv2d_paths(),
+        "pc_mixed_op": pc_mixed_op_paths(),
     }  # fmt: skip
 
 

@@ -45,6 +45,12 @@ void lowrank_conv2d_backward_cpu(const void* grad_out, const Strides4& gs, const
                                  const Strides4& gxs, void* grad_w1, void* grad_w2,
                                  const LowRankConvShape& s, DType dtype, int num_threads);
 
+// Bytes of the kernels' own buffers (per-thread tiles, packed weights,
+// gradient accumulators) outside the tensors: what they add to peak memory.
+int64_t lowrank_conv2d_workspace_bytes(const LowRankConvShape& s, DType dtype, int num_threads);
+int64_t lowrank_conv2d_backward_workspace_bytes(const LowRankConvShape& s, DType dtype,
+                                                int num_threads);
+
 // Code path chosen at run time: "avx512", "avx2" or "scalar".
 const char* lowrank_cpu_isa();
 

@@ -13,6 +13,9 @@
 
 namespace fusenas {
 
+// Most parametric candidates one call takes (PC-DARTS has 4 at stride 1, 5 at stride 2).
+constexpr int kPcMaxParamOuts = 5;
+
 enum class PcCandidate : int { kNone = 0, kMaxPool = 1, kAvgPool = 2, kSkip = 3, kParametric = 4 };
 
 // A 4-D float32 tensor (n, c, h, w) with element strides; NCHW-contiguous and

@@ -11,3 +11,7 @@ __all__ = [
     "pc_mixed_op",
     "PC_DARTS_PRIMITIVES",
 ]
+
+# CUDA kernels of the ops above: registered last, on top of their definitions.
+import fusenas.ops.lowrank_conv_cuda  # noqa: E402, F401
+import fusenas.ops.pc_mixed_op_cuda  # noqa: E402, F401

@@ -473,3 +473,29 @@ def _eager_inference(*tensors: torch.Tensor | None) -> bool:
         if type(t) is not torch.Tensor or t.device.type != "cpu" or (grad and t.requires_grad):
             return False
     return not torch.compiler.is_compiling()
+
+
+def workspace_bytes(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    *,
+    scheme: str,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    backward: bool = False,
+) -> int:
+    """Bytes the native CPU kernel allocates outside torch tensors (tile buffers, packed
+    weights, gradient accumulators) for these arguments at torch's thread count; 0 when
+    the reference runs instead."""
+    stride, padding, dilation = (
+        _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    )  # fmt: skip
+    kh, kw = check_lowrank_args(x, w1, w2, None, scheme, stride, padding, dilation)
+    if x.device.type != "cpu" or _native_reason(x) is not None:
+        return 0
+    return _native.cpu().lowrank_conv2d_workspace_bytes(
+        *_geometry(x, w1, w2, scheme, stride, padding, dilation, kh, kw), backward,
+        _DTYPE_CODE[x.dtype], torch.get_num_threads(),
+    )  # fmt: skip

@@ -408,6 +408,9 @@ def pc_mixed_op_backward_reference(
 # ---------------------------------------------------------------------------
 
 
+_MAX_NATIVE_PLANE = 1 << 24
+
+
 def _view(t: torch.Tensor) -> tuple[int, int, int, int, int]:
     return (t.data_ptr(), *t.stride())
 
@@ -422,6 +425,10 @@ def _native_ok(op: str, x: torch.Tensor) -> bool:
         return False
     if x.dtype != torch.float32:
         _native.warn_fallback(op, f"no CPU kernel for {x.dtype}")
+        return False
+    if x.shape[2] * x.shape[3] >= _MAX_NATIVE_PLANE:
+        # The kernel keeps max-pool positions as float plane offsets (exact below 2^24).
+        _native.warn_fallback(op, "H * W >= 2**24")
         return False
     return True
 
@@ -562,6 +569,54 @@ def _backward(ctx, grad_out, _grad_stats):
 torch.library.register_autograd("fusenas::pc_mixed_op", _backward, setup_context=_setup_context)
 
 
+class _EagerCpu(torch.autograd.Function):
+    """The CPU kernels behind a plain autograd.Function.
+
+    Same kernels and formulas as the registered op; used by ``pc_mixed_op`` for
+    plain eager CPU tensors, where the dispatcher's Python round trips for a
+    custom op with autograd cost more than 100 us per forward + backward (a
+    fifth of a small edge's time). Tracing, other devices and tensor subclasses
+    go through torch.ops.fusenas.pc_mixed_op.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weights, edge_scale, pool_stats, ops, k, stride, eps, *param_outs):
+        out, stats = _pc_mixed_cpu(
+            x, list(param_outs), weights, edge_scale, pool_stats, ops, k, stride, eps
+        )
+        ctx.mark_non_differentiable(stats)
+        ctx.save_for_backward(x, weights, edge_scale, stats, *param_outs)
+        ctx.meta = (pool_stats is None, ops, k, stride, eps)
+        return out, stats
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_stats):
+        x, weights, edge_scale, stats, *param_outs = ctx.saved_tensors
+        batch_stats, ops, k, stride, eps = ctx.meta
+        grad_x, grad_params, grad_w, grad_scale = _pc_mixed_backward_cpu(
+            grad_out, x, param_outs, weights, edge_scale, stats, batch_stats, ops, k, stride, eps
+        )
+        scale_grad = None if edge_scale is None else grad_scale
+        return (grad_x, grad_w.to(weights.dtype), scale_grad, None, None, None, None, None,
+                *grad_params)  # fmt: skip
+
+
+def _eager_cpu_fast_path(tensors: Sequence[torch.Tensor | None]) -> bool:
+    if torch.compiler.is_compiling():
+        return False
+    functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    if functorch_active is not None and functorch_active():
+        return False
+    ext = _native.cpu()
+    if ext is None or not hasattr(ext, "pc_mixed_forward_cpu"):
+        return False
+    for t in tensors:
+        if t is not None and (type(t) is not torch.Tensor or t.device.type != "cpu"):
+            return False
+    x = tensors[0]
+    return x.dtype == torch.float32 and x.dim() == 4 and x.shape[2] * x.shape[3] < _MAX_NATIVE_PLANE
+
+
 def pc_mixed_op(
     x: torch.Tensor,
     param_outs: Sequence[torch.Tensor],
@@ -603,6 +658,9 @@ def pc_mixed_op(
             raise TypeError(f"param_outs[{i}]: expected a torch.Tensor, got {type(p).__name__}")
     if isinstance(ops, str) or not all(isinstance(o, str) for o in ops):
         raise TypeError(f"ops: expected a list of candidate names (str), got {ops!r}")
+    if _eager_cpu_fast_path([x, weights, edge_scale, pool_stats, *param_outs]):
+        return _EagerCpu.apply(x, weights, edge_scale, pool_stats, list(ops), k, stride, eps,
+                               *param_outs)  # fmt: skip
     return torch.ops.fusenas.pc_mixed_op(
         x, list(param_outs), weights, edge_scale, pool_stats, list(ops), k, stride, eps
     )
