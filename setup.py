@@ -87,7 +87,9 @@ class CMakeBuildOnce(CMakeBuild):
 
 
 skip = os.environ.get("FUSENAS_SKIP_EXT") == "1"
-extensions = [CMakeExtension("fusenas._C")]
+# _C_cuda_emu: the CUDA kernels' block code compiled for the host, run by
+# tests/test_cuda_emulation.py on machines without a GPU (CMake option FUSENAS_CUDA_EMU).
+extensions = [CMakeExtension("fusenas._C"), CMakeExtension("fusenas._C_cuda_emu")]
 if _cuda_wanted():
     extensions.append(CMakeExtension("fusenas._C_cuda"))
 setup(
