@@ -264,6 +264,7 @@ def main() -> None:
         "full": FULL,
         "budget_s": BUDGET_S,
         "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
         "build_info": {k: str(v) for k, v in info.items()},
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg(),

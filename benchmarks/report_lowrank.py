@@ -102,7 +102,19 @@ def _t(v: tuple[float, str] | None) -> str:
     return f"{v[0]:.2f} ({'CL' if v[1] == 'channels_last' else 'NCHW'})"
 
 
-def targets(rows: list[dict]) -> list[list[str]]:
+def contended(meta: dict) -> str | None:
+    """Why wall-time verdicts of this run cannot be trusted (None when they can): more
+    runnable work than cores (the load average counts the run's own threads too)."""
+    if meta.get("clock") == "process CPU time":
+        return None
+    cores = meta.get("cpu_count", 2)
+    load = max(meta["loadavg_before"][0], meta["loadavg_after"][0])
+    if load > cores + 0.5:
+        return f"load {load:.1f} on {cores} cores"
+    return None
+
+
+def targets(rows: list[dict], unreliable: str | None = None) -> list[list[str]]:
     fwd = _med([r["fwd_vs_two"] for r in rows])
     real = _med([r["fwd_realised"] for r in rows])
     fb = _med([r["fwdbwd_vs_two"] for r in rows])
@@ -116,7 +128,10 @@ def targets(rows: list[dict]) -> list[list[str]]:
     )
 
     def verdict(v, goal):
-        return "-" if v is None else ("met" if v >= goal else "NOT met")
+        if v is None:
+            return "-"
+        word = "met" if v >= goal else "NOT met"
+        return f"{word} here, but not trustworthy ({unreliable})" if unreliable else word
 
     n = len(rows)
     return [
@@ -194,7 +209,11 @@ def write_markdown(
         "other jobs: single timings are noisy, so the tables use the "
         f"**{stat}** over each case's calls (about {meta['budget_s']} s of calls per cell).",
         "- Commands: `flock /tmp/fusenas_bench.lock python benchmarks/bench_lowrank.py "
-        "--json lowrank.json` then `python benchmarks/report_lowrank.py lowrank.json`.",
+        "--json docs/benchmarks/lowrank.json` (raw results, kept next to this page) then "
+        "`python benchmarks/report_lowrank.py docs/benchmarks/lowrank.json --notes "
+        "docs/benchmarks/lowrank_notes.md` (plus `--also <1-thread json>` for the last section).",
+        "- **The load was high during this run** (other jobs on the same 2 cores): read "
+        '"Reading the numbers" at the end before drawing conclusions from single cells.',
         "- Peak memory: peak bytes held by torch's CPU allocator during one call "
         "(profiler memory events; the inputs excluded, output and gradients included) plus, "
         "for fusenas, the kernel's own buffers (`workspace_bytes`: tile buffers, packed "
@@ -205,7 +224,10 @@ def write_markdown(
         "## Targets (issue 3)",
         "",
     ]
-    lines += md_table(["target", "measured", "verdict"], targets(rows))
+    lines += md_table(["target", "measured", "verdict"], targets(rows, contended(meta)))
+    if contended(meta):
+        lines += ["", "Time verdicts of this run are not trustworthy: see the 1-thread "
+                  "process-CPU-time section and \"Reading the numbers\" below."]  # fmt: skip
     lines += ["", "## Forward (ms; layout of the faster run in brackets)", ""]
     body = []
     for r in rows:

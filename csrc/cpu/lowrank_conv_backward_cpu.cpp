@@ -5,8 +5,10 @@
 //   T   = first factor, recomputed for the tile (only when grad_w2 is wanted);
 //   gT  = second factor transposed applied to G (rows above the tile too: the
 //         input rows this tile owns receive from them);
-//   grad_w2 += G . T^T and grad_w1 += gT . planes^T (pixel reductions into
-//         per-thread accumulators, summed at the end);
+//   grad_w2 += G . T^T (pixel reductions, one horizontal sum per tile) and
+//         grad_w1[tap] += gT . X_tap (row GEMMs vectorised over the input
+//         channels of the tile's pixels, no horizontal sums), both into
+//         per-thread accumulators summed at the end;
 //   grad_x rows owned by the tile (padded rows [oh0 sh, (oh0 + R) sh), the
 //         last tile to the end) = first factor transposed applied to gT, per
 //         stride phase: every input element is written by exactly one tile,
@@ -168,11 +170,12 @@ struct BackwardLayout {
         tplane(g.Pmax + round_up(g.qw_max, kPixelAlign) + kPixelAlign),
         row0(front + g.qh_max * g.Wq) {}
   // Per-thread floats with every gradient requested.
-  int64_t thread_floats(const Geometry& g) const {
+  int64_t thread_floats(const Geometry& g, int mr) const {
     const auto& s = g.s;
-    const int64_t nb = g.channel ? 1 : s.sw;
+    const int64_t nb = g.channel ? 1 : s.sw, cpad = round_up(s.C, kPixelAlign);
     return 2 * g.planes_x() * g.plane + nb * s.rank * (tplane + gplane) + s.Nout * gplane +
-           s.rank * g.K1 + s.Nout * g.K2;  // (thread 0 sums into float32 outputs)
+           s.sh * s.sw * g.plane * cpad + round_up(s.rank, mr) * g.Pmax +  // grad_w1 operands
+           (g.K1 / s.C) * s.rank * cpad + s.Nout * g.K2;                   // gradient sums
   }
 };
 
@@ -197,18 +200,36 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
   std::vector<PhaseTaps> w1t;
   if (want_gx) w1t = first_factor_transposed(w1, g, gplane, kern.mr);
 
+  // grad_w1 as row GEMMs vectorised over input channels (no horizontal sums):
+  // per tap t, acc[t] (rank x Cpad) += gT (rank x pixels) . X_t (pixels x Cpad),
+  // X_t = the tile's input, channel-contiguous per pixel, shifted by the tap.
+  const int64_t cpad = round_up(s.C, kPixelAlign);
+  const int64_t taps1 = g.K1 / s.C;  // kh kw (channel) or kh (spatial)
+  std::vector<int64_t> pixel_rows(static_cast<size_t>(g.Pmax));
+  for (int64_t p = 0; p < g.Pmax; ++p) pixel_rows[static_cast<size_t>(p)] = p * cpad;
+  struct Tap {
+    int64_t phase, shift;  // input phase plane (spatial: + the column phase b), pixel shift
+  };
+  std::vector<Tap> taps;
+  for (int64_t t = 0; t < taps1; ++t) {
+    const int64_t i = g.channel ? t / s.kw : t, j = g.channel ? t % s.kw : 0;
+    const int64_t a = (i * s.dh) % s.sh, bj = g.channel ? (j * s.dw) % s.sw : 0;
+    const int64_t shift = (i * s.dh / s.sh) * g.Wq + (g.channel ? j * s.dw / s.sw : 0);
+    taps.push_back({a * s.sw + bj, shift});
+  }
+  const int64_t panel_rows = round_up(s.rank, kern.mr);
+
   const int64_t Hp = s.H + 2 * s.ph;
   const int64_t items = s.N * g.ntiles;
   const int used = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, items)));
-  std::vector<std::vector<float>> acc_w1(used), acc_w2(used);
+  std::vector<std::vector<float>> acc_w2(used), acc_taps(used);
 #pragma omp parallel num_threads(used)
   {
     const int tid = omp_get_thread_num();
     Buffer xp(g.planes_x() * g.plane), t(want_w2 ? nb * s.rank * tplane : 0);
     Buffer G(s.Nout * gplane), gt(want_gt ? nb * s.rank * gplane : 0);
     Buffer gxp(want_gx ? g.planes_x() * g.plane : 0);
-    // Per-thread weight-gradient sums; thread 0 sums straight into a float32
-    // output (one copy of grad_w1 less at peak).
+    // Per-thread grad_w2 sums; thread 0 sums straight into a float32 output.
     auto accumulator = [&](std::vector<std::vector<float>>& acc, T* out, int64_t count) {
       if constexpr (std::is_same_v<T, float>) {
         if (tid == 0) {
@@ -219,7 +240,13 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
       acc[static_cast<size_t>(tid)].assign(static_cast<size_t>(count), 0.f);
       return acc[static_cast<size_t>(tid)].data();
     };
-    float* aw1 = want_w1 ? accumulator(acc_w1, gw1, s.rank * g.K1) : nullptr;
+    Buffer xn(want_w1 ? s.sh * s.sw * g.plane * cpad : 0);
+    Buffer gtp(want_w1 ? panel_rows * g.Pmax : 0);
+    float* aw1 = nullptr;
+    if (want_w1) {
+      acc_taps[static_cast<size_t>(tid)].assign(static_cast<size_t>(taps1 * s.rank * cpad), 0.f);
+      aw1 = acc_taps[static_cast<size_t>(tid)].data();
+    }
     float* aw2 = want_w2 ? accumulator(acc_w2, gw2, s.Nout * g.K2) : nullptr;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
@@ -250,10 +277,28 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
         kern.row_gemm({s.rank, K, ext, w.a.data(), 0, G.get() + front, w.offset.data(), nullptr,
                        dst, gplane, false});
       }
-      if (want_w1)
-        for (int64_t b = 0; b < nb; ++b)
-          kern.reduce_gemm({s.rank, g.K1, P, gt.get() + b * s.rank * gplane + row0, gplane,
-                            xp.get() + b * s.C * g.plane, off1.data(), aw1, g.K1});
+      if (want_w1) {
+        // Input phases as channel-contiguous pixels (padding channels stay zero).
+        for (int64_t ph = 0; ph < s.sh * s.sw; ++ph)
+          planes_to_pixels(kern, xp.get() + ph * s.C * g.plane, g.plane, g.plane, s.C,
+                           xn.get() + ph * g.plane * cpad, cpad);
+        for (int64_t b = 0; b < nb; ++b) {
+          // gT_b rows [0, rows) -> panels of mr rows over P pixels.
+          const float* src = gt.get() + b * s.rank * gplane + row0;
+          float* dst = gtp.get();
+          for (int64_t r0 = 0; r0 < panel_rows; r0 += kern.mr)
+            for (int64_t p = 0; p < P; ++p)
+              for (int64_t i = 0; i < kern.mr; ++i)
+                *dst++ = r0 + i < s.rank ? src[(r0 + i) * gplane + p] : 0.f;
+          for (int64_t t = 0; t < taps1; ++t) {
+            const Tap& tp = taps[static_cast<size_t>(t)];
+            const int64_t phase = g.channel ? tp.phase : tp.phase + b;
+            kern.row_gemm({s.rank, P, cpad, gtp.get(), 0,
+                           xn.get() + (phase * g.plane + tp.shift) * cpad, pixel_rows.data(),
+                           nullptr, aw1 + t * s.rank * cpad, cpad, true});
+          }
+        }
+      }
       if (want_gx) {
         const int64_t Pown = round_up(qown * g.Wq, kPixelAlign);
         for (int64_t a = 0; a < s.sh; ++a)
@@ -282,7 +327,17 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
       out[i] = from_f32<T>(v);
     }
   };
-  if (want_w1) reduce(acc_w1, gw1, s.rank * g.K1);
+  if (want_w1) {  // acc[t][r][c] -> grad_w1[r][c][tap t]
+    for (int64_t r = 0; r < s.rank; ++r)
+      for (int64_t c = 0; c < s.C; ++c)
+        for (int64_t t = 0; t < taps1; ++t) {
+          float v = 0.f;
+          for (int th = 0; th < used; ++th)
+            v +=
+                acc_taps[static_cast<size_t>(th)][static_cast<size_t>((t * s.rank + r) * cpad + c)];
+          gw1[(r * s.C + c) * taps1 + t] = from_f32<T>(v);
+        }
+  }
   if (want_w2) reduce(acc_w2, gw2, s.Nout * g.K2);
 }
 
@@ -297,11 +352,11 @@ int64_t lowrank_conv2d_backward_workspace_bytes(const LowRankConvShape& s, DType
   const int64_t kw2 = g.channel ? 1 : s.kw;
   const int64_t weights = (dtype == DType::kBFloat16 ? s.rank * g.K1 : 0) +
                           round_up(s.rank, mr) * s.Nout * kw2 +
-                          round_up(s.C, mr) * s.rank * s.kh * (g.channel ? s.kw : 1) +
-                          s.rank * g.K1 + s.Nout * g.K2;  // + the final gradient sums
-  // Thread 0 sums the weight gradients straight into float32 outputs.
-  const int64_t in_place = dtype == DType::kFloat32 ? s.rank * g.K1 + s.Nout * g.K2 : 0;
-  return 4 * (used * BackwardLayout(g).thread_floats(g) - in_place + weights + 2 * (g.K1 + g.K2));
+                          round_up(s.C, mr) * s.rank * s.kh * (g.channel ? s.kw : 1);
+  // Thread 0 sums grad_w2 straight into a float32 output.
+  const int64_t in_place = dtype == DType::kFloat32 ? s.Nout * g.K2 : 0;
+  return 4 * (used * BackwardLayout(g).thread_floats(g, static_cast<int>(mr)) - in_place + weights +
+              2 * (g.K1 + g.K2));
 }
 
 void lowrank_conv2d_backward_cpu(const void* grad_out, const Strides4& gs, const void* x,
