@@ -212,8 +212,6 @@ def write_markdown(
         "--json docs/benchmarks/lowrank.json` (raw results, kept next to this page) then "
         "`python benchmarks/report_lowrank.py docs/benchmarks/lowrank.json --notes "
         "docs/benchmarks/lowrank_notes.md` (plus `--also <1-thread json>` for the last section).",
-        "- **The load was high during this run** (other jobs on the same 2 cores): read "
-        '"Reading the numbers" at the end before drawing conclusions from single cells.',
         "- Peak memory: peak bytes held by torch's CPU allocator during one call "
         "(profiler memory events; the inputs excluded, output and gradients included) plus, "
         "for fusenas, the kernel's own buffers (`workspace_bytes`: tile buffers, packed "
