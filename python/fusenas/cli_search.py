@@ -37,7 +37,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="darts: cells; nb201: cells per stage (default 8)")  # fmt: skip
     c.add_argument("--batch-size", type=int, default=1)
     c.add_argument("--image-size", type=int, default=32)
-    c.add_argument("--repeats", type=int, default=10)
+    c.add_argument("--repeats", type=int, default=10, help="calls per timing (median)")
+    c.add_argument("--passes", type=int, default=1,
+                   help="interleaved passes over all architectures; fastest counts")  # fmt: skip
     c.add_argument("--device", default="cpu")
     c.add_argument("--threads", type=int, default=2)
     c.add_argument("--seed", type=int, default=0)
@@ -47,6 +49,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     f.add_argument("-o", "--out", required=True, help="predictor file (.safetensors) to write")
     f.add_argument("--test-fraction", type=float, default=0.2)
     f.add_argument("--steps", type=int, default=3000)
+    f.add_argument("--weight-decay", type=float, default=1e-2)
     f.add_argument("--seed", type=int, default=0)
 
 
@@ -96,6 +99,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
         recs = latency.collect(args.space, args.n, args.out, channels=args.channels,
                                layers=args.layers, batch_size=args.batch_size,
                                image_size=args.image_size, repeats=args.repeats, seed=args.seed,
+                               passes=args.passes,
                                device=args.device, progress=not args.no_progress)  # fmt: skip
         ms = sorted(r["latency_ms"] for r in recs)
         print(f"{len(recs)} architectures timed: {ms[0]:.2f} .. {ms[-1]:.2f} ms "
@@ -103,7 +107,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
         return 0
     records = latency.read_records(args.records)
     model, report = latency.fit(records, test_fraction=args.test_fraction, steps=args.steps,
-                                seed=args.seed)  # fmt: skip
+                                weight_decay=args.weight_decay, seed=args.seed)  # fmt: skip
     model.save(args.out)
     print(f"fitted on {report.n_train} architectures; held-out {report.n_test}: mean relative "
           f"error {100 * report.test_mean_rel_error:.1f}% (max "

@@ -68,10 +68,10 @@ def train_epoch(
         if after_step is not None:
             after_step()
         totals += torch.tensor(
-            [float(loss) * y.numel(), float((logits.argmax(1) == y).sum()), y.numel()],
+            [float(loss.detach()) * y.numel(), float((logits.argmax(1) == y).sum()), y.numel()],
             dtype=torch.float64,
         )
-        bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
     bar.close()
     totals = distributed.all_reduce_sum(totals)
     return float(totals[0] / totals[2]), float(100 * totals[1] / totals[2])

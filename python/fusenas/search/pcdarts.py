@@ -183,10 +183,10 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
             distributed.average_gradients(model.weight_parameters())
             nn.utils.clip_grad_norm_(model.weight_parameters(), config.grad_clip)
             w_opt.step()
-            totals += torch.tensor([float(loss) * yw.numel(),
+            totals += torch.tensor([float(loss.detach()) * yw.numel(),
                                     float((logits.argmax(1) == yw).sum()), yw.numel()],
                                    dtype=torch.float64)  # fmt: skip
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         bar.close()
         lr = sched.get_last_lr()[0]
         sched.step()
