@@ -23,10 +23,9 @@ import torch
 
 from fusenas._atomic import atomic_write_bytes
 from fusenas.compress.config import CompressConfig
-from fusenas.compress.driver import run_compress
+from fusenas.compress.driver import load_split, run_compress
 from fusenas.compress.quantize_driver import run_quantize
 from fusenas.compress.report import measure
-from fusenas.data.datasets import load_train_set, train_test_split
 from fusenas.quant.io import load_model
 from fusenas.search.config import SearchConfig
 from fusenas.search.pcdarts import run_search
@@ -90,31 +89,26 @@ def run_pipeline(
         progress=progress,
     )
     say(f"3/4 quantizing the remaining layers to {bits} bits (SLQ, re-trained)")
-    quant = run_quantize(
-        CompressConfig(
-            method="slq",
-            bits=bits,
-            init=str(out / "trp" / "compressed.safetensors"),
-            epochs_per_stage=epochs[2],
-            retrain_lr=0.005,
-            stages=stages,
-            out_dir=str(out / "quant"),
-            **common,
-        ),
-        progress=progress,
+    quant_config = CompressConfig(
+        method="slq",
+        bits=bits,
+        init=str(out / "trp" / "compressed.safetensors"),
+        epochs_per_stage=epochs[2],
+        retrain_lr=0.005,
+        stages=stages,
+        out_dir=str(out / "quant"),
+        **common,
     )
+    quant = run_quantize(quant_config, progress=progress)
     say("4/4 low-bit inference from the packed file")
     model, _ = load_model(out / "quant" / "quantized.safetensors")
-    data = load_train_set("digits", seed=seed)
-    _, test = train_test_split(data, 360 / len(data), seed)
-    final = measure(
-        "packed file, reloaded", model, test, (1, 64), out / "quant" / "quantized.safetensors"
-    )
+    _, test = load_split(quant_config)  # the split every step held out
+    final = measure("packed file, reloaded", model, test, (1, 64))
+    final["file_bytes"] = os.path.getsize(out / "quant" / "quantized.safetensors")
     rows = [trp.report[0], trp.report[1], quant.report[1], final]
     rows[0]["stage"] = "searched cell, trained (fp32)"
     rows[1]["stage"] = "+ TRP low-rank (fused LowRankConv2d)"
     rows[2]["stage"] = f"+ {bits}-bit SLQ (fused k-bit kernels)"
-    final["file_bytes"] = os.path.getsize(final.pop("path"))
     base = rows[0]
     lines = [
         "| stage | accuracy (%) | file (KB) | MACs (M) | latency b1 (ms) | latency b64 (ms) |",

@@ -14,9 +14,9 @@ Data-parallel under torchrun, as the search driver.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +27,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fusenas import distributed
-from fusenas._atomic import atomic_write_bytes
 from fusenas._state_io import save_state
 from fusenas.compress.config import CompressConfig
 from fusenas.compress.loop import epoch_generator, train_epoch
-from fusenas.compress.report import format_report, measure
+from fusenas.compress.report import measure, write_report
 from fusenas.compress.trp import TRPRegularizer, TRPSettings
 from fusenas.config_file import dump_config
 from fusenas.data.batches import evaluate
@@ -214,35 +213,21 @@ def run_compress(
         distributed.barrier()
 
     model.eval()
-    import copy
-
     compressed = copy.deepcopy(model)
     export = []
     if trp is not None:
         export = trp.export(compressed)
-    report = [
-        measure("dense (trained)", model, test, config.latency_batches, out / "dense.safetensors"),
-        measure(
-            "TRP, exported" if trp is not None else "baseline",
-            compressed,
-            test,
-            config.latency_batches,
-            out / "compressed.safetensors",
-        ),
-    ]
+    report: list[dict[str, Any]] = []
     if rank == 0:
-        save_float(model, out / "dense.safetensors", {"config": dump_config(config)})
-        save_float(
-            compressed,
-            out / "compressed.safetensors",
-            {"config": dump_config(config), "export": export},
-        )
-        for row in report:
-            row["file_bytes"] = os.path.getsize(row.pop("path"))
-        text = format_report(report, export)
-        atomic_write_bytes(out / "report.md", text.encode())
-        summary = json.dumps({"stages": report, "export": export}, indent=1)
-        atomic_write_bytes(out / "report.json", summary.encode())
+        dense_path, comp_path = out / "dense.safetensors", out / "compressed.safetensors"
+        save_float(model, dense_path, {"config": dump_config(config)})
+        save_float(compressed, comp_path, {"config": dump_config(config), "export": export})
+        stage = "TRP, exported" if trp is not None else "baseline"
+        report = [
+            measure("dense (trained)", model, test, config.latency_batches),
+            measure(stage, compressed, test, config.latency_batches),
+        ]
+        text = write_report(out, report, [dense_path, comp_path], export)
         if progress:
             print(text)
     return CompressResult(model, compressed, report, history, out)

@@ -20,8 +20,6 @@ torchrun.
 from __future__ import annotations
 
 import copy
-import json
-import os
 import time
 from typing import Any
 
@@ -29,7 +27,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from fusenas._atomic import atomic_write_bytes
 from fusenas._layer_select import selects
 from fusenas._state_io import load_state, save_state
 from fusenas.compress.config import CompressConfig
@@ -37,7 +34,7 @@ from fusenas.compress.dnq import search_bit_widths
 from fusenas.compress.driver import CompressResult, build_model, load_split
 from fusenas.compress.incremental import IncrementalQuantizer
 from fusenas.compress.loop import epoch_generator, train_epoch
-from fusenas.compress.report import format_report, measure
+from fusenas.compress.report import measure, write_report
 from fusenas.config_file import dump_config
 from fusenas.data.batches import evaluate
 from fusenas.data.datasets import random_subset
@@ -247,43 +244,22 @@ def run_quantize(
     quantized = copy.deepcopy(model)
     quantizer.export(quantized)
     quantized.eval()
-    report = [
-        measure(
-            "float", float_model.eval(), test, config.latency_batches, out / "float.safetensors"
-        ),
-        measure(
-            f"{config.method} ({_bits_label(bits, layers)})",
-            quantized,
-            test,
-            config.latency_batches,
-            out / "quantized.safetensors",
-        ),
-    ]
+    report: list[dict[str, Any]] = []
     if rank == 0:
-        save_float(float_model, out / "float.safetensors", {"config": dump_config(config)})
-        save_packed(
-            quantized,
-            out / "quantized.safetensors",
-            {"config": dump_config(config), "bits": {k: str(v) for k, v in bits.items()}},
-        )
-        for row in report:
-            row["file_bytes"] = os.path.getsize(row.pop("path"))
-        text = format_report(report, [])
-        per_layer = ", ".join(f"{n}: {b}" for n, b in bits.items())
+        float_path, quant_path = out / "float.safetensors", out / "quantized.safetensors"
+        widths = {k: str(v) for k, v in bits.items()}
+        save_float(float_model, float_path, {"config": dump_config(config)})
+        save_packed(quantized, quant_path, {"config": dump_config(config), "bits": widths})
+        report = [
+            measure("float", float_model.eval(), test, config.latency_batches),
+            measure(f"{config.method} ({_bits_label(bits, layers)})", quantized, test,
+                    config.latency_batches),
+        ]  # fmt: skip
         average = _avg_bits(bits, layers)
-        text += f"\nBit widths: {per_layer} (parameter-weighted average {average:.2f}).\n"
-        atomic_write_bytes(out / "report.md", text.encode())
-        atomic_write_bytes(
-            out / "report.json",
-            json.dumps(
-                {
-                    "stages": report,
-                    "bits": {k: str(v) for k, v in bits.items()},
-                    "average_bits": _avg_bits(bits, layers),
-                },
-                indent=1,
-            ).encode(),
-        )
+        per_layer = ", ".join(f"{n}: {b}" for n, b in bits.items())
+        note = f"\nBit widths: {per_layer} (parameter-weighted average {average:.2f}).\n"
+        text = write_report(out, report, [float_path, quant_path], [], note,
+                            {"bits": widths, "average_bits": average})  # fmt: skip
         if progress:
             print(text)
     return CompressResult(float_model, quantized, report, history, out)

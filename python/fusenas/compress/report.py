@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from fusenas._atomic import atomic_write_bytes
 from fusenas.data.batches import evaluate
 from fusenas.data.datasets import ImageDataset
 from fusenas.profiling import count_macs, count_params, latency_ms
 
 
-def measure(stage: str, model: nn.Module, test: ImageDataset, batches: tuple[int, ...],
-            path: Path) -> dict[str, Any]:  # fmt: skip
+def measure(
+    stage: str, model: nn.Module, test: ImageDataset, batches: tuple[int, ...]
+) -> dict[str, Any]:
     """One row: accuracy on ``test``, parameters, MACs per image, latency per batch size (ms)."""
     _, acc = evaluate(model, test, torch.device("cpu"))
     x = test.x[: max(batches)].float() / 255.0
@@ -25,7 +29,6 @@ def measure(stage: str, model: nn.Module, test: ImageDataset, batches: tuple[int
         "macs": count_macs(model, x[:1]),
         "latency_ms": {},
         "threads": torch.get_num_threads(),
-        "path": str(path),
     }
     for b in batches:
         xb = x[:b] if x.shape[0] >= b else x[:1].expand(b, *x.shape[1:]).contiguous()
@@ -60,3 +63,21 @@ def format_report(rows: list[dict[str, Any]], export: list[dict[str, Any]]) -> s
         ranks = ", ".join(f"{e['name']}: {e['rank']}/{e['max_rank']}" for e in export)
         notes.append(f"Exported layers (rank / full rank): {ranks}.")
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def write_report(
+    out: Path,
+    rows: list[dict[str, Any]],
+    files: list[Path],
+    export: list[dict[str, Any]],
+    note: str = "",
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """Adds each row's file size, writes report.md / report.json in ``out``; returns the text."""
+    for row, path in zip(rows, files, strict=True):
+        row["file_bytes"] = os.path.getsize(path)
+    text = format_report(rows, export) + note
+    atomic_write_bytes(out / "report.md", text.encode())
+    summary = {"stages": rows, "export": export, **(extra or {})}
+    atomic_write_bytes(out / "report.json", json.dumps(summary, indent=1).encode())
+    return text
