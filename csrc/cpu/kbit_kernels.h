@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "common/static_dispatch.h"
 #include "fusenas/kbit.h"
 
 namespace fusenas {
@@ -49,22 +50,7 @@ void kbit_matmul_avx512_bf16(const KbitProblemBf16& p, const KbitWeight& w, int6
 // kernel is instantiated per bit width behind one switch.
 template <typename Fn>
 inline void with_bits(int bits, Fn&& fn) {
-  switch (bits) {
-    case 2:
-      return fn(std::integral_constant<int, 2>{});
-    case 3:
-      return fn(std::integral_constant<int, 3>{});
-    case 4:
-      return fn(std::integral_constant<int, 4>{});
-    case 5:
-      return fn(std::integral_constant<int, 5>{});
-    case 6:
-      return fn(std::integral_constant<int, 6>{});
-    case 7:
-      return fn(std::integral_constant<int, 7>{});
-    default:
-      return fn(std::integral_constant<int, 8>{});
-  }
+  with_constant<2, 8>(bits, static_cast<Fn&&>(fn));
 }
 
 // Rows each thread takes are a multiple of this, so the wide kernels' row tiles

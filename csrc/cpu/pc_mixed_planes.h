@@ -23,6 +23,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "common/static_dispatch.h"
 #include "cpu/pc_mixed_kernels.h"
 #include "cpu/pc_mixed_vec.h"
 
@@ -560,20 +561,7 @@ struct PcPlanes {
   // so the per-parameter accumulators live in registers.
   template <class Fn>
   static void with_np(int num_params, Fn&& fn) {
-    switch (num_params) {
-      case 0:
-        return fn(std::integral_constant<int, 0>{});
-      case 1:
-        return fn(std::integral_constant<int, 1>{});
-      case 2:
-        return fn(std::integral_constant<int, 2>{});
-      case 3:
-        return fn(std::integral_constant<int, 3>{});
-      case 4:
-        return fn(std::integral_constant<int, 4>{});
-      default:
-        return fn(std::integral_constant<int, 5>{});
-    }
+    with_constant<0, kPcMaxParams>(num_params, static_cast<Fn&&>(fn));
   }
 
   static PcPlaneKernels table() {
