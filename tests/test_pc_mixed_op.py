@@ -212,6 +212,8 @@ SHAPES = [  # (N, C, H, W, K, stride)
     (2, 12, 2, 2, 12, 2),  # 1x1 output, C/K = 1
     (1, 4, 1, 1, 1, 1),  # 1x1 map, K = 1 (no bypass), N=1 with eval stats only
     (4, 16, 8, 8, 8, 2),
+    (2, 6, 10, 16, 2, 2),  # rows of exactly one AVX-512 vector (register path)
+    (2, 6, 3, 17, 3, 1),  # one lane wider: the general path
 ]
 
 

@@ -36,14 +36,16 @@ struct PcGeom {
 // At most 5 of the 8 PC-DARTS candidates are parametric (4 at stride 1, plus
 // FactorizedReduce at stride 2); the bindings reject more.
 constexpr int kPcMaxParams = kPcMaxParamOuts;
-// Per-thread scratch of a plane kernel: kPcScratchPlanes planes of H * W
-// floats, then kPcScratchRows rows of pc_scratch_row(W) floats (W + 2 padded
-// values plus slack).
+// Per-thread scratch of a plane kernel: kPcScratchPlanes planes of
+// pc_scratch_plane(H, W) floats (H rows of at least 16, so a narrow plane's
+// rows fit whole AVX-512 vectors), then kPcScratchRows rows of pc_scratch_row(W)
+// floats (W + 2 padded values plus slack).
 constexpr int kPcScratchPlanes = 24;
 constexpr int kPcScratchRows = 6;
 inline int64_t pc_scratch_row(int64_t W) { return W + 64; }
+inline int64_t pc_scratch_plane(int64_t H, int64_t W) { return H * (W > 16 ? W : 16); }
 inline int64_t pc_scratch_floats(int64_t H, int64_t W) {
-  return kPcScratchPlanes * H * W + kPcScratchRows * pc_scratch_row(W);
+  return kPcScratchPlanes * pc_scratch_plane(H, W) + kPcScratchRows * pc_scratch_row(W);
 }
 
 // Forward, processed channel: y = bias + c_max * M + c_avg * A + c_skip * X
@@ -79,25 +81,29 @@ struct PcDxCoef {
   float c_skip;
 };
 
+// Planes go by reference: a 24-byte struct passed by value travels through the
+// stack, and the callee's wider reload of the caller's 8-byte stores cannot be
+// store-forwarded (a stall per plane that dominated 8x8 maps).
 struct PcPlaneKernels {
   // moments = {mean, sum of squared deviations} of the plane's max pool, then of its avg pool.
-  void (*pool_moments)(const PcGeom& g, PlaneIn x, bool want_max, bool want_avg, double* moments,
-                       float* scratch);
-  void (*forward)(const PcGeom& g, PlaneIn x, const PcForwardCoef& c, PlaneOut out, float* scratch);
+  void (*pool_moments)(const PcGeom& g, const PlaneIn& x, bool want_max, bool want_avg,
+                       double* moments, float* scratch);
+  void (*forward)(const PcGeom& g, const PlaneIn& x, const PcForwardCoef& c, const PlaneOut& out,
+                  float* scratch);
   // out = scale * x (stride 1) or scale * MaxPool2d(2, 2)(x) (stride 2), for
   // `planes` planes: plane i of x starts x_step elements after plane i - 1
   // (likewise out). One call per bypassed group keeps small maps from paying a
   // call per 8x8 plane.
-  void (*bypass_forward)(const PcGeom& g, PlaneIn x, int64_t x_step, float scale, PlaneOut out,
-                         int64_t out_step, int64_t planes, float* scratch);
-  void (*backward_reduce)(const PcGeom& g, PlaneIn x, PlaneIn grad, const PcReduceCoef& c,
-                          double* ch, double* tot, float* scratch);
-  void (*backward_dx)(const PcGeom& g, PlaneIn x, PlaneIn grad, const PcDxCoef& c, PlaneOut dx,
-                      float* scratch);
+  void (*bypass_forward)(const PcGeom& g, const PlaneIn& x, int64_t x_step, float scale,
+                         const PlaneOut& out, int64_t out_step, int64_t planes, float* scratch);
+  void (*backward_reduce)(const PcGeom& g, const PlaneIn& x, const PlaneIn& grad,
+                          const PcReduceCoef& c, double* ch, double* tot, float* scratch);
+  void (*backward_dx)(const PcGeom& g, const PlaneIn& x, const PlaneIn& grad, const PcDxCoef& c,
+                      const PlaneOut& dx, float* scratch);
   // dx = scale * grad routed through the bypass, over `planes` planes as in
   // bypass_forward; *dot += sum grad * bypass when dot != null.
-  void (*bypass_backward)(const PcGeom& g, PlaneIn x, int64_t x_step, PlaneIn grad,
-                          int64_t grad_step, float scale, PlaneOut dx, int64_t dx_step,
+  void (*bypass_backward)(const PcGeom& g, const PlaneIn& x, int64_t x_step, const PlaneIn& grad,
+                          int64_t grad_step, float scale, const PlaneOut& dx, int64_t dx_step,
                           int64_t planes, double* dot, float* scratch);
 };
 

@@ -27,6 +27,10 @@
 #include "cpu/pc_mixed_kernels.h"
 #include "cpu/pc_mixed_vec.h"
 
+// Per-plane helpers are inlined into their callers: see PcPlaneKernels for why
+// plane structs must not cross a call boundary by value.
+#define PC_INLINE __attribute__((always_inline)) inline
+
 namespace fusenas {
 namespace cpu {
 namespace {
@@ -66,8 +70,8 @@ struct PcPlanes {
   static_assert(kGP0 + kPcMaxParams <= kPcScratchPlanes, "scratch too small");
 
   static Scratch carve(const PcGeom& g, float* s) {
-    const int64_t hw = g.H * g.W;
-    return Scratch{s, hw, s + kPcScratchPlanes * hw, pc_scratch_row(g.W)};
+    const int64_t plane = pc_scratch_plane(g.H, g.W);
+    return Scratch{s, plane, s + kPcScratchPlanes * plane, pc_scratch_row(g.W)};
   }
 
   static bool dense(int64_t sh, int64_t sw, int64_t w) { return sw == 1 && sh == w; }
@@ -187,8 +191,111 @@ struct PcPlanes {
     });
   }
 
+  // ---- pooling of narrow planes (W <= kW): one row per register ------------
+
+  // A row's horizontal 3-tap results: max, column offset of its first maximum
+  // (as float) and sum.
+  struct HRow {
+    R m, col, s;
+  };
+
+  // Lane permutations of one row: left / right neighbour (clamped to the row,
+  // so the max sees the centre repeated at the ends) and the even lanes.
+  struct RowLanes {
+    typename V::I left, right, even;
+    R lane, last;  // lane index and W - 1, as floats
+  };
+
+  // Built from vector ops: tables written with scalar stores and loaded as a
+  // vector at once stall (no store forwarding), and this runs once per plane.
+  static RowLanes row_lanes(int W) {
+    const R lane = V::iota(), one = V::set1(1.0f), zero = V::set1(0.0f);
+    const R last = V::set1(static_cast<float>(W - 1));
+    return RowLanes{
+        V::index(V::max(V::sub(lane, one), zero)), V::index(V::min(V::add(lane, one), last)),
+        V::index(V::min(V::add(lane, lane), V::set1(static_cast<float>(kW - 1)))), lane, last};
+  }
+
+  template <bool kMax, bool kCol, bool kSum>
+  static HRow row_horizontal(const float* row, int W, const RowLanes& L) {
+    const R zero = V::set1(0.0f), one = V::set1(1.0f);
+    const R b = V::load_n(row, W);
+    const R a = V::permute(b, L.left), c = V::permute(b, L.right);
+    HRow o{zero, zero, zero};
+    if (kCol) {  // the same comparisons, in the same order, as horizontal()
+      R m = a, idx = V::max(V::sub(L.lane, one), zero);
+      idx = V::select_gt(b, m, L.lane, idx);
+      m = V::max(m, b);
+      idx = V::select_gt(c, m, V::min(V::add(L.lane, one), L.last), idx);
+      o.m = V::max(m, c);
+      o.col = V::sub(idx, L.lane);
+    } else if (kMax) {
+      o.m = V::max(V::max(a, b), c);
+    }
+    if (kSum)  // the clamped neighbours are not taps: drop them at the ends
+      o.s = V::add(V::add(V::select_gt(L.lane, zero, a, zero), b),
+                   V::select_gt(L.last, L.lane, c, zero));
+    return o;
+  }
+
+  // Same results as the general path below, one output row at a time in
+  // registers: fn(offset, Wo, max, argmax, avg) with the row's Wo values in the
+  // first lanes. A row stored to scratch with a masked store and loaded back at
+  // once cannot be store-forwarded; those stalls dominated 8x8 and 16x16 maps.
+  template <bool kMax, bool kArg, bool kAvg, class Fn>
+  PC_INLINE static void pool_rows(const PcGeom& g, const float* x, Fn&& fn) {
+    const int W = static_cast<int>(g.W), Wo = static_cast<int>(g.Wo);
+    const int64_t H = g.H;
+    const RowLanes L = row_lanes(W);
+    const R zero = V::set1(0.0f);
+    auto emit = [&](int64_t h, const HRow& t, const HRow& c, const HRow& b) {
+      auto out = [&](R v) { return g.stride == 1 ? v : V::permute(v, L.even); };
+      R mx = zero, arg = zero, avg = zero;
+      if (kMax) {
+        if (kArg) {  // as vertical(): first maximum in row-major order
+          mx = t.m;
+          R d = V::add(V::set1(h > 0 ? -static_cast<float>(W) : 0.0f), t.col);
+          d = V::select_gt(c.m, mx, c.col, d);
+          mx = V::max(mx, c.m);
+          const R d_bot = V::set1(h + 1 < H ? static_cast<float>(W) : 0.0f);
+          d = V::select_gt(b.m, mx, V::add(d_bot, b.col), d);
+          mx = V::max(mx, b.m);
+          arg = out(V::add(V::add(L.lane, V::set1(static_cast<float>(h * W))), d));
+        } else {
+          mx = V::max(V::max(t.m, c.m), b.m);
+        }
+        mx = out(mx);
+      }
+      if (kAvg) {
+        R s = c.s;
+        if (h > 0) s = V::add(t.s, s);
+        if (h + 1 < H) s = V::add(s, b.s);
+        avg = out(V::mul(s, V::load_n(g.inv_count_in + h * W, W)));
+      }
+      fn((h / g.stride) * Wo, Wo, mx, arg, avg);
+    };
+    HRow prev{zero, zero, zero}, cur = row_horizontal<kMax, kArg, kAvg>(x, W, L);
+    for (int64_t h = 0; h < H; ++h) {
+      const HRow next = h + 1 < H ? row_horizontal<kMax, kArg, kAvg>(x + (h + 1) * W, W, L) : cur;
+      if (h % g.stride == 0 && h / g.stride < g.Ho) emit(h, h > 0 ? prev : cur, cur, next);
+      prev = cur;
+      cur = next;
+    }
+  }
+
+  static bool narrow(const PcGeom& g) { return kW > 1 && g.W <= kW; }
+
+  // ---- pooling, general ----------------------------------------------------
+
   template <bool kMax, bool kArg, bool kAvg>
   static void pool_t(const PcGeom& g, const float* x, const Scratch& sc) {
+    if (narrow(g)) {
+      return pool_rows<kMax, kArg, kAvg>(g, x, [&](int64_t i, int n, R m, R arg, R a) {
+        if (kMax) V::store_n(sc.slot(kM) + i, m, n);
+        if (kArg) V::store_n(sc.slot(kArgmax) + i, arg, n);
+        if (kAvg) V::store_n(sc.slot(kA) + i, a, n);
+      });
+    }
     horizontal<kMax, kArg, kAvg>(g, x, sc);
     const int64_t H = g.H, W = g.W;
     auto edge_row = [&](int64_t h, const VerticalOut& o) {
@@ -225,6 +332,35 @@ struct PcPlanes {
     }
   }
 
+  // fn(offset, n, max, argmax, avg) over runs of the pooled planes of x (flat
+  // Ho x Wo offsets, n values each; unwanted results are zero vectors).
+  // Narrow planes stay in registers; others go through scratch.
+  template <bool kMax, bool kArg, bool kAvg, class Fn>
+  PC_INLINE static void pooled_runs(const PcGeom& g, const float* x, const Scratch& sc, Fn&& fn) {
+    const R zero = V::set1(0.0f);
+    if (!kMax && !kAvg) {
+      chunks(g.Ho * g.Wo, [&](int64_t i, int n) { fn(i, n, zero, zero, zero); });
+    } else if (narrow(g)) {
+      pool_rows<kMax, kArg, kAvg>(g, x, fn);
+    } else {
+      pool_t<kMax, kArg, kAvg>(g, x, sc);
+      chunks(g.Ho * g.Wo, [&](int64_t i, int n) {
+        fn(i, n, kMax ? V::load_n(sc.slot(kM) + i, n) : zero,
+           kArg ? V::load_n(sc.slot(kArgmax) + i, n) : zero,
+           kAvg ? V::load_n(sc.slot(kA) + i, n) : zero);
+      });
+    }
+  }
+
+  // Calls fn(std::bool_constant<has_max>, std::bool_constant<has_avg>).
+  template <class Fn>
+  static void with_pools(bool has_max, bool has_avg, Fn&& fn) {
+    if (has_max && has_avg) return fn(std::true_type{}, std::true_type{});
+    if (has_max) return fn(std::true_type{}, std::false_type{});
+    if (has_avg) return fn(std::false_type{}, std::true_type{});
+    fn(std::false_type{}, std::false_type{});
+  }
+
   // Pooled planes (Ho x Wo, contiguous) of x into sc: kM (+ kArgmax when
   // want_arg) and kA.
   static void pool(const PcGeom& g, const float* x, bool want_max, bool want_arg, bool want_avg,
@@ -238,7 +374,7 @@ struct PcPlanes {
 
   // ---- forward ---------------------------------------------------------------
 
-  static void pool_moments(const PcGeom& g, PlaneIn x, bool want_max, bool want_avg,
+  static void pool_moments(const PcGeom& g, const PlaneIn& x, bool want_max, bool want_avg,
                            double* moments, float* s) {
     const Scratch sc = carve(g, s);
     pool(g, in_plane(x, g.H, g.W, sc.slot(kX)), want_max, false, want_avg, sc);
@@ -261,13 +397,10 @@ struct PcPlanes {
     }
   }
 
-  template <int NP>
-  static void forward_np(const PcGeom& g, PlaneIn x, const PcForwardCoef& c, PlaneOut out,
-                         const Scratch& sc) {
+  template <int NP, bool kMax, bool kAvg>
+  PC_INLINE static void forward_np(const PcGeom& g, PlaneIn x, const PcForwardCoef& c, PlaneOut out,
+                                   const Scratch& sc) {
     const float* xp = in_plane(x, g.H, g.W, sc.slot(kX));
-    if (c.has_max || c.has_avg) pool(g, xp, c.has_max, false, c.has_avg, sc);
-    const float* m = sc.slot(kM);
-    const float* a = sc.slot(kA);
     const float* pp[NP > 0 ? NP : 1];
     R cp[NP > 0 ? NP : 1];
     for (int p = 0; p < NP; ++p) {
@@ -277,10 +410,10 @@ struct PcPlanes {
     float* o = out_plane(out, g.Wo, sc.slot(kOut));
     const R bias = V::set1(c.bias), cm = V::set1(c.c_max), ca = V::set1(c.c_avg);
     const R cs = V::set1(c.c_skip);
-    chunks(g.Ho * g.Wo, [&](int64_t i, int n) {
+    pooled_runs<kMax, false, kAvg>(g, xp, sc, [&](int64_t i, int n, R m, R, R a) {
       R acc = bias;
-      if (c.has_max) acc = V::fmadd(cm, V::load_n(m + i, n), acc);
-      if (c.has_avg) acc = V::fmadd(ca, V::load_n(a + i, n), acc);
+      if (kMax) acc = V::fmadd(cm, m, acc);
+      if (kAvg) acc = V::fmadd(ca, a, acc);
       if (c.has_skip) acc = V::fmadd(cs, V::load_n(xp + i, n), acc);  // stride 1 only
       for (int p = 0; p < NP; ++p) acc = V::fmadd(cp[p], V::load_n(pp[p] + i, n), acc);
       V::store_n(o + i, acc, n);
@@ -288,23 +421,26 @@ struct PcPlanes {
     out_plane_done(out, g.Ho, g.Wo, sc.slot(kOut));
   }
 
-  static void forward(const PcGeom& g, PlaneIn x, const PcForwardCoef& c, PlaneOut out, float* s) {
+  static void forward(const PcGeom& g, const PlaneIn& x, const PcForwardCoef& c,
+                      const PlaneOut& out, float* s) {
     const Scratch sc = carve(g, s);
-    with_np(c.num_params, [&](auto np) { forward_np<decltype(np)::value>(g, x, c, out, sc); });
+    with_np(c.num_params, [&](auto np) {
+      with_pools(c.has_max, c.has_avg, [&](auto mx, auto av) {
+        forward_np<decltype(np)::value, decltype(mx)::value, decltype(av)::value>(g, x, c, out, sc);
+      });
+    });
   }
 
-  static void bypass_forward(const PcGeom& g, PlaneIn x, int64_t x_step, float scale, PlaneOut out,
-                             int64_t out_step, int64_t planes, float* s) {
+  static void bypass_forward(const PcGeom& g, const PlaneIn& x, int64_t x_step, float scale,
+                             const PlaneOut& out, int64_t out_step, int64_t planes, float* s) {
     const Scratch sc = carve(g, s);
-    for (int64_t i = 0; i < planes; ++i) {
-      bypass_forward_one(g, x, scale, out, sc);
-      x.p += x_step;
-      out.p += out_step;
-    }
+    for (int64_t i = 0; i < planes; ++i)
+      bypass_forward_one(g, PlaneIn{x.p + i * x_step, x.sh, x.sw}, scale,
+                         PlaneOut{out.p + i * out_step, out.sh, out.sw}, sc);
   }
 
-  static void bypass_forward_one(const PcGeom& g, PlaneIn x, float scale, PlaneOut out,
-                                 const Scratch& sc) {
+  PC_INLINE static void bypass_forward_one(const PcGeom& g, PlaneIn x, float scale, PlaneOut out,
+                                           const Scratch& sc) {
     const float* xp = in_plane(x, g.H, g.W, sc.slot(kX));
     float* o = out_plane(out, g.Wo, sc.slot(kOut));
     const R vs = V::set1(scale);
@@ -329,13 +465,11 @@ struct PcPlanes {
 
   // ---- backward --------------------------------------------------------------
 
-  template <int NP>
-  static void backward_reduce_np(const PcGeom& g, PlaneIn x, PlaneIn grad, const PcReduceCoef& c,
-                                 double* ch, double* tot, const Scratch& sc) {
+  template <int NP, bool kMax, bool kAvg>
+  PC_INLINE static void backward_reduce_np(const PcGeom& g, PlaneIn x, PlaneIn grad,
+                                           const PcReduceCoef& c, double* ch, double* tot,
+                                           const Scratch& sc) {
     const float* xp = in_plane(x, g.H, g.W, sc.slot(kX));
-    if (c.has_max || c.has_avg) pool(g, xp, c.has_max, false, c.has_avg, sc);
-    const float* m = sc.slot(kM);
-    const float* a = sc.slot(kA);
     const float* gp = in_plane(grad, g.Ho, g.Wo, sc.slot(kG));
     const float* pp[NP > 0 ? NP : 1];
     float* gout[NP > 0 ? NP : 1];
@@ -362,12 +496,13 @@ struct PcPlanes {
       }
       pending = 0;
     };
-    chunks(g.Ho * g.Wo, [&](int64_t i, int n) {
-      // Lanes past n load as zero, so every product with gv vanishes there.
+    pooled_runs<kMax, false, kAvg>(g, xp, sc, [&](int64_t i, int n, R m, R, R a) {
+      // Lanes past n load as zero (and pooled lanes past n are finite), so
+      // every product with gv vanishes there.
       const R gv = V::load_n(gp + i, n);
       s0 = V::add(s0, gv);
-      if (c.has_max) sgm = V::fmadd(gv, V::sub(V::load_n(m + i, n), mum), sgm);
-      if (c.has_avg) sga = V::fmadd(gv, V::sub(V::load_n(a + i, n), mua), sga);
+      if (kMax) sgm = V::fmadd(gv, V::sub(m, mum), sgm);
+      if (kAvg) sga = V::fmadd(gv, V::sub(a, mua), sga);
       if (c.has_skip) tsk = V::fmadd(gv, V::load_n(xp + i, n), tsk);
       for (int p = 0; p < NP; ++p) {
         tp[p] = V::fmadd(gv, V::load_n(pp[p] + i, n), tp[p]);
@@ -379,19 +514,31 @@ struct PcPlanes {
     for (int p = 0; p < NP; ++p) out_plane_done(c.grad_params[p], g.Ho, g.Wo, sc.slot(kGP0 + p));
   }
 
-  static void backward_reduce(const PcGeom& g, PlaneIn x, PlaneIn grad, const PcReduceCoef& c,
-                              double* ch, double* tot, float* s) {
+  static void backward_reduce(const PcGeom& g, const PlaneIn& x, const PlaneIn& grad,
+                              const PcReduceCoef& c, double* ch, double* tot, float* s) {
     const Scratch sc = carve(g, s);
-    with_np(c.num_params,
-            [&](auto np) { backward_reduce_np<decltype(np)::value>(g, x, grad, c, ch, tot, sc); });
+    with_np(c.num_params, [&](auto np) {
+      with_pools(c.has_max, c.has_avg, [&](auto mx, auto av) {
+        backward_reduce_np<decltype(np)::value, decltype(mx)::value, decltype(av)::value>(
+            g, x, grad, c, ch, tot, sc);
+      });
+    });
   }
 
-  static void backward_dx(const PcGeom& g, PlaneIn x, PlaneIn grad, const PcDxCoef& c, PlaneOut dx,
-                          float* s) {
+  static void backward_dx(const PcGeom& g, const PlaneIn& x, const PlaneIn& grad, const PcDxCoef& c,
+                          const PlaneOut& dx, float* s) {
     const Scratch sc = carve(g, s);
     const int64_t H = g.H, W = g.W, n_out = g.Ho * g.Wo;
     const float* gp = in_plane(grad, g.Ho, g.Wo, sc.slot(kG));
     float* d = out_plane(dx, W, sc.slot(kD));
+    if ((c.has_max || c.has_avg) && narrow(g)) {
+      const float* xp = in_plane(x, H, W, sc.slot(kX));
+      with_pools(c.has_max, c.has_avg, [&](auto mx, auto av) {
+        backward_dx_narrow<decltype(mx)::value, decltype(av)::value>(g, xp, gp, c, d, sc);
+      });
+      out_plane_done(dx, H, W, sc.slot(kD));
+      return;
+    }
     if (c.has_skip) {  // stride 1: grad and dx planes have the same shape
       const R cs = V::set1(c.c_skip);
       chunks(H * W,
@@ -444,6 +591,97 @@ struct PcPlanes {
     out_plane_done(dx, H, W, sc.slot(kD));
   }
 
+  // Input columns a window's gradient can reach, for narrow planes: lane w of
+  // permute(row, idx[k]) is the output column whose window covers column w
+  // (at most 3 at stride 1, 2 at stride 2); valid[k] is w where that holds and
+  // a large negative number where it does not.
+  struct ColumnReach {
+    typename V::I idx[3];
+    R valid[3];
+    int count;
+  };
+
+  static ColumnReach column_reach(const PcGeom& g) {
+    const R lane = V::iota(), zero = V::set1(0.0f), half = V::set1(0.5f);
+    const R none = V::set1(-1e9f);  // below any index
+    const R w_end = V::set1(static_cast<float>(g.W)), wo_end = V::set1(static_cast<float>(g.Wo));
+    const R top = V::set1(static_cast<float>(kW - 1));
+    ColumnReach cr{};
+    cr.count = g.stride == 1 ? 3 : 2;
+    for (int k = 0; k < cr.count; ++k) {
+      // stride 1: windows at w - 1, w, w + 1; stride 2: at floor(w / 2) and,
+      // for odd w, at (w + 1) / 2 (for even w that is the first one again).
+      const R kf = V::set1(static_cast<float>(k));
+      R wo = g.stride == 1 ? V::add(lane, V::set1(static_cast<float>(k - 1)))
+                           : V::mul(V::add(lane, kf), half);  // truncated below
+      if (g.stride != 1) wo = V::from_index(V::index(wo));
+      R valid = V::select_gt(w_end, lane, lane, none);  // w < W
+      valid = V::select_gt(zero, wo, none, valid);      // wo >= 0
+      valid = V::select_gt(wo_end, wo, valid, none);    // wo < Wo
+      if (g.stride != 1 && k == 1)                      // odd w only
+        valid = V::select_eq(wo, V::from_index(V::index(V::mul(lane, half))), none, valid);
+      cr.idx[k] = V::index(V::min(V::max(wo, zero), top));
+      cr.valid[k] = valid;
+    }
+    return cr;
+  }
+
+  // dx of a narrow plane (W <= kW) with a pool: per output row, the max gradient, its first-max
+  // index and the count-divided avg gradient spread over its windows' columns go to scratch as
+  // whole vectors (stored and reloaded at the same width, so they forward); then every input row
+  // gathers from the window rows that reach it, comparing indices instead of scattering (no
+  // read-modify-write of masked stores).
+  template <bool kMax, bool kAvg>
+  static void backward_dx_narrow(const PcGeom& g, const float* xp, const float* gp,
+                                 const PcDxCoef& c, float* d, const Scratch& sc) {
+    const int W = static_cast<int>(g.W), Wo = static_cast<int>(g.Wo);
+    const ColumnReach cr = column_reach(g);
+    const R zero = V::set1(0.0f), neg = V::set1(-0.5f);
+    float* dm_rows = sc.slot(kDm);
+    float* arg_rows = sc.slot(kArgmax);
+    float* da_rows = sc.slot(kU);
+    const R am = V::set1(c.a_max), bm = V::set1(c.b_max), cm = V::set1(c.c_max);
+    const R mum = V::set1(c.mu_max);
+    const R aa = V::set1(c.a_avg), ba = V::set1(c.b_avg), ca = V::set1(c.c_avg);
+    const R mua = V::set1(c.mu_avg);
+    pooled_runs<kMax, kMax, kAvg>(g, xp, sc, [&](int64_t i, int n, R m, R arg, R a) {
+      const int64_t row = (i / Wo) * kW;
+      const R gv = V::load_n(gp + i, n);
+      if (kMax) {
+        V::storeu(dm_rows + row, V::fmadd(cm, V::sub(m, mum), V::fmadd(am, gv, bm)));
+        V::storeu(arg_rows + row, arg);
+      }
+      if (kAvg) {
+        const R v = V::fmadd(ca, V::sub(a, mua), V::fmadd(aa, gv, ba));
+        const R da = V::mul(v, V::load_n(g.inv_count_out + i, n));
+        R spread = zero;
+        for (int k = 0; k < cr.count; ++k)
+          spread = V::add(spread, V::select_gt(cr.valid[k], neg, V::permute(da, cr.idx[k]), zero));
+        V::storeu(da_rows + row, spread);
+      }
+    });
+    const R cs = V::set1(c.c_skip);
+    for (int64_t r = 0; r < g.H; ++r) {
+      // skip_connect is the identity at stride 1 (grad rows match dx rows)
+      R acc = c.has_skip ? V::mul(cs, V::load_n(gp + r * W, W)) : zero;
+      const R base = V::set1(static_cast<float>(r * W));
+      // window rows ho with |stride * ho - r| <= 1
+      const int64_t first = std::max<int64_t>(0, (r - 1 + g.stride - 1) / g.stride);
+      for (int64_t ho = first; ho < g.Ho && ho * g.stride <= r + 1; ++ho) {
+        if (kAvg) acc = V::add(acc, V::loadu(da_rows + ho * kW));
+        if (kMax) {
+          const R arg = V::loadu(arg_rows + ho * kW), dmv = V::loadu(dm_rows + ho * kW);
+          for (int k = 0; k < cr.count; ++k) {
+            const R target = V::add(base, cr.valid[k]);  // negative where invalid
+            acc = V::add(acc, V::select_eq(V::permute(arg, cr.idx[k]), target,
+                                           V::permute(dmv, cr.idx[k]), zero));
+          }
+        }
+      }
+      V::store_n(d + r * W, acc, W);
+    }
+  }
+
   // d += 3x3 box sum (zero padded) of u (H x W): every input position collects
   // the count-divided gradient of each window that contains it.
   static void box_sum_into(const PcGeom& g, const float* u, float* d, const Scratch& sc) {
@@ -482,20 +720,19 @@ struct PcPlanes {
     }
   }
 
-  static void bypass_backward(const PcGeom& g, PlaneIn x, int64_t x_step, PlaneIn grad,
-                              int64_t grad_step, float scale, PlaneOut dx, int64_t dx_step,
-                              int64_t planes, double* dot, float* s) {
+  static void bypass_backward(const PcGeom& g, const PlaneIn& x, int64_t x_step,
+                              const PlaneIn& grad, int64_t grad_step, float scale,
+                              const PlaneOut& dx, int64_t dx_step, int64_t planes, double* dot,
+                              float* s) {
     const Scratch sc = carve(g, s);
-    for (int64_t i = 0; i < planes; ++i) {
-      bypass_backward_one(g, x, grad, scale, dx, dot, sc);
-      x.p += x_step;
-      grad.p += grad_step;
-      dx.p += dx_step;
-    }
+    for (int64_t i = 0; i < planes; ++i)
+      bypass_backward_one(g, PlaneIn{x.p + i * x_step, x.sh, x.sw},
+                          PlaneIn{grad.p + i * grad_step, grad.sh, grad.sw}, scale,
+                          PlaneOut{dx.p + i * dx_step, dx.sh, dx.sw}, dot, sc);
   }
 
-  static void bypass_backward_one(const PcGeom& g, PlaneIn x, PlaneIn grad, float scale,
-                                  PlaneOut dx, double* dot, const Scratch& sc) {
+  PC_INLINE static void bypass_backward_one(const PcGeom& g, PlaneIn x, PlaneIn grad, float scale,
+                                            PlaneOut dx, double* dot, const Scratch& sc) {
     const float* gp = in_plane(grad, g.Ho, g.Wo, sc.slot(kG));
     const float* xp =
         dot != nullptr || g.stride != 1 ? in_plane(x, g.H, g.W, sc.slot(kX)) : nullptr;

@@ -9,6 +9,8 @@
 // the end). load_range_or(p, first, n, f) loads lanes [first, n) and keeps f's
 // other lanes, so a row's edges need no padded copy. load_even_odd / store_interleaved move 2n
 // floats between memory and two vectors of the even and odd elements (stride-2 columns).
+// permute(v, idx) gives lane j the lane idx[j] of v, idx = index(f): the lanes
+// of a float vector truncated to int32 (from_index converts back).
 #pragma once
 
 #if defined(__AVX2__) || defined(__AVX512F__)
@@ -24,6 +26,10 @@ namespace {
 
 struct VecScalar {
   using R = float;
+  using I = int32_t;
+  static R permute(R v, I) { return v; }
+  static I index(R v) { return static_cast<int32_t>(v); }
+  static R from_index(I i) { return static_cast<float>(i); }
   static constexpr int W = 1;
   static R set1(float a) { return a; }
   static R loadu(const float* p) { return *p; }
@@ -59,6 +65,10 @@ struct VecScalar {
 #if defined(__AVX2__)
 struct VecAvx2 {
   using R = __m256;
+  using I = __m256i;
+  static R permute(R v, I idx) { return _mm256_permutevar8x32_ps(v, idx); }
+  static I index(R v) { return _mm256_cvttps_epi32(v); }
+  static R from_index(I i) { return _mm256_cvtepi32_ps(i); }
   static constexpr int W = 8;
   static __m256i mask(int n) {
     alignas(32) static const int32_t kTable[16] = {-1, -1, -1, -1, -1, -1, -1, -1,
@@ -122,6 +132,10 @@ struct VecAvx2 {
 #if defined(__AVX512F__)
 struct VecAvx512 {
   using R = __m512;
+  using I = __m512i;
+  static R permute(R v, I idx) { return _mm512_permutexvar_ps(idx, v); }
+  static I index(R v) { return _mm512_cvttps_epi32(v); }
+  static R from_index(I i) { return _mm512_cvtepi32_ps(i); }
   static constexpr int W = 16;
   static __mmask16 mask(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
   static R set1(float a) { return _mm512_set1_ps(a); }
