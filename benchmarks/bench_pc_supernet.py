@@ -15,7 +15,11 @@ Per case, in a fresh subprocess (so memory figures do not mix):
   before the first step (torch's CPU allocator returns memory to malloc, so
   this follows the live tensors).
 
-    python benchmarks/bench_pc_supernet.py [--batches 64 96] [--steps 3] \
+With --repeats R each case runs in R processes, alternating reference and
+fused, and the step time is the median over all their timed steps (drift of
+the machine then hits both variants alike).
+
+    python benchmarks/bench_pc_supernet.py [--batches 64 96] [--steps 3] [--repeats 1] \
         [--json pc_supernet.json] [--md docs/benchmarks/pc_mixed_op_supernet.md]
 """
 
@@ -86,6 +90,19 @@ def run_case(variant: str, batch: int, steps: int, threads: int) -> dict:
     }
 
 
+def _merge(runs: list[dict]) -> dict:
+    """One case's figures over its processes: the median of every timed step."""
+    steps = [t for r in runs for t in r["step_s_all"]]
+    merged = dict(runs[0])
+    merged.update(
+        step_s=statistics.median(steps),
+        step_s_all=steps,
+        processes=len(runs),
+        peak_rss_growth_bytes=int(statistics.median(r["peak_rss_growth_bytes"] for r in runs)),
+    )
+    return merged
+
+
 def _render(results: list[dict]) -> str:
     gib = 1024**3
     lines = [
@@ -145,6 +162,7 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[64, 96])
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=1, help="processes per case, alternating")
     p.add_argument("--json", default="pc_supernet.json")
     p.add_argument("--md", default=None, help="also write the Markdown table here")
     p.add_argument("--case", nargs=2, metavar=("VARIANT", "BATCH"), help=argparse.SUPPRESS)
@@ -154,15 +172,19 @@ def main() -> None:
         return
     results = []
     for batch in args.batches:
-        for variant in ("reference", "fused"):
-            print(f"batch {batch}, {variant} ...", file=sys.stderr, flush=True)
-            out = subprocess.run(
-                [sys.executable, __file__, "--case", variant, str(batch), "--steps",
-                 str(args.steps), "--threads", str(args.threads)],
-                check=True, capture_output=True, text=True,
-            )  # fmt: skip
-            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(f"  {results[-1]['step_s']:.2f} s/step", file=sys.stderr)
+        runs: dict[str, list[dict]] = {"reference": [], "fused": []}
+        for rep in range(args.repeats):
+            for variant in ("reference", "fused"):
+                print(f"batch {batch}, {variant}, run {rep + 1}/{args.repeats} ...",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                out = subprocess.run(
+                    [sys.executable, __file__, "--case", variant, str(batch), "--steps",
+                     str(args.steps), "--threads", str(args.threads)],
+                    check=True, capture_output=True, text=True,
+                )  # fmt: skip
+                runs[variant].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(f"  {runs[variant][-1]['step_s']:.2f} s/step", file=sys.stderr)
+        results += [_merge(r) for r in runs.values()]
     Path(args.json).write_text(json.dumps(results, indent=1))
     table = _render(results)
     print(table)

@@ -135,12 +135,51 @@ def section(path: Path, title: str | None, stat: str) -> list[str]:
     return out + [""]
 
 
+SUPERNET_INTRO = """\
+`DartsSupernet(channels=16, layers=8, k=4)` with edge normalisation, one
+first-order training step (forward, cross-entropy, backward for weights,
+alphas and betas), every edge fused (`fused`) or in PC-DARTS' eager
+formulation (`reference`, the same parameters and buffers), 2 threads, each
+case in fresh processes that alternate between the variants; the step time is
+the median of every timed step (a warm-up step first in each process). "Saved
+activations" are the distinct storages autograd keeps (saved-tensor hooks);
+"peak RSS growth" is the process' peak resident memory over its size before
+the first step (median over the processes)."""
+
+
+def supernet_section(path: Path) -> list[str]:
+    """The whole-supernet table of bench_pc_supernet.py's JSON, with the issue's targets."""
+    from bench_pc_supernet import _render
+
+    results = json.loads(path.read_text())
+    steps = {len(r["step_s_all"]) for r in results}
+    procs = {r.get("processes", 1) for r in results}
+    out = [SUPERNET_INTRO, ""]
+    out += [f"{max(procs)} process(es) per case, {max(steps)} timed steps per case in all. "
+            f"Source: `{path.name}`.", ""]  # fmt: skip
+    out += [_render(results).rstrip(), ""]
+    by = {(r["batch"], r["variant"]): r for r in results}
+    for b in sorted({r["batch"] for r in results}):
+        f, ref = by.get((b, "fused")), by.get((b, "reference"))
+        if not (f and ref):
+            continue
+        speed = ref["step_s"] / f["step_s"]
+        mem = f["peak_rss_growth_bytes"] / ref["peak_rss_growth_bytes"]
+        out.append(
+            f"- batch {b}: step {speed:.2f}x faster (target >= 1.1x: "
+            f"{'met' if speed >= 1.1 else 'NOT met'}), peak memory {mem:.2f}x the reference "
+            f"(target <= 0.7x: {'met' if mem <= 0.7 else 'NOT met'})"
+        )
+    return out + [""]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="+", type=Path)
     parser.add_argument("--title", action="append", default=[], help="section title per file")
     parser.add_argument("--intro", type=Path, help="markdown to put before the tables")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--supernet", type=Path, help="bench_pc_supernet.py's JSON")
     parser.add_argument(
         "--stat", action="append", default=[], choices=["median", "min"],
         help="per file: median of the rounds (default) or the best round",
@@ -153,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         stat = args.stat[i] if i < len(args.stat) else "median"
         lines += section(path, args.title[i] if i < len(args.title) else None, stat)
     lines += ["## Whole supernet (8 cells, C=16, 32x32, batch 64 and 96)", ""]
-    lines += ["Training-step time and peak memory: filled in by the supernet benchmark.", ""]
+    if args.supernet is None:
+        lines += ["Not measured in this report (pass --supernet).", ""]
+    else:
+        lines += supernet_section(args.supernet)
     args.out.write_text("\n".join(lines))
     print(f"wrote {args.out}")
     return 0
