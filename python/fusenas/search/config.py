@@ -51,6 +51,8 @@ class SearchConfig:
             loss (0: off); needs latency_predictor.
         latency_predictor: path of a predictor fitted by ``fusenas latency fit``.
         seed, threads (None: torch's default), channels_last.
+        fused: edges run the fused pc_mixed_op (True) or PC-DARTS' eager
+            formulation from torch ops (False: the reference, for comparisons).
         device: "auto" (CUDA when available), "cpu" or "cuda".
         out_dir: where the log, genotypes, plots and checkpoint go.
     """
@@ -81,6 +83,7 @@ class SearchConfig:
     seed: int = 0
     threads: int | None = None
     channels_last: bool = False
+    fused: bool = True
     device: str = "auto"
     out_dir: str = "runs/search"
 
@@ -120,6 +123,6 @@ class SearchConfig:
             raise ValueError("latency_predictor: required when latency_weight > 0")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda', got {self.device!r}")
-        for name in ("edge_normalization", "augment", "channels_last"):
+        for name in ("edge_normalization", "augment", "channels_last", "fused"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")

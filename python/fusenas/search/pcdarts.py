@@ -21,6 +21,7 @@ to exactly the result of an uninterrupted run.
 from __future__ import annotations
 
 import logging
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,14 +65,19 @@ class SearchResult:
     out_dir: Path
 
 
+def peak_rss_bytes() -> int:
+    """This process' peak resident memory so far (bytes; Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def build_supernet(config: SearchConfig, in_channels: int, num_classes: int) -> nn.Module:
-    """The supernet of ``config.space`` (fused edges)."""
+    """The supernet of ``config.space`` (fused edges unless ``config.fused`` is False)."""
     if config.space == "darts":
         return DartsSupernet(config.channels, num_classes, config.layers, config.k,
                              edge_normalization=config.edge_normalization,
-                             in_channels=in_channels)  # fmt: skip
+                             in_channels=in_channels, fused=config.fused)  # fmt: skip
     return Nb201Supernet(config.channels, num_classes, config.layers, config.k,
-                         config.edge_normalization, in_channels)  # fmt: skip
+                         config.edge_normalization, in_channels, fused=config.fused)  # fmt: skip
 
 
 def split_halves(ds: ImageDataset, seed: int) -> tuple[ImageDataset, ImageDataset]:
@@ -204,6 +210,7 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
             "valid_loss": valid_loss,
             "valid_acc": valid_acc,
             "seconds": time.perf_counter() - t0,
+            "peak_rss_bytes": peak_rss_bytes(),
             "world_size": world,
             "arch_rank_max_diff": distributed.max_deviation_from_rank0(model.arch_parameters()),
             "genotype": genotype if isinstance(genotype, str) else genotype.to_dict(),
