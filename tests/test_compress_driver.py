@@ -138,3 +138,22 @@ def test_torchrun_two_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["world_size"] == 2 and log[-1]["weights_rank_max_diff"] == 0.0
+
+
+def _report_row(stage, macs, file_bytes, b1_ms, b64_ms):
+    return {"stage": stage, "accuracy": 90.0, "params": 10, "macs": macs,
+            "file_bytes": file_bytes, "latency_ms": {1: b1_ms, 64: b64_ms}}  # fmt: skip
+
+
+def test_report_says_what_the_compressed_model_does_not_gain():
+    from fusenas.compress.report import format_report
+
+    base = _report_row("float", 100, 1000, 2.0, 10.0)
+    text = format_report([base, _report_row("q", 100, 200, 1.0, 20.0)], [])
+    assert "not faster than the original at batch 64: 0.50x" in text
+    assert "not smaller" not in text
+    text = format_report([base, _report_row("q", 100, 1000, 3.0, 20.0)], [])
+    assert "not smaller than the original" in text
+    assert "not faster than the original at any batch size" in text
+    text = format_report([base, _report_row("q", 50, 500, 1.0, 5.0)], [])
+    assert "not faster" not in text and "not smaller" not in text

@@ -57,8 +57,14 @@ def format_report(rows: list[dict[str, Any]], export: list[dict[str, Any]]) -> s
     smaller = last["macs"] < base["macs"] or last.get("file_bytes", 0) < base.get("file_bytes", 0)
     if not smaller:
         notes.append("The compressed model is not smaller than the original.")
-    if all(last["latency_ms"][b] >= base["latency_ms"][b] for b in batches):
+    slower = [b for b in batches if last["latency_ms"][b] >= base["latency_ms"][b]]
+    if len(slower) == len(batches):
         notes.append("The compressed model is not faster than the original at any batch size.")
+    elif slower:
+        speed = ", ".join(
+            f"batch {b}: {base['latency_ms'][b] / last['latency_ms'][b]:.2f}x" for b in slower
+        )
+        notes.append(f"The compressed model is not faster than the original at {speed}.")
     if export:
         ranks = ", ".join(f"{e['name']}: {e['rank']}/{e['max_rank']}" for e in export)
         notes.append(f"Exported layers (rank / full rank): {ranks}.")
