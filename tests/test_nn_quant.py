@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import pytest
@@ -208,10 +209,13 @@ def _float_conv(geom):
 @pytest.mark.filterwarnings("ignore:Using padding='same'")
 @pytest.mark.parametrize("geom", GEOMETRIES, ids=lambda g: "-".join(map(str, g[:6])))
 @pytest.mark.parametrize("bits", [4, "ternary"])
-def test_conv_matches_dequantized(geom, bits):
+@pytest.mark.parametrize("dense_min_rows", [None, 1], ids=["kbit", "dense"])
+def test_conv_matches_dequantized(geom, bits, dense_min_rows):
+    # dense_min_rows=1: every call takes the large-batch path (dequantize + torch conv).
     torch.manual_seed(0)
     conv = _float_conv(geom)
     q = QuantConv2d.from_float(conv, bits, None)
+    q.dense_min_rows = dense_min_rows
     w = q.dequantized_weight()
     x = torch.randn(2, geom[0], geom[6], geom[7])
     ref = conv._conv_forward(x, w, None if conv.bias is None else conv.bias.detach())
@@ -250,9 +254,12 @@ def test_conv_grouped_scales_asymmetric_and_bfloat16():
 
 def test_conv_gradient_flows_to_x():
     torch.manual_seed(2)
-    for geom in (GEOMETRIES[0], GEOMETRIES[1], GEOMETRIES[6], GEOMETRIES[12]):
+    for geom, dense_min_rows in itertools.product(
+        (GEOMETRIES[0], GEOMETRIES[1], GEOMETRIES[6], GEOMETRIES[12]), (None, 1)
+    ):
         conv = _float_conv(geom)
         q = QuantConv2d.from_float(conv, 4, None)
+        q.dense_min_rows = dense_min_rows
         w = q.dequantized_weight()
         x1 = torch.randn(2, geom[0], geom[6], geom[7], requires_grad=True)
         x2 = x1.detach().clone().requires_grad_(True)
