@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from fusenas.compress.config import CompressConfig
-from fusenas.compress.dnq import average_bits, search_bit_widths
+from fusenas.compress.dnq import average_bits, fit_budget, search_bit_widths
 from fusenas.compress.incremental import IncrementalQuantizer
 from fusenas.compress.quantize_driver import run_quantize
 from fusenas.nn.quant_conv import QuantConv2d
@@ -71,6 +71,20 @@ def test_controller_respects_the_budget_and_protects_sensitive_layers():
     assert average_bits(r.bits, [100, 1000]) == r.average_bits
     with pytest.raises(ValueError, match="no bit assignment"):
         search_bit_widths([10], accuracy, budget_bits=1.5)
+
+
+def test_controller_uses_the_budget_with_many_layers():
+    # 20 equal layers, 2 bits hurts, a 3-bit budget: most uniformly sampled
+    # assignments are over budget; narrowing them into it (not rewarding -1)
+    # keeps the search from collapsing to 2 bits everywhere.
+    def accuracy(bits):
+        return 0.9 - 0.3 * sum(b == 2 for b in bits) / len(bits)
+
+    r = search_bit_widths([50] * 20, accuracy, budget_bits=3.0, episodes=40)
+    assert r.average_bits <= 3.0
+    assert sum(b == 2 for b in r.bits) <= 5, r.bits
+    assert fit_budget([8, 8, 2], [1, 1, 1], 4.0, (2, 4, 8)) == [4, 4, 2]
+    assert all(h["average_bits"] <= 3.0 for h in r.history)
 
 
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch):

@@ -1,15 +1,19 @@
 """DNQ's bit-width controller (arXiv 1812.02375): per-layer bit widths by policy gradient.
 
 The policy holds, per layer, logits over the candidate bit widths. Each
-episode samples one width per layer, scores the network with every layer
-snapped to its grid at that width (no re-training; validation accuracy),
-and rewards ``accuracy - tradeoff * average_bits / max_bits``; an
-assignment above the size budget (parameter-weighted average bits) gets
-reward -1, so the policy learns to stay inside it. REINFORCE with a moving
-baseline and Adam. The final assignment is the policy's most likely widths;
-if that exceeds the budget, the layer whose narrowing costs the least
-policy probability per saved bit is narrowed until it fits, so the result
-always respects the budget.
+episode samples one width per layer; an assignment above the size budget
+(parameter-weighted average bits) is first narrowed into it, the widest
+layers first (as HAQ, arXiv 1811.08886, enforces its resource constraint).
+The network is scored with every layer snapped to its grid at those widths
+(no re-training; validation accuracy), and the episode is rewarded with
+``accuracy - tradeoff * average_bits / max_bits``. REINFORCE with a moving
+baseline and Adam. The result is the best-rewarded assignment evaluated, so
+it always respects the budget.
+
+Why the projection: with 20 layers and widths 2..8, almost every uniformly
+sampled assignment is over a 3-bit budget; rewarding those -1 teaches the
+policy only to shrink everything (a ResNet-20 search ended at 2 bits in
+every layer, 4.4 points below uniform 3-bit).
 """
 
 from __future__ import annotations
@@ -22,6 +26,19 @@ import torch
 
 def average_bits(bits: list[int], params: list[int]) -> float:
     return sum(b * p for b, p in zip(bits, params, strict=True)) / sum(params)
+
+
+def fit_budget(
+    bits: list[int], params: list[int], budget_bits: float, choices: tuple[int, ...]
+) -> list[int]:
+    """``bits`` narrowed, the widest layer first (the largest on ties), to <= budget_bits."""
+    bits = list(bits)
+    while average_bits(bits, params) > budget_bits:
+        layer = max(
+            (i for i, b in enumerate(bits) if b > choices[0]), key=lambda i: (bits[i], params[i])
+        )
+        bits[layer] = max(c for c in choices if c < bits[layer])
+    return bits
 
 
 @dataclass
@@ -59,16 +76,16 @@ def search_bit_widths(
     opt = torch.optim.Adam([logits], lr=lr)
     baseline = None
     history = []
+    best_bits, best_reward = None, None
     for ep in range(episodes):
         probs = torch.softmax(logits, dim=-1)
         idx = torch.multinomial(probs.detach(), 1, generator=gen).squeeze(1)
-        bits = [choices[i] for i in idx.tolist()]
+        bits = fit_budget([choices[i] for i in idx.tolist()], params, budget_bits, choices)
         avg = average_bits(bits, params)
-        if avg > budget_bits:
-            reward, acc = -1.0, None
-        else:
-            acc = evaluate(bits)
-            reward = acc - tradeoff * avg / choices[-1]
+        acc = evaluate(bits)
+        reward = acc - tradeoff * avg / choices[-1]
+        if best_reward is None or reward > best_reward:
+            best_bits, best_reward = bits, reward
         baseline = reward if baseline is None else 0.8 * baseline + 0.2 * reward
         log_prob = torch.log(probs[torch.arange(len(params)), idx]).sum()
         opt.zero_grad()
@@ -77,19 +94,5 @@ def search_bit_widths(
         history.append(
             {"episode": ep, "bits": bits, "average_bits": avg, "accuracy": acc, "reward": reward}
         )
-    with torch.no_grad():
-        probs = torch.softmax(logits, dim=-1)
-    idx = probs.argmax(dim=-1).tolist()
-    while average_bits([choices[i] for i in idx], params) > budget_bits:
-        # Narrow the layer whose next-narrower width the policy minds least per bit saved.
-        best, best_cost = None, None
-        for layer, i in enumerate(idx):
-            if i == 0:
-                continue
-            saved = (choices[i] - choices[i - 1]) * params[layer]
-            cost = float(probs[layer, i] - probs[layer, i - 1]) / saved
-            if best_cost is None or cost < best_cost:
-                best, best_cost = layer, cost
-        idx[best] -= 1
-    bits = [choices[i] for i in idx]
+    bits = best_bits
     return ControllerResult(bits, average_bits(bits, params), history)
