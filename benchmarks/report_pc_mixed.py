@@ -144,7 +144,9 @@ case in fresh processes that alternate between the variants; the step time is
 the median of every timed step (a warm-up step first in each process). "Saved
 activations" are the distinct storages autograd keeps (saved-tensor hooks);
 "peak RSS growth" is the process' peak resident memory over its size before
-the first step (median over the processes)."""
+the first step (median over the processes). Step times of one case vary by up
+to a third between processes (every step of every process is in the JSON),
+which is why each case runs in several."""
 
 
 def supernet_section(path: Path) -> list[str]:
