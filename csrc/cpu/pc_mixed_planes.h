@@ -3,8 +3,11 @@
 //
 // Every kernel handles one (sample, channel) plane as a flat array: NCHW planes
 // are used in place, channels_last planes are gathered into per-thread scratch
-// (a few KiB, L1/L2 resident; never a whole-tensor conversion). Flat loops keep
-// the SIMD lanes full whatever the row width (8x8 maps are 64-float planes).
+// (a few KiB, L1/L2 resident; never a whole-tensor conversion). Wide planes run
+// flat loops over scratch planes, which keep the SIMD lanes full whatever the
+// row width. Narrow planes (a row fits one vector: 8x8 and 16x16 with AVX-512)
+// keep each row in a register instead: a masked store read back at once cannot
+// be store-forwarded, and on those small maps the stalls cost more than the math.
 //
 // Pools are separable: a horizontal pass computes, for every input row, the
 // stride-1 3-tap max (with the column of its first maximum) and sum; a
