@@ -16,7 +16,7 @@ for step in "${steps[@]}"; do
     trp)  # TRP as its released code trains: energy 0.99 (the paper's text says 0.9)
       fusenas compress trp "${COMMON[@]}" --set epochs=10 --set scheme=spatial --set period=5 \
         --set energy=0.99 --set out_dir=runs/trp_r20_e099/trp ;;
-    trp095|trp097)  # between the two: where does 2x fewer MACs land?
+    trp095|trp097|trp098)  # between the two: where does 2x fewer MACs land?
       e="0.${step#trp0}"
       fusenas compress trp "${COMMON[@]}" --set epochs=10 --set scheme=spatial --set period=5 \
         --set energy="$e" --set out_dir="runs/trp_r20_e${step#trp}/trp" ;;
