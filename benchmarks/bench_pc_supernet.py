@@ -130,25 +130,17 @@ def _render(results: list[dict]) -> str:
 
 
 def _largest_batches(results: list[dict]) -> list[str]:
-    # Peak memory is affine in the batch (weights + per-image activations): fit it
-    # through the two largest measured batches of each variant, then ask which
-    # batch fits in the memory the reference needs at its smallest measured batch.
-    by_variant: dict[str, list[tuple[int, int]]] = {}
-    for r in results:
-        by_variant.setdefault(r["variant"], []).append((r["batch"], r["peak_rss_growth_bytes"]))
-    fits = {}
-    for variant, points in by_variant.items():
-        points.sort()
-        if len(points) < 2:
-            return []
-        (b0, m0), (b1, m1) = points[-2], points[-1]
-        slope = (m1 - m0) / (b1 - b0)
-        fits[variant] = (m1 - slope * b1, slope, points)
-    if "reference" not in fits or "fused" not in fits or fits["fused"][1] <= 0:
+    # Which batch fits in the memory the reference needs at its smallest measured batch.
+    from fusenas.profiling import largest_batch_within
+
+    points = {v: [(r["batch"], r["peak_rss_growth_bytes"]) for r in results if r["variant"] == v]
+              for v in ("reference", "fused")}  # fmt: skip
+    if not points["reference"] or not points["fused"]:
         return []
-    b_ref, budget = fits["reference"][2][0]
-    a, slope, _ = fits["fused"]
-    largest = int((budget - a) // slope)
+    b_ref, budget = min(points["reference"])
+    largest = largest_batch_within(points["fused"], budget)
+    if largest is None:
+        return []
     return [
         "",
         f"In the memory the reference needs at batch {b_ref} ({budget / 1024**3:.2f} GiB of peak "

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from fusenas._atomic import atomic_write_bytes
+from fusenas.profiling import largest_batch_within
 
 VARIANTS = ("reference", "fused")
 
@@ -48,15 +49,6 @@ def run(variant: str, batch: int, limit: int, epochs: int, root: Path) -> dict:
     }
 
 
-def largest_batch(rows: list[dict], variant: str, budget: float) -> int | None:
-    pts = sorted((r["batch"], r["peak_rss_bytes"]) for r in rows if r["variant"] == variant)
-    if len(pts) < 2:
-        return None
-    (b0, m0), (b1, m1) = pts[0], pts[-1]
-    slope = (m1 - m0) / (b1 - b0)
-    return None if slope <= 0 else int((budget - (m1 - slope * b1)) // slope)
-
-
 def to_markdown(rows: list[dict]) -> str:
     gib = 1024**3
     lines = [
@@ -79,7 +71,12 @@ def to_markdown(rows: list[dict]) -> str:
         )
     b_ref = min(r["batch"] for r in rows)
     budget = by[(b_ref, "reference")]["peak_rss_bytes"]
-    fits = {v: largest_batch(rows, v, budget) for v in VARIANTS}
+    fits = {
+        v: largest_batch_within(
+            [(r["batch"], r["peak_rss_bytes"]) for r in rows if r["variant"] == v], budget
+        )
+        for v in VARIANTS
+    }
     if all(fits.values()):
         lines += [
             "",

@@ -27,3 +27,13 @@ def test_fused_layers_count_what_they_compute():
     fusenas.quantize_(model, fusenas.QuantConfig(bits=4, group_size=None, types=(nn.Linear,)))
     assert count_macs(model, x) == 64 * (4 * 16 * 9 + 16 * 4) + 16 * 64 * 10
     assert latency_ms(model, x, repeats=2, warmup=1) > 0
+
+
+def test_largest_batch_within_solves_the_affine_fit():
+    from fusenas.profiling import largest_batch_within
+
+    # 100 MB of weights + 10 MB per image: 1000 MB holds 90 images.
+    points = [(64, 100e6 + 64 * 10e6), (32, 100e6 + 32 * 10e6)]
+    assert largest_batch_within(points, 1000e6) == 90
+    assert largest_batch_within(points[:1], 1000e6) is None
+    assert largest_batch_within([(8, 5.0), (16, 5.0)], 10.0) is None  # memory not growing

@@ -69,3 +69,20 @@ def count_params(model: nn.Module) -> int:
 def latency_ms(model: nn.Module, x: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:
     """Median wall time of ``model(x)`` in milliseconds (eval mode)."""
     return 1e3 * measure_latency(model, x, repeats, warmup)
+
+
+def largest_batch_within(points: list[tuple[int, float]], budget: float) -> int | None:
+    """The largest batch whose memory fits ``budget``, from measured (batch, bytes) points.
+
+    Peak memory is affine in the batch (weights + per-image activations): the
+    line through the two largest measured batches is solved for ``budget``.
+    None with fewer than two distinct batches or a non-increasing fit.
+    """
+    pts = sorted(points)
+    if len(pts) < 2 or pts[-1][0] == pts[-2][0]:
+        return None
+    (b0, m0), (b1, m1) = pts[-2], pts[-1]
+    slope = (m1 - m0) / (b1 - b0)
+    if slope <= 0:
+        return None
+    return int((budget - (m1 - slope * b1)) // slope)
