@@ -21,7 +21,7 @@ import torch
 
 from fusenas._atomic import atomic_write_bytes
 from fusenas.compress.config import CompressConfig
-from fusenas.compress.driver import _trp_settings, build_model, load_split
+from fusenas.compress.driver import build_model, load_split, trp_settings
 from fusenas.compress.report import measure
 from fusenas.compress.trp import TRPRegularizer
 from fusenas.config_file import load_config
@@ -38,7 +38,7 @@ def sweep(run_dir: Path, thresholds: list[float]) -> list[dict]:
     load_float(run_dir / "dense.safetensors").load_into(model)
     rows = [measure("TRP-trained, dense", model, test, config.latency_batches)]
     for t in thresholds:
-        settings = _trp_settings(config, model)
+        settings = trp_settings(config, model)
         settings.export_threshold = t
         compressed = copy.deepcopy(model)
         export = TRPRegularizer(compressed, settings).export(compressed)

@@ -96,8 +96,8 @@ def build_model(config: CompressConfig, in_channels: int, num_classes: int) -> n
     return CifarResNet(depth, num_classes, in_channels, mean=mean, std=mean)
 
 
-def _trp_settings(config: CompressConfig, model: nn.Module) -> TRPSettings:
-    # The stem (the first conv a network applies to the image) stays dense, as TRP does.
+def trp_settings(config: CompressConfig, model: nn.Module) -> TRPSettings:
+    """TRP's settings for ``model`` as ``config`` gives them (the first conv stays dense)."""
     stem = next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
     return TRPSettings(
         config.scheme,
@@ -142,7 +142,7 @@ def run_compress(
     elif not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module or None, got {type(model).__name__}")
     model = model.to(device)
-    trp = TRPRegularizer(model, _trp_settings(config, model)) if config.method == "trp" else None
+    trp = TRPRegularizer(model, trp_settings(config, model)) if config.method == "trp" else None
     opt = torch.optim.SGD(
         model.parameters(), config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
