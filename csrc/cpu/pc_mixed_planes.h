@@ -528,6 +528,24 @@ struct PcPlanes {
     });
   }
 
+  // Gradient reaching a pooled value from the output gradient g through its
+  // batch norm (PcDxCoef): max(m, g) before routing to the first maximum,
+  // avg(a, g) before dividing by the window's count.
+  struct PoolGrad {
+    R am, bm, cm, mum, aa, ba, ca, mua;
+    explicit PoolGrad(const PcDxCoef& c)
+        : am(V::set1(c.a_max)),
+          bm(V::set1(c.b_max)),
+          cm(V::set1(c.c_max)),
+          mum(V::set1(c.mu_max)),
+          aa(V::set1(c.a_avg)),
+          ba(V::set1(c.b_avg)),
+          ca(V::set1(c.c_avg)),
+          mua(V::set1(c.mu_avg)) {}
+    R max(R m, R g) const { return V::fmadd(cm, V::sub(m, mum), V::fmadd(am, g, bm)); }
+    R avg(R a, R g) const { return V::fmadd(ca, V::sub(a, mua), V::fmadd(aa, g, ba)); }
+  };
+
   static void backward_dx(const PcGeom& g, const PlaneIn& x, const PlaneIn& grad, const PcDxCoef& c,
                           const PlaneOut& dx, float* s) {
     const Scratch sc = carve(g, s);
@@ -558,18 +576,13 @@ struct PcPlanes {
       // The avg gradient divided by each window's count; at stride 1 it is
       // already the plane to box-sum, at stride 2 it is spread on the even grid.
       float* u = sc.slot(kU);
-      const R am = V::set1(c.a_max), bm = V::set1(c.b_max), cm = V::set1(c.c_max);
-      const R mum = V::set1(c.mu_max);
-      const R aa = V::set1(c.a_avg), ba = V::set1(c.b_avg), ca = V::set1(c.c_avg);
-      const R mua = V::set1(c.mu_avg);
+      const PoolGrad pg(c);
       float* da_plane = g.stride == 1 ? u : sc.slot(kOut);
       chunks(n_out, [&](int64_t i, int n) {
         const R gv = V::load_n(gp + i, n);
-        if (c.has_max)
-          V::store_n(dm + i, V::fmadd(cm, V::sub(V::load_n(m + i, n), mum), V::fmadd(am, gv, bm)),
-                     n);
+        if (c.has_max) V::store_n(dm + i, pg.max(V::load_n(m + i, n), gv), n);
         if (c.has_avg) {
-          const R v = V::fmadd(ca, V::sub(V::load_n(a + i, n), mua), V::fmadd(aa, gv, ba));
+          const R v = pg.avg(V::load_n(a + i, n), gv);
           V::store_n(da_plane + i, V::mul(v, V::load_n(g.inv_count_out + i, n)), n);
         }
       });
@@ -643,19 +656,16 @@ struct PcPlanes {
     float* dm_rows = sc.slot(kDm);
     float* arg_rows = sc.slot(kArgmax);
     float* da_rows = sc.slot(kU);
-    const R am = V::set1(c.a_max), bm = V::set1(c.b_max), cm = V::set1(c.c_max);
-    const R mum = V::set1(c.mu_max);
-    const R aa = V::set1(c.a_avg), ba = V::set1(c.b_avg), ca = V::set1(c.c_avg);
-    const R mua = V::set1(c.mu_avg);
+    const PoolGrad pg(c);
     pooled_runs<kMax, kMax, kAvg>(g, xp, sc, [&](int64_t i, int n, R m, R arg, R a) {
       const int64_t row = (i / Wo) * kW;
       const R gv = V::load_n(gp + i, n);
       if (kMax) {
-        V::storeu(dm_rows + row, V::fmadd(cm, V::sub(m, mum), V::fmadd(am, gv, bm)));
+        V::storeu(dm_rows + row, pg.max(m, gv));
         V::storeu(arg_rows + row, arg);
       }
       if (kAvg) {
-        const R v = V::fmadd(ca, V::sub(a, mua), V::fmadd(aa, gv, ba));
+        const R v = pg.avg(a, gv);
         const R da = V::mul(v, V::load_n(g.inv_count_out + i, n));
         R spread = zero;
         for (int k = 0; k < cr.count; ++k)
