@@ -18,9 +18,24 @@ def shared_data() -> Path:
     return DATA_DIR
 
 
+def gpu_skip_reason() -> str | None:
+    """Why ``gpu`` tests cannot run here, or None: they need a CUDA device and fusenas._C_cuda."""
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    from fusenas.ops import _native
+
+    if _native.cuda() is None:
+        return f"fusenas._C_cuda not built ({_native.load_error('_C_cuda')})"
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
-    has_gpu = torch.cuda.is_available()
-    skip = pytest.mark.skip(reason="needs a CUDA device")
+    if not any("gpu" in item.keywords for item in items):
+        return
+    reason = gpu_skip_reason()
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=reason)
     for item in items:
-        if "gpu" in item.keywords and not has_gpu:
+        if "gpu" in item.keywords:
             item.add_marker(skip)

@@ -21,19 +21,7 @@ import fusenas
 from fusenas.ops import _native, dequantize_weight, kbit_matmul
 from fusenas.ops._reference import kbit_matmul_reference
 
-
-def _skip_reason() -> str | None:
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    if _native.cuda() is None:
-        return f"fusenas._C_cuda not built ({_native.load_error('_C_cuda')})"
-    return None
-
-
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason())),
-]
+pytestmark = pytest.mark.gpu  # skipped without a GPU and _C_cuda (conftest.py)
 
 BITS = [2, 3, 4, 5, 6, 7, 8, "ternary"]
 # K per group size: never a multiple of 128, odd for per-channel scales.

@@ -22,19 +22,7 @@ from test_cuda_emulation import LOWRANK_CASES, lowrank_tensors
 from fusenas.ops import _native
 from fusenas.ops.lowrank_conv import lowrank_conv2d, lowrank_conv2d_reference
 
-
-def _skip_reason() -> str | None:
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    if _native.cuda() is None:
-        return f"fusenas._C_cuda not built ({_native.load_error('_C_cuda')})"
-    return None
-
-
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason())),
-]
+pytestmark = pytest.mark.gpu  # skipped without a GPU and _C_cuda (conftest.py)
 
 HAS_CPU_KERNEL = _native.cpu() is not None and hasattr(_native.cpu(), "lowrank_conv2d_cpu")
 # Relative to max |expected|: accumulation order differs from cuDNN; 16-bit

@@ -21,19 +21,7 @@ from test_pc_mixed_op import ALL_OPS, SHAPES, _shape_args, make_inputs
 from fusenas.ops import _native, pc_mixed_op
 from fusenas.ops.pc_mixed_op import pc_mixed_op_reference
 
-
-def _skip_reason() -> str | None:
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    if _native.cuda() is None:
-        return f"fusenas._C_cuda not built ({_native.load_error('_C_cuda')})"
-    return None
-
-
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason())),
-]
+pytestmark = pytest.mark.gpu  # skipped without a GPU and _C_cuda (conftest.py)
 
 HAS_CPU_KERNEL = _native.cpu() is not None and hasattr(_native.cpu(), "pc_mixed_forward_cpu")
 
