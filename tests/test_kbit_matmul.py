@@ -19,12 +19,20 @@ needs_ext = pytest.mark.skipif(_native.cpu() is None, reason="fusenas._C not bui
 
 
 def _isas() -> list[str]:
+    """Every CPU path this machine can run: scalar, avx2, avx512 (its AVX512-BF16
+    kernels off: "avx512-nobf16") and avx512 with them where the CPU has them."""
     ext = _native.cpu()
     if ext is None:
         return []
-    order = ["scalar", "avx2", "avx512"]
-    hw = ext.build_info()["hardware_isa"]
-    return order[: order.index(hw) + 1]
+    order = ["scalar", "avx2", "avx512-nobf16"]
+    info = ext.build_info()
+    isas = order[: order.index(info["hardware_isa"].replace("avx512", "avx512-nobf16")) + 1]
+    return isas + (["avx512"] if info.get("avx512_bf16") else [])
+
+
+def _use_isa(monkeypatch, isa: str) -> None:
+    monkeypatch.setenv("FUSENAS_CPU_ISA", isa.removesuffix("-nobf16"))
+    monkeypatch.setenv("FUSENAS_CPU_BF16", "0" if isa.endswith("-nobf16") else "1")
 
 
 def _ref(x, pw, bias):
@@ -72,7 +80,7 @@ SHAPES = [  # (M, N, K, group_size)
 @pytest.mark.parametrize("isa", _isas())
 @pytest.mark.parametrize("bits", ALL_BITS)
 def test_native_matches_reference(isa, bits, monkeypatch):
-    monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
+    _use_isa(monkeypatch, isa)
     torch.manual_seed(7)
     for i, (m, n, k, g) in enumerate(SHAPES):
         sym = bits == "ternary" or i % 2 == 0
@@ -87,7 +95,7 @@ def test_native_matches_reference(isa, bits, monkeypatch):
 @pytest.mark.parametrize("isa", _isas())
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_native_bfloat16(isa, bits, monkeypatch):
-    monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
+    _use_isa(monkeypatch, isa)
     torch.manual_seed(3)
     for m, n, k, g in [
         (1, 37, 512, 128),
@@ -112,7 +120,7 @@ def test_native_bfloat16(isa, bits, monkeypatch):
 @pytest.mark.parametrize("isa", _isas())
 @pytest.mark.parametrize("bits", ALL_BITS)
 def test_native_dequantize(isa, bits, monkeypatch):
-    monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
+    _use_isa(monkeypatch, isa)
     for n, k, g in [(3, 300, None), (40, 256, 64), (33, 96, 32)]:
         pw = quantize_weight(torch.randn(n, k), bits, g, bits == "ternary" or n % 2 == 1)
         assert torch.equal(fusenas.ops.dequantize_weight(pw), fusenas.dequantize(pw))
@@ -244,3 +252,45 @@ def test_bad_wrapper_arguments(packed):
         kbit_matmul([1.0] * 128, packed)
     with pytest.raises(ValueError, match="x"):
         kbit_matmul(torch.randn(2, 64), packed)
+
+
+@needs_ext
+@pytest.mark.parametrize("bits", [2, 3, 4, "ternary"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_small_m_code_gemv(bits, dtype):
+    """The small-M GEMV on integer codes (AVX512-BF16 CPUs; elsewhere these
+    shapes take the other kernels): group sizes of whole 128-element blocks and
+    per-channel scales, symmetric and asymmetric codes, odd N, K with a partial
+    last block, against the float64 product of x and the dequantized weight."""
+    torch.manual_seed(11)
+    for m, n, k, g, sym in [
+        (1, 37, 512, 128, True),
+        (1, 9, 1000, None, False),
+        (2, 70, 384, 128, False),
+        (3, 33, 1000, None, True),
+        (4, 13, 768, 256, False),
+    ]:
+        pw = quantize_weight(torch.randn(n, k), bits, g, sym or bits == "ternary")
+        x = (torch.randn(m, k) * 3).to(dtype)
+        bias = torch.randn(n).to(dtype)
+        exact = x.double() @ fusenas.dequantize(pw).double().T + bias.double()
+        y = kbit_matmul(x, pw, bias)
+        assert y.dtype == dtype
+        err = ((y.double() - exact).abs().max() / exact.abs().max()).item()
+        # float32 x: two bfloat16 terms (16 significant bits); bfloat16: the output rounding.
+        assert err < (5e-5 if dtype == torch.float32 else 8e-3), (m, n, k, g, sym, err)
+
+
+@needs_ext
+def test_small_m_nonfinite_x_propagates():
+    pw = quantize_weight(torch.randn(8, 256), 4, 128)
+    x = torch.randn(1, 256)
+    x[0, 3] = float("inf")
+    x[0, 200] = float("nan")
+    y = kbit_matmul(x, pw)
+    assert torch.isnan(y).all()
+    x = torch.randn(1, 256)
+    x[0, 5] = float("inf")
+    y, ref = kbit_matmul(x, pw), _ref(x, pw, None)
+    assert torch.equal(torch.isinf(y), torch.isinf(ref))
+    assert torch.equal(torch.isnan(y), torch.isnan(ref))

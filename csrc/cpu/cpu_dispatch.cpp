@@ -35,6 +35,12 @@ bool has_avx512_bf16() {
 #endif
 }
 
+bool use_avx512_bf16() {
+  if (active_isa() != Isa::kAvx512 || !has_avx512_bf16()) return false;
+  const char* env = std::getenv("FUSENAS_CPU_BF16");
+  return env == nullptr || std::strcmp(env, "0") != 0;
+}
+
 Isa active_isa() {
   Isa hw = hardware_isa();
   const char* env = std::getenv("FUSENAS_CPU_ISA");

@@ -16,6 +16,10 @@ Isa active_isa();
 Isa hardware_isa();
 const char* isa_name(Isa isa);
 bool has_avx512_bf16();
+// The AVX512-BF16 kernels run: AVX-512 active, AVX512_BF16 present, and
+// FUSENAS_CPU_BF16 is not "0" (tests switch it off to cover the plain AVX-512
+// kernels on a BF16 machine).
+bool use_avx512_bf16();
 
 }  // namespace cpu
 }  // namespace fusenas

@@ -33,6 +33,33 @@ struct KbitProblemBf16 {
   int64_t ldy;
 };
 
+// Small-M GEMV on integer codes for AVX512-BF16 CPUs (kbit_gemv_avx512_bf16.cpp).
+// x rows are prepared by the front end: zero-padded to whole 128-element
+// blocks, each block permuted into the decoder's order (element j + 64h + 16t
+// of a block at position 32t + 2j + h) and stored as bfloat16 terms whose sum
+// is x (hi + lo for float32 input; lo null for bfloat16 input).
+struct KbitGemvBf16Problem {
+  const uint16_t* xhi;
+  const uint16_t* xlo;  // null: one term
+  int64_t M;
+  int64_t ldx;        // >= num_blocks(K) * 128
+  const float* xsum;  // M x groups: sum of each group of x (the terms' sum)
+  const float* bias;  // N or null
+  float* y;           // M x N, row stride ldy
+  int64_t ldy;
+};
+
+// 2-, 3-, 4-bit and ternary codes with scale groups of whole blocks, for the
+// M where it beats the float32 kernels (measured, 4096 x 4096, one thread):
+// float32 x only at M = 1 (decoding is what it saves; at M >= 2 the two
+// bfloat16 terms cost as many multiply-adds as float32 FMAs), bfloat16 x up
+// to M = 4 (then the AVX512-BF16 GEMV of kbit_matmul_avx512_bf16.cpp).
+inline bool kbit_gemv_bf16_applies(const KbitWeight& w, int64_t M, bool float32_x) {
+  const int64_t groups = w.K / w.group_size;
+  return M >= 1 && M <= (float32_x ? 1 : 4) && w.bits <= 4 &&
+         (groups == 1 || w.group_size % 128 == 0);
+}
+
 using KbitKernel = void (*)(const KbitProblem& p, const KbitWeight& w, int64_t n_begin,
                             int64_t n_end);
 using KbitDequantKernel = void (*)(const KbitWeight& w, float* out, int64_t n_begin, int64_t n_end);
@@ -45,6 +72,8 @@ void kbit_matmul_avx512(const KbitProblem& p, const KbitWeight& w, int64_t n_beg
 void kbit_dequantize_avx512(const KbitWeight& w, float* out, int64_t n_begin, int64_t n_end);
 void kbit_matmul_avx512_bf16(const KbitProblemBf16& p, const KbitWeight& w, int64_t n_begin,
                              int64_t n_end);
+void kbit_gemv_avx512_bf16(const KbitGemvBf16Problem& p, const KbitWeight& w, int64_t n_begin,
+                           int64_t n_end);
 
 // Calls fn(std::integral_constant<int, B>{}) with B = bits (2..8), so each
 // kernel is instantiated per bit width behind one switch.

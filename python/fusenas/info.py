@@ -44,6 +44,8 @@ def kbit_matmul_paths() -> dict[str, str]:
         else:
             info = _call_build_info(cpu)
             isa = info.get("active_isa", "?") if isinstance(info, dict) else "?"
+            if isinstance(info, dict) and info.get("avx512_bf16_active"):
+                isa += " + avx512_bf16"
             paths[key] = f"native kernel (fusenas._C, {isa})"
     cuda = _native.cuda()
     dtypes = ", ".join(str(d).removeprefix("torch.") for d in _CUDA_DTYPES)
