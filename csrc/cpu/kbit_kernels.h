@@ -43,7 +43,7 @@ struct KbitGemvBf16Problem {
   const uint16_t* xlo;  // null: one term
   int64_t M;
   int64_t ldx;        // >= num_blocks(K) * 128
-  const float* xsum;  // M x groups: sum of each group of x (the terms' sum)
+  const float* xsum;  // M x groups: sums of x per group (asymmetric codes), else null
   const float* bias;  // N or null
   float* y;           // M x N, row stride ldy
   int64_t ldy;
@@ -74,6 +74,11 @@ void kbit_matmul_avx512_bf16(const KbitProblemBf16& p, const KbitWeight& w, int6
                              int64_t n_end);
 void kbit_gemv_avx512_bf16(const KbitGemvBf16Problem& p, const KbitWeight& w, int64_t n_begin,
                            int64_t n_end);
+// Lays out M rows of x (float32, or bfloat16 bits when !float32_x; row stride
+// ldx) for kbit_gemv_avx512_bf16: hi and lo (float32 only) get M rows of
+// num_blocks(K) * 128 terms; xsum (or null) the M x (K / group_size) group sums.
+void kbit_gemv_bf16_prepare(const void* x, int64_t M, int64_t ldx, bool float32_x, int64_t K,
+                            int64_t group_size, uint16_t* hi, uint16_t* lo, float* xsum);
 
 // Calls fn(std::integral_constant<int, B>{}) with B = bits (2..8), so each
 // kernel is instantiated per bit width behind one switch.

@@ -108,53 +108,18 @@ void bf16_avx512(const uint16_t* x, int64_t M, int64_t ldx, const KbitWeight& w,
     for (int64_t n = 0; n < N; ++n) y[m * ldy + n] = float_to_bf16_bits(yf[m * N + n]);
 }
 
-// Writes float32 x (or bfloat16 bits) as the two bfloat16 terms of
-// kbit_gemv_avx512_bf16: hi keeps the top 16 bits (truncation cannot overflow
-// to infinity), lo = x - hi rounded to nearest; together 16 significant bits,
-// a relative error of at most 2^-16 per element.
-inline void split_bf16(float v, uint16_t& hi, uint16_t& lo, float& sum) {
-  uint32_t u;
-  std::memcpy(&u, &v, 4);
-  if (v != v) {
-    hi = 0x7fc0;  // truncating a NaN can leave an infinity
-    lo = 0;
-    sum = v;
-    return;
-  }
-  hi = static_cast<uint16_t>(u >> 16);
-  const float h = bf16_bits_to_float(hi);
-  const float rest = v - h;  // exact; NaN when v is infinite
-  lo = rest == rest ? float_to_bf16_bits(rest) : 0;
-  sum = h + bf16_bits_to_float(lo);
-}
-
-// M <= 8 on AVX512-BF16 CPUs with 2-, 3-, 4-bit or ternary codes: prepares x
-// as kbit_gemv_avx512_bf16 expects (O(M K), against the kernel's N K) and
-// splits N across threads.
+// Small M on AVX512-BF16 CPUs with 2-, 3-, 4-bit or ternary codes
+// (kbit_gemv_bf16_applies): prepares x as kbit_gemv_avx512_bf16 expects (O(M K)
+// vector work, against the kernel's N K) and splits N across threads.
 void gemv_bf16(const void* x, int64_t M, int64_t ldx, DType dtype, const KbitWeight& w,
                const void* bias, void* y, int64_t ldy, int num_threads) {
   const int64_t K = w.K, N = w.N, Kp = kbit::num_blocks(K) * kbit::kBlock;
   const int64_t groups = K / w.group_size;
   const bool split = dtype == DType::kFloat32;
-  std::vector<uint16_t> hi(static_cast<size_t>(M * Kp), 0), lo(split ? hi.size() : 0, 0);
-  // Group sums of x in double: the kernel's bfloat16 codes are offset by 128
-  // and this sum takes the offset back out, so its rounding must stay small.
-  std::vector<double> xsum_d(static_cast<size_t>(M * groups), 0.0);
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t k = 0; k < K; ++k) {
-      // Element e = j + 64h + 16t of block b goes to position 32t + 2j + h.
-      const int64_t e = k % kbit::kBlock, j = e % 16, t = (e % 64) / 16, h = e / 64;
-      const int64_t pos = m * Kp + (k - e) + 32 * t + 2 * j + h;
-      float sum;
-      if (split) {
-        split_bf16(static_cast<const float*>(x)[m * ldx + k], hi[pos], lo[pos], sum);
-      } else {
-        hi[pos] = static_cast<const uint16_t*>(x)[m * ldx + k];
-        sum = bf16_bits_to_float(hi[pos]);
-      }
-      xsum_d[m * groups + k / w.group_size] += sum;
-    }
-  const std::vector<float> xsum(xsum_d.begin(), xsum_d.end());
+  std::vector<uint16_t> hi(static_cast<size_t>(M * Kp)), lo(split ? hi.size() : 0);
+  std::vector<float> xsum(w.zeros ? static_cast<size_t>(M * groups) : 0);
+  cpu::kbit_gemv_bf16_prepare(x, M, ldx, split, K, w.group_size, hi.data(),
+                              split ? lo.data() : nullptr, w.zeros ? xsum.data() : nullptr);
   std::vector<float> bf, yf;
   const float* b = static_cast<const float*>(bias);
   if (bias && !split) {
@@ -174,7 +139,7 @@ void gemv_bf16(const void* x, int64_t M, int64_t ldx, DType dtype, const KbitWei
                                      split ? lo.data() + m0 * Kp : nullptr,
                                      m1 - m0,
                                      Kp,
-                                     xsum.data() + m0 * groups,
+                                     w.zeros ? xsum.data() + m0 * groups : nullptr,
                                      b,
                                      yo + m0 * ldo,
                                      ldo};
