@@ -239,6 +239,19 @@ def run_case(shape: ConvShape, scheme: str, reduction: int, results: list[Result
                 )
 
 
+def gemm_gflops() -> float:
+    """Best float32 GEMM throughput torch reaches here (2048^3 torch.mm, best of 7, on the
+    benchmark's threads): the ceiling any conv kernel, fused or not, can approach."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    torch.mm(a, b)
+    best_s = float("inf")
+    for _ in range(7):
+        t = time.perf_counter() if THREADS > 1 else time.process_time()
+        torch.mm(a, b)
+        best_s = min(best_s, (time.perf_counter() if THREADS > 1 else time.process_time()) - t)
+    return 2 * 2048**3 / best_s / 1e9
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", default="lowrank.json", help="where to write the results")
@@ -249,6 +262,7 @@ def main() -> None:
     info = ext.build_info() if ext is not None else {}
     started = time.time()
     load_before = os.getloadavg()
+    peak_gflops = gemm_gflops()
     results: list[Result] = []
     for shape in shapes():
         if ONLY and ONLY not in shape.name:
@@ -266,6 +280,7 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "build_info": {k: str(v) for k, v in info.items()},
+        "gemm_gflops": peak_gflops,
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg(),
         "seconds": time.time() - started,
