@@ -93,35 +93,63 @@ struct RowMicroTable {
 // Cfg: kMR (panel rows), nv_for(rows) (vectors for a short panel: fewer accumulator rows leave
 // registers for more pixels, so a 2-row tail panel still has 16 FMAs per k),
 // kRR/kKR (ReduceGemm micro-tile).
+// Splits n items into the fewest chunks of at most `most`, of near-equal size
+// (5 vectors at most 4 per chunk: 3 + 2, not 4 + 1): a 1-vector or 1-row
+// micro-tile does one FMA per load or broadcast and runs load-bound.
+template <class Fn>
+LR_INLINE void balanced_chunks(int64_t n, int64_t most, Fn&& fn) {
+  const int64_t chunks = (n + most - 1) / most;
+  int64_t start = 0;
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t size = (n - start + (chunks - c) - 1) / (chunks - c);
+    fn(start, static_cast<int>(size));
+    start += size;
+  }
+}
+
+// Cfg: kMR (panel rows), nv_for(rows) (vectors for a short panel: fewer accumulator rows leave
+// registers for more pixels, so a 2-row tail panel still has 16 FMAs per k),
+// kRR/kKR (ReduceGemm micro-tile).
 template <class V, class Cfg>
 void row_gemm(const RowGemm& g) {
   static const RowMicroTable<V, Cfg::kMR, Cfg::kNVMax> table;
   constexpr int W = V::kWidth;
   constexpr int MR = Cfg::kMR;
-  const int64_t full_panels = g.M / MR;
-  const int tail_rows = static_cast<int>(g.M % MR);
   const int64_t vecs = g.P / W;
-  // Runs panels [p0, p1) of `rows` rows over all pixels, nv_max vectors at a time.
-  auto run = [&](int64_t p0, int64_t p1, int rows, int64_t k0, int64_t kc, bool load_c,
+  // Runs `count` row tiles of `rows` rows from row m_start over all pixels, pixel
+  // chunks outer so a chunk's B rows stay in L1 across the row tiles. Packed A:
+  // row m, column k of panel p at (p K + k) MR + m (tiles are whole panels);
+  // row-major: m lda + k.
+  auto run = [&](int64_t m_start, int64_t count, int rows, int64_t k0, int64_t kc, bool load_c,
                  const float* bias) {
-    const int nv_max = Cfg::nv_for(rows);
-    for (int64_t v0 = 0; v0 < vecs; v0 += nv_max) {
-      const int nv = static_cast<int>(std::min<int64_t>(nv_max, vecs - v0));
-      for (int64_t p = p0; p < p1; ++p) {
-        // Packed panels: row m, column k of panel p at (p K + k) MR + m; row-major: p MR lda + k.
-        const float* a = g.lda ? g.A + p * MR * g.lda + k0 : g.A + (p * g.K + k0) * MR;
+    balanced_chunks(vecs, Cfg::nv_for(rows), [&](int64_t v0, int nv) {
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t m0 = m_start + i * rows;
+        const float* a = g.lda ? g.A + m0 * g.lda + k0 : g.A + ((m0 / MR) * g.K + k0) * MR;
         table.fn[rows - 1][nv - 1](a, g.lda ? 1 : MR, g.lda ? g.lda : 1, g.B + v0 * W, g.boff + k0,
-                                   kc, g.C + p * MR * g.ldc + v0 * W, g.ldc, load_c,
-                                   bias ? bias + p * MR : nullptr);
+                                   kc, g.C + m0 * g.ldc + v0 * W, g.ldc, load_c,
+                                   bias ? bias + m0 : nullptr);
       }
-    }
+    });
   };
   for (int64_t k0 = 0; k0 < g.K; k0 += kKBlock) {
     const int64_t kc = std::min(kKBlock, g.K - k0);
     const bool load_c = g.accumulate || k0 > 0;
     const float* bias = (g.accumulate || k0 > 0) ? nullptr : g.bias;
-    if (full_panels > 0) run(0, full_panels, MR, k0, kc, load_c, bias);
-    if (tail_rows > 0) run(full_panels, full_panels + 1, tail_rows, k0, kc, load_c, bias);
+    if (g.lda) {
+      // Row-major A allows any row split: tiles of near-equal height (7 rows:
+      // 4 + 3, not 6 + 1), `big` rows for the first `nbig`, one fewer after.
+      const int64_t tiles = (g.M + MR - 1) / MR, big = (g.M + tiles - 1) / tiles;
+      const int64_t nbig = g.M - (big - 1) * tiles;
+      run(0, nbig, static_cast<int>(big), k0, kc, load_c, bias);
+      if (big > 1 && tiles > nbig)
+        run(nbig * big, tiles - nbig, static_cast<int>(big - 1), k0, kc, load_c, bias);
+    } else {  // packed panels of MR rows, the last one partial
+      const int64_t full = g.M / MR;
+      const int tail = static_cast<int>(g.M % MR);
+      if (full > 0) run(0, full, MR, k0, kc, load_c, bias);
+      if (tail > 0) run(full * MR, 1, tail, k0, kc, load_c, bias);
+    }
   }
 }
 
