@@ -90,9 +90,6 @@ struct RowMicroTable {
   RowMicroTable() { fill(std::make_integer_sequence<int, MAXR>{}); }
 };
 
-// Cfg: kMR (panel rows), nv_for(rows) (vectors for a short panel: fewer accumulator rows leave
-// registers for more pixels, so a 2-row tail panel still has 16 FMAs per k),
-// kRR/kKR (ReduceGemm micro-tile).
 // Splits n items into the fewest chunks of at most `most`, of near-equal size
 // (5 vectors at most 4 per chunk: 3 + 2, not 4 + 1): a 1-vector or 1-row
 // micro-tile does one FMA per load or broadcast and runs load-bound.
