@@ -48,16 +48,16 @@ __m512i code_table(float zc) {
   return _mm512_load_si512(t);
 }
 
-// Output rows per tile for MT x rows, with the 32 zmm registers in mind: the
-// group's dot products (2 * R with one x row, MT * R otherwise), the scaled
-// totals (MT * R), R code planes and two constants. vdpbf16ps has a latency of
-// several cycles, so a one-row tile splits each dot product over two
-// accumulators to keep eight chains in flight.
 // How far ahead cold weights are prefetched (bytes along the thread's rows):
 // no prefetch ran at 30-36 GB/s with 2 threads cold (4096 x 4096, 4 bits),
 // 64 KB ahead at 38-55 GB/s (the host's DRAM bandwidth drifts a lot).
 constexpr int64_t kPrefetchBytes = 64 << 10;
 
+// Output rows per tile for MT x rows, with the 32 zmm registers in mind: the
+// group's dot products (2 * R with one x row, MT * R otherwise), the scaled
+// totals (MT * R), R code planes and the table. vdpbf16ps has a latency of
+// several cycles, so a one-row tile splits each dot product over two
+// accumulators to keep eight chains in flight.
 constexpr int rows_per_tile(int mt) { return mt <= 2 ? 4 : 2; }
 constexpr int chains(int mt) { return mt == 1 ? 2 : 1; }
 
@@ -198,9 +198,14 @@ void kbit_gemv_bf16_prepare(const void* x, int64_t M, int64_t ldx, bool float32_
                             int64_t group_size, uint16_t* hi, uint16_t* lo, float* xsum) {
   const int64_t nb = kbit::num_blocks(K), Kp = nb * kbit::kBlock;
   const int64_t esize = float32_x ? 4 : 2;
+  // Groups are whole blocks or the whole row (kbit_gemv_bf16_applies).
+  const int64_t groups = K / group_size;
+  const int64_t blocks_per_group = groups == 1 ? nb : group_size / kbit::kBlock;
   for (int64_t m = 0; m < M; ++m) {
     const char* xr = static_cast<const char*>(x) + m * ldx * esize;
+    if (xsum) std::fill(xsum + m * groups, xsum + (m + 1) * groups, 0.f);
     for (int64_t b = 0; b < nb; ++b) {
+      __m512 sum = _mm512_setzero_ps();  // of the values the kernel multiplies (hi + lo)
       for (int t = 0; t < 4; ++t) {
         // Words 2j + h of (block b, step t) hold elements j + 64h + 16t.
         const int64_t k0 = b * kbit::kBlock + 16 * t, k1 = k0 + 64;
@@ -213,28 +218,16 @@ void kbit_gemv_bf16_prepare(const void* x, int64_t M, int64_t ldx, bool float32_
           split_terms(vb, hb, lb);
           _mm512_storeu_si512(hi + pos, interleave(ha, hb));
           _mm512_storeu_si512(lo + pos, interleave(la, lb));
+          const __m512 a = _mm512_add_ps(_mm512_castsi512_ps(ha), _mm512_castsi512_ps(la));
+          const __m512 c = _mm512_add_ps(_mm512_castsi512_ps(hb), _mm512_castsi512_ps(lb));
+          sum = _mm512_add_ps(sum, _mm512_add_ps(a, c));
         } else {
           _mm512_storeu_si512(hi + pos,
                               interleave(_mm512_castps_si512(va), _mm512_castps_si512(vb)));
+          sum = _mm512_add_ps(sum, _mm512_add_ps(va, vb));
         }
       }
-    }
-    if (xsum) {  // group sums of the values the kernel multiplies (hi + lo)
-      const int64_t groups = K / group_size;
-      for (int64_t g = 0; g < groups; ++g) {
-        __m512 acc = _mm512_setzero_ps();
-        for (int64_t k = g * group_size; k < (g + 1) * group_size; k += 16) {
-          const __m512 v = load16(xr + k * esize, (g + 1) * group_size - k, float32_x);
-          if (float32_x) {
-            __m512i h, l;
-            split_terms(v, h, l);
-            acc = _mm512_add_ps(acc, _mm512_add_ps(_mm512_castsi512_ps(h), _mm512_castsi512_ps(l)));
-          } else {
-            acc = _mm512_add_ps(acc, v);
-          }
-        }
-        xsum[m * groups + g] = _mm512_reduce_add_ps(acc);
-      }
+      if (xsum) xsum[m * groups + b / blocks_per_group] += _mm512_reduce_add_ps(sum);
     }
   }
 }

@@ -82,8 +82,17 @@ void parallel_rows(int64_t N, int64_t work, int num_threads, Fn fn) {
                 [&](int64_t, int64_t, int64_t n0, int64_t n1) { fn(n0, n1); });
 }
 
-void bf16_to_float(const uint16_t* src, int64_t n, float* dst) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = bf16_bits_to_float(src[i]);
+// A bfloat16 bias as float32 (empty when there is none).
+std::vector<float> bias_to_float(const uint16_t* bias, int64_t n) {
+  std::vector<float> out(bias ? static_cast<size_t>(n) : 0);
+  for (size_t i = 0; i < out.size(); ++i) out[i] = bf16_bits_to_float(bias[i]);
+  return out;
+}
+
+// M x N float32 results (row stride N) -> bfloat16 y (row stride ldy).
+void store_bf16(const std::vector<float>& yf, int64_t M, int64_t N, uint16_t* y, int64_t ldy) {
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) y[m * ldy + n] = float_to_bf16_bits(yf[m * N + n]);
 }
 
 // bfloat16 activations on AVX512-BF16 CPUs (M >= 2): x stays bfloat16, padded
@@ -93,19 +102,15 @@ void bf16_avx512(const uint16_t* x, int64_t M, int64_t ldx, const KbitWeight& w,
   const int64_t K = w.K, N = w.N, Kp = kbit::num_blocks(K) * kbit::kBlock;
   std::vector<uint16_t> xp(static_cast<size_t>(M * Kp), 0);
   for (int64_t m = 0; m < M; ++m) std::memcpy(&xp[m * Kp], x + m * ldx, sizeof(uint16_t) * K);
-  std::vector<float> yf(static_cast<size_t>(M * N)), bf;
-  if (bias) {
-    bf.resize(static_cast<size_t>(N));
-    bf16_to_float(bias, N, bf.data());
-  }
+  std::vector<float> yf(static_cast<size_t>(M * N));
+  const std::vector<float> bf = bias_to_float(bias, N);
   parallel_work(
       M, N, M * N * w.K, num_threads, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
         const cpu::KbitProblemBf16 p{xp.data() + m0 * Kp, m1 - m0, Kp, bias ? bf.data() : nullptr,
                                      yf.data() + m0 * N,  N};
         cpu::kbit_matmul_avx512_bf16(p, w, n0, n1);
       });
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t n = 0; n < N; ++n) y[m * ldy + n] = float_to_bf16_bits(yf[m * N + n]);
+  store_bf16(yf, M, N, y, ldy);
 }
 
 // Small M on AVX512-BF16 CPUs with 2-, 3-, 4-bit or ternary codes
@@ -120,13 +125,10 @@ void gemv_bf16(const void* x, int64_t M, int64_t ldx, DType dtype, const KbitWei
   std::vector<float> xsum(w.zeros ? static_cast<size_t>(M * groups) : 0);
   cpu::kbit_gemv_bf16_prepare(x, M, ldx, split, K, w.group_size, hi.data(),
                               split ? lo.data() : nullptr, w.zeros ? xsum.data() : nullptr);
-  std::vector<float> bf, yf;
-  const float* b = static_cast<const float*>(bias);
-  if (bias && !split) {
-    bf.resize(static_cast<size_t>(N));
-    bf16_to_float(static_cast<const uint16_t*>(bias), N, bf.data());
-    b = bf.data();
-  }
+  const std::vector<float> bf =
+      split ? std::vector<float>() : bias_to_float(static_cast<const uint16_t*>(bias), N);
+  const float* b = split ? static_cast<const float*>(bias) : (bias ? bf.data() : nullptr);
+  std::vector<float> yf;
   float* yo = static_cast<float*>(y);
   int64_t ldo = ldy;
   if (!split) {
@@ -145,11 +147,7 @@ void gemv_bf16(const void* x, int64_t M, int64_t ldx, DType dtype, const KbitWei
                                      ldo};
     cpu::kbit_gemv_avx512_bf16(p, w, n0, n1);
   });
-  if (!split) {
-    uint16_t* ys = static_cast<uint16_t*>(y);
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t n = 0; n < N; ++n) ys[m * ldy + n] = float_to_bf16_bits(yf[m * N + n]);
-  }
+  if (!split) store_bf16(yf, M, N, static_cast<uint16_t*>(y), ldy);
 }
 
 }  // namespace
@@ -176,12 +174,8 @@ void kbit_matmul_cpu(const void* x, int64_t M, int64_t ldx, DType dtype, const K
       for (int64_t k = 0; k < K; ++k) xbuf[m * K + k] = bf16_bits_to_float(xs[m * ldx + k]);
     ybuf.resize(static_cast<size_t>(M * N));
     p = {xbuf.data(), M, K, nullptr, ybuf.data(), N};
-    if (bias) {
-      bbuf.resize(static_cast<size_t>(N));
-      const uint16_t* bs = static_cast<const uint16_t*>(bias);
-      for (int64_t n = 0; n < N; ++n) bbuf[n] = bf16_bits_to_float(bs[n]);
-      p.bias = bbuf.data();
-    }
+    bbuf = bias_to_float(static_cast<const uint16_t*>(bias), N);
+    if (bias) p.bias = bbuf.data();
   }
   const cpu::KbitKernel kernel = pick_matmul();
   parallel_work(M, N, M * N * w.K, num_threads,
@@ -190,11 +184,7 @@ void kbit_matmul_cpu(const void* x, int64_t M, int64_t ldx, DType dtype, const K
                                              p.bias,           p.y + m0 * p.ldy, p.ldy};
                   kernel(sub, w, n0, n1);
                 });
-  if (dtype == DType::kBFloat16) {
-    uint16_t* ys = static_cast<uint16_t*>(y);
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t n = 0; n < N; ++n) ys[m * ldy + n] = float_to_bf16_bits(ybuf[m * N + n]);
-  }
+  if (dtype == DType::kBFloat16) store_bf16(ybuf, M, N, static_cast<uint16_t*>(y), ldy);
 }
 
 void kbit_dequantize_cpu(const KbitWeight& w, float* out, int num_threads) {
