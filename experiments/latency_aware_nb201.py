@@ -18,10 +18,10 @@ Writes ``<out>/latency_records.jsonl``, ``predictor.safetensors``,
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
+from results_io import publish, write_json  # experiments/results_io.py
 
 from fusenas.search import latency
 from fusenas.search.config import SearchConfig
@@ -75,13 +75,13 @@ def main() -> None:
                "search_seconds": sum(h["seconds"] for h in res.history)}  # fmt: skip
         print(row)
         results["searches"].append(row)
-        (out / "results.json").write_text(json.dumps(results, indent=1))
+        write_json(out / "results.json", results)  # after every search: a kill loses one
     lines = ["| latency weight | cell | NB201 test acc (%) | measured (ms) | predicted (ms) |",
              "| ---: | --- | ---: | ---: | ---: |"]  # fmt: skip
     for r in results["searches"]:
         lines.append(f"| {r['latency_weight']} | `{r['arch']}` | {r['nb201_test_acc']:.2f} | "
                      f"{r['measured_ms']:.2f} | {r['predicted_ms']:.2f} |")  # fmt: skip
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    publish("\n".join(lines) + "\n", results, out / "results.md")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -16,13 +16,12 @@ each seed's table accuracy of the derived cell per epoch (``search_curves.png``)
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
 import torch
+from results_io import publish  # experiments/results_io.py (the script's directory)
 
-from fusenas._atomic import atomic_write_bytes
 from fusenas.search.config import SearchConfig
 from fusenas.search.nb201_table import Nb201Table
 from fusenas.search.pcdarts import run_search
@@ -106,12 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     lines += ["", f"Mean {summary['mean']:.2f} +- {summary['std']:.2f} over {len(rows)} seeds."]
     text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.out / "results.md", text.encode())
-    atomic_write_bytes(
-        args.out / "results.json", json.dumps({"rows": rows, "summary": summary}, indent=1).encode()
-    )
+    publish(text, {"rows": rows, "summary": summary}, args.out / "results.md")
     plot(curves, args.out / "search_curves.png")
     return 0
 

@@ -15,12 +15,11 @@ compare. ``--kbit-only`` keeps QuantConv2d on the k-bit GEMM at every batch
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
+from results_io import publish  # experiments/results_io.py (the script's directory)
 
-from fusenas._atomic import atomic_write_bytes
 from fusenas.compress.config import CompressConfig
 from fusenas.compress.driver import build_model, load_split
 from fusenas.compress.report import measure
@@ -64,10 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{lat[1]:.2f} | {lat[64]:.2f} |"
         )
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out is not None:
-        atomic_write_bytes(args.out, text.encode())
-        atomic_write_bytes(args.out.with_suffix(".json"), json.dumps(rows, indent=1).encode())
+    publish(text, rows, args.out)
     return 0
 
 

@@ -22,7 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fusenas._atomic import atomic_write_bytes
+from results_io import publish  # experiments/results_io.py (the script's directory)
+
 from fusenas.profiling import largest_batch_within
 
 VARIANTS = ("reference", "fused")
@@ -97,10 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     rows = [run(v, b, args.limit, args.epochs, args.root) for b in args.batches for v in VARIANTS]
     text = to_markdown(rows)
-    print(text)
-    if args.out is not None:
-        atomic_write_bytes(args.out, text.encode())
-        atomic_write_bytes(args.out.with_suffix(".json"), json.dumps(rows, indent=1).encode())
+    publish(text, rows, args.out)
     return 0
 
 

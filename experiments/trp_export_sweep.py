@@ -18,8 +18,8 @@ import json
 from pathlib import Path
 
 import torch
+from results_io import publish  # experiments/results_io.py (the script's directory)
 
-from fusenas._atomic import atomic_write_bytes
 from fusenas.compress.config import CompressConfig
 from fusenas.compress.driver import build_model, load_split, trp_settings
 from fusenas.compress.report import measure
@@ -85,10 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline is not None:
         baseline_acc = json.loads(args.baseline.read_text())["stages"][0]["accuracy"]
     text = to_markdown(rows, baseline_acc)
-    print(text)
-    if args.out is not None:
-        atomic_write_bytes(args.out, text.encode())
-        atomic_write_bytes(args.out.with_suffix(".json"), json.dumps(rows, indent=1).encode())
+    publish(text, rows, args.out)
     return 0
 
 
