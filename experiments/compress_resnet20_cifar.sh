@@ -20,6 +20,12 @@ for step in "${steps[@]}"; do
       e="0.${step#trp0}"
       fusenas compress trp "${COMMON[@]}" --set epochs=10 --set scheme=spatial --set period=5 \
         --set energy="$e" --set out_dir="runs/trp_r20_e${step#trp}/trp" ;;
+    baseline40)  # the longer budget: same-budget baseline for trp40
+      fusenas compress baseline "${COMMON[@]}" --set epochs=40 \
+        --set out_dir=runs/trp_r20_40ep/baseline ;;
+    trp40)
+      fusenas compress trp "${COMMON[@]}" --set epochs=40 --set scheme=spatial --set period=5 \
+        --set energy=0.98 --set out_dir=runs/trp_r20_40ep/trp_e098 ;;
     sweep)
       python experiments/trp_export_sweep.py runs/trp_r20_e099/trp \
         --thresholds 0.01 0.02 0.05 0.1 0.2 0.3 --baseline $BASE/report.json \

@@ -61,6 +61,11 @@ void transpose16(const float* src, int64_t lds, float* dst, int64_t ldd) {
     for (int j = 0; j < 16; j += 8) transpose8(src + i * lds + j, lds, dst + j * ldd + i, ldd);
 }
 
+void copy_pad_rows(const float* src, int64_t lds, int64_t rows, int64_t lo, int64_t n,
+                   int64_t width, float* dst, int64_t ldd) {
+  copy_pad_rows_loops(src, lds, rows, lo, n, width, dst, ldd);
+}
+
 }  // namespace
 
 const Kernels& kernels_avx2() { return make_kernels<V256, Cfg256>("avx2"); }

@@ -62,6 +62,31 @@ void transpose16(const float* src, int64_t lds, float* dst, int64_t ldd) {
   }
 }
 
+// One masked load and one masked store per 16 columns: the zero padding comes
+// from the load's zero-masking (masked-off lanes never touch memory, so src
+// may point before or past the row). The masks are the same for every row,
+// so they are worked out once: the rows are short and many.
+void copy_pad_rows(const float* src, int64_t lds, int64_t rows, int64_t lo, int64_t n,
+                   int64_t width, float* dst, int64_t ldd) {
+  constexpr int64_t kMaxChunks = 8;  // rows up to 128 floats in one pass
+  for (int64_t j0 = 0; j0 < width; j0 += 16 * kMaxChunks) {
+    const int64_t chunks = std::min<int64_t>(kMaxChunks, (width - j0 + 15) / 16);
+    __mmask16 min[kMaxChunks], mout[kMaxChunks];
+    for (int64_t k = 0; k < chunks; ++k) {
+      const int64_t j = j0 + 16 * k;
+      const int64_t in_lo = std::clamp<int64_t>(lo - j, 0, 16);
+      const int64_t in_hi = std::clamp<int64_t>(lo + n - j, 0, 16);
+      mout[k] = static_cast<__mmask16>((1u << std::min<int64_t>(16, width - j)) - 1);
+      min[k] = static_cast<__mmask16>(((1u << in_hi) - 1) & ~((1u << in_lo) - 1));
+    }
+    const float* s = src + j0 - lo;  // column j of the padded row reads s[j - j0]
+    float* d = dst + j0;
+    for (int64_t r = 0; r < rows; ++r, s += lds, d += ldd)
+      for (int64_t k = 0; k < chunks; ++k)
+        _mm512_mask_storeu_ps(d + 16 * k, mout[k], _mm512_maskz_loadu_ps(min[k], s + 16 * k));
+  }
+}
+
 }  // namespace
 
 const Kernels& kernels_avx512() { return make_kernels<V512, Cfg512>("avx512"); }

@@ -110,6 +110,14 @@ void pack_grad_out(const cpu::lowrank::Kernels& kern, const T* go, const Strides
   const T* gn = go + n * gs.n;
   for (int64_t o = 0; o < s.Nout; ++o) std::memset(G + o * gplane + front, 0, grid_rows * g.Wq * 4);
   const int64_t r0 = std::max<int64_t>(-g.qh_max, -oh0);
+  if constexpr (std::is_same_v<T, float>) {
+    if (gs.w == 1 && rows > r0) {
+      for (int64_t o = 0; o < s.Nout; ++o)
+        kern.copy_pad_rows(gn + o * gs.c + (oh0 + r0) * gs.h, gs.h, rows - r0, 0, g.Wo, g.Wo,
+                           G + o * gplane + front + (r0 + g.qh_max) * g.Wq, g.Wq);
+      return;
+    }
+  }
   for (int64_t i = r0; i < rows; ++i) {
     const int64_t oh = oh0 + i;
     float* row = G + front + (i + g.qh_max) * g.Wq;
@@ -133,6 +141,22 @@ void store_grad_input(const cpu::lowrank::Kernels& kern, const float* gxp, int64
                       int64_t qown, const Geometry& g, T* gx, const Strides4& gxs) {
   const auto& s = g.s;
   T* gn = gx + n * gxs.n;
+  if constexpr (std::is_same_v<T, float>) {
+    if (gxs.w == 1 && s.sw == 1) {  // NCHW: each channel's owned rows in one call
+      const int64_t lo = std::min(g.Wq, s.pw), hi = std::max(lo, std::min(g.Wq, s.W + s.pw));
+      for (int64_t a = 0; a < s.sh; ++a) {
+        const int64_t ih0 = oh0 * s.sh + a - s.ph;
+        const int64_t q_lo = std::min(qown, ceil_div(std::max<int64_t>(0, -ih0), s.sh));
+        const int64_t q_hi = std::max(q_lo, std::min(qown, ceil_div(s.H - ih0, s.sh)));
+        if (q_hi == q_lo) continue;
+        for (int64_t c = 0; c < s.C; ++c)
+          kern.copy_pad_rows(
+              gxp + (a * s.C + c) * g.plane + q_lo * g.Wq + lo, g.Wq, q_hi - q_lo, 0, hi - lo,
+              hi - lo, gn + c * gxs.c + (ih0 + q_lo * s.sh) * gxs.h + (lo - s.pw), s.sh * gxs.h);
+      }
+      return;
+    }
+  }
   for (int64_t a = 0; a < s.sh; ++a)
     for (int64_t q = 0; q < qown; ++q) {
       const int64_t ih = (oh0 + q) * s.sh + a - s.ph;

@@ -28,6 +28,14 @@ void store_output(const cpu::lowrank::Kernels& kern, const float* yt, int64_t ld
                   int64_t n, int64_t oh0, const Geometry& g, T* y, const Strides4& ys) {
   const int64_t nout = g.s.Nout;
   T* yn = y + n * ys.n;
+  if constexpr (std::is_same_v<T, float>) {
+    if (ys.w == 1) {
+      for (int64_t o = 0; o < nout; ++o)
+        kern.copy_pad_rows(yt + o * ldy, g.Wq, rows, 0, g.Wo, g.Wo, yn + o * ys.c + oh0 * ys.h,
+                           ys.h);
+      return;
+    }
+  }
   if (ys.w == 1) {
     for (int64_t o = 0; o < nout; ++o)
       for (int64_t i = 0; i < rows; ++i)

@@ -46,11 +46,20 @@ struct ReduceGemm {
 // channel-plane conversion, one 16 x 16 block at a time in registers.
 using Transpose16 = void (*)(const float* src, int64_t lds, float* dst, int64_t ldd);
 
+// For each of `rows` rows: dst[row * ldd + j] for j < width is
+// src[row * lds + j - lo] where lo <= j < lo + n, else 0. Copies image rows into
+// zero-padded plane rows and plane rows back out. The rows are short (8-56
+// floats on the ResNet shapes), where a memcpy and two memsets per row cost
+// more than the copy itself.
+using CopyPadRows = void (*)(const float* src, int64_t lds, int64_t rows, int64_t lo, int64_t n,
+                             int64_t width, float* dst, int64_t ldd);
+
 struct Kernels {
   int mr;  // panel height of RowGemm::A
   void (*row_gemm)(const RowGemm&);
   void (*reduce_gemm)(const ReduceGemm&);
   Transpose16 transpose16;
+  CopyPadRows copy_pad_rows;
   const char* name;
 };
 

@@ -39,6 +39,11 @@ void transpose16(const float* src, int64_t lds, float* dst, int64_t ldd) {
     for (int p = 0; p < 16; ++p) dst[c * ldd + p] = src[p * lds + c];
 }
 
+void copy_pad_rows(const float* src, int64_t lds, int64_t rows, int64_t lo, int64_t n,
+                   int64_t width, float* dst, int64_t ldd) {
+  copy_pad_rows_loops(src, lds, rows, lo, n, width, dst, ldd);
+}
+
 }  // namespace
 
 const Kernels& kernels_scalar() { return make_kernels<VScalar, CfgScalar>("scalar"); }

@@ -254,6 +254,30 @@ inline void store_row(const float* __restrict src, int64_t n, T* __restrict dst)
   }
 }
 
+// pack_input for float32 rows with unit column stride and sw = 1 (NCHW, the
+// common case): each channel's valid rows in one copy_pad_rows call, the rows
+// above and below the image zeroed whole.
+inline void pack_input_rows(const cpu::lowrank::Kernels& kern, const float* xn, const Strides4& xs,
+                            int64_t oh0, int64_t qrows, const Geometry& g, float* xp) {
+  const auto& s = g.s;
+  const int64_t lo = std::min(g.Wq, s.pw), hi = std::max(lo, std::min(g.Wq, s.W + s.pw));
+  for (int64_t a = 0; a < s.sh; ++a) {
+    // Plane row q holds input row ih = (oh0 + q) sh + a - ph; rows [q_lo, q_hi) are in the image.
+    const int64_t ih0 = oh0 * s.sh + a - s.ph;
+    const int64_t q_lo = std::min(qrows, ceil_div(std::max<int64_t>(0, -ih0), s.sh));
+    const int64_t q_hi = std::max(q_lo, std::min(qrows, ceil_div(s.H - ih0, s.sh)));
+    const float* src0 = xn + (ih0 + q_lo * s.sh) * xs.h + (lo - s.pw);
+    for (int64_t c = 0; c < s.C; ++c) {
+      float* dst = xp + (a * s.C + c) * g.plane;
+      std::memset(dst, 0, static_cast<size_t>(q_lo * g.Wq) * sizeof(float));
+      if (q_hi > q_lo)
+        kern.copy_pad_rows(src0 + c * xs.c, s.sh * xs.h, q_hi - q_lo, lo, hi - lo, g.Wq,
+                           dst + q_lo * g.Wq, g.Wq);
+      std::memset(dst + q_hi * g.Wq, 0, static_cast<size_t>((qrows - q_hi) * g.Wq) * sizeof(float));
+    }
+  }
+}
+
 // Fills rows [0, qrows) of the tile's phase planes from image n of x, the
 // tile starting at output row oh0. The common layouts take whole-row copies
 // (NCHW, stride 1) or a channel-blocked transpose (channels_last): the
@@ -264,6 +288,12 @@ void pack_input(const cpu::lowrank::Kernels& kern, const T* x, const Strides4& x
                 int64_t oh0, int64_t qrows, const Geometry& g, float* xp) {
   const auto& s = g.s;
   const T* xn = x + n * xs.n;
+  if constexpr (std::is_same_v<T, float>) {
+    if (xs.w == 1 && s.sw == 1) {
+      pack_input_rows(kern, xn, xs, oh0, qrows, g, xp);
+      return;
+    }
+  }
   // Column range [lo, hi) of plane columns that hold input (the rest is padding).
   for (int64_t a = 0; a < s.sh; ++a)
     for (int64_t q = 0; q < qrows; ++q) {

@@ -221,12 +221,30 @@ void reduce_gemm(const ReduceGemm& g) {
   }
 }
 
-// Each ISA file defines transpose16 (register shuffles differ per ISA).
+// Each ISA file defines transpose16 (register shuffles differ per ISA) and
+// copy_pad_rows (AVX-512 has masked loads and stores for the row edges; the
+// others are plain loops the compiler vectorises for their -m flags).
 void transpose16(const float* src, int64_t lds, float* dst, int64_t ldd);
+void copy_pad_rows(const float* src, int64_t lds, int64_t rows, int64_t lo, int64_t n,
+                   int64_t width, float* dst, int64_t ldd);
+
+// copy_pad_rows as loops (the ISAs without masked stores).
+LR_INLINE void copy_pad_rows_loops(const float* __restrict src, int64_t lds, int64_t rows,
+                                   int64_t lo, int64_t n, int64_t width, float* __restrict dst,
+                                   int64_t ldd) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* s = src + r * lds;
+    float* d = dst + r * ldd;
+    for (int64_t j = 0; j < lo; ++j) d[j] = 0.f;
+    for (int64_t j = 0; j < n; ++j) d[lo + j] = s[j];
+    for (int64_t j = lo + n; j < width; ++j) d[j] = 0.f;
+  }
+}
 
 template <class V, class Cfg>
 const Kernels& make_kernels(const char* name) {
-  static const Kernels k{Cfg::kMR, &row_gemm<V, Cfg>, &reduce_gemm<V, Cfg>, &transpose16, name};
+  static const Kernels k{Cfg::kMR,     &row_gemm<V, Cfg>, &reduce_gemm<V, Cfg>,
+                         &transpose16, &copy_pad_rows,    name};
   return k;
 }
 
