@@ -1,8 +1,15 @@
 """Modules backed by fusenas' fused ops."""
 
+from fusenas.nn.fold_bn import fold_batchnorm_
 from fusenas.nn.lowrank_conv import LowRankConv2d
 from fusenas.nn.pc_mixed_op import PartialChannelMixedOp
 from fusenas.nn.quant_conv import QuantConv2d
 from fusenas.nn.quant_linear import QuantLinear
 
-__all__ = ["LowRankConv2d", "PartialChannelMixedOp", "QuantConv2d", "QuantLinear"]
+__all__ = [
+    "LowRankConv2d",
+    "PartialChannelMixedOp",
+    "QuantConv2d",
+    "QuantLinear",
+    "fold_batchnorm_",
+]

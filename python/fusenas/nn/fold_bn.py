@@ -1,0 +1,126 @@
+"""Folding inference-mode batch norm into the convolution in front of it.
+
+In eval mode a BatchNorm2d is a per-channel affine map,
+``y = z * s + (beta - mean * s)`` with ``s = gamma / sqrt(var + eps)``, so it
+can be merged into the conv that produces z: the conv's output rows are
+scaled by s and its bias becomes ``bias * s + beta - mean * s``. Deployed
+networks always do this (it removes one full pass over every activation);
+it is exact up to float rounding.
+
+Which BN follows which conv is read from the model's forward by torch.fx
+(fusenas' modules and the convs kept as leaf modules; a forward fx cannot
+trace is searched child by child): a BN is folded only when its input is a
+conv's output that nothing else reads. Folded BNs are replaced by
+``nn.Identity``, so the model keeps its own class and forward code.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx
+from torch import nn
+
+from fusenas.nn.lowrank_conv import LowRankConv2d
+from fusenas.nn.pc_mixed_op import PartialChannelMixedOp
+from fusenas.nn.quant_conv import QuantConv2d
+from fusenas.nn.quant_linear import QuantLinear
+
+_FOLDABLE = (nn.Conv2d, LowRankConv2d, QuantConv2d)
+# fusenas modules validate their inputs in Python: fx must not trace into them.
+_LEAVES = (*_FOLDABLE, QuantLinear, PartialChannelMixedOp)
+
+
+class _LeafTracer(torch.fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualname)
+
+
+def conv_bn_pairs(model: nn.Module, prefix: str = "") -> list[tuple[str, str]]:
+    """(conv name, BN name) for every BatchNorm2d fed only by a conv's output.
+
+    A module whose forward torch.fx cannot trace (data-dependent control flow,
+    e.g. a branch on the input's dtype) is searched child by child instead, so
+    only pairs that cross such a forward are missed (they stay unfolded).
+    """
+    modules = dict(model.named_modules())
+    try:
+        graph = _LeafTracer().trace(model)
+    except Exception:  # fx raises many kinds on control flow it cannot follow
+        return [
+            pair
+            for name, child in model.named_children()
+            if not isinstance(child, _LEAVES)
+            for pair in conv_bn_pairs(child, f"{prefix}{name}.")
+        ]
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d):
+            continue
+        src = node.args[0] if node.args else None
+        if (
+            isinstance(src, torch.fx.Node)
+            and src.op == "call_module"
+            and isinstance(modules[src.target], _FOLDABLE)
+            and len(src.users) == 1
+        ):
+            pairs.append((prefix + src.target, prefix + node.target))
+    return pairs
+
+
+@torch.no_grad()
+def _fold_one(conv: nn.Module, bn: nn.BatchNorm2d) -> None:
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("bn: a BatchNorm2d without running statistics cannot be folded")
+    n = bn.num_features
+    out = conv.out_channels
+    if n != out:
+        raise ValueError(f"bn: {n} features after a conv with {out} output channels")
+    scale = (bn.running_var.double() + bn.eps).rsqrt()
+    if bn.weight is not None:
+        scale = scale * bn.weight.double()
+    shift = -bn.running_mean.double() * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.double()
+    old_bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(shift)
+    new_bias = old_bias * scale + shift
+    if isinstance(conv, QuantConv2d):
+        conv.scales.copy_((conv.scales.double() * scale[:, None]).float())
+        if conv.bias is None:
+            conv.bias = new_bias.float().to(conv.scales.device)
+        else:
+            conv.bias.copy_(new_bias)
+        return
+    weight = conv.weight2 if isinstance(conv, LowRankConv2d) else conv.weight
+    weight.copy_(weight.double() * scale.view(-1, 1, 1, 1).to(weight.device))
+    if conv.bias is None:
+        conv.bias = nn.Parameter(new_bias.to(weight))
+    else:
+        conv.bias.copy_(new_bias)
+
+
+def fold_batchnorm_(model: nn.Module) -> list[tuple[str, str]]:
+    """Folds every eval-mode BatchNorm2d that directly follows a conv into that conv, in place.
+
+    Handles ``nn.Conv2d`` (weight and bias), :class:`LowRankConv2d` (its second
+    factor and bias) and :class:`QuantConv2d` (its per-row scales and bias;
+    the integer codes are unchanged). Each folded BN becomes ``nn.Identity``.
+
+    Args:
+        model: in eval mode (training-mode BN normalises with batch statistics
+            and cannot be folded).
+    Returns:
+        The (conv name, BN name) pairs folded (see :func:`conv_bn_pairs`).
+    Raises:
+        ValueError: model is in training mode.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    if any(m.training for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        raise ValueError("model: batch norm is folded in eval mode only; call model.eval() first")
+    pairs = conv_bn_pairs(model)
+    for conv_name, bn_name in pairs:
+        _fold_one(model.get_submodule(conv_name), model.get_submodule(bn_name))
+        parent_name, _, attr = bn_name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, nn.Identity())
+    return pairs
