@@ -97,14 +97,21 @@ PYBIND11_MODULE(_C, m) {
          uintptr_t w2, uintptr_t bias, uintptr_t y, int64_t ysn, int64_t ysc, int64_t ysh,
          int64_t ysw, int64_t N, int64_t C, int64_t H, int64_t W, int64_t rank, int64_t nout,
          int64_t kh, int64_t kw, int scheme, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
-         int64_t dh, int64_t dw, int dtype, int threads) {
+         int64_t dh, int64_t dw, int dtype, int threads, uintptr_t residual, bool relu) {
         const fusenas::LowRankConvShape s{
             N,  C,  H,  W,  rank, nout, kh, kw, static_cast<fusenas::LowRankScheme>(scheme),
             sh, sw, ph, pw, dh,   dw};
         fusenas::lowrank_conv2d_cpu(ptr<const void>(x), {xsn, xsc, xsh, xsw}, ptr<const void>(w1),
                                     ptr<const void>(w2), ptr<const void>(bias), ptr<void>(y),
-                                    {ysn, ysc, ysh, ysw}, s, static_cast<DType>(dtype), threads);
+                                    {ysn, ysc, ysh, ysw}, s, static_cast<DType>(dtype), threads,
+                                    ptr<const void>(residual), relu);
       },
+      py::arg("x"), py::arg("xsn"), py::arg("xsc"), py::arg("xsh"), py::arg("xsw"), py::arg("w1"),
+      py::arg("w2"), py::arg("bias"), py::arg("y"), py::arg("ysn"), py::arg("ysc"), py::arg("ysh"),
+      py::arg("ysw"), py::arg("N"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("rank"),
+      py::arg("nout"), py::arg("kh"), py::arg("kw"), py::arg("scheme"), py::arg("sh"),
+      py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("dh"), py::arg("dw"), py::arg("dtype"),
+      py::arg("threads"), py::arg("residual") = 0, py::arg("relu") = false,
       py::call_guard<py::gil_scoped_release>());
   m.def(
       "lowrank_conv2d_backward_cpu",

@@ -379,3 +379,106 @@ def test_check_lowrank_args_returns_kernel_size():
     assert check_lowrank_args(a["x"], a["w1"], a["w2"], None, "channel", ones, ones, ones) == (3, 3)
     w1, w2 = _factors("spatial", 4, 3, 5, 3, 5)
     assert check_lowrank_args(a["x"], w1, w2, None, "spatial", (1, 1), (1, 2), (1, 1)) == (3, 5)
+
+
+# ------------------------------------------------------------- epilogue ----
+
+
+@needs_ext
+@pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_epilogue_matches_reference(isa, dtype, monkeypatch):
+    """activation(conv + bias + residual): residual in either layout, with and without ReLU."""
+    monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
+    for i, (shape, cl, scheme) in enumerate(
+        itertools.product(SHAPES[:6] + SHAPES[-2:], [False, True], ["channel", "spatial"])
+    ):
+        x, w1, w2, bias, (s, p, d) = _case(shape, scheme, cl, dtype, seed=i)
+        y0 = _ref(x.double(), w1.double(), w2.double(), bias.double(), scheme, s, p, d)
+        res = torch.randn(y0.shape, generator=torch.Generator().manual_seed(i)).to(dtype)
+        if i % 3 == 1:  # the other layout than the output's: read through a copy
+            res = res.contiguous(memory_format=torch.channels_last)
+        for residual, act in [(res, "relu"), (res, "none"), (None, "relu")]:
+            y = lowrank_conv2d(
+                x, w1, w2, bias, scheme=scheme, stride=s, padding=p, dilation=d,
+                residual=residual, activation=act,
+            )  # fmt: skip
+            want = y0 + (0 if residual is None else residual.double())
+            want = torch.relu(want) if act == "relu" else want
+            assert y.dtype == dtype and y.is_contiguous(memory_format=_format(x))
+            _close(y, want, dtype)
+            if act == "relu":
+                assert (y >= 0).all()
+
+
+def test_epilogue_gradients():
+    g = torch.Generator().manual_seed(3)
+    x, w1, w2, bias = (
+        torch.randn(2, 5, 6, 7, generator=g, dtype=torch.float64),
+        torch.randn(3, 5, 3, 1, generator=g, dtype=torch.float64),
+        torch.randn(4, 3, 1, 3, generator=g, dtype=torch.float64),
+        torch.randn(4, generator=g, dtype=torch.float64),
+    )
+    res = torch.randn(2, 4, 6, 7, generator=g, dtype=torch.float64)
+    args = [t.requires_grad_() for t in (x, w1, w2, bias, res)]
+
+    def fn(x, w1, w2, b, r):
+        return lowrank_conv2d(
+            x, w1, w2, b, scheme="spatial", padding=1, residual=r, activation="relu"
+        )
+
+    assert torch.autograd.gradcheck(fn, args)
+
+
+@needs_ext
+def test_epilogue_native_backward_matches_reference():
+    """float32 through the native kernels: gradients of every input, residual included."""
+    g = torch.Generator().manual_seed(4)
+    base = [
+        torch.randn(2, 6, 9, 8, generator=g), torch.randn(4, 6, 3, 3, generator=g),
+        torch.randn(5, 4, 1, 1, generator=g), torch.randn(5, generator=g),
+        torch.randn(2, 5, 9, 8, generator=g),
+    ]  # fmt: skip
+    go = torch.randn(2, 5, 9, 8, generator=g)
+    grads = []
+    for dtype in (torch.float32, torch.float64):
+        ts = [t.detach().to(dtype).requires_grad_() for t in base]
+        y = lowrank_conv2d(*ts[:4], scheme="channel", padding=1, residual=ts[4], activation="relu")
+        y.backward(go.to(dtype))
+        grads.append([t.grad for t in ts])
+    for got, want in zip(*grads, strict=True):
+        _close(got, want, torch.float32)
+
+
+def test_epilogue_opcheck_and_compile():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 4, 6, 6, generator=g)
+    w1, w2 = _factors("spatial", 4, 2, 3, 3, 3)
+    bias, res = torch.randn(3, generator=g), torch.randn(2, 3, 6, 6, generator=g)
+    torch.library.opcheck(
+        torch.ops.fusenas.lowrank_conv2d.default,
+        (x, w1, w2, bias, "spatial", [1, 1], [1, 1], [1, 1], res, "relu"),
+    )
+
+    def fn(x, r):
+        return lowrank_conv2d(
+            x, w1, w2, bias, scheme="spatial", padding=1, residual=r, activation="relu"
+        )
+
+    torch.testing.assert_close(torch.compile(fn, fullgraph=True)(x, res), fn(x, res))
+
+
+@pytest.mark.parametrize(
+    "kwargs, err, match",
+    [
+        ({"activation": "gelu"}, ValueError, "activation"),
+        ({"residual": torch.zeros(1, 3, 6, 5)}, ValueError, "residual: expected the output's"),
+        ({"residual": torch.zeros(1, 3, 6, 6, dtype=torch.float64)}, TypeError, "residual"),
+        ({"residual": [0.0]}, TypeError, "residual"),
+    ],
+)
+def test_epilogue_bad_input(kwargs, err, match):
+    x = torch.randn(1, 4, 6, 6)
+    w1, w2 = _factors("spatial", 4, 2, 3, 3, 3)
+    with pytest.raises(err, match=match):
+        lowrank_conv2d(x, w1, w2, None, scheme="spatial", padding=1, **kwargs)

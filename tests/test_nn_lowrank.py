@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -10,14 +12,18 @@ from torch import nn
 import fusenas.nn.lowrank_conv as lowrank_module
 from fusenas.compress import DecomposeConfig, decompose_, format_decompose_report
 from fusenas.models import resnet20
+from fusenas.nn import optimize_for_inference
 from fusenas.nn.lowrank_conv import LowRankConv2d
 from fusenas.ops.lowrank_conv import lowrank_conv2d_reference
 
 
-def _reference_forward(x, w1, w2, bias=None, *, scheme, stride=1, padding=0, dilation=1):
+def _reference_forward(
+    x, w1, w2, bias=None, *, scheme, stride=1, padding=0, dilation=1, residual=None,
+    activation="none",
+):  # fmt: skip
     pair = nn.modules.utils._pair
     return lowrank_conv2d_reference(x, w1, w2, bias, scheme, pair(stride), pair(padding),
-                                    pair(dilation))  # fmt: skip
+                                    pair(dilation), residual, activation)  # fmt: skip
 
 
 @pytest.mark.parametrize("scheme", ["channel", "spatial"])
@@ -153,9 +159,12 @@ def test_resnet20_on_cifar10_same_logits_fused_and_reference(shared_data, monkey
         )
         assert len(report) == 16
         fused = model(test_x)
+        # The deployed form (BN folded, add + ReLU in the kernel's epilogue) too.
+        deployed = optimize_for_inference(copy.deepcopy(model))(test_x)
         monkeypatch.setattr(lowrank_module, "lowrank_conv2d", _reference_forward)
         reference = model(test_x)
     torch.testing.assert_close(fused, reference, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(deployed, reference, atol=1e-4, rtol=1e-4)
     # Energy 0.9 keeps the network's function close to the dense one.
     agree = (fused.argmax(1) == dense_logits.argmax(1)).float().mean()
     assert agree > 0.8, f"decomposed model agrees with the dense one on {agree:.0%} of images"

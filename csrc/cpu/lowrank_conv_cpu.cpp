@@ -7,6 +7,7 @@
 //   3. second factor: Y (Nout x P) = GEMM over T (+ bias);
 //   4. Y's valid columns -> y in its own layout and dtype.
 // T never leaves the thread's cache-sized buffer.
+#include <stdexcept>
 #include <vector>
 
 #include "cpu/lowrank_conv_tiles.h"
@@ -55,6 +56,28 @@ void store_output(const cpu::lowrank::Kernels& kern, const float* yt, int64_t ld
     }
 }
 
+// The fused epilogue on the tile's output rows just written to y (still in
+// cache): y = relu?(y + residual), residual laid out as y.
+void epilogue_output(const cpu::lowrank::Kernels& kern, float* y, const float* res,
+                     const Strides4& ys, int64_t rows, int64_t n, int64_t oh0, const Geometry& g,
+                     bool relu) {
+  const int64_t nout = g.s.Nout;
+  const auto run = [&](int64_t off, int64_t len) {
+    kern.add_relu(y + off, res ? res + off : nullptr, len, relu);
+  };
+  const int64_t base = n * ys.n + oh0 * ys.h;
+  if (ys.w == 1) {
+    for (int64_t o = 0; o < nout; ++o)
+      for (int64_t i = 0; i < rows; ++i) run(base + o * ys.c + i * ys.h, g.Wo);
+  } else if (ys.c == 1 && ys.w == nout) {  // channels_last: a row's pixels are contiguous
+    for (int64_t i = 0; i < rows; ++i) run(base + i * ys.h, g.Wo * nout);
+  } else {
+    for (int64_t o = 0; o < nout; ++o)
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t ow = 0; ow < g.Wo; ++ow) run(base + o * ys.c + i * ys.h + ow * ys.w, 1);
+  }
+}
+
 // Sizes of the forward's per-thread buffers.
 struct ForwardLayout {
   int64_t tplane;    // floats per intermediate plane (with the second factor's read slack)
@@ -69,7 +92,8 @@ struct ForwardLayout {
 
 template <class T>
 void forward(const T* x, const Strides4& xs, const T* w1, const T* w2, const T* bias, T* y,
-             const Strides4& ys, const LowRankConvShape& s, int num_threads) {
+             const Strides4& ys, const LowRankConvShape& s, int num_threads, const float* residual,
+             bool relu) {
   const auto& kern = pick_kernels();
   const int threads = resolve_threads(num_threads);
   const Geometry g = make_geometry(s, threads, kForwardTilePixels);
@@ -115,6 +139,9 @@ void forward(const T* x, const Strides4& xs, const T* w1, const T* w2, const T* 
             st.yt.get(), g.Pmax,     false};
         kern.row_gemm(g2);
         store_output(kern, st.yt.get(), g.Pmax, rows, n, oh0, g, y, ys);
+        if constexpr (std::is_same_v<T, float>) {
+          if (residual || relu) epilogue_output(kern, y, residual, ys, rows, n, oh0, g, relu);
+        }
       });
 }
 
@@ -122,15 +149,16 @@ void forward(const T* x, const Strides4& xs, const T* w1, const T* w2, const T* 
 
 void lowrank_conv2d_cpu(const void* x, const Strides4& xs, const void* w1, const void* w2,
                         const void* bias, void* y, const Strides4& ys, const LowRankConvShape& s,
-                        DType dtype, int num_threads) {
+                        DType dtype, int num_threads, const void* residual, bool relu) {
   if (dtype == DType::kBFloat16) {
+    if (residual || relu) throw std::invalid_argument("lowrank_conv2d_cpu: epilogue is float32");
     forward(static_cast<const uint16_t*>(x), xs, static_cast<const uint16_t*>(w1),
             static_cast<const uint16_t*>(w2), static_cast<const uint16_t*>(bias),
-            static_cast<uint16_t*>(y), ys, s, num_threads);
+            static_cast<uint16_t*>(y), ys, s, num_threads, nullptr, false);
   } else {
     forward(static_cast<const float*>(x), xs, static_cast<const float*>(w1),
             static_cast<const float*>(w2), static_cast<const float*>(bias), static_cast<float*>(y),
-            ys, s, num_threads);
+            ys, s, num_threads, static_cast<const float*>(residual), relu);
   }
 }
 

@@ -54,12 +54,17 @@ using Transpose16 = void (*)(const float* src, int64_t lds, float* dst, int64_t 
 using CopyPadRows = void (*)(const float* src, int64_t lds, int64_t rows, int64_t lo, int64_t n,
                              int64_t width, float* dst, int64_t ldd);
 
+// y[i] = y[i] + r[i] (r may be null), then max(y[i], 0) when relu: the fused
+// epilogue, run on output rows while they are still in cache.
+using AddRelu = void (*)(float* y, const float* r, int64_t n, bool relu);
+
 struct Kernels {
   int mr;  // panel height of RowGemm::A
   void (*row_gemm)(const RowGemm&);
   void (*reduce_gemm)(const ReduceGemm&);
   Transpose16 transpose16;
   CopyPadRows copy_pad_rows;
+  AddRelu add_relu;
   const char* name;
 };
 

@@ -241,10 +241,22 @@ LR_INLINE void copy_pad_rows_loops(const float* __restrict src, int64_t lds, int
   }
 }
 
+// Plain loops: -O3 and each file's -m flags vectorise them.
+void add_relu(float* __restrict y, const float* __restrict r, int64_t n, bool relu) {
+  if (r && relu) {
+    for (int64_t i = 0; i < n; ++i) y[i] = std::max(y[i] + r[i], 0.f);
+  } else if (r) {
+    for (int64_t i = 0; i < n; ++i) y[i] += r[i];
+  } else if (relu) {
+    for (int64_t i = 0; i < n; ++i) y[i] = std::max(y[i], 0.f);
+  }
+}
+
 template <class V, class Cfg>
 const Kernels& make_kernels(const char* name) {
   static const Kernels k{Cfg::kMR,     &row_gemm<V, Cfg>, &reduce_gemm<V, Cfg>,
-                         &transpose16, &copy_pad_rows,    name};
+                         &transpose16, &copy_pad_rows,    &add_relu,
+                         name};
   return k;
 }
 

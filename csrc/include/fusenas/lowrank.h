@@ -32,10 +32,12 @@ struct Strides4 {
 
 // y: (N, Nout, Ho, Wo) with strides ys. w1, w2 contiguous; bias (Nout) or null.
 // All tensors in `dtype` (float32 or bfloat16); accumulation in float32.
-// num_threads <= 0 uses OpenMP's default.
+// Fused epilogue (float32 only): y = relu?(conv + bias + residual), residual
+// (null: none) with y's strides ys. num_threads <= 0 uses OpenMP's default.
 void lowrank_conv2d_cpu(const void* x, const Strides4& xs, const void* w1, const void* w2,
                         const void* bias, void* y, const Strides4& ys, const LowRankConvShape& s,
-                        DType dtype, int num_threads);
+                        DType dtype, int num_threads, const void* residual = nullptr,
+                        bool relu = false);
 
 // Gradients of x (strides gxs), w1 and w2 (contiguous) from grad_out (strides
 // gs); a null output pointer skips that gradient. The rank-r intermediate is

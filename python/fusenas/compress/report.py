@@ -15,6 +15,7 @@ from fusenas._atomic import atomic_write_bytes
 from fusenas.data.batches import evaluate
 from fusenas.data.datasets import ImageDataset
 from fusenas.nn.fold_bn import fold_batchnorm_
+from fusenas.nn.fuse_epilogues import fuse_epilogues_
 from fusenas.profiling import count_macs, count_params, latency_ms
 
 
@@ -25,8 +26,10 @@ def measure(
 
     Latency is that of the deployed form, for every stage alike: a copy of the
     model with its batch norms folded into the convs before them
-    (:func:`fusenas.nn.fold_batchnorm_`); ``folded_bn`` counts them.
-    ``model`` itself is left in eval mode.
+    (:func:`fusenas.nn.fold_batchnorm_`) and residual adds / ReLUs fused into
+    the low-rank convs before them (:func:`fusenas.nn.fuse_epilogues_`; dense
+    convs run as torch's, unfused); ``folded_bn`` and ``fused_epilogues`` count
+    them. ``model`` itself is left in eval mode.
     """
     _, acc = evaluate(model, test, torch.device("cpu"))
     model.eval()  # evaluate() leaves train mode
@@ -41,6 +44,7 @@ def measure(
         "threads": torch.get_num_threads(),
         "folded_bn": len(fold_batchnorm_(deployed)),
     }
+    deployed, row["fused_epilogues"] = fuse_epilogues_(deployed)
     for b in batches:
         xb = x[:b] if x.shape[0] >= b else x[:1].expand(b, *x.shape[1:]).contiguous()
         row["latency_ms"][b] = latency_ms(deployed, xb, repeats=10 if b > 8 else 30)
@@ -65,7 +69,8 @@ def format_report(rows: list[dict[str, Any]], export: list[dict[str, Any]]) -> s
         )
     last = rows[-1]
     notes = [
-        "Latency: the deployed form of each stage (batch norm folded into the conv before it), "
+        "Latency: the deployed form of each stage (batch norm folded into the conv before it; "
+        "residual add and ReLU fused into the low-rank convs before them), "
         f"{base.get('threads', '?')} threads, median wall time."
     ]
     smaller = last["macs"] < base["macs"] or last.get("file_bytes", 0) < base.get("file_bytes", 0)

@@ -35,6 +35,11 @@ class _LeafTracer(torch.fx.Tracer):
         return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualname)
 
 
+def leaf_tracer() -> torch.fx.Tracer:
+    """An fx tracer that keeps convs and fusenas' modules as single call_module nodes."""
+    return _LeafTracer()
+
+
 def conv_bn_pairs(model: nn.Module, prefix: str = "") -> list[tuple[str, str]]:
     """(conv name, BN name) for every BatchNorm2d fed only by a conv's output.
 
@@ -44,7 +49,7 @@ def conv_bn_pairs(model: nn.Module, prefix: str = "") -> list[tuple[str, str]]:
     """
     modules = dict(model.named_modules())
     try:
-        graph = _LeafTracer().trace(model)
+        graph = leaf_tracer().trace(model)
     except Exception:  # fx raises many kinds on control flow it cannot follow
         return [
             pair

@@ -89,10 +89,23 @@ class LowRankConv2d(nn.Module):
     def rank(self) -> int:
         return self.weight1.shape[0]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None, activation: str = "none"
+    ) -> torch.Tensor:
+        """activation(conv(x) + residual): the residual add and ReLU are optional
+        and fused into the kernel's output pass (see :func:`fusenas.nn.fuse_epilogues_`,
+        which rewrites ``relu(conv(x) + r)`` into this call). A residual that is not of
+        the output's shape, dtype and device (e.g. a broadcast) is added after the
+        conv instead, with torch's promotion rules."""
+        if residual is not None and (
+            residual.dtype != x.dtype or residual.device != x.device or tuple(residual.shape)
+            != (x.shape[0], self.out_channels, *self.output_size((x.shape[-2], x.shape[-1])))
+        ):  # fmt: skip
+            y = self(x) + residual
+            return torch.relu(y) if activation == "relu" else y
         return lowrank_conv2d(
             x, self.weight1, self.weight2, self.bias, scheme=self.scheme, stride=self.stride,
-            padding=self.padding, dilation=self.dilation,
+            padding=self.padding, dilation=self.dilation, residual=residual, activation=activation,
         )  # fmt: skip
 
     def output_size(self, input_size: tuple[int, int]) -> tuple[int, int]:

@@ -5,6 +5,9 @@ scheme "channel": w1 (r, C, kh, kw), w2 (Nout, r, 1, 1)
 scheme "spatial": w1 (r, C, kh, 1), w2 (Nout, r, 1, kw)
     t = conv2d(x, w1, stride=(sh, 1), padding=(ph, 0), dilation=(dh, 1))
     y = conv2d(t, w2, stride=(1, sw), padding=(0, pw), dilation=(1, dw)) + bias
+optional epilogue: y = activation(y + residual) (activation "none" or "relu"),
+    the residual block's add and ReLU, fused into the CPU kernel's output pass
+    for float32 (elsewhere applied after the conv).
 
 stride / padding / dilation are those of the equivalent dense kh x kw conv.
 The CPU kernel (fusenas._C) computes both factors per output tile, with the
@@ -26,13 +29,14 @@ import torch.nn.functional as F
 from fusenas.ops import _native
 
 SCHEMES = ("channel", "spatial")
+ACTIVATIONS = ("none", "relu")
 _DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1}
 _CPU_DTYPES = (torch.float32, torch.bfloat16)
 
 torch.library.define(
     "fusenas::lowrank_conv2d",
     "(Tensor x, Tensor w1, Tensor w2, Tensor? bias, str scheme, int[2] stride, int[2] padding, "
-    "int[2] dilation) -> Tensor",
+    "int[2] dilation, Tensor? residual=None, str activation='none') -> Tensor",
 )
 torch.library.define(
     "fusenas::lowrank_conv2d_backward",
@@ -201,14 +205,44 @@ def lowrank_conv2d_reference(
     stride: Sequence[int],
     padding: Sequence[int],
     dilation: Sequence[int],
+    residual: torch.Tensor | None = None,
+    activation: str = "none",
 ) -> torch.Tensor:
-    """The two-conv sequence (differentiable); output in x's memory format."""
+    """The two-conv sequence then the epilogue (differentiable); output in x's memory format."""
     (s1, p1, d1), (s2, p2, d2) = factor_params(
         scheme, _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
     )
     t = F.conv2d(x, w1, None, s1, p1, d1)
     y = F.conv2d(t, w2, bias, s2, p2, d2)
-    return y.contiguous(memory_format=_memory_format(x))
+    return apply_epilogue(y.contiguous(memory_format=_memory_format(x)), residual, activation)
+
+
+def apply_epilogue(y: torch.Tensor, residual: torch.Tensor | None, activation: str) -> torch.Tensor:
+    """activation(y + residual) with torch ops (paths without a fused epilogue)."""
+    if residual is not None:
+        y = y + residual
+    return torch.relu(y) if activation == "relu" else y
+
+
+def check_epilogue(
+    residual: torch.Tensor | None, activation: str, x: torch.Tensor, out_shape: tuple[int, ...]
+) -> None:
+    """Validates the epilogue arguments against x and the conv's output shape."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
+    if residual is None:
+        return
+    if not isinstance(residual, torch.Tensor):
+        raise TypeError(f"residual: expected a torch.Tensor or None, got {type(residual).__name__}")
+    if tuple(residual.shape) != tuple(out_shape):
+        raise ValueError(
+            f"residual: expected the output's shape {tuple(out_shape)}, got {tuple(residual.shape)}"
+        )
+    if residual.dtype != x.dtype or residual.device != x.device:
+        raise TypeError(
+            f"residual: expected {x.dtype} on {x.device} (x's), got {residual.dtype} on "
+            f"{residual.device}"
+        )
 
 
 def lowrank_conv2d_backward_reference(
@@ -280,24 +314,36 @@ def _native_reason(x: torch.Tensor) -> str | None:
     return None
 
 
-def _lowrank_conv2d_cpu(x, w1, w2, bias, scheme, stride, padding, dilation):
+def _lowrank_conv2d_cpu(
+    x, w1, w2, bias, scheme, stride, padding, dilation, residual=None, activation="none"
+):
     kh, kw = check_lowrank_args(x, w1, w2, bias, scheme, stride, padding, dilation)
+    ho, wo = output_size(x.shape, (kh, kw), stride, padding, dilation)
+    check_epilogue(residual, activation, x, (x.shape[0], w2.shape[0], ho, wo))
     reason = _native_reason(x)
     if reason is not None:
         _native.warn_fallback("lowrank_conv2d", reason)
-        return lowrank_conv2d_reference(x, w1, w2, bias, scheme, stride, padding, dilation)
-    ho, wo = output_size(x.shape, (kh, kw), stride, padding, dilation)
+        return lowrank_conv2d_reference(
+            x, w1, w2, bias, scheme, stride, padding, dilation, residual, activation
+        )
     y = torch.empty(x.shape[0], w2.shape[0], ho, wo, dtype=x.dtype, memory_format=_memory_format(x))
     if y.numel() == 0:
         return y
+    # The kernel's epilogue is float32 and reads the residual with y's strides.
+    fused = x.dtype == torch.float32
+    res = None
+    if fused and residual is not None:
+        res = residual if residual.stride() == y.stride() else residual.contiguous(
+            memory_format=_memory_format(x))  # fmt: skip
     w1c, w2c = w1.contiguous(), w2.contiguous()
     _native.cpu().lowrank_conv2d_cpu(
         x.data_ptr(), *_strides(x), w1c.data_ptr(), w2c.data_ptr(),
         0 if bias is None else bias.data_ptr(), y.data_ptr(), *_strides(y),
         *_geometry(x, w1, w2, scheme, stride, padding, dilation, kh, kw),
         _DTYPE_CODE[x.dtype], torch.get_num_threads(),
+        0 if res is None else res.data_ptr(), fused and activation == "relu",
     )  # fmt: skip
-    return y
+    return y if fused else apply_epilogue(y, residual, activation)
 
 
 def _lowrank_conv2d_backward_cpu(
@@ -355,11 +401,17 @@ torch.library.impl("fusenas::lowrank_conv2d_backward", "CPU")(_lowrank_conv2d_ba
 
 
 @torch.library.impl("fusenas::lowrank_conv2d", "CompositeExplicitAutograd")
-def _lowrank_conv2d_other(x, w1, w2, bias, scheme, stride, padding, dilation):
+def _lowrank_conv2d_other(
+    x, w1, w2, bias, scheme, stride, padding, dilation, residual=None, activation="none"
+):
     # Devices without a registered kernel (a "CUDA" registration, when present, wins on CUDA).
-    check_lowrank_args(x, w1, w2, bias, scheme, stride, padding, dilation)
+    kh, kw = check_lowrank_args(x, w1, w2, bias, scheme, stride, padding, dilation)
+    ho, wo = output_size(x.shape, (kh, kw), stride, padding, dilation)
+    check_epilogue(residual, activation, x, (x.shape[0], w2.shape[0], ho, wo))
     _native.warn_fallback("lowrank_conv2d", f"no kernel for device {x.device.type}")
-    return lowrank_conv2d_reference(x, w1, w2, bias, scheme, stride, padding, dilation)
+    return lowrank_conv2d_reference(
+        x, w1, w2, bias, scheme, stride, padding, dilation, residual, activation
+    )
 
 
 @torch.library.impl("fusenas::lowrank_conv2d_backward", "CompositeExplicitAutograd")
@@ -376,9 +428,12 @@ def _lowrank_conv2d_backward_other(
 
 
 @torch.library.register_fake("fusenas::lowrank_conv2d")
-def _lowrank_conv2d_fake(x, w1, w2, bias, scheme, stride, padding, dilation):
+def _lowrank_conv2d_fake(
+    x, w1, w2, bias, scheme, stride, padding, dilation, residual=None, activation="none"
+):
     kh, kw = check_lowrank_args(x, w1, w2, bias, scheme, stride, padding, dilation)
     ho, wo = output_size(x.shape, (kh, kw), stride, padding, dilation)
+    check_epilogue(residual, activation, x, (x.shape[0], w2.shape[0], ho, wo))
     return torch.empty(
         x.shape[0], w2.shape[0], ho, wo, dtype=x.dtype, device=x.device,
         memory_format=_memory_format(x),
@@ -401,25 +456,30 @@ def _lowrank_conv2d_backward_fake(
 
 
 def _setup_context(ctx, inputs, output):
-    x, w1, w2, bias, scheme, stride, padding, dilation = inputs
-    ctx.save_for_backward(x, w1, w2)
-    ctx.meta = (scheme, stride, padding, dilation, bias is not None)
+    x, w1, w2, bias, scheme, stride, padding, dilation = inputs[:8]
+    residual = inputs[8] if len(inputs) > 8 else None
+    relu = len(inputs) > 9 and inputs[9] == "relu"
+    # ReLU's gradient mask comes from the output (y > 0 where the input was > 0).
+    ctx.save_for_backward(x, w1, w2, output if relu else None)
+    ctx.meta = (scheme, stride, padding, dilation, bias is not None, residual is not None, relu)
+    ctx.n_inputs = len(inputs)
 
 
 def _backward(ctx, grad_y):
-    x, w1, w2 = ctx.saved_tensors
-    scheme, stride, padding, dilation, has_bias = ctx.meta
+    x, w1, w2, y = ctx.saved_tensors
+    scheme, stride, padding, dilation, has_bias, has_residual, relu = ctx.meta
+    if relu:
+        grad_y = grad_y * (y > 0)
     need = ctx.needs_input_grad
+    grad_res = grad_y if has_residual and len(need) > 8 and need[8] else None
     mask = [need[0], need[1], need[2], has_bias and need[3]]
-    if not any(mask):
-        return None, None, None, None, None, None, None, None
-    gx, gw1, gw2, gb = torch.ops.fusenas.lowrank_conv2d_backward(
-        grad_y, x, w1, w2, scheme, stride, padding, dilation, mask
-    )
-    return (
-        gx if mask[0] else None, gw1 if mask[1] else None, gw2 if mask[2] else None,
-        gb if mask[3] else None, None, None, None, None,
-    )  # fmt: skip
+    grads = [None] * 8 + [grad_res, None]
+    if any(mask):
+        gx, gw1, gw2, gb = torch.ops.fusenas.lowrank_conv2d_backward(
+            grad_y, x, w1, w2, scheme, stride, padding, dilation, mask
+        )
+        grads[:4] = [g if m else None for g, m in zip((gx, gw1, gw2, gb), mask, strict=True)]
+    return tuple(grads[: ctx.n_inputs])
 
 
 torch.library.register_autograd("fusenas::lowrank_conv2d", _backward, setup_context=_setup_context)
@@ -435,6 +495,8 @@ def lowrank_conv2d(
     stride: int | Sequence[int] = 1,
     padding: int | Sequence[int] = 0,
     dilation: int | Sequence[int] = 1,
+    residual: torch.Tensor | None = None,
+    activation: str = "none",
 ) -> torch.Tensor:
     """A convolution given as two low-rank factors, computed in one fused pass on CPU.
 
@@ -448,18 +510,27 @@ def lowrank_conv2d(
         scheme: "channel" or "spatial" (see the module docstring).
         stride, padding, dilation: int or pair, those of the equivalent dense
             kh x kw conv.
+        residual: None or a tensor of the output's shape, dtype and device, added
+            to the conv's output (a residual block's shortcut).
+        activation: "none" or "relu", applied last.
     Returns:
-        (N, Nout, Ho, Wo) in x's dtype and memory format. Differentiable with
-        respect to x, w1, w2 and bias.
+        (N, Nout, Ho, Wo) = activation(conv(x) + bias + residual), in x's dtype
+        and memory format. Differentiable with respect to x, w1, w2, bias and
+        residual. On CPU in float32 the epilogue runs in the kernel's output
+        pass (no extra pass over y); elsewhere it is applied after the conv.
     """
-    for name, t in (("x", x), ("w1", w1), ("w2", w2), ("bias", bias)):
-        if not isinstance(t, torch.Tensor) and not (name == "bias" and t is None):
+    for name, t in (("x", x), ("w1", w1), ("w2", w2), ("bias", bias), ("residual", residual)):
+        if not isinstance(t, torch.Tensor) and not (name in ("bias", "residual") and t is None):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
     stride, padding, dilation = (
         _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
     )  # fmt: skip
     args = (x, w1, w2, bias, scheme, list(stride), list(padding), list(dilation))
-    if _eager_inference(x, w1, w2, bias):
+    if residual is not None or activation != "none":
+        args = (*args, residual, activation)
+    if _eager_inference(x, w1, w2, bias, residual):
         # No autograd, not tracing: skip the dispatcher's Python round trips.
         return _lowrank_conv2d_cpu(*args)
     return torch.ops.fusenas.lowrank_conv2d.default(*args)

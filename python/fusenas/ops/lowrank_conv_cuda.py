@@ -22,6 +22,8 @@ import torch
 
 from fusenas.ops import _native
 from fusenas.ops.lowrank_conv import (
+    apply_epilogue,
+    check_epilogue,
     check_lowrank_args,
     lowrank_conv2d_backward_reference,
     lowrank_conv2d_reference,
@@ -185,8 +187,16 @@ def _device_sm_count(x: torch.Tensor) -> int:
     return _sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device())
 
 
-def _lowrank_conv2d_cuda(x, w1, w2, bias, scheme, stride, padding, dilation):
+def _lowrank_conv2d_cuda(
+    x, w1, w2, bias, scheme, stride, padding, dilation, residual=None, activation="none"
+):
     kh, kw = check_lowrank_args(x, w1, w2, bias, scheme, stride, padding, dilation)
+    ho, wo = output_size(x.shape, (kh, kw), _pair(stride), _pair(padding), _pair(dilation))
+    check_epilogue(residual, activation, x, (x.shape[0], w2.shape[0], ho, wo))
+    if residual is not None or activation != "none":
+        # The CUDA kernel has no epilogue: the conv, then the add and ReLU by torch.
+        y = _lowrank_conv2d_cuda(x, w1, w2, bias, scheme, stride, padding, dilation)
+        return apply_epilogue(y, residual, activation)
     ext = _native.cuda()
     x = _dense(x)
     problem = lowrank_problem(
