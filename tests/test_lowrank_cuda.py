@@ -184,6 +184,26 @@ def test_opcheck_cuda(scheme):
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_cuda_epilogue_matches_reference(dtype):
+    """residual + ReLU on CUDA (applied after the kernel there) against the reference."""
+    x, w1, w2, b, scheme, stride, padding, dilation = (
+        t.cuda().to(dtype) if isinstance(t, torch.Tensor) else t
+        for t in lowrank_tensors(LOWRANK_CASES[1], "spatial", False)
+    )
+    y0 = lowrank_conv2d(x, w1, w2, b, scheme=scheme, stride=stride, padding=padding,
+                        dilation=dilation)  # fmt: skip
+    res = torch.randn_like(y0)
+    y = lowrank_conv2d(x, w1, w2, b, scheme=scheme, stride=stride, padding=padding,
+                       dilation=dilation, residual=res, activation="relu")  # fmt: skip
+    want = lowrank_conv2d_reference(
+        x.double(), w1.double(), w2.double(), b.double(), scheme,
+        *_pairs(stride, padding, dilation), res.double(), "relu",
+    )  # fmt: skip
+    err = (y.double() - want).abs().max() / want.abs().max().clamp_min(1)
+    assert err < TOL[dtype] * 4 and (y >= 0).all()
+
+
 def test_torch_compile_cuda():
     from torch.utils._triton import has_triton
 
