@@ -1,0 +1,132 @@
+"""A TRP run against its same-budget baseline: accuracy, MACs and CPU latency side by side.
+
+Loads a finished ``fusenas compress baseline`` run and a ``fusenas compress trp`` run
+(their ``config.yaml``, ``dense.safetensors`` and, for TRP, ``compressed.safetensors``),
+measures test accuracy on the runs' held-out split, MACs and parameters, then times
+every network in one process with the rounds interleaved (round-robin over networks,
+so drift of the shared machine hits them alike): as trained (eval mode) and in the
+deployed form (:func:`fusenas.nn.optimize_for_inference`: BN folded, residual add and
+ReLU fused into the low-rank convs), at batch 1 and 64, in the layout the data comes
+in (channels_last) and NCHW.
+
+    python experiments/trp_speed.py runs/trp_r20_40ep/baseline runs/trp_r20_40ep/trp_e098 \\
+        --out docs/trp_r20_40ep.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from results_io import publish  # experiments/results_io.py (the script's directory)
+
+from fusenas.compress.config import CompressConfig
+from fusenas.compress.driver import build_model, load_split
+from fusenas.config_file import load_config
+from fusenas.data.batches import evaluate
+from fusenas.nn import optimize_for_inference
+from fusenas.profiling import count_macs, count_params
+from fusenas.quant.io import load_float, load_model
+
+
+def _dense(run_dir: Path, config: CompressConfig, channels: int, classes: int) -> torch.nn.Module:
+    model = build_model(config, channels, classes)
+    load_float(run_dir / "dense.safetensors").load_into(model)
+    return model.eval()
+
+
+@torch.no_grad()
+def _time_interleaved(nets: dict, inputs: dict, rounds: int, calls: int) -> dict:
+    """{(net, input): [ms per call, one per round]}, round-robin over every pair."""
+    times: dict = {}
+    for _ in range(rounds):
+        for name, net in nets.items():
+            for key, x in inputs.items():
+                net(x)  # warm: allocator, thread pool
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    net(x)
+                times.setdefault((name, key), []).append((time.perf_counter() - t0) / calls * 1e3)
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("baseline", type=Path)
+    ap.add_argument("trp", type=Path)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    base_cfg = load_config(CompressConfig, args.baseline / "config.yaml")
+    trp_cfg = load_config(CompressConfig, args.trp / "config.yaml")
+    torch.set_num_threads(trp_cfg.threads or 2)
+    _, test = load_split(trp_cfg)
+    c, k = test.x.shape[1], len(test.classes)
+    exported, _ = load_model(args.trp / "compressed.safetensors")
+    nets = {
+        "baseline (dense)": _dense(args.baseline, base_cfg, c, k),
+        "TRP-trained (dense)": _dense(args.trp, trp_cfg, c, k),
+        "TRP exported (LowRankConv2d)": exported.eval(),
+    }
+    rows = []
+    for name, net in nets.items():
+        _, acc = evaluate(net, test, torch.device("cpu"))
+        net.eval()
+        rows.append({"network": name, "accuracy": acc, "params": count_params(net),
+                     "macs": count_macs(net, test.x[:1].float() / 255.0)})  # fmt: skip
+    timed = {
+        "baseline": nets["baseline (dense)"],
+        "baseline, deployed": optimize_for_inference(copy.deepcopy(nets["baseline (dense)"])),
+        "TRP exported": nets["TRP exported (LowRankConv2d)"],
+        "TRP exported, deployed": optimize_for_inference(
+            copy.deepcopy(nets["TRP exported (LowRankConv2d)"])
+        ),
+    }
+    x = test.x[:64].float() / 255.0  # channels_last, as the data set stores it
+    inputs = {
+        ("b1", "CL"): x[:1].contiguous(memory_format=torch.channels_last),
+        ("b64", "CL"): x.contiguous(memory_format=torch.channels_last),
+        ("b1", "NCHW"): x[:1].contiguous(),
+        ("b64", "NCHW"): x.contiguous(),
+    }
+    times = _time_interleaved(timed, inputs, args.rounds, calls=5)
+    med = {key: statistics.median(v) for key, v in times.items()}
+    lines = [
+        f"Test split: {len(test)} held-out CIFAR-10 training images; latency: median over "
+        f"{args.rounds} interleaved rounds of 5 calls, {torch.get_num_threads()} threads.",
+        "",
+        "| network | test acc (%) | vs baseline (pts) | MACs (M) | params |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    base = rows[0]
+    for r in rows:
+        lines.append(
+            f"| {r['network']} | {r['accuracy']:.2f} | {r['accuracy'] - base['accuracy']:+.2f} | "
+            f"{r['macs'] / 1e6:.1f} ({base['macs'] / r['macs']:.2f}x fewer) | {r['params']:,} |"
+        )
+    lines += ["", "| network (form) | " + " | ".join(f"{b} {f} (ms)" for b, f in inputs) + " |",
+              "| --- |" + " ---: |" * len(inputs)]  # fmt: skip
+    for name in timed:
+        lines.append(f"| {name} | " + " | ".join(f"{med[(name, i)]:.2f}" for i in inputs) + " |")
+    lines.append("")
+    for batch in ("b1", "b64"):
+        best = {
+            form: min(med[(f"{net}{form}", (batch, lay))] for lay in ("CL", "NCHW"))
+            for form, net in (("", "baseline"), (", deployed", "baseline"))
+        }
+        trp = min(med[("TRP exported, deployed", (batch, lay))] for lay in ("CL", "NCHW"))
+        lines.append(
+            f"- {batch}: TRP exported, deployed, is {best[''] / trp:.2f}x faster than the "
+            f"baseline as trained and {best[', deployed'] / trp:.2f}x faster than the baseline "
+            "deployed (each in its faster layout)."
+        )
+    data = {"rows": rows, "latency_ms": {f"{n} | {b} {f}": v for (n, (b, f)), v in times.items()}}
+    publish("\n".join(lines) + "\n", data, args.out)
+
+
+if __name__ == "__main__":
+    main()
