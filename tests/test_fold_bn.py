@@ -119,3 +119,25 @@ def test_untraceable_forward_is_searched_child_by_child():
 def test_not_a_module():
     with pytest.raises(TypeError, match="model"):
         fold_batchnorm_(copy.copy([1]))
+
+
+def test_shared_conv_and_batch_statistics_bn_are_left_alone():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(4, 4, 3, padding=1)
+            self.bn = nn.BatchNorm2d(4)
+            self.stats_free = nn.BatchNorm2d(4, track_running_stats=False)
+            self.conv2 = nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            h = self.bn(self.conv(x))  # conv is called again below: its weights are shared
+            return self.stats_free(self.conv2(self.conv(h)))
+
+    model = Shared().eval()
+    model.bn.running_mean.fill_(0.5)
+    x = torch.rand(2, 4, 6, 6)
+    with torch.no_grad():
+        want = model(x)
+        assert fold_batchnorm_(model) == []
+        torch.testing.assert_close(model(x), want)

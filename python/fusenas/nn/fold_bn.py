@@ -9,9 +9,11 @@ it is exact up to float rounding.
 
 Which BN follows which conv is read from the model's forward by torch.fx
 (fusenas' modules and the convs kept as leaf modules; a forward fx cannot
-trace is searched child by child): a BN is folded only when its input is a
-conv's output that nothing else reads. Folded BNs are replaced by
-``nn.Identity``, so the model keeps its own class and forward code.
+trace is searched child by child): a BN is folded only when it has running
+statistics, its input is a conv's output that nothing else reads, and neither
+module is called anywhere else in that forward (shared weights). Folded BNs
+are replaced by ``nn.Identity``, so the model keeps its own class and forward
+code.
 """
 
 from __future__ import annotations
@@ -57,16 +59,25 @@ def conv_bn_pairs(model: nn.Module, prefix: str = "") -> list[tuple[str, str]]:
             if not isinstance(child, _LEAVES)
             for pair in conv_bn_pairs(child, f"{prefix}{name}.")
         ]
+    # A module called more than once (shared weights) cannot take one call's BN.
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
     pairs = []
     for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d):
-            continue
+        bn = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(bn, nn.BatchNorm2d) or bn.running_mean is None or bn.running_var is None:
+            continue  # without running statistics BN normalises by the batch: not foldable
         src = node.args[0] if node.args else None
         if (
             isinstance(src, torch.fx.Node)
             and src.op == "call_module"
             and isinstance(modules[src.target], _FOLDABLE)
             and len(src.users) == 1
+            and calls[src.target] == 1
+            and calls[node.target] == 1
+            and modules[src.target].out_channels == bn.num_features
         ):
             pairs.append((prefix + src.target, prefix + node.target))
     return pairs
@@ -74,12 +85,6 @@ def conv_bn_pairs(model: nn.Module, prefix: str = "") -> list[tuple[str, str]]:
 
 @torch.no_grad()
 def _fold_one(conv: nn.Module, bn: nn.BatchNorm2d) -> None:
-    if bn.running_mean is None or bn.running_var is None:
-        raise ValueError("bn: a BatchNorm2d without running statistics cannot be folded")
-    n = bn.num_features
-    out = conv.out_channels
-    if n != out:
-        raise ValueError(f"bn: {n} features after a conv with {out} output channels")
     scale = (bn.running_var.double() + bn.eps).rsqrt()
     if bn.weight is not None:
         scale = scale * bn.weight.double()
