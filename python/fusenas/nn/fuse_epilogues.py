@@ -131,7 +131,9 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
 
     In place where it can be (see :func:`fold_batchnorm_` and
     :func:`fuse_epilogues_`); returns the model to use. Outputs equal the
-    eval-mode model's up to float rounding.
+    eval-mode model's up to float rounding. The result is for running, not
+    for training or saving: rewritten parts are ``GraphModule``s without the
+    original classes' extra attributes, so save the model before this step.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
