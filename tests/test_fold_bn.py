@@ -36,6 +36,16 @@ def _check_folded(model: nn.Module, x: torch.Tensor, atol: float) -> None:
     torch.testing.assert_close(got, want, atol=atol, rtol=1e-4)
 
 
+def _assert_nothing_folded(model: nn.Module, x: torch.Tensor) -> None:
+    model.eval()
+    model.bn.running_mean.fill_(0.3)  # a fold would show in the outputs
+    with torch.no_grad():
+        want = model(x)
+        assert fold_batchnorm_(model) == []
+        torch.testing.assert_close(model(x), want)
+    assert isinstance(model.bn, nn.BatchNorm2d)
+
+
 def test_dense_resnet20_folds_exactly():
     model = _resnet20_with_stats()
     _check_folded(model, torch.rand(4, 3, 32, 32), atol=1e-4)
@@ -75,14 +85,7 @@ def test_bn_after_a_shared_conv_output_is_left_alone():
             z = self.conv(x)
             return self.bn(z) + z  # z is read twice: folding would change the sum
 
-    model = TwoReaders().eval()
-    model.bn.running_mean.fill_(0.3)
-    x = torch.rand(2, 3, 8, 8)
-    with torch.no_grad():
-        want = model(x)
-        assert fold_batchnorm_(model) == []
-        torch.testing.assert_close(model(x), want)
-    assert isinstance(model.bn, nn.BatchNorm2d)
+    _assert_nothing_folded(TwoReaders(), torch.rand(2, 3, 8, 8))
 
 
 def test_training_mode_is_rejected():
@@ -134,10 +137,4 @@ def test_shared_conv_and_batch_statistics_bn_are_left_alone():
             h = self.bn(self.conv(x))  # conv is called again below: its weights are shared
             return self.stats_free(self.conv2(self.conv(h)))
 
-    model = Shared().eval()
-    model.bn.running_mean.fill_(0.5)
-    x = torch.rand(2, 4, 6, 6)
-    with torch.no_grad():
-        want = model(x)
-        assert fold_batchnorm_(model) == []
-        torch.testing.assert_close(model(x), want)
+    _assert_nothing_folded(Shared(), torch.rand(2, 4, 6, 6))
