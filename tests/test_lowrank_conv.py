@@ -62,6 +62,7 @@ SHAPES = [
     (1, 2, 3, 3, 1, 2, 3, 1, 4, 1),
     (2, 20, 18, 35, 6, 18, 3, 1, 1, 1),  # whole 16 x 16 layout-transpose blocks
     (1, 32, 17, 33, 4, 16, 3, 2, 1, 1),
+    (1, 2, 4, 150, 2, 3, 3, 1, 1, 1),  # rows longer than one pass of the row-copy masks
 ]
 
 
