@@ -14,8 +14,7 @@ from torch import nn
 from fusenas._atomic import atomic_write_bytes
 from fusenas.data.batches import evaluate
 from fusenas.data.datasets import ImageDataset
-from fusenas.nn.fold_bn import fold_batchnorm_
-from fusenas.nn.fuse_epilogues import fuse_epilogues_
+from fusenas.nn.fuse_epilogues import optimize_for_inference
 from fusenas.profiling import count_macs, count_params, latency_ms
 
 
@@ -25,16 +24,15 @@ def measure(
     """One row: accuracy on ``test``, parameters, MACs per image, latency per batch size (ms).
 
     Latency is that of the deployed form, for every stage alike: a copy of the
-    model with its batch norms folded into the convs before them
-    (:func:`fusenas.nn.fold_batchnorm_`) and residual adds / ReLUs fused into
-    the low-rank convs before them (:func:`fusenas.nn.fuse_epilogues_`; dense
-    convs run as torch's, unfused); ``folded_bn`` and ``fused_epilogues`` count
-    them. ``model`` itself is left in eval mode.
+    model through :func:`fusenas.nn.optimize_for_inference` (batch norms folded
+    into the convs before them, residual adds / ReLUs fused into the low-rank
+    convs before them; dense convs run as torch's, unfused). ``model`` itself is
+    left in eval mode.
     """
     _, acc = evaluate(model, test, torch.device("cpu"))
     model.eval()  # evaluate() leaves train mode
     x = test.x[: max(batches)].float() / 255.0
-    deployed = copy.deepcopy(model).eval()
+    deployed = optimize_for_inference(copy.deepcopy(model))
     row: dict[str, Any] = {
         "stage": stage,
         "accuracy": acc,
@@ -42,9 +40,7 @@ def measure(
         "macs": count_macs(model, x[:1]),
         "latency_ms": {},
         "threads": torch.get_num_threads(),
-        "folded_bn": len(fold_batchnorm_(deployed)),
     }
-    deployed, row["fused_epilogues"] = fuse_epilogues_(deployed)
     for b in batches:
         xb = x[:b] if x.shape[0] >= b else x[:1].expand(b, *x.shape[1:]).contiguous()
         row["latency_ms"][b] = latency_ms(deployed, xb, repeats=10 if b > 8 else 30)
