@@ -37,9 +37,22 @@ class _LeafTracer(torch.fx.Tracer):
         return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualname)
 
 
-def leaf_tracer() -> torch.fx.Tracer:
-    """An fx tracer that keeps convs and fusenas' modules as single call_module nodes."""
-    return _LeafTracer()
+def trace_leaves(model: nn.Module) -> torch.fx.Graph | None:
+    """``model``'s forward as an fx graph, convs and fusenas' modules kept as single
+    call_module nodes; None when fx cannot trace it (data-dependent control flow)
+    or ``model`` is itself such a leaf: the graph passes then search
+    :func:`inner_children` instead."""
+    if isinstance(model, _LEAVES):
+        return None
+    try:
+        return _LeafTracer().trace(model)
+    except Exception:  # fx raises many kinds on control flow it cannot follow
+        return None
+
+
+def inner_children(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The children worth searching when ``model`` cannot be traced (leaves excluded)."""
+    return [(n, c) for n, c in model.named_children() if not isinstance(c, _LEAVES)]
 
 
 def conv_bn_pairs(model: nn.Module, prefix: str = "") -> list[tuple[str, str]]:
@@ -49,16 +62,14 @@ def conv_bn_pairs(model: nn.Module, prefix: str = "") -> list[tuple[str, str]]:
     e.g. a branch on the input's dtype) is searched child by child instead, so
     only pairs that cross such a forward are missed (they stay unfolded).
     """
-    modules = dict(model.named_modules())
-    try:
-        graph = leaf_tracer().trace(model)
-    except Exception:  # fx raises many kinds on control flow it cannot follow
+    graph = trace_leaves(model)
+    if graph is None:
         return [
             pair
-            for name, child in model.named_children()
-            if not isinstance(child, _LEAVES)
+            for name, child in inner_children(model)
             for pair in conv_bn_pairs(child, f"{prefix}{name}.")
         ]
+    modules = dict(model.named_modules())
     # A module called more than once (shared weights) cannot take one call's BN.
     calls: dict[str, int] = {}
     for node in graph.nodes:

@@ -26,7 +26,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from fusenas.nn.fold_bn import fold_batchnorm_, leaf_tracer
+from fusenas.nn.fold_bn import fold_batchnorm_, inner_children, trace_leaves
 from fusenas.nn.lowrank_conv import LowRankConv2d
 
 _RELU_FUNCTIONS = (F.relu, torch.relu)
@@ -106,20 +106,16 @@ def fuse_epilogues_(model: nn.Module) -> tuple[nn.Module, int]:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-    if isinstance(model, LowRankConv2d):
-        return model, 0
-    modules = dict(model.named_modules())
-    try:
-        graph = leaf_tracer().trace(model)
-    except Exception:  # fx raises many kinds on control flow it cannot follow
+    graph = trace_leaves(model)
+    if graph is None:
         total = 0
-        for name, child in list(model.named_children()):
+        for name, child in inner_children(model):
             new, n = fuse_epilogues_(child)
             if new is not child:
                 setattr(model, name, new)
             total += n
         return model, total
-    fused = _fuse_graph(graph, modules)
+    fused = _fuse_graph(graph, dict(model.named_modules()))
     if not fused:
         return model, 0
     graph.lint()
