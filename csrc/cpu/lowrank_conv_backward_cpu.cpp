@@ -143,16 +143,14 @@ void store_grad_input(const cpu::lowrank::Kernels& kern, const float* gxp, int64
   T* gn = gx + n * gxs.n;
   if constexpr (std::is_same_v<T, float>) {
     if (gxs.w == 1 && s.sw == 1) {  // NCHW: each channel's owned rows in one call
-      const int64_t lo = std::min(g.Wq, s.pw), hi = std::max(lo, std::min(g.Wq, s.W + s.pw));
       for (int64_t a = 0; a < s.sh; ++a) {
-        const int64_t ih0 = oh0 * s.sh + a - s.ph;
-        const int64_t q_lo = std::min(qown, ceil_div(std::max<int64_t>(0, -ih0), s.sh));
-        const int64_t q_hi = std::max(q_lo, std::min(qown, ceil_div(s.H - ih0, s.sh)));
-        if (q_hi == q_lo) continue;
+        const ImageWindow w = image_window(g, oh0, a, qown);
+        if (w.q_hi == w.q_lo) continue;
         for (int64_t c = 0; c < s.C; ++c)
-          kern.copy_pad_rows(
-              gxp + (a * s.C + c) * g.plane + q_lo * g.Wq + lo, g.Wq, q_hi - q_lo, 0, hi - lo,
-              hi - lo, gn + c * gxs.c + (ih0 + q_lo * s.sh) * gxs.h + (lo - s.pw), s.sh * gxs.h);
+          kern.copy_pad_rows(gxp + (a * s.C + c) * g.plane + w.q_lo * g.Wq + w.lo, g.Wq,
+                             w.q_hi - w.q_lo, 0, w.hi - w.lo, w.hi - w.lo,
+                             gn + c * gxs.c + (w.ih0 + w.q_lo * s.sh) * gxs.h + (w.lo - s.pw),
+                             s.sh * gxs.h);
       }
       return;
     }

@@ -254,26 +254,42 @@ inline void store_row(const float* __restrict src, int64_t n, T* __restrict dst)
   }
 }
 
+// Which plane rows and columns of row phase `a` hold image data, for a tile
+// starting at output row oh0 and plane rows [0, qrows), when sw = 1: plane row
+// q holds input row ih0 + q sh, inside the image for q in [q_lo, q_hi); plane
+// column lo holds input column 0, [lo, hi) are inside the image.
+struct ImageWindow {
+  int64_t ih0, q_lo, q_hi, lo, hi;
+};
+
+inline ImageWindow image_window(const Geometry& g, int64_t oh0, int64_t a, int64_t qrows) {
+  const auto& s = g.s;
+  ImageWindow w;
+  w.ih0 = oh0 * s.sh + a - s.ph;
+  w.q_lo = std::min(qrows, ceil_div(std::max<int64_t>(0, -w.ih0), s.sh));
+  w.q_hi = std::max(w.q_lo, std::min(qrows, ceil_div(s.H - w.ih0, s.sh)));
+  w.lo = std::min(g.Wq, s.pw);
+  w.hi = std::max(w.lo, std::min(g.Wq, s.W + s.pw));
+  return w;
+}
+
 // pack_input for float32 rows with unit column stride and sw = 1 (NCHW, the
 // common case): each channel's valid rows in one copy_pad_rows call, the rows
 // above and below the image zeroed whole.
 inline void pack_input_rows(const cpu::lowrank::Kernels& kern, const float* xn, const Strides4& xs,
                             int64_t oh0, int64_t qrows, const Geometry& g, float* xp) {
   const auto& s = g.s;
-  const int64_t lo = std::min(g.Wq, s.pw), hi = std::max(lo, std::min(g.Wq, s.W + s.pw));
   for (int64_t a = 0; a < s.sh; ++a) {
-    // Plane row q holds input row ih = (oh0 + q) sh + a - ph; rows [q_lo, q_hi) are in the image.
-    const int64_t ih0 = oh0 * s.sh + a - s.ph;
-    const int64_t q_lo = std::min(qrows, ceil_div(std::max<int64_t>(0, -ih0), s.sh));
-    const int64_t q_hi = std::max(q_lo, std::min(qrows, ceil_div(s.H - ih0, s.sh)));
-    const float* src0 = xn + (ih0 + q_lo * s.sh) * xs.h + (lo - s.pw);
+    const ImageWindow w = image_window(g, oh0, a, qrows);
+    const float* src0 = xn + (w.ih0 + w.q_lo * s.sh) * xs.h + (w.lo - s.pw);
     for (int64_t c = 0; c < s.C; ++c) {
       float* dst = xp + (a * s.C + c) * g.plane;
-      std::memset(dst, 0, static_cast<size_t>(q_lo * g.Wq) * sizeof(float));
-      if (q_hi > q_lo)
-        kern.copy_pad_rows(src0 + c * xs.c, s.sh * xs.h, q_hi - q_lo, lo, hi - lo, g.Wq,
-                           dst + q_lo * g.Wq, g.Wq);
-      std::memset(dst + q_hi * g.Wq, 0, static_cast<size_t>((qrows - q_hi) * g.Wq) * sizeof(float));
+      std::memset(dst, 0, static_cast<size_t>(w.q_lo * g.Wq) * sizeof(float));
+      if (w.q_hi > w.q_lo)
+        kern.copy_pad_rows(src0 + c * xs.c, s.sh * xs.h, w.q_hi - w.q_lo, w.lo, w.hi - w.lo, g.Wq,
+                           dst + w.q_lo * g.Wq, g.Wq);
+      std::memset(dst + w.q_hi * g.Wq, 0,
+                  static_cast<size_t>((qrows - w.q_hi) * g.Wq) * sizeof(float));
     }
   }
 }
