@@ -270,6 +270,7 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
       aw1 = acc_taps[static_cast<size_t>(tid)].data();
     }
     float* aw2 = want_w2 ? accumulator(acc_w2, gw2, s.Nout * g.K2) : nullptr;
+    std::vector<ImageWindow> win(static_cast<size_t>(s.sh));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t n = item / g.ntiles, tile = item % g.ntiles, oh0 = tile * g.R;
@@ -286,8 +287,20 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
             {s.Nout, g.K2, P, G.get() + row0, gplane, t.get(), off2.data(), aw2, g.K2});
       }
       if (!want_gt) continue;
-      // gT over rows [-qh_max, max(rows, qown)): the owned input rows need them.
-      const int64_t ext = round_up((g.qh_max + std::max(rows, qown)) * g.Wq, kPixelAlign);
+      // grad_x is computed for the owned plane rows inside the image only
+      // ([q_lo, q_hi) per row phase): the padding rows would be thrown away
+      // (on a 7 px image they are 2 of 9 rows, plus the grid's rounding).
+      int64_t q_top = rows;
+      if (want_gx)
+        for (int64_t a = 0; a < s.sh; ++a) {
+          win[static_cast<size_t>(a)] = image_window(g, oh0, a, qown);
+          q_top = std::max(q_top, win[static_cast<size_t>(a)].q_hi);
+        }
+      // gT over rows [-qh_max, q_top): grad_w1 reads rows [0, rows) (P pixels:
+      // past the last row it reads zeros, G being zero there), grad_x rows
+      // [q_lo - qh_max, q_hi).
+      const int64_t ext =
+          round_up(g.qh_max * g.Wq + round_up(q_top * g.Wq, kPixelAlign), kPixelAlign);
       for (int64_t b = 0; b < nb; ++b) {
         const auto& w = w2t[static_cast<size_t>(b)];
         float* dst = gt.get() + b * s.rank * gplane + front;
@@ -322,19 +335,23 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
         }
       }
       if (want_gx) {
-        const int64_t Pown = round_up(qown * g.Wq, kPixelAlign);
-        for (int64_t a = 0; a < s.sh; ++a)
+        for (int64_t a = 0; a < s.sh; ++a) {
+          const int64_t q_lo = win[static_cast<size_t>(a)].q_lo,
+                        q_hi = win[static_cast<size_t>(a)].q_hi;
+          if (q_hi == q_lo) continue;  // store_grad_input reads no row of this phase
+          const int64_t Pown = round_up((q_hi - q_lo) * g.Wq, kPixelAlign);
           for (int64_t b = 0; b < s.sw; ++b) {
             const PhaseTaps& ph = w1t[static_cast<size_t>(a * s.sw + b)];
-            float* dst = gxp.get() + (a * s.sw + b) * s.C * g.plane;
+            float* dst = gxp.get() + (a * s.sw + b) * s.C * g.plane + q_lo * g.Wq;
             const int64_t K = static_cast<int64_t>(ph.offset.size());
             if (K == 0) {
               for (int64_t c = 0; c < s.C; ++c) std::memset(dst + c * g.plane, 0, Pown * 4);
               continue;
             }
-            kern.row_gemm({s.C, K, Pown, ph.a.data(), 0, gt.get() + row0, ph.offset.data(), nullptr,
-                           dst, g.plane, false});
+            kern.row_gemm({s.C, K, Pown, ph.a.data(), 0, gt.get() + row0 + q_lo * g.Wq,
+                           ph.offset.data(), nullptr, dst, g.plane, false});
           }
+        }
         store_grad_input(kern, gxp.get(), n, oh0, qown, g, gx, gxs);
       }
     }
