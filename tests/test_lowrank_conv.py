@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from fusenas.ops import _native, lowrank_conv2d
 from fusenas.ops.lowrank_conv import (
     check_lowrank_args,
+    factor_params,
     is_channels_last,
     lowrank_conv2d_backward_reference,
     lowrank_conv2d_reference,
@@ -483,3 +484,131 @@ def test_epilogue_bad_input(kwargs, err, match):
     w1, w2 = _factors("spatial", 4, 2, 3, 3, 3)
     with pytest.raises(err, match=match):
         lowrank_conv2d(x, w1, w2, None, scheme="spatial", padding=1, **kwargs)
+
+
+# ------------------------------------------------- kept intermediate (training) ----
+
+
+def _first_factor(x, w1, scheme, s, p, d):
+    (s1, p1, d1), _ = factor_params(scheme, (s, s), (p, p), (d, d))
+    return F.conv2d(x, w1, None, s1, p1, d1)
+
+
+@needs_ext
+@pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kept_intermediate_is_the_first_factor(isa, scheme, dtype, monkeypatch):
+    monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
+    for shape, cl in itertools.product(SHAPES, [False, True]):
+        x, w1, w2, bias, (s, p, d) = _case(shape, scheme, cl, dtype)
+        args = (x, w1, w2, bias, scheme, [s, s], [p, p], [d, d])
+        y, t = torch.ops.fusenas.lowrank_conv2d_with_intermediate(*args)
+        torch.testing.assert_close(y, torch.ops.fusenas.lowrank_conv2d(*args), rtol=0, atol=0)
+        expected = _first_factor(x.double(), w1.double(), scheme, s, p, d)
+        assert t.dtype == torch.float32 and t.is_contiguous() and t.shape == expected.shape
+        _close(t, expected, dtype)
+
+
+@needs_ext
+@pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+def test_backward_from_kept_intermediate_equals_recompute(isa, scheme, monkeypatch):
+    """grad_w2 from the forward's t matches the recomputing backward (same float32 sums)."""
+    monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
+    for i, (shape, cl) in enumerate(itertools.product(SHAPES, [False, True])):
+        dtype = torch.bfloat16 if i % 4 == 3 else torch.float32
+        x, w1, w2, bias, (s, p, d) = _case(shape, scheme, cl, dtype, seed=i)
+        geo = (scheme, [s, s], [p, p], [d, d])
+        y, t = torch.ops.fusenas.lowrank_conv2d_with_intermediate(x, w1, w2, bias, *geo)
+        go = torch.randn(y.shape, generator=torch.Generator().manual_seed(i)).to(dtype)
+        go = go.contiguous(memory_format=_format(x))
+        mask = [True, True, True, True] if i % 2 else [False, False, True, False]
+        kept = torch.ops.fusenas.lowrank_conv2d_backward(go, x, w1, w2, *geo, mask, t)
+        again = torch.ops.fusenas.lowrank_conv2d_backward(go, x, w1, w2, *geo, mask)
+        for a, b in zip(kept, again, strict=True):
+            assert a.shape == b.shape
+            if b.numel():
+                scale = max(1.0, b.float().abs().max().item())
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+@pytest.mark.parametrize("save", [True, False])
+def test_training_keeps_the_intermediate_only_when_asked(scheme, save):
+    x, w1, w2, bias, (s, p, d) = _case(SHAPES[2], scheme, False, torch.float32)
+    leaves = [t.clone().requires_grad_() for t in (x, w1, w2, bias)]
+    y = lowrank_conv2d(*leaves, scheme=scheme, stride=s, padding=p, dilation=d,
+                       save_intermediate=save)  # fmt: skip
+    name = y.grad_fn.name()
+    assert ("with_intermediate" in name) == save, name
+    y.square().sum().backward()
+    ref = [t.double().requires_grad_() for t in (x, w1, w2, bias)]
+    _ref(*ref, scheme, s, p, d).square().sum().backward()
+    for a, b in zip(leaves, ref, strict=True):
+        _close(a.grad, b.grad, torch.float32)
+
+
+def test_inference_and_frozen_w2_keep_nothing():
+    x, w1, w2, bias, (s, p, d) = _case(SHAPES[0], "channel", False, torch.float32)
+    w1.requires_grad_()  # w2 frozen: grad_w2 is not wanted, t would be dead weight
+    y = lowrank_conv2d(x, w1, w2, bias, scheme="channel", stride=s, padding=p, dilation=d)
+    assert "with_intermediate" not in y.grad_fn.name()
+
+
+@pytest.mark.parametrize(
+    "scheme, shape, cl", [("channel", SHAPES[2], True), ("spatial", SHAPES[5], False)]
+)
+def test_kept_intermediate_opcheck_and_compile(scheme, shape, cl):
+    x, w1, w2, bias, (s, p, d) = _case(shape, scheme, cl, torch.float32)
+    geo = (scheme, [s, s], [p, p], [d, d])
+    x.requires_grad_()
+    w2.requires_grad_()
+    torch.library.opcheck(
+        torch.ops.fusenas.lowrank_conv2d_with_intermediate.default, (x, w1, w2, bias, *geo)
+    )
+    y, t = torch.ops.fusenas.lowrank_conv2d_with_intermediate(
+        x.detach(), w1, w2.detach(), bias, *geo
+    )
+    bwd = (torch.randn(y.shape).contiguous(memory_format=_format(x)), x.detach(), w1,
+           w2.detach(), *geo, [True, True, True, False], t)  # fmt: skip
+    torch.library.opcheck(torch.ops.fusenas.lowrank_conv2d_backward.default, bwd)
+
+    def f(x, w1, w2, bias):
+        y = lowrank_conv2d(x, w1, w2, bias, scheme=scheme, stride=s, padding=p, dilation=d)
+        return torch.relu(y).sum()
+
+    a = [t.detach().clone().requires_grad_() for t in (x, w1, w2, bias)]
+    b = [t.detach().clone().requires_grad_() for t in (x, w1, w2, bias)]
+    out_c, out_e = torch.compile(f, fullgraph=True, backend="inductor")(*a), f(*b)
+    torch.testing.assert_close(out_c, out_e)
+    out_c.backward()
+    out_e.backward()
+    for ta, tb in zip(a, b, strict=True):
+        torch.testing.assert_close(ta.grad, tb.grad)
+
+
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+def test_gradcheck_float64_with_intermediate(scheme):
+    x, w1, w2, bias, (s, p, d) = _case((1, 3, 6, 5, 2, 4, 3, 1, 1, 1), scheme, False,
+                                       torch.float64)  # fmt: skip
+
+    def f(x, w1, w2, bias):
+        y, _ = torch.ops.fusenas.lowrank_conv2d_with_intermediate(
+            x, w1, w2, bias, scheme, [s, s], [p, p], [d, d]
+        )
+        return y
+
+    leaves = [t.clone().requires_grad_() for t in (x, w1, w2, bias)]
+    assert torch.autograd.gradcheck(f, leaves)
+
+
+def test_bad_intermediate():
+    a = _good()
+    go = torch.randn(2, 5, 8, 8)
+    args = (go, a["x"], a["w1"], a["w2"], "channel", [1, 1], [1, 1], [1, 1], [True] * 4)
+    with pytest.raises(ValueError, match=r"intermediate: expected the first factor's output"):
+        torch.ops.fusenas.lowrank_conv2d_backward(*args, torch.zeros(2, 3, 8, 7))
+    with pytest.raises(TypeError, match="intermediate: expected a floating-point"):
+        t = torch.zeros(2, a["w1"].shape[0], 8, 8, dtype=torch.int32)
+        torch.ops.fusenas.lowrank_conv2d_backward(*args, t)

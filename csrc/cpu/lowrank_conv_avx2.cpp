@@ -17,19 +17,12 @@ struct V256 {
   static LR_INLINE void storeu(float* p, reg v) { _mm256_storeu_ps(p, v); }
   static LR_INLINE reg bcast(const float* p) { return _mm256_broadcast_ss(p); }
   static LR_INLINE reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
-  static LR_INLINE float hsum(reg v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-  }
 };
 
 struct Cfg256 {
   static constexpr int kMR = 4, kNVMax = 5;
   // rows x vectors + vectors + 1 broadcast <= 16 registers.
   static constexpr int nv_for(int rows) { return rows <= 2 ? 5 : 3; }
-  static constexpr int kRR = 3, kKR = 3;  // 9 accumulators + 3 B + 1 U registers
 };
 
 // 8 x 8 block transpose (unpack, shuffle, 128-bit permute); 16 x 16 is four.

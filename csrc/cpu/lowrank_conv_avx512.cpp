@@ -18,14 +18,12 @@ struct V512 {
   static LR_INLINE void storeu(float* p, reg v) { _mm512_storeu_ps(p, v); }
   static LR_INLINE reg bcast(const float* p) { return _mm512_set1_ps(*p); }
   static LR_INLINE reg fmadd(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
-  static LR_INLINE float hsum(reg v) { return _mm512_reduce_add_ps(v); }
 };
 
 struct Cfg512 {
   static constexpr int kMR = 6, kNVMax = 8;
   // rows x vectors <= 24 accumulators (+ the B vectors) of the 32 registers.
   static constexpr int nv_for(int rows) { return rows <= 2 ? 8 : rows <= 4 ? 6 : 4; }
-  static constexpr int kRR = 4, kKR = 6;  // 24 accumulators + 6 B + 1 U registers
 };
 
 // 16 x 16: 4 x 4 transposes inside each 128-bit lane (unpack ps / pd), then a

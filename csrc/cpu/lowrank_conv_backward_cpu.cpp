@@ -2,7 +2,8 @@
 // (one image, R output rows per tile), nothing of size N x r x H x W stored:
 //   G   = grad_out rows [oh0 - qh_max, oh0 + R) on the padded-width grid
 //         (zero on discarded columns, so garbage never reaches a gradient);
-//   T   = first factor, recomputed for the tile (only when grad_w2 is wanted);
+//   T   = first factor (only when grad_w2 is wanted): read from the forward's
+//         kept intermediate, or recomputed for the tile;
 //   gT  = second factor transposed applied to G (rows above the tile too: the
 //         input rows this tile owns receive from them);
 //   grad_w2 += G . T^T (pixel reductions, one horizontal sum per tile) and
@@ -183,28 +184,41 @@ void store_grad_input(const cpu::lowrank::Kernels& kern, const float* gxp, int64
 // Sizes of the backward's per-tile grids. G and gT hold rows [-qh_max, RQ)
 // of the tile after `front` zeros that the negative tap offsets of the
 // transposed convs read.
+//
+// grad_w2 is a row GEMM over the tile's pixels too: acc (Nout x K2p) +=
+// G (Nout x pixels) . Tt (pixels x K2p), Tt[p][j rpad + r] = intermediate
+// plane r at pixel p + the second factor's tap-j shift (ranks padded to
+// rpad). The dot products over a tile's 64-512 pixels as horizontal sums
+// cost more than their multiply-adds.
 struct BackwardLayout {
   int64_t front, grid_rows, gplane, tplane, row0;
+  int64_t taps2, rpad, k2p;  // second-factor taps, padded rank, Tt row length
+  int64_t t_planes;          // intermediate planes, with slack for the padded rank
   explicit BackwardLayout(const Geometry& g)
       : front(round_up(g.qw_max, kPixelAlign) + kPixelAlign),
         grid_rows(g.qh_max + g.RQ),
         gplane(front + round_up(grid_rows * g.Wq, kPixelAlign) + 2 * kPixelAlign),
         tplane(g.Pmax + round_up(g.qw_max, kPixelAlign) + kPixelAlign),
-        row0(front + g.qh_max * g.Wq) {}
+        row0(front + g.qh_max * g.Wq),
+        taps2(g.channel ? 1 : g.s.kw),
+        rpad(round_up(g.s.rank, kPixelAlign)),
+        k2p(taps2 * rpad),
+        t_planes((g.channel ? 1 : g.s.sw) * g.s.rank + rpad - g.s.rank) {}
   // Per-thread floats with every gradient requested.
   int64_t thread_floats(const Geometry& g, int mr) const {
     const auto& s = g.s;
     const int64_t nb = g.channel ? 1 : s.sw, cpad = round_up(s.C, kPixelAlign);
-    return 2 * g.planes_x() * g.plane + nb * s.rank * (tplane + gplane) + s.Nout * gplane +
-           s.sh * s.sw * g.plane * cpad + round_up(s.rank, mr) * g.Pmax +  // grad_w1 operands
-           (g.K1 / s.C) * s.rank * cpad + s.Nout * g.K2;                   // gradient sums
+    return 2 * g.planes_x() * g.plane + t_planes * tplane + nb * s.rank * gplane + s.Nout * gplane +
+           s.sh * s.sw * g.plane * cpad + round_up(s.rank, mr) * g.Pmax +
+           g.Pmax * k2p +                                // grad_w1, grad_w2 operands
+           (g.K1 / s.C) * s.rank * cpad + s.Nout * k2p;  // gradient sums
   }
 };
 
 template <class T>
 void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, const T* w1,
               const T* w2, T* gx, const Strides4& gxs, T* gw1, T* gw2, const LowRankConvShape& s,
-              int num_threads) {
+              int num_threads, const float* t_saved) {
   const auto& kern = pick_kernels();
   const int threads = resolve_threads(num_threads);
   const Geometry g = make_geometry(s, threads, kBackwardTilePixels);
@@ -217,7 +231,7 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
 
   std::vector<float> w1_store;
   const float* a1 = as_f32(w1, s.rank * g.K1, w1_store);
-  const std::vector<int64_t> off1 = stage1_offsets(g), off2 = stage2_offsets(g, tplane);
+  const std::vector<int64_t> off1 = stage1_offsets(g);
   const auto w2t = second_factor_transposed(w2, g, gplane, kern.mr);
   std::vector<PhaseTaps> w1t;
   if (want_gx) w1t = first_factor_transposed(w1, g, gplane, kern.mr);
@@ -245,23 +259,20 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
   const int64_t items = s.N * g.ntiles;
   const int used = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, items)));
   std::vector<std::vector<float>> acc_w2(used), acc_taps(used);
+  // grad_w2 operands: Tt rows per pixel, intermediate offset of each second-factor tap.
+  const int64_t taps2 = lay.taps2, rpad = lay.rpad, k2p = lay.k2p;
+  std::vector<int64_t> t_rows(static_cast<size_t>(g.Pmax)), tap2_off(static_cast<size_t>(taps2));
+  for (int64_t p = 0; p < g.Pmax; ++p) t_rows[static_cast<size_t>(p)] = p * k2p;
+  for (int64_t j = 0; j < taps2; ++j)
+    tap2_off[static_cast<size_t>(j)] =
+        g.channel ? 0 : ((j * s.dw) % s.sw) * s.rank * tplane + j * s.dw / s.sw;
 #pragma omp parallel num_threads(used)
   {
     const int tid = omp_get_thread_num();
-    Buffer xp(g.planes_x() * g.plane), t(want_w2 ? nb * s.rank * tplane : 0);
+    Buffer xp(g.planes_x() * g.plane), t(want_w2 ? lay.t_planes * tplane : 0);
+    Buffer tt(want_w2 ? g.Pmax * k2p : 0);
     Buffer G(s.Nout * gplane), gt(want_gt ? nb * s.rank * gplane : 0);
     Buffer gxp(want_gx ? g.planes_x() * g.plane : 0);
-    // Per-thread grad_w2 sums; thread 0 sums straight into a float32 output.
-    auto accumulator = [&](std::vector<std::vector<float>>& acc, T* out, int64_t count) {
-      if constexpr (std::is_same_v<T, float>) {
-        if (tid == 0) {
-          std::fill(out, out + count, 0.f);
-          return out;
-        }
-      }
-      acc[static_cast<size_t>(tid)].assign(static_cast<size_t>(count), 0.f);
-      return acc[static_cast<size_t>(tid)].data();
-    };
     Buffer xn(want_w1 ? s.sh * s.sw * g.plane * cpad : 0);
     Buffer gtp(want_w1 ? panel_rows * g.Pmax : 0);
     float* aw1 = nullptr;
@@ -269,7 +280,11 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
       acc_taps[static_cast<size_t>(tid)].assign(static_cast<size_t>(taps1 * s.rank * cpad), 0.f);
       aw1 = acc_taps[static_cast<size_t>(tid)].data();
     }
-    float* aw2 = want_w2 ? accumulator(acc_w2, gw2, s.Nout * g.K2) : nullptr;
+    float* aw2 = nullptr;
+    if (want_w2) {
+      acc_w2[static_cast<size_t>(tid)].assign(static_cast<size_t>(s.Nout * k2p), 0.f);
+      aw2 = acc_w2[static_cast<size_t>(tid)].data();
+    }
     std::vector<ImageWindow> win(static_cast<size_t>(s.sh));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
@@ -278,13 +293,21 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
       const int64_t P = round_up(rows * g.Wq, kPixelAlign);
       const int64_t qown = tile + 1 < g.ntiles ? rows : ceil_div(Hp - oh0 * s.sh, s.sh);
       pack_grad_out(kern, go, gs, n, oh0, rows, g, grid_rows, G.get(), gplane, front);
-      if (want_w1 || want_w2) pack_input(kern, x, xs, n, oh0, rows + g.qh_max, g, xp.get());
-      if (want_w2) {  // recompute the intermediate, then grad_w2 += G . T^T
-        for (int64_t b = 0; b < nb; ++b)
-          kern.row_gemm({s.rank, g.K1, P, a1, g.K1, xp.get() + b * s.C * g.plane, off1.data(),
-                         nullptr, t.get() + b * s.rank * tplane, tplane, false});
-        kern.reduce_gemm(
-            {s.Nout, g.K2, P, G.get() + row0, gplane, t.get(), off2.data(), aw2, g.K2});
+      const bool recompute = want_w2 && !t_saved;
+      if (want_w1 || recompute) pack_input(kern, x, xs, n, oh0, rows + g.qh_max, g, xp.get());
+      if (want_w2) {  // the intermediate (kept or recomputed), then grad_w2 += G . T^T
+        if (t_saved) {
+          load_intermediate(kern, t_saved, n, oh0, rows, g, t.get(), tplane, tplane);
+        } else {
+          for (int64_t b = 0; b < nb; ++b)
+            kern.row_gemm({s.rank, g.K1, P, a1, g.K1, xp.get() + b * s.C * g.plane, off1.data(),
+                           nullptr, t.get() + b * s.rank * tplane, tplane, false});
+        }
+        for (int64_t j = 0; j < taps2; ++j)  // ranks past `rank` read finite slack: unused sums
+          planes_to_pixels(kern, t.get() + tap2_off[static_cast<size_t>(j)], tplane, P, rpad,
+                           tt.get() + j * rpad, k2p);
+        kern.row_gemm({s.Nout, P, k2p, G.get() + row0, gplane, tt.get(), t_rows.data(), nullptr,
+                       aw2, k2p, true});
       }
       if (!want_gt) continue;
       // grad_x is computed for the owned plane rows inside the image only
@@ -356,16 +379,6 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
       }
     }
   }
-  auto reduce = [&](std::vector<std::vector<float>>& acc, T* out, int64_t count) {
-    constexpr bool in_place = std::is_same_v<T, float>;  // thread 0 summed into out
-    for (int64_t i = 0; i < count; ++i) {
-      float v = 0.f;
-      if constexpr (in_place) v = out[i];
-      for (int th = in_place ? 1 : 0; th < used; ++th)
-        v += acc[static_cast<size_t>(th)][static_cast<size_t>(i)];
-      out[i] = from_f32<T>(v);
-    }
-  };
   if (want_w1) {  // acc[t][r][c] -> grad_w1[r][c][tap t]
     for (int64_t r = 0; r < s.rank; ++r)
       for (int64_t c = 0; c < s.C; ++c)
@@ -377,7 +390,16 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
           gw1[(r * s.C + c) * taps1 + t] = from_f32<T>(v);
         }
   }
-  if (want_w2) reduce(acc_w2, gw2, s.Nout * g.K2);
+  if (want_w2) {  // acc[o][j][r] -> grad_w2[o][r][tap j]
+    for (int64_t o = 0; o < s.Nout; ++o)
+      for (int64_t r = 0; r < s.rank; ++r)
+        for (int64_t j = 0; j < taps2; ++j) {
+          float v = 0.f;
+          for (int th = 0; th < used; ++th)
+            v += acc_w2[static_cast<size_t>(th)][static_cast<size_t>(o * k2p + j * rpad + r)];
+          gw2[(o * s.rank + r) * taps2 + j] = from_f32<T>(v);
+        }
+  }
 }
 
 }  // namespace
@@ -392,26 +414,26 @@ int64_t lowrank_conv2d_backward_workspace_bytes(const LowRankConvShape& s, DType
   const int64_t weights = (dtype == DType::kBFloat16 ? s.rank * g.K1 : 0) +
                           round_up(s.rank, mr) * s.Nout * kw2 +
                           round_up(s.C, mr) * s.rank * s.kh * (g.channel ? s.kw : 1);
-  // Thread 0 sums grad_w2 straight into a float32 output.
-  const int64_t in_place = dtype == DType::kFloat32 ? s.Nout * g.K2 : 0;
-  return 4 * (used * BackwardLayout(g).thread_floats(g, static_cast<int>(mr)) - in_place + weights +
-              2 * (g.K1 + g.K2));
+  const BackwardLayout lay(g);
+  const int64_t offsets = 2 * (g.K1 + g.Pmax * 2 + lay.taps2);  // int64 = 2 floats
+  return 4 * (used * lay.thread_floats(g, static_cast<int>(mr)) + weights + offsets);
 }
 
 void lowrank_conv2d_backward_cpu(const void* grad_out, const Strides4& gs, const void* x,
                                  const Strides4& xs, const void* w1, const void* w2, void* grad_x,
                                  const Strides4& gxs, void* grad_w1, void* grad_w2,
-                                 const LowRankConvShape& s, DType dtype, int num_threads) {
+                                 const LowRankConvShape& s, DType dtype, int num_threads,
+                                 const float* intermediate) {
   if (dtype == DType::kBFloat16) {
     using T = uint16_t;
     backward(static_cast<const T*>(grad_out), gs, static_cast<const T*>(x), xs,
              static_cast<const T*>(w1), static_cast<const T*>(w2), static_cast<T*>(grad_x), gxs,
-             static_cast<T*>(grad_w1), static_cast<T*>(grad_w2), s, num_threads);
+             static_cast<T*>(grad_w1), static_cast<T*>(grad_w2), s, num_threads, intermediate);
   } else {
     using T = float;
     backward(static_cast<const T*>(grad_out), gs, static_cast<const T*>(x), xs,
              static_cast<const T*>(w1), static_cast<const T*>(w2), static_cast<T*>(grad_x), gxs,
-             static_cast<T*>(grad_w1), static_cast<T*>(grad_w2), s, num_threads);
+             static_cast<T*>(grad_w1), static_cast<T*>(grad_w2), s, num_threads, intermediate);
   }
 }
 

@@ -6,7 +6,8 @@
 //   2. first factor: T (r x P) = GEMM over the planes (kh x kw or kh x 1 taps);
 //   3. second factor: Y (Nout x P) = GEMM over T (+ bias);
 //   4. Y's valid columns -> y in its own layout and dtype.
-// T never leaves the thread's cache-sized buffer.
+// T stays in the thread's cache-sized buffer; only when the caller keeps it
+// for the backward are its valid columns also written out (float32).
 #include <stdexcept>
 #include <vector>
 
@@ -93,7 +94,7 @@ struct ForwardLayout {
 template <class T>
 void forward(const T* x, const Strides4& xs, const T* w1, const T* w2, const T* bias, T* y,
              const Strides4& ys, const LowRankConvShape& s, int num_threads, const float* residual,
-             bool relu) {
+             bool relu, float* t_out) {
   const auto& kern = pick_kernels();
   const int threads = resolve_threads(num_threads);
   const Geometry g = make_geometry(s, threads, kForwardTilePixels);
@@ -133,6 +134,7 @@ void forward(const T* x, const Strides4& xs, const T* w1, const T* w2, const T* 
                                          tplane,      false};
           kern.row_gemm(g1);
         }
+        if (t_out) store_intermediate(kern, st.t.get(), tplane, rows, n, oh0, g, t_out);
         const cpu::lowrank::RowGemm g2{
             s.Nout,      g.K2,       P,           a2,
             g.K2,        st.t.get(), off2.data(), bias ? bias_f.data() : nullptr,
@@ -149,16 +151,17 @@ void forward(const T* x, const Strides4& xs, const T* w1, const T* w2, const T* 
 
 void lowrank_conv2d_cpu(const void* x, const Strides4& xs, const void* w1, const void* w2,
                         const void* bias, void* y, const Strides4& ys, const LowRankConvShape& s,
-                        DType dtype, int num_threads, const void* residual, bool relu) {
+                        DType dtype, int num_threads, const void* residual, bool relu,
+                        float* intermediate) {
   if (dtype == DType::kBFloat16) {
     if (residual || relu) throw std::invalid_argument("lowrank_conv2d_cpu: epilogue is float32");
     forward(static_cast<const uint16_t*>(x), xs, static_cast<const uint16_t*>(w1),
             static_cast<const uint16_t*>(w2), static_cast<const uint16_t*>(bias),
-            static_cast<uint16_t*>(y), ys, s, num_threads, nullptr, false);
+            static_cast<uint16_t*>(y), ys, s, num_threads, nullptr, false, intermediate);
   } else {
     forward(static_cast<const float*>(x), xs, static_cast<const float*>(w1),
             static_cast<const float*>(w2), static_cast<const float*>(bias), static_cast<float*>(y),
-            ys, s, num_threads, static_cast<const float*>(residual), relu);
+            ys, s, num_threads, static_cast<const float*>(residual), relu, intermediate);
   }
 }
 

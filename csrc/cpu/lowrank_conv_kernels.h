@@ -1,8 +1,8 @@
 // Internal interface between the low-rank conv front end (lowrank_conv_cpu.cpp,
 // lowrank_conv_backward_cpu.cpp) and its per-ISA GEMM kernels. The front end
 // lays every tile out as channel planes of flattened pixels (a padded-width
-// grid), so each stage of the conv, forward or backward, is one of two GEMMs
-// whose B operand is a list of row offsets into such planes: im2col-free.
+// grid), so each stage of the conv, forward or backward, is a GEMM whose B
+// operand is a list of row offsets into such planes: im2col-free.
 #pragma once
 
 #include <cstdint>
@@ -30,18 +30,6 @@ struct RowGemm {
   bool accumulate;
 };
 
-// out[m*ldo + k] += sum_{j < P} U[m*ldu + j] * B[boff[k] + j]: the weight
-// gradients, a reduction over the tile's pixels.
-struct ReduceGemm {
-  int64_t M, K, P;
-  const float* U;
-  int64_t ldu;
-  const float* B;
-  const int64_t* boff;
-  float* out;
-  int64_t ldo;
-};
-
 // dst[c * ldd + p] = src[p * lds + c] for p, c < 16: the channels_last <->
 // channel-plane conversion, one 16 x 16 block at a time in registers.
 using Transpose16 = void (*)(const float* src, int64_t lds, float* dst, int64_t ldd);
@@ -61,7 +49,6 @@ using AddRelu = void (*)(float* y, const float* r, int64_t n, bool relu);
 struct Kernels {
   int mr;  // panel height of RowGemm::A
   void (*row_gemm)(const RowGemm&);
-  void (*reduce_gemm)(const ReduceGemm&);
   Transpose16 transpose16;
   CopyPadRows copy_pad_rows;
   AddRelu add_relu;

@@ -25,13 +25,11 @@ struct VScalar {
     for (int i = 0; i < 4; ++i) c.v[i] += a.v[i] * b.v[i];
     return c;
   }
-  static LR_INLINE float hsum(reg a) { return (a.v[0] + a.v[1]) + (a.v[2] + a.v[3]); }
 };
 
 struct CfgScalar {
   static constexpr int kMR = 4, kNVMax = 4;
   static constexpr int nv_for(int rows) { return rows <= 2 ? 4 : 2; }
-  static constexpr int kRR = 2, kKR = 2;
 };
 
 void transpose16(const float* src, int64_t lds, float* dst, int64_t ldd) {

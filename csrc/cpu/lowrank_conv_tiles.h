@@ -347,6 +347,62 @@ void pack_input(const cpu::lowrank::Kernels& kern, const T* x, const Strides4& x
     }
 }
 
+// The first factor's output kept as a tensor for the backward (float32,
+// contiguous (N, rank, Ho, Wt); Wt = Wo for "channel", W for "spatial") and
+// the tile's intermediate grid planes ((b * rank + r) * tplane, column phase
+// b). Tensor column w sits at grid column w (channel) or, for spatial, at
+// phase (w + pw) % sw, column (w + pw) / sw; the other grid columns are the
+// second factor's zero padding (spatial) or thrown away (channel).
+inline int64_t intermediate_width(const Geometry& g) { return g.channel ? g.Wo : g.s.W; }
+
+// Grid rows [0, rows) of the tile at output row oh0 -> image n of t.
+inline void store_intermediate(const cpu::lowrank::Kernels& kern, const float* tg, int64_t tplane,
+                               int64_t rows, int64_t n, int64_t oh0, const Geometry& g, float* t) {
+  const auto& s = g.s;
+  const int64_t wt = intermediate_width(g), img = g.Ho * wt;
+  float* tn = t + n * s.rank * img + oh0 * wt;
+  if (g.channel || s.sw == 1) {
+    const int64_t c0 = g.channel ? 0 : s.pw;
+    for (int64_t r = 0; r < s.rank; ++r)
+      kern.copy_pad_rows(tg + r * tplane + c0, g.Wq, rows, 0, wt, wt, tn + r * img, wt);
+    return;
+  }
+  for (int64_t r = 0; r < s.rank; ++r)
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t w = 0; w < wt; ++w) {
+        const int64_t b = (w + s.pw) % s.sw, qc = (w + s.pw) / s.sw;
+        tn[r * img + i * wt + w] = tg[(b * s.rank + r) * tplane + i * g.Wq + qc];
+      }
+}
+
+// Image n of t, rows [oh0, oh0 + rows) -> the tile's grid planes, zero in
+// every other column and up to `clear` floats of each plane.
+inline void load_intermediate(const cpu::lowrank::Kernels& kern, const float* t, int64_t n,
+                              int64_t oh0, int64_t rows, const Geometry& g, float* tg,
+                              int64_t tplane, int64_t clear) {
+  const auto& s = g.s;
+  const int64_t wt = intermediate_width(g), img = g.Ho * wt;
+  const float* tn = t + n * s.rank * img + oh0 * wt;
+  const int64_t nb = g.channel ? 1 : s.sw;
+  if (g.channel || s.sw == 1) {
+    const int64_t c0 = g.channel ? 0 : s.pw;
+    for (int64_t r = 0; r < s.rank; ++r) {
+      float* dst = tg + r * tplane;
+      kern.copy_pad_rows(tn + r * img, wt, rows, c0, wt, g.Wq, dst, g.Wq);
+      std::memset(dst + rows * g.Wq, 0, static_cast<size_t>(clear - rows * g.Wq) * sizeof(float));
+    }
+    return;
+  }
+  for (int64_t pl = 0; pl < nb * s.rank; ++pl)
+    std::memset(tg + pl * tplane, 0, static_cast<size_t>(clear) * sizeof(float));
+  for (int64_t r = 0; r < s.rank; ++r)
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t w = 0; w < wt; ++w) {
+        const int64_t b = (w + s.pw) % s.sw, qc = (w + s.pw) / s.sw;
+        tg[(b * s.rank + r) * tplane + i * g.Wq + qc] = tn[r * img + i * wt + w];
+      }
+}
+
 // Runs fn(thread_index, item) over items on up to `threads` OpenMP threads,
 // after setup(thread_index) on each (per-thread buffers).
 template <class Setup, class Fn>

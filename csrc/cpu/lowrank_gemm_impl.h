@@ -4,12 +4,12 @@
 // never merge at link time.
 //
 // V provides: reg, kWidth, zero(), loadu(p), storeu(p, v), bcast(p),
-// fmadd(a, b, c) = a*b + c, add(a, b), hsum(v).
+// fmadd(a, b, c) = a*b + c.
 // Register blocking: a RowGemm micro-tile is MR rows x NV vectors of pixels
 // held in registers for the whole K loop (the B row is loaded once per k and
-// reused MR times, the A value broadcast once and reused NV times); a
-// ReduceGemm micro-tile is MR x KR dot products accumulated lane-wise over
-// the pixels and reduced horizontally once at the end.
+// reused MR times, the A value broadcast once and reused NV times). The
+// weight gradients are RowGemms too (pixels as K, transposed operands): dot
+// products over a tile's pixels with horizontal sums were slower.
 #pragma once
 
 #include <algorithm>
@@ -105,8 +105,7 @@ LR_INLINE void balanced_chunks(int64_t n, int64_t most, Fn&& fn) {
 }
 
 // Cfg: kMR (panel rows), nv_for(rows) (vectors for a short panel: fewer accumulator rows leave
-// registers for more pixels, so a 2-row tail panel still has 16 FMAs per k),
-// kRR/kKR (ReduceGemm micro-tile).
+// registers for more pixels, so a 2-row tail panel still has 16 FMAs per k).
 template <class V, class Cfg>
 void row_gemm(const RowGemm& g) {
   static const RowMicroTable<V, Cfg::kMR, Cfg::kNVMax> table;
@@ -150,77 +149,6 @@ void row_gemm(const RowGemm& g) {
   }
 }
 
-template <class V, int MR, int KR>
-LR_INLINE void reduce_micro(const float* U, int64_t ldu, const float* B, const int64_t* boff,
-                            int64_t P, float* out, int64_t ldo) {
-  using R = typename V::reg;
-  constexpr int W = V::kWidth;
-  R acc[MR][KR];
-  const float* b[KR];
-#pragma GCC unroll 8
-  for (int k = 0; k < KR; ++k) b[k] = B + boff[k];
-#pragma GCC unroll 8
-  for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 8
-    for (int k = 0; k < KR; ++k) acc[m][k] = V::zero();
-  for (int64_t j = 0; j < P; j += W) {
-    R bv[KR];
-#pragma GCC unroll 8
-    for (int k = 0; k < KR; ++k) bv[k] = V::loadu(b[k] + j);
-#pragma GCC unroll 8
-    for (int m = 0; m < MR; ++m) {
-      const R u = V::loadu(U + m * ldu + j);
-#pragma GCC unroll 8
-      for (int k = 0; k < KR; ++k) acc[m][k] = V::fmadd(u, bv[k], acc[m][k]);
-    }
-  }
-#pragma GCC unroll 8
-  for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 8
-    for (int k = 0; k < KR; ++k) out[m * ldo + k] += V::hsum(acc[m][k]);
-}
-
-using ReduceMicroFn = void (*)(const float*, int64_t, const float*, const int64_t*, int64_t, float*,
-                               int64_t);
-
-template <class V, int MR, int KR>
-void reduce_micro_fn(const float* U, int64_t ldu, const float* B, const int64_t* boff, int64_t P,
-                     float* out, int64_t ldo) {
-  reduce_micro<V, MR, KR>(U, ldu, B, boff, P, out, ldo);
-}
-
-template <class V, int MAXR, int MAXK>
-struct ReduceMicroTable {
-  ReduceMicroFn fn[MAXR][MAXK];
-  template <int R, int K>
-  void fill_one() {
-    fn[R - 1][K - 1] = &reduce_micro_fn<V, R, K>;
-  }
-  template <int R, int... Ks>
-  void fill_row(std::integer_sequence<int, Ks...>) {
-    (fill_one<R, Ks + 1>(), ...);
-  }
-  template <int... Rs>
-  void fill(std::integer_sequence<int, Rs...>) {
-    (fill_row<Rs + 1>(std::make_integer_sequence<int, MAXK>{}), ...);
-  }
-  ReduceMicroTable() { fill(std::make_integer_sequence<int, MAXR>{}); }
-};
-
-template <class V, class Cfg>
-void reduce_gemm(const ReduceGemm& g) {
-  static const ReduceMicroTable<V, Cfg::kRR, Cfg::kKR> table;
-  constexpr int RR = Cfg::kRR, KR = Cfg::kKR;
-  for (int64_t m0 = 0; m0 < g.M; m0 += RR) {
-    const int rows = static_cast<int>(std::min<int64_t>(RR, g.M - m0));
-    for (int64_t k0 = 0; k0 < g.K; k0 += KR) {
-      const int kr = static_cast<int>(std::min<int64_t>(KR, g.K - k0));
-      table.fn[rows - 1][kr - 1](g.U + m0 * g.ldu, g.ldu, g.B, g.boff + k0, g.P,
-                                 g.out + m0 * g.ldo + k0, g.ldo);
-    }
-  }
-}
-
 // Each ISA file defines transpose16 (register shuffles differ per ISA) and
 // copy_pad_rows (AVX-512 has masked loads and stores for the row edges; the
 // others are plain loops the compiler vectorises for their -m flags).
@@ -254,9 +182,8 @@ void add_relu(float* __restrict y, const float* __restrict r, int64_t n, bool re
 
 template <class V, class Cfg>
 const Kernels& make_kernels(const char* name) {
-  static const Kernels k{Cfg::kMR,     &row_gemm<V, Cfg>, &reduce_gemm<V, Cfg>,
-                         &transpose16, &copy_pad_rows,    &add_relu,
-                         name};
+  static const Kernels k{Cfg::kMR,       &row_gemm<V, Cfg>, &transpose16,
+                         &copy_pad_rows, &add_relu,         name};
   return k;
 }
 

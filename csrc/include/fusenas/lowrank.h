@@ -34,18 +34,23 @@ struct Strides4 {
 // All tensors in `dtype` (float32 or bfloat16); accumulation in float32.
 // Fused epilogue (float32 only): y = relu?(conv + bias + residual), residual
 // (null: none) with y's strides ys. num_threads <= 0 uses OpenMP's default.
+// intermediate (null: not kept): receives the first factor's output for the
+// backward, float32 contiguous (N, rank, Ho, Wt), Wt = Wo (channel) or W
+// (spatial), as conv(x, w1, ...) of the scheme's first factor.
 void lowrank_conv2d_cpu(const void* x, const Strides4& xs, const void* w1, const void* w2,
                         const void* bias, void* y, const Strides4& ys, const LowRankConvShape& s,
                         DType dtype, int num_threads, const void* residual = nullptr,
-                        bool relu = false);
+                        bool relu = false, float* intermediate = nullptr);
 
 // Gradients of x (strides gxs), w1 and w2 (contiguous) from grad_out (strides
-// gs); a null output pointer skips that gradient. The rank-r intermediate is
-// recomputed per tile, never stored whole.
+// gs); a null output pointer skips that gradient. grad_w2 needs the rank-r
+// intermediate: read from `intermediate` (as lowrank_conv2d_cpu wrote it)
+// or, when that is null, recomputed per tile.
 void lowrank_conv2d_backward_cpu(const void* grad_out, const Strides4& gs, const void* x,
                                  const Strides4& xs, const void* w1, const void* w2, void* grad_x,
                                  const Strides4& gxs, void* grad_w1, void* grad_w2,
-                                 const LowRankConvShape& s, DType dtype, int num_threads);
+                                 const LowRankConvShape& s, DType dtype, int num_threads,
+                                 const float* intermediate = nullptr);
 
 // Bytes of the kernels' own buffers (per-thread tiles, packed weights,
 // gradient accumulators) outside the tensors: what they add to peak memory.

@@ -11,11 +11,16 @@ optional epilogue: y = activation(y + residual) (activation "none" or "relu"),
 
 stride / padding / dilation are those of the equivalent dense kh x kw conv.
 The CPU kernel (fusenas._C) computes both factors per output tile, with the
-rank-r intermediate tile kept in cache; its backward recomputes that tile
-instead of storing the intermediate. Registered with torch.library (schema,
-CPU kernel, reference for other devices, fake kernel, autograd through the
-``lowrank_conv2d_backward`` op), so it runs under torch.compile(fullgraph=True)
-and passes torch.library.opcheck. Arguments are validated here, once, before
+rank-r intermediate tile kept in cache. For training, the CPU path also
+writes the intermediate t (float32, the first factor's output) so that the
+backward reads it instead of recomputing the first factor
+(``lowrank_conv2d_with_intermediate``, which ``lowrank_conv2d`` calls when w2
+needs a gradient; ``save_intermediate=False`` recomputes it instead, keeping
+N x r x Ho x W floats less alive between forward and backward).
+Registered with torch.library (schema, CPU kernel, reference for other
+devices, fake kernel, autograd through the ``lowrank_conv2d_backward`` op),
+so it runs under torch.compile(fullgraph=True) and passes
+torch.library.opcheck. Arguments are validated here, once, before
 any native call.
 """
 
@@ -38,10 +43,17 @@ torch.library.define(
     "(Tensor x, Tensor w1, Tensor w2, Tensor? bias, str scheme, int[2] stride, int[2] padding, "
     "int[2] dilation, Tensor? residual=None, str activation='none') -> Tensor",
 )
+# The same conv, also returning the first factor's output (the intermediate t)
+# so that autograd keeps it and the backward need not recompute it.
+torch.library.define(
+    "fusenas::lowrank_conv2d_with_intermediate",
+    "(Tensor x, Tensor w1, Tensor w2, Tensor? bias, str scheme, int[2] stride, int[2] padding, "
+    "int[2] dilation, Tensor? residual=None, str activation='none') -> (Tensor y, Tensor t)",
+)
 torch.library.define(
     "fusenas::lowrank_conv2d_backward",
     "(Tensor grad_out, Tensor x, Tensor w1, Tensor w2, str scheme, int[2] stride, "
-    "int[2] padding, int[2] dilation, bool[4] output_mask) "
+    "int[2] padding, int[2] dilation, bool[4] output_mask, Tensor? intermediate=None) "
     "-> (Tensor grad_x, Tensor grad_w1, Tensor grad_w2, Tensor grad_bias)",
 )
 
@@ -217,6 +229,42 @@ def lowrank_conv2d_reference(
     return apply_epilogue(y.contiguous(memory_format=_memory_format(x)), residual, activation)
 
 
+def intermediate_shape(
+    x_shape: Sequence[int], w1_shape: Sequence[int], scheme: str, ho: int, wo: int
+) -> tuple[int, int, int, int]:
+    """Shape of the first factor's output t: (N, r, Ho, Wo) for "channel", (N, r, Ho, W)
+    for "spatial" (its first factor convolves rows only)."""
+    return (x_shape[0], w1_shape[0], ho, wo if scheme == "channel" else x_shape[3])
+
+
+def intermediate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of the kept intermediate: float32 (float64 for float64 inputs)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def lowrank_conv2d_with_intermediate_reference(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    bias: torch.Tensor | None,
+    scheme: str,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    residual: torch.Tensor | None = None,
+    activation: str = "none",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, t): lowrank_conv2d_reference's output and its first conv's output t, contiguous,
+    in intermediate_dtype(x.dtype)."""
+    (s1, p1, d1), (s2, p2, d2) = factor_params(
+        scheme, _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    )
+    t = F.conv2d(x, w1, None, s1, p1, d1)
+    y = F.conv2d(t, w2, bias, s2, p2, d2)
+    y = apply_epilogue(y.contiguous(memory_format=_memory_format(x)), residual, activation)
+    return y, t.to(intermediate_dtype(x.dtype)).contiguous()
+
+
 def apply_epilogue(y: torch.Tensor, residual: torch.Tensor | None, activation: str) -> torch.Tensor:
     """activation(y + residual) with torch ops (paths without a fused epilogue)."""
     if residual is not None:
@@ -255,8 +303,10 @@ def lowrank_conv2d_backward_reference(
     padding: Sequence[int],
     dilation: Sequence[int],
     output_mask: Sequence[bool],
+    intermediate: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients (x, w1, w2, bias) by torch's conv backward, with the intermediate recomputed.
+    """Gradients (x, w1, w2, bias) by torch's conv backward, with the intermediate t taken
+    from ``intermediate`` (the forward's) or recomputed.
 
     Outputs not requested by output_mask are empty tensors.
     """
@@ -267,7 +317,10 @@ def lowrank_conv2d_backward_reference(
     conv_bwd = torch.ops.aten.convolution_backward.default
     gx = gw1 = gw2 = gb = None
     if want_x or want_w1 or want_w2:
-        t = F.conv2d(x, w1, None, s1, p1, d1)
+        if intermediate is not None:
+            t = intermediate.to(x.dtype)
+        else:
+            t = F.conv2d(x, w1, None, s1, p1, d1)
         gt, gw2, _ = conv_bwd(
             grad_out, t, w2, None, list(s2), list(p2), list(d2), False, [0, 0], 1,
             [want_x or want_w1, want_w2, False],
@@ -314,21 +367,24 @@ def _native_reason(x: torch.Tensor) -> str | None:
     return None
 
 
-def _lowrank_conv2d_cpu(
-    x, w1, w2, bias, scheme, stride, padding, dilation, residual=None, activation="none"
-):
+def _forward_cpu(x, w1, w2, bias, scheme, stride, padding, dilation, residual, activation, keep):
+    """(y, t) through the native kernel; t (the kept intermediate) only when keep, else None."""
     kh, kw = check_lowrank_args(x, w1, w2, bias, scheme, stride, padding, dilation)
     ho, wo = output_size(x.shape, (kh, kw), stride, padding, dilation)
     check_epilogue(residual, activation, x, (x.shape[0], w2.shape[0], ho, wo))
     reason = _native_reason(x)
     if reason is not None:
         _native.warn_fallback("lowrank_conv2d", reason)
-        return lowrank_conv2d_reference(
-            x, w1, w2, bias, scheme, stride, padding, dilation, residual, activation
-        )
+        args = (x, w1, w2, bias, scheme, stride, padding, dilation, residual, activation)
+        if keep:
+            return lowrank_conv2d_with_intermediate_reference(*args)
+        return lowrank_conv2d_reference(*args), None
     y = torch.empty(x.shape[0], w2.shape[0], ho, wo, dtype=x.dtype, memory_format=_memory_format(x))
+    t = None
+    if keep:
+        t = torch.empty(intermediate_shape(x.shape, w1.shape, scheme, ho, wo), dtype=torch.float32)
     if y.numel() == 0:
-        return y
+        return y, t
     # The kernel's epilogue is float32 and reads the residual with y's strides.
     fused = x.dtype == torch.float32
     res = None
@@ -342,23 +398,39 @@ def _lowrank_conv2d_cpu(
         *_geometry(x, w1, w2, scheme, stride, padding, dilation, kh, kw),
         _DTYPE_CODE[x.dtype], torch.get_num_threads(),
         0 if res is None else res.data_ptr(), fused and activation == "relu",
+        0 if t is None else t.data_ptr(),
     )  # fmt: skip
-    return y if fused else apply_epilogue(y, residual, activation)
+    return (y if fused else apply_epilogue(y, residual, activation)), t
+
+
+def _lowrank_conv2d_cpu(
+    x, w1, w2, bias, scheme, stride, padding, dilation, residual=None, activation="none"
+):
+    args = (x, w1, w2, bias, scheme, stride, padding, dilation, residual, activation)
+    return _forward_cpu(*args, keep=False)[0]
+
+
+def _lowrank_conv2d_with_intermediate_cpu(
+    x, w1, w2, bias, scheme, stride, padding, dilation, residual=None, activation="none"
+):
+    args = (x, w1, w2, bias, scheme, stride, padding, dilation, residual, activation)
+    return _forward_cpu(*args, keep=True)
 
 
 def _lowrank_conv2d_backward_cpu(
-    grad_out, x, w1, w2, scheme, stride, padding, dilation, output_mask
+    grad_out, x, w1, w2, scheme, stride, padding, dilation, output_mask, intermediate=None
 ):
     kh, kw = check_lowrank_args(x, w1, w2, None, scheme, stride, padding, dilation)
     ho, wo = output_size(x.shape, (kh, kw), stride, padding, dilation)
     _check_grad_out(grad_out, x, w2.shape[0], ho, wo)
+    _check_intermediate(intermediate, x, w1, scheme, ho, wo)
     reason = _native_reason(x)
     if reason is None and not hasattr(_native.cpu(), "lowrank_conv2d_backward_cpu"):
         reason = "fusenas._C has no lowrank_conv2d_backward_cpu (stale build)"
     if reason is not None:
         _native.warn_fallback("lowrank_conv2d_backward", reason)
         return lowrank_conv2d_backward_reference(
-            grad_out, x, w1, w2, scheme, stride, padding, dilation, output_mask
+            grad_out, x, w1, w2, scheme, stride, padding, dilation, output_mask, intermediate
         )
     want_x, want_w1, want_w2, want_b = (bool(m) for m in output_mask)
     # Unrequested outputs: distinct empty tensors (outputs must not alias).
@@ -374,14 +446,36 @@ def _lowrank_conv2d_backward_cpu(
         return gx.zero_(), gw1.zero_(), gw2.zero_(), gb
     go = grad_out.contiguous(memory_format=_memory_format(x))
     w1c, w2c = w1.contiguous(), w2.contiguous()
+    t = None
+    if want_w2 and intermediate is not None:
+        t = intermediate.to(torch.float32).contiguous()
     _native.cpu().lowrank_conv2d_backward_cpu(
         go.data_ptr(), *_strides(go), x.data_ptr(), *_strides(x), w1c.data_ptr(),
         w2c.data_ptr(), gx.data_ptr() if want_x else 0, *(_strides(gx) if want_x else (0,) * 4),
         gw1.data_ptr() if want_w1 else 0, gw2.data_ptr() if want_w2 else 0,
         *_geometry(x, w1, w2, scheme, stride, padding, dilation, kh, kw),
-        _DTYPE_CODE[x.dtype], torch.get_num_threads(),
+        _DTYPE_CODE[x.dtype], torch.get_num_threads(), 0 if t is None else t.data_ptr(),
     )  # fmt: skip
     return gx, gw1, gw2, gb
+
+
+def _check_intermediate(intermediate, x, w1, scheme, ho, wo):
+    if intermediate is None:
+        return
+    expected = intermediate_shape(x.shape, w1.shape, scheme, ho, wo)
+    if not isinstance(intermediate, torch.Tensor) or tuple(intermediate.shape) != expected:
+        shape = (
+            tuple(intermediate.shape) if isinstance(intermediate, torch.Tensor)
+            else type(intermediate).__name__
+        )  # fmt: skip
+        raise ValueError(
+            f"intermediate: expected the first factor's output of shape {expected}, got {shape}"
+        )
+    if not intermediate.is_floating_point() or intermediate.device != x.device:
+        raise TypeError(
+            f"intermediate: expected a floating-point tensor on {x.device}, got "
+            f"{intermediate.dtype} on {intermediate.device}"
+        )
 
 
 def _check_grad_out(grad_out, x, nout, ho, wo):
@@ -397,56 +491,90 @@ def _check_grad_out(grad_out, x, nout, ho, wo):
 
 
 torch.library.impl("fusenas::lowrank_conv2d", "CPU")(_lowrank_conv2d_cpu)
+torch.library.impl("fusenas::lowrank_conv2d_with_intermediate", "CPU")(
+    _lowrank_conv2d_with_intermediate_cpu
+)
 torch.library.impl("fusenas::lowrank_conv2d_backward", "CPU")(_lowrank_conv2d_backward_cpu)
+
+
+def _fallback_args(x, w1, w2, bias, scheme, stride, padding, dilation, residual, activation, op):
+    # Devices without a registered kernel (a "CUDA" registration, when present, wins on CUDA).
+    kh, kw = check_lowrank_args(x, w1, w2, bias, scheme, stride, padding, dilation)
+    ho, wo = output_size(x.shape, (kh, kw), stride, padding, dilation)
+    check_epilogue(residual, activation, x, (x.shape[0], w2.shape[0], ho, wo))
+    _native.warn_fallback(op, f"no kernel for device {x.device.type}")
+    return x, w1, w2, bias, scheme, stride, padding, dilation, residual, activation
 
 
 @torch.library.impl("fusenas::lowrank_conv2d", "CompositeExplicitAutograd")
 def _lowrank_conv2d_other(
     x, w1, w2, bias, scheme, stride, padding, dilation, residual=None, activation="none"
 ):
-    # Devices without a registered kernel (a "CUDA" registration, when present, wins on CUDA).
-    kh, kw = check_lowrank_args(x, w1, w2, bias, scheme, stride, padding, dilation)
-    ho, wo = output_size(x.shape, (kh, kw), stride, padding, dilation)
-    check_epilogue(residual, activation, x, (x.shape[0], w2.shape[0], ho, wo))
-    _native.warn_fallback("lowrank_conv2d", f"no kernel for device {x.device.type}")
-    return lowrank_conv2d_reference(
-        x, w1, w2, bias, scheme, stride, padding, dilation, residual, activation
+    args = (x, w1, w2, bias, scheme, stride, padding, dilation, residual, activation)
+    return lowrank_conv2d_reference(*_fallback_args(*args, "lowrank_conv2d"))
+
+
+@torch.library.impl("fusenas::lowrank_conv2d_with_intermediate", "CompositeExplicitAutograd")
+def _lowrank_conv2d_with_intermediate_other(
+    x, w1, w2, bias, scheme, stride, padding, dilation, residual=None, activation="none"
+):
+    args = (x, w1, w2, bias, scheme, stride, padding, dilation, residual, activation)
+    return lowrank_conv2d_with_intermediate_reference(
+        *_fallback_args(*args, "lowrank_conv2d_with_intermediate")
     )
 
 
 @torch.library.impl("fusenas::lowrank_conv2d_backward", "CompositeExplicitAutograd")
 def _lowrank_conv2d_backward_other(
-    grad_out, x, w1, w2, scheme, stride, padding, dilation, output_mask
+    grad_out, x, w1, w2, scheme, stride, padding, dilation, output_mask, intermediate=None
 ):
     kh, kw = check_lowrank_args(x, w1, w2, None, scheme, stride, padding, dilation)
     ho, wo = output_size(x.shape, (kh, kw), stride, padding, dilation)
     _check_grad_out(grad_out, x, w2.shape[0], ho, wo)
+    _check_intermediate(intermediate, x, w1, scheme, ho, wo)
     _native.warn_fallback("lowrank_conv2d_backward", f"no kernel for device {x.device.type}")
     return lowrank_conv2d_backward_reference(
-        grad_out, x, w1, w2, scheme, stride, padding, dilation, output_mask
+        grad_out, x, w1, w2, scheme, stride, padding, dilation, output_mask, intermediate
     )
+
+
+def _fake_output(x, w1, w2, bias, scheme, stride, padding, dilation, residual, activation):
+    kh, kw = check_lowrank_args(x, w1, w2, bias, scheme, stride, padding, dilation)
+    ho, wo = output_size(x.shape, (kh, kw), stride, padding, dilation)
+    check_epilogue(residual, activation, x, (x.shape[0], w2.shape[0], ho, wo))
+    y = torch.empty(
+        x.shape[0], w2.shape[0], ho, wo, dtype=x.dtype, device=x.device,
+        memory_format=_memory_format(x),
+    )  # fmt: skip
+    return y, (ho, wo)
 
 
 @torch.library.register_fake("fusenas::lowrank_conv2d")
 def _lowrank_conv2d_fake(
     x, w1, w2, bias, scheme, stride, padding, dilation, residual=None, activation="none"
 ):
-    kh, kw = check_lowrank_args(x, w1, w2, bias, scheme, stride, padding, dilation)
-    ho, wo = output_size(x.shape, (kh, kw), stride, padding, dilation)
-    check_epilogue(residual, activation, x, (x.shape[0], w2.shape[0], ho, wo))
-    return torch.empty(
-        x.shape[0], w2.shape[0], ho, wo, dtype=x.dtype, device=x.device,
-        memory_format=_memory_format(x),
-    )  # fmt: skip
+    args = (x, w1, w2, bias, scheme, stride, padding, dilation, residual, activation)
+    return _fake_output(*args)[0]
+
+
+@torch.library.register_fake("fusenas::lowrank_conv2d_with_intermediate")
+def _lowrank_conv2d_with_intermediate_fake(
+    x, w1, w2, bias, scheme, stride, padding, dilation, residual=None, activation="none"
+):
+    args = (x, w1, w2, bias, scheme, stride, padding, dilation, residual, activation)
+    y, (ho, wo) = _fake_output(*args)
+    shape = intermediate_shape(x.shape, w1.shape, scheme, ho, wo)
+    return y, x.new_empty(shape, dtype=intermediate_dtype(x.dtype))
 
 
 @torch.library.register_fake("fusenas::lowrank_conv2d_backward")
 def _lowrank_conv2d_backward_fake(
-    grad_out, x, w1, w2, scheme, stride, padding, dilation, output_mask
+    grad_out, x, w1, w2, scheme, stride, padding, dilation, output_mask, intermediate=None
 ):
     kh, kw = check_lowrank_args(x, w1, w2, None, scheme, stride, padding, dilation)
     ho, wo = output_size(x.shape, (kh, kw), stride, padding, dilation)
     _check_grad_out(grad_out, x, w2.shape[0], ho, wo)
+    _check_intermediate(intermediate, x, w1, scheme, ho, wo)
     return (
         torch.empty_like(x, memory_format=_memory_format(x)) if output_mask[0] else x.new_empty(0),
         w1.new_empty(w1.shape) if output_mask[1] else x.new_empty(0),
@@ -459,14 +587,17 @@ def _setup_context(ctx, inputs, output):
     x, w1, w2, bias, scheme, stride, padding, dilation = inputs[:8]
     residual = inputs[8] if len(inputs) > 8 else None
     relu = len(inputs) > 9 and inputs[9] == "relu"
+    y, t = output if isinstance(output, tuple) else (output, None)
+    if t is not None:
+        ctx.mark_non_differentiable(t)
     # ReLU's gradient mask comes from the output (y > 0 where the input was > 0).
-    ctx.save_for_backward(x, w1, w2, output if relu else None)
+    ctx.save_for_backward(x, w1, w2, y if relu else None, t)
     ctx.meta = (scheme, stride, padding, dilation, bias is not None, residual is not None, relu)
     ctx.n_inputs = len(inputs)
 
 
-def _backward(ctx, grad_y):
-    x, w1, w2, y = ctx.saved_tensors
+def _backward(ctx, grad_y, grad_t=None):
+    x, w1, w2, y, t = ctx.saved_tensors
     scheme, stride, padding, dilation, has_bias, has_residual, relu = ctx.meta
     if relu:
         grad_y = grad_y * (y > 0)
@@ -476,13 +607,16 @@ def _backward(ctx, grad_y):
     grads = [None] * 8 + [grad_res, None]
     if any(mask):
         gx, gw1, gw2, gb = torch.ops.fusenas.lowrank_conv2d_backward(
-            grad_y, x, w1, w2, scheme, stride, padding, dilation, mask
+            grad_y, x, w1, w2, scheme, stride, padding, dilation, mask, t
         )
         grads[:4] = [g if m else None for g, m in zip((gx, gw1, gw2, gb), mask, strict=True)]
     return tuple(grads[: ctx.n_inputs])
 
 
 torch.library.register_autograd("fusenas::lowrank_conv2d", _backward, setup_context=_setup_context)
+torch.library.register_autograd(
+    "fusenas::lowrank_conv2d_with_intermediate", _backward, setup_context=_setup_context
+)
 
 
 def lowrank_conv2d(
@@ -497,6 +631,7 @@ def lowrank_conv2d(
     dilation: int | Sequence[int] = 1,
     residual: torch.Tensor | None = None,
     activation: str = "none",
+    save_intermediate: bool = True,
 ) -> torch.Tensor:
     """A convolution given as two low-rank factors, computed in one fused pass on CPU.
 
@@ -513,6 +648,11 @@ def lowrank_conv2d(
         residual: None or a tensor of the output's shape, dtype and device, added
             to the conv's output (a residual block's shortcut).
         activation: "none" or "relu", applied last.
+        save_intermediate: when training on CPU with w2 requiring a gradient, keep
+            the first factor's output t (float32, N x r x Ho x Wo, or x W for
+            "spatial") from the forward for grad_w2, as the two-conv sequence does.
+            False recomputes t in the backward instead: that memory is not held
+            between forward and backward, for one more first-factor pass.
     Returns:
         (N, Nout, Ho, Wo) = activation(conv(x) + bias + residual), in x's dtype
         and memory format. Differentiable with respect to x, w1, w2, bias and
@@ -533,6 +673,14 @@ def lowrank_conv2d(
     if _eager_inference(x, w1, w2, bias, residual):
         # No autograd, not tracing: skip the dispatcher's Python round trips.
         return _lowrank_conv2d_cpu(*args)
+    if (
+        save_intermediate
+        and x.device.type == "cpu"
+        and torch.is_grad_enabled()
+        and isinstance(w2, torch.Tensor)
+        and w2.requires_grad
+    ):
+        return torch.ops.fusenas.lowrank_conv2d_with_intermediate.default(*args)[0]
     return torch.ops.fusenas.lowrank_conv2d.default(*args)
 
 

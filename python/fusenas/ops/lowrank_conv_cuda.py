@@ -213,8 +213,10 @@ def _lowrank_conv2d_cuda(
 
 
 def _lowrank_conv2d_backward_cuda(
-    grad_out, x, w1, w2, scheme, stride, padding, dilation, output_mask
+    grad_out, x, w1, w2, scheme, stride, padding, dilation, output_mask, intermediate=None
 ):
+    # The CUDA forward keeps no intermediate (lowrank_conv2d routes only CPU tensors to
+    # lowrank_conv2d_with_intermediate); a given one is not needed: the kernel recomputes it.
     kh, kw = check_lowrank_args(x, w1, w2, None, scheme, stride, padding, dilation)
     ho, wo = output_size(x.shape, (kh, kw), _pair(stride), _pair(padding), _pair(dilation))
     expected = (x.shape[0], w2.shape[0], ho, wo)
