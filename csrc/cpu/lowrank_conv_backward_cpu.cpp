@@ -181,6 +181,19 @@ void store_grad_input(const cpu::lowrank::Kernels& kern, const float* gxp, int64
     }
 }
 
+// Grid columns [lo, hi) where grad_w1's terms gT[p] X_tap[p] can be nonzero
+// for intermediate column phase b (see the grad_w1 GEMM).
+struct ColumnRange {
+  int64_t lo, hi;
+};
+
+inline ColumnRange grad_w1_columns(const Geometry& g, int64_t b) {
+  const auto& s = g.s;
+  if (g.channel) return {0, g.Wo};
+  const int64_t lo = std::min(g.Wq, ceil_div(std::max<int64_t>(0, s.pw - b), s.sw));
+  return {lo, std::max(lo, std::min(g.Wq, ceil_div(s.W + s.pw - b, s.sw)))};
+}
+
 // Sizes of the backward's per-tile grids. G and gT hold rows [-qh_max, RQ)
 // of the tile after `front` zeros that the negative tap offsets of the
 // transposed convs read.
@@ -241,8 +254,6 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
   // X_t = the tile's input, channel-contiguous per pixel, shifted by the tap.
   const int64_t cpad = round_up(s.C, kPixelAlign);
   const int64_t taps1 = g.K1 / s.C;  // kh kw (channel) or kh (spatial)
-  std::vector<int64_t> pixel_rows(static_cast<size_t>(g.Pmax));
-  for (int64_t p = 0; p < g.Pmax; ++p) pixel_rows[static_cast<size_t>(p)] = p * cpad;
   struct Tap {
     int64_t phase, shift;  // input phase plane (spatial: + the column phase b), pixel shift
   };
@@ -286,6 +297,7 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
       aw2 = acc_w2[static_cast<size_t>(tid)].data();
     }
     std::vector<ImageWindow> win(static_cast<size_t>(s.sh));
+    std::vector<int64_t> kpix, krows;  // grad_w1's pixels and their B rows
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t n = item / g.ntiles, tile = item % g.ntiles, oh0 = tile * g.R;
@@ -341,19 +353,34 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
           planes_to_pixels(kern, xp.get() + ph * s.C * g.plane, g.plane, g.plane, s.C,
                            xn.get() + ph * g.plane * cpad, cpad);
         for (int64_t b = 0; b < nb; ++b) {
-          // gT_b rows [0, rows) -> panels of mr rows over P pixels.
+          // The sum runs over the grid columns where a term can be nonzero:
+          // channel, the output columns (gT = W2^T G is zero elsewhere);
+          // spatial, the columns holding input (X is zero padding elsewhere).
+          // 7 of 9 columns on a 7 px image.
+          const ColumnRange cr = grad_w1_columns(g, b);
+          kpix.clear();
+          krows.clear();
+          for (int64_t i = 0; i < rows; ++i)
+            for (int64_t c = cr.lo; c < cr.hi; ++c) {
+              kpix.push_back(i * g.Wq + c);
+              krows.push_back((i * g.Wq + c) * cpad);
+            }
+          const int64_t kv = static_cast<int64_t>(kpix.size());
+          if (kv == 0) continue;
+          // gT_b at those pixels -> panels of mr rows.
           const float* src = gt.get() + b * s.rank * gplane + row0;
           float* dst = gtp.get();
           for (int64_t r0 = 0; r0 < panel_rows; r0 += kern.mr)
-            for (int64_t p = 0; p < P; ++p)
+            for (int64_t k = 0; k < kv; ++k)
               for (int64_t i = 0; i < kern.mr; ++i)
-                *dst++ = r0 + i < s.rank ? src[(r0 + i) * gplane + p] : 0.f;
+                *dst++ =
+                    r0 + i < s.rank ? src[(r0 + i) * gplane + kpix[static_cast<size_t>(k)]] : 0.f;
           for (int64_t t = 0; t < taps1; ++t) {
             const Tap& tp = taps[static_cast<size_t>(t)];
             const int64_t phase = g.channel ? tp.phase : tp.phase + b;
-            kern.row_gemm({s.rank, P, cpad, gtp.get(), 0,
-                           xn.get() + (phase * g.plane + tp.shift) * cpad, pixel_rows.data(),
-                           nullptr, aw1 + t * s.rank * cpad, cpad, true});
+            kern.row_gemm({s.rank, kv, cpad, gtp.get(), 0,
+                           xn.get() + (phase * g.plane + tp.shift) * cpad, krows.data(), nullptr,
+                           aw1 + t * s.rank * cpad, cpad, true});
           }
         }
       }
