@@ -26,6 +26,9 @@ for step in "${steps[@]}"; do
     trp40)
       fusenas compress trp "${COMMON[@]}" --set epochs=40 --set scheme=spatial --set period=5 \
         --set energy=0.98 --set out_dir=runs/trp_r20_40ep/trp_e098 ;;
+    trp40_e099)  # the released script's energy at the longer budget
+      fusenas compress trp "${COMMON[@]}" --set epochs=40 --set scheme=spatial --set period=5 \
+        --set energy=0.99 --set out_dir=runs/trp_r20_40ep/trp_e099 ;;
     sweep)
       python experiments/trp_export_sweep.py runs/trp_r20_e099/trp \
         --thresholds 0.01 0.02 0.05 0.1 0.2 0.3 --baseline $BASE/report.json \
