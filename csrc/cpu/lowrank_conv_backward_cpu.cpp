@@ -194,15 +194,38 @@ inline ColumnRange grad_w1_columns(const Geometry& g, int64_t b) {
   return {lo, std::max(lo, std::min(g.Wq, ceil_div(s.W + s.pw - b, s.sw)))};
 }
 
+// Pixels i * Wq + c of the tile's rows [0, rows) and columns [lo, hi) ->
+// kpix, and the offsets of their rows in a pixel-major operand of row length
+// ldb -> krows: the reduction list of a weight-gradient GEMM.
+inline void grid_pixels(int64_t rows, int64_t Wq, ColumnRange cr, int64_t ldb,
+                        std::vector<int64_t>& kpix, std::vector<int64_t>& krows) {
+  kpix.clear();
+  krows.clear();
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t c = cr.lo; c < cr.hi; ++c) {
+      kpix.push_back(i * Wq + c);
+      krows.push_back((i * Wq + c) * ldb);
+    }
+}
+
+// Rows [0, m) of the planes at src (ld floats apart) at the pixels kpix ->
+// panels of mr rows (RowGemm's packed A; rows past m are zero).
+inline void pack_pixel_panels(const float* src, int64_t ld, int64_t m,
+                              const std::vector<int64_t>& kpix, int mr, float* dst) {
+  for (int64_t r0 = 0; r0 < m; r0 += mr)
+    for (const int64_t p : kpix)
+      for (int64_t i = 0; i < mr; ++i) *dst++ = r0 + i < m ? src[(r0 + i) * ld + p] : 0.f;
+}
+
 // Sizes of the backward's per-tile grids. G and gT hold rows [-qh_max, RQ)
 // of the tile after `front` zeros that the negative tap offsets of the
 // transposed convs read.
 //
-// grad_w2 is a row GEMM over the tile's pixels too: acc (Nout x K2p) +=
-// G (Nout x pixels) . Tt (pixels x K2p), Tt[p][j rpad + r] = intermediate
-// plane r at pixel p + the second factor's tap-j shift (ranks padded to
-// rpad). The dot products over a tile's 64-512 pixels as horizontal sums
-// cost more than their multiply-adds.
+// grad_w2 is a row GEMM over the tile's output pixels too: acc (Nout x K2p)
+// += G (Nout x pixels, packed) . Tt (pixels x K2p), Tt[p][j rpad + r] =
+// intermediate plane r at pixel p + the second factor's tap-j shift (ranks
+// padded to rpad). The dot products over a tile's 64-512 pixels as
+// horizontal sums cost more than their multiply-adds.
 struct BackwardLayout {
   int64_t front, grid_rows, gplane, tplane, row0;
   int64_t taps2, rpad, k2p;  // second-factor taps, padded rank, Tt row length
@@ -223,7 +246,7 @@ struct BackwardLayout {
     const int64_t nb = g.channel ? 1 : s.sw, cpad = round_up(s.C, kPixelAlign);
     return 2 * g.planes_x() * g.plane + t_planes * tplane + nb * s.rank * gplane + s.Nout * gplane +
            s.sh * s.sw * g.plane * cpad + round_up(s.rank, mr) * g.Pmax +
-           g.Pmax * k2p +                                // grad_w1, grad_w2 operands
+           (round_up(s.Nout, mr) + k2p) * g.Pmax +       // grad_w1, grad_w2 operands
            (g.K1 / s.C) * s.rank * cpad + s.Nout * k2p;  // gradient sums
   }
 };
@@ -270,10 +293,9 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
   const int64_t items = s.N * g.ntiles;
   const int used = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, items)));
   std::vector<std::vector<float>> acc_w2(used), acc_taps(used);
-  // grad_w2 operands: Tt rows per pixel, intermediate offset of each second-factor tap.
+  // Intermediate offset of each second-factor tap (grad_w2 operand Tt).
   const int64_t taps2 = lay.taps2, rpad = lay.rpad, k2p = lay.k2p;
-  std::vector<int64_t> t_rows(static_cast<size_t>(g.Pmax)), tap2_off(static_cast<size_t>(taps2));
-  for (int64_t p = 0; p < g.Pmax; ++p) t_rows[static_cast<size_t>(p)] = p * k2p;
+  std::vector<int64_t> tap2_off(static_cast<size_t>(taps2));
   for (int64_t j = 0; j < taps2; ++j)
     tap2_off[static_cast<size_t>(j)] =
         g.channel ? 0 : ((j * s.dw) % s.sw) * s.rank * tplane + j * s.dw / s.sw;
@@ -281,7 +303,7 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
   {
     const int tid = omp_get_thread_num();
     Buffer xp(g.planes_x() * g.plane), t(want_w2 ? lay.t_planes * tplane : 0);
-    Buffer tt(want_w2 ? g.Pmax * k2p : 0);
+    Buffer tt(want_w2 ? g.Pmax * k2p : 0), gp(want_w2 ? round_up(s.Nout, kern.mr) * g.Pmax : 0);
     Buffer G(s.Nout * gplane), gt(want_gt ? nb * s.rank * gplane : 0);
     Buffer gxp(want_gx ? g.planes_x() * g.plane : 0);
     Buffer xn(want_w1 ? s.sh * s.sw * g.plane * cpad : 0);
@@ -297,7 +319,7 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
       aw2 = acc_w2[static_cast<size_t>(tid)].data();
     }
     std::vector<ImageWindow> win(static_cast<size_t>(s.sh));
-    std::vector<int64_t> kpix, krows;  // grad_w1's pixels and their B rows
+    std::vector<int64_t> kpix, krows;  // a weight gradient's pixels and their B rows
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t n = item / g.ntiles, tile = item % g.ntiles, oh0 = tile * g.R;
@@ -318,8 +340,11 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
         for (int64_t j = 0; j < taps2; ++j)  // ranks past `rank` read finite slack: unused sums
           planes_to_pixels(kern, t.get() + tap2_off[static_cast<size_t>(j)], tplane, P, rpad,
                            tt.get() + j * rpad, k2p);
-        kern.row_gemm({s.Nout, P, k2p, G.get() + row0, gplane, tt.get(), t_rows.data(), nullptr,
-                       aw2, k2p, true});
+        // Over the output columns only: G is zero on the others.
+        grid_pixels(rows, g.Wq, {0, g.Wo}, k2p, kpix, krows);
+        pack_pixel_panels(G.get() + row0, gplane, s.Nout, kpix, kern.mr, gp.get());
+        kern.row_gemm({s.Nout, static_cast<int64_t>(kpix.size()), k2p, gp.get(), 0, tt.get(),
+                       krows.data(), nullptr, aw2, k2p, true});
       }
       if (!want_gt) continue;
       // grad_x is computed for the owned plane rows inside the image only
@@ -357,24 +382,11 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
           // channel, the output columns (gT = W2^T G is zero elsewhere);
           // spatial, the columns holding input (X is zero padding elsewhere).
           // 7 of 9 columns on a 7 px image.
-          const ColumnRange cr = grad_w1_columns(g, b);
-          kpix.clear();
-          krows.clear();
-          for (int64_t i = 0; i < rows; ++i)
-            for (int64_t c = cr.lo; c < cr.hi; ++c) {
-              kpix.push_back(i * g.Wq + c);
-              krows.push_back((i * g.Wq + c) * cpad);
-            }
+          grid_pixels(rows, g.Wq, grad_w1_columns(g, b), cpad, kpix, krows);
           const int64_t kv = static_cast<int64_t>(kpix.size());
           if (kv == 0) continue;
-          // gT_b at those pixels -> panels of mr rows.
-          const float* src = gt.get() + b * s.rank * gplane + row0;
-          float* dst = gtp.get();
-          for (int64_t r0 = 0; r0 < panel_rows; r0 += kern.mr)
-            for (int64_t k = 0; k < kv; ++k)
-              for (int64_t i = 0; i < kern.mr; ++i)
-                *dst++ =
-                    r0 + i < s.rank ? src[(r0 + i) * gplane + kpix[static_cast<size_t>(k)]] : 0.f;
+          pack_pixel_panels(gt.get() + b * s.rank * gplane + row0, gplane, s.rank, kpix, kern.mr,
+                            gtp.get());
           for (int64_t t = 0; t < taps1; ++t) {
             const Tap& tp = taps[static_cast<size_t>(t)];
             const int64_t phase = g.channel ? tp.phase : tp.phase + b;
@@ -442,7 +454,7 @@ int64_t lowrank_conv2d_backward_workspace_bytes(const LowRankConvShape& s, DType
                           round_up(s.rank, mr) * s.Nout * kw2 +
                           round_up(s.C, mr) * s.rank * s.kh * (g.channel ? s.kw : 1);
   const BackwardLayout lay(g);
-  const int64_t offsets = 2 * (g.K1 + g.Pmax * 2 + lay.taps2);  // int64 = 2 floats
+  const int64_t offsets = 2 * (g.K1 + lay.taps2 + used * 2 * g.Pmax);  // int64 = 2 floats
   return 4 * (used * lay.thread_floats(g, static_cast<int>(mr)) + weights + offsets);
 }
 
