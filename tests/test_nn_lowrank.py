@@ -54,12 +54,16 @@ def test_full_rank_matches_dense_conv(scheme, conv_args, channels_last):
 
 
 @pytest.mark.parametrize("scheme", ["channel", "spatial"])
-def test_gradients_match_the_two_conv_reference(scheme):
+@pytest.mark.parametrize("save", [True, False])
+def test_gradients_match_the_two_conv_reference(scheme, save):
     torch.manual_seed(1)
     low = LowRankConv2d(8, 12, 3, rank=4, scheme=scheme, padding=1)
+    low.save_intermediate = save
     x = torch.randn(2, 8, 9, 10, requires_grad=True)
     grad = torch.randn(2, 12, 9, 10)
-    low(x).backward(grad)
+    y = low(x)
+    assert ("with_intermediate" in y.grad_fn.name()) == save
+    y.backward(grad)
     got = [t.grad.clone() for t in (x, low.weight1, low.weight2, low.bias)]
     for t in (x, low.weight1, low.weight2, low.bias):
         t.grad = None

@@ -41,7 +41,15 @@ class LowRankConv2d(nn.Module):
 
     Input (B, C, H, W) float32 or bfloat16 (float16 too on CUDA), NCHW or
     channels_last; output (B, N, Ho, Wo) in the same dtype and memory format.
+
+    Attribute ``save_intermediate`` (default True): when training on CPU, keep
+    factor 1's output (float32, B x r x Ho x W) from the forward for weight2's
+    gradient, as two separate convs would; set it False on a module to recompute
+    that output in the backward instead (less memory held, one more factor-1
+    pass). See :func:`fusenas.ops.lowrank_conv2d`.
     """
+
+    save_intermediate: bool = True
 
     def __init__(
         self,
@@ -106,6 +114,7 @@ class LowRankConv2d(nn.Module):
         return lowrank_conv2d(
             x, self.weight1, self.weight2, self.bias, scheme=self.scheme, stride=self.stride,
             padding=self.padding, dilation=self.dilation, residual=residual, activation=activation,
+            save_intermediate=self.save_intermediate,
         )  # fmt: skip
 
     def output_size(self, input_size: tuple[int, int]) -> tuple[int, int]:
