@@ -612,3 +612,58 @@ def test_bad_intermediate():
     with pytest.raises(TypeError, match="intermediate: expected a floating-point"):
         t = torch.zeros(2, a["w1"].shape[0], 8, 8, dtype=torch.int32)
         torch.ops.fusenas.lowrank_conv2d_backward(*args, t)
+
+
+# ------------------------------------------ small images side by side (groups) ----
+
+# Batches of at least 4 x threads x 2 small images, stride 1 with "same" horizontal
+# padding: the CPU kernel lays them side by side in groups (shared padding columns;
+# make_geometry in csrc/cpu/lowrank_conv_tiles.h), the last group short when N is not a
+# multiple of the group size. All but the last two shapes group at 1 thread, most at 2.
+GROUPED = [
+    (19, 5, 7, 6, 3, 4, 3, 1, 1, 1),
+    (17, 16, 8, 8, 5, 16, 3, 1, 1, 1),
+    (21, 3, 5, 9, 2, 6, 1, 1, 0, 1),  # 1x1: no padding columns to share, not grouped
+    (18, 4, 6, 7, 3, 5, 5, 1, 2, 1),
+    (16, 4, 9, 5, 2, 3, 3, 1, 2, 2),  # dilation 2, padding 2
+    (20, 6, 7, 7, 4, 5, 3, 2, 1, 1),  # stride 2 rows and columns: not grouped
+]
+
+
+@needs_ext
+@pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_grouped_small_images_forward_and_backward(isa, scheme, threads, monkeypatch):
+    monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for i, (shape, cl) in enumerate(itertools.product(GROUPED, [False, True])):
+            dtype = torch.bfloat16 if i % 3 == 2 else torch.float32
+            x, w1, w2, bias, (s, p, d) = _case(shape, scheme, cl, dtype, seed=i)
+            geo = (scheme, [s, s], [p, p], [d, d])
+            y, t = torch.ops.fusenas.lowrank_conv2d_with_intermediate(x, w1, w2, bias, *geo)
+            ref = _ref(*(v.double() for v in (x, w1, w2, bias)), scheme, s, p, d)
+            _close(y, ref, dtype)
+            _close(t, _first_factor(x.double(), w1.double(), scheme, s, p, d), dtype)
+            go = torch.randn(y.shape, generator=torch.Generator().manual_seed(i)).to(dtype)
+            go = go.contiguous(memory_format=_format(x))
+            mask = [True, True, True, True]
+            want = lowrank_conv2d_backward_reference(
+                go.double(), x.double(), w1.double(), w2.double(), *geo, mask
+            )
+            for intermediate in (None, t):
+                got = torch.ops.fusenas.lowrank_conv2d_backward(
+                    go, x, w1, w2, *geo, mask, intermediate
+                )
+                for g_, w_ in zip(got, want, strict=True):
+                    _close(g_, w_, dtype)
+            if dtype == torch.float32:
+                res = torch.randn(y.shape, generator=torch.Generator().manual_seed(i + 50))
+                res = res.contiguous(memory_format=_format(x))
+                fused = lowrank_conv2d(x, w1, w2, bias, scheme=scheme, stride=s, padding=p,
+                                       dilation=d, residual=res, activation="relu")  # fmt: skip
+                _close(fused, torch.relu(ref + res.double()), dtype)
+    finally:
+        torch.set_num_threads(old)
