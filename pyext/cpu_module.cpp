@@ -177,21 +177,6 @@ PYBIND11_MODULE(_C, m) {
           return backward ? fusenas::lowrank_conv2d_backward_workspace_bytes(s, dt, threads)
                           : fusenas::lowrank_conv2d_workspace_bytes(s, dt, threads);
         });
-  m.def("lowrank_conv2d_cpu_plan",
-        [](int64_t N, int64_t C, int64_t H, int64_t W, int64_t rank, int64_t nout, int64_t kh,
-           int64_t kw, int scheme, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh,
-           int64_t dw, int threads) {
-          const fusenas::LowRankConvShape s{
-              N,  C,  H,  W,  rank, nout, kh, kw, static_cast<fusenas::LowRankScheme>(scheme),
-              sh, sw, ph, pw, dh,   dw};
-          const fusenas::LowRankCpuPlan p = fusenas::lowrank_conv2d_cpu_plan(s, threads);
-          py::dict d;
-          d["images_per_tile"] = p.images_per_tile;
-          d["rows_per_tile"] = p.rows_per_tile;
-          d["row_length"] = p.row_length;
-          d["tiles"] = p.tiles;
-          return d;
-        });
   m.def("build_info", [] {
     py::dict d;
     d["compiler"] = FUSENAS_VERSION_INFO;

@@ -178,11 +178,6 @@ int64_t lowrank_conv2d_workspace_bytes(const LowRankConvShape& s, DType dtype, i
   return 4 * (used * ForwardLayout(g).thread_floats(g) + weights + offsets);
 }
 
-LowRankCpuPlan lowrank_conv2d_cpu_plan(const LowRankConvShape& s, int num_threads) {
-  const Geometry g = make_geometry(s, resolve_threads(num_threads), kForwardTilePixels);
-  return {g.imgs, g.R, g.Wq, g.groups * g.ntiles};
-}
-
 const char* lowrank_cpu_isa() { return pick_kernels().name; }
 
 }  // namespace fusenas

@@ -93,30 +93,9 @@ struct Geometry {
 // Widest plane row a group of small images may fill.
 constexpr int64_t kGroupColumns = 64;
 
-// Rows per tile and the sizes that follow from the row length Wq and the
-// image groups: R for about `target_pixels` grid pixels per tile (the rank-r
+// R is chosen for about `target_pixels` grid pixels per tile (the rank-r
 // intermediate, r x P floats, and the input planes then sit in L2), fewer
 // when that would leave a thread without a tile.
-inline void size_tiles(Geometry& g, int threads, int64_t target_pixels) {
-  const auto& s = g.s;
-  g.groups = ceil_div(s.N, g.imgs);
-  int64_t R = std::clamp<int64_t>(ceil_div(target_pixels, g.Wq), 1, g.Ho);
-  while (R > 1 && g.groups * ceil_div(g.Ho, R) < 2 * threads) R = ceil_div(R, 2);
-  g.R = R;
-  g.ntiles = ceil_div(g.Ho, R);
-  g.RQ = R + g.qh_max + 1;
-  g.Pmax = round_up(R * g.Wq, kPixelAlign);
-  // Reads reach pixel Pmax - 1 + qh_max * Wq + qw_max < RQ * Wq + kPixelAlign.
-  g.plane = round_up(g.RQ * g.Wq, kPixelAlign) + kPixelAlign;
-}
-
-// Floats of the forward's per-thread tile buffers (input planes, intermediate,
-// output tile): what a grouped tile must keep within budget.
-inline int64_t tile_floats(const Geometry& g) {
-  const auto& s = g.s;
-  return g.planes_x() * g.plane + ((g.channel ? 1 : s.sw) * s.rank + s.Nout) * g.Pmax;
-}
-
 inline Geometry make_geometry(const LowRankConvShape& s, int threads, int64_t target_pixels) {
   Geometry g;
   g.s = s;
@@ -126,31 +105,36 @@ inline Geometry make_geometry(const LowRankConvShape& s, int threads, int64_t ta
   g.Wq = ceil_div(s.W + 2 * s.pw, s.sw);
   g.qh_max = (s.kh - 1) * s.dh / s.sh;
   g.qw_max = (s.kw - 1) * s.dw / s.sw;
-  g.K1 = g.channel ? s.C * s.kh * s.kw : s.C * s.kh;
-  g.K2 = g.channel ? s.rank : s.rank * s.kw;
+  // Side by side only where an image's outputs are its own columns (stride 1,
+  // output as wide as the input), about 4 groups per thread remain, and the
+  // shared columns cut the row by at least 6%: below that the per-image row
+  // copies cost more than the columns saved (2 threads, groups against single
+  // images: 8 px +8%, 7 px +5%, 14 px -4%, 16 px -15%).
   g.imgs = 1;
   g.pitch = g.wimg = g.Wq;
-  size_tiles(g, threads, target_pixels);
-  // Side by side only where an image's outputs are its own columns (stride 1,
-  // output as wide as the input), about 4 groups per thread remain, the
-  // shared columns cut the row by at least 6% (below that the per-image row
-  // copies cost more than the columns saved; 2 threads, groups against single
-  // images: 8 px +8%, 7 px +5%, 14 px -4%, 16 px -15%), and the threads' tile
-  // buffers stay within the intermediate's size (N r Ho W floats), which the
-  // two-conv sequence holds: the forward's peak memory stays below it.
-  if (s.sw != 1 || s.dw * (s.kw - 1) != 2 * s.pw) return g;
-  const int64_t fit = (kGroupColumns - s.pw) / (s.W + s.pw);
-  const int64_t imgs = std::max<int64_t>(1, std::min(fit, s.N / (4 * threads)));
-  const int64_t grouped = imgs * (s.W + s.pw) + s.pw, single = imgs * (s.W + 2 * s.pw);
-  if (imgs < 2 || 100 * grouped > 94 * single) return g;
-  Geometry c = g;
-  c.imgs = imgs;
-  c.pitch = s.W + s.pw;
-  c.wimg = s.W + 2 * s.pw;
-  c.Wq = c.imgs * c.pitch + s.pw;
-  size_tiles(c, threads, target_pixels);
-  const int64_t used = std::min<int64_t>(threads, c.groups * c.ntiles);
-  return used * tile_floats(c) <= s.N * s.rank * g.Ho * s.W ? c : g;
+  if (s.sw == 1 && s.dw * (s.kw - 1) == 2 * s.pw) {
+    const int64_t fit = (kGroupColumns - s.pw) / (s.W + s.pw);
+    const int64_t imgs = std::max<int64_t>(1, std::min(fit, s.N / (4 * threads)));
+    const int64_t grouped = imgs * (s.W + s.pw) + s.pw, single = imgs * (s.W + 2 * s.pw);
+    if (imgs > 1 && 100 * grouped <= 94 * single) {
+      g.imgs = imgs;
+      g.pitch = s.W + s.pw;
+      g.wimg = s.W + 2 * s.pw;
+      g.Wq = g.imgs * g.pitch + s.pw;
+    }
+  }
+  g.groups = ceil_div(s.N, g.imgs);
+  int64_t R = std::clamp<int64_t>(ceil_div(target_pixels, g.Wq), 1, g.Ho);
+  while (R > 1 && g.groups * ceil_div(g.Ho, R) < 2 * threads) R = ceil_div(R, 2);
+  g.R = R;
+  g.ntiles = ceil_div(g.Ho, R);
+  g.RQ = R + g.qh_max + 1;
+  g.Pmax = round_up(R * g.Wq, kPixelAlign);
+  // Reads reach pixel Pmax - 1 + qh_max * Wq + qw_max < RQ * Wq + kPixelAlign.
+  g.plane = round_up(g.RQ * g.Wq, kPixelAlign) + kPixelAlign;
+  g.K1 = g.channel ? s.C * s.kh * s.kw : s.C * s.kh;
+  g.K2 = g.channel ? s.rank : s.rank * s.kw;
+  return g;
 }
 
 // Plane offset of the first factor's tap k (order of w1's flattened rows):

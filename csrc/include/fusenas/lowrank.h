@@ -58,14 +58,6 @@ int64_t lowrank_conv2d_workspace_bytes(const LowRankConvShape& s, DType dtype, i
 int64_t lowrank_conv2d_backward_workspace_bytes(const LowRankConvShape& s, DType dtype,
                                                 int num_threads);
 
-// How the CPU kernel tiles a call (forward and backward alike): images side
-// by side per tile (small images share their padding columns), output rows
-// per tile, plane row length in floats, tiles per call.
-struct LowRankCpuPlan {
-  int64_t images_per_tile, rows_per_tile, row_length, tiles;
-};
-LowRankCpuPlan lowrank_conv2d_cpu_plan(const LowRankConvShape& s, int num_threads);
-
 // Code path chosen at run time: "avx512", "avx2" or "scalar".
 const char* lowrank_cpu_isa();
 

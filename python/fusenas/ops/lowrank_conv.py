@@ -718,30 +718,3 @@ def workspace_bytes(
         *_geometry(x, w1, w2, scheme, stride, padding, dilation, kh, kw), backward,
         _DTYPE_CODE[x.dtype], torch.get_num_threads(),
     )  # fmt: skip
-
-
-def cpu_plan(
-    x: torch.Tensor,
-    w1: torch.Tensor,
-    w2: torch.Tensor,
-    *,
-    scheme: str,
-    stride: int | Sequence[int] = 1,
-    padding: int | Sequence[int] = 0,
-    dilation: int | Sequence[int] = 1,
-) -> dict[str, int] | None:
-    """How the native CPU kernel tiles this call at torch's thread count: ``images_per_tile``
-    (small images are laid side by side, sharing their padding columns), ``rows_per_tile``,
-    ``row_length`` (floats per plane row) and ``tiles``; None when the reference runs."""
-    stride, padding, dilation = (
-        _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
-    )  # fmt: skip
-    kh, kw = check_lowrank_args(x, w1, w2, None, scheme, stride, padding, dilation)
-    if x.device.type != "cpu" or _native_reason(x) is not None:
-        return None
-    return dict(
-        _native.cpu().lowrank_conv2d_cpu_plan(
-            *_geometry(x, w1, w2, scheme, stride, padding, dilation, kh, kw),
-            torch.get_num_threads(),
-        )
-    )
