@@ -102,12 +102,14 @@ std::vector<SecondTransposed> second_factor_transposed(const T* w2, const Geomet
   return out;
 }
 
-// One image's grad_out rows (gn: its first element) into G's columns from 0.
+// grad_out rows [oh0 - qh_max, oh0 + rows) of image n -> G (zero elsewhere).
 template <class T>
-void pack_grad_out_image(const cpu::lowrank::Kernels& kern, const T* gn, const Strides4& gs,
-                         int64_t oh0, int64_t rows, const Geometry& g, float* G, int64_t gplane,
-                         int64_t front) {
+void pack_grad_out(const cpu::lowrank::Kernels& kern, const T* go, const Strides4& gs, int64_t n,
+                   int64_t oh0, int64_t rows, const Geometry& g, int64_t grid_rows, float* G,
+                   int64_t gplane, int64_t front) {
   const auto& s = g.s;
+  const T* gn = go + n * gs.n;
+  for (int64_t o = 0; o < s.Nout; ++o) std::memset(G + o * gplane + front, 0, grid_rows * g.Wq * 4);
   const int64_t r0 = std::max<int64_t>(-g.qh_max, -oh0);
   if constexpr (std::is_same_v<T, float>) {
     if (gs.w == 1 && rows > r0) {
@@ -134,25 +136,10 @@ void pack_grad_out_image(const cpu::lowrank::Kernels& kern, const T* gn, const S
   }
 }
 
-// grad_out rows [oh0 - qh_max, oh0 + rows) of images [n0, n0 + nimg) -> G
-// (image j from column j pitch; zero elsewhere).
+// Owned plane rows [0, qown) of the tile's grad planes -> grad_x.
 template <class T>
-void pack_grad_out(const cpu::lowrank::Kernels& kern, const T* go, const Strides4& gs, int64_t n0,
-                   int64_t nimg, int64_t oh0, int64_t rows, const Geometry& g, int64_t grid_rows,
-                   float* G, int64_t gplane, int64_t front) {
-  for (int64_t o = 0; o < g.s.Nout; ++o)
-    std::memset(G + o * gplane + front, 0, grid_rows * g.Wq * 4);
-  for (int64_t j = 0; j < nimg; ++j)
-    pack_grad_out_image(kern, go + (n0 + j) * gs.n, gs, oh0, rows, g, G + j * g.pitch, gplane,
-                        front);
-}
-
-// Owned plane rows [0, qown) of one image's window of the tile's grad planes
-// (gxp: at its first column) -> image n of grad_x.
-template <class T>
-void store_grad_input_image(const cpu::lowrank::Kernels& kern, const float* gxp, int64_t n,
-                            int64_t oh0, int64_t qown, const Geometry& g, T* gx,
-                            const Strides4& gxs) {
+void store_grad_input(const cpu::lowrank::Kernels& kern, const float* gxp, int64_t n, int64_t oh0,
+                      int64_t qown, const Geometry& g, T* gx, const Strides4& gxs) {
   const auto& s = g.s;
   T* gn = gx + n * gxs.n;
   if constexpr (std::is_same_v<T, float>) {
@@ -175,8 +162,8 @@ void store_grad_input_image(const cpu::lowrank::Kernels& kern, const float* gxp,
       if (ih < 0 || ih >= s.H) continue;
       for (int64_t b = 0; b < s.sw; ++b) {
         const float* src0 = gxp + (a * s.sw + b) * s.C * g.plane + q * g.Wq;
-        const int64_t lo = std::min(g.wimg, ceil_div(std::max<int64_t>(0, s.pw - b), s.sw));
-        const int64_t hi = std::max(lo, std::min(g.wimg, ceil_div(s.W + s.pw - b, s.sw)));
+        const int64_t lo = std::min(g.Wq, ceil_div(std::max<int64_t>(0, s.pw - b), s.sw));
+        const int64_t hi = std::max(lo, std::min(g.Wq, ceil_div(s.W + s.pw - b, s.sw)));
         const int64_t iw0 = lo * s.sw + b - s.pw;
         T* dst = gn + ih * gxs.h + iw0 * gxs.w;
         if (gxs.w == 1 && s.sw == 1) {
@@ -194,15 +181,7 @@ void store_grad_input_image(const cpu::lowrank::Kernels& kern, const float* gxp,
     }
 }
 
-// The tile's owned grad rows -> images [n0, n0 + nimg) of grad_x.
-template <class T>
-void store_grad_input(const cpu::lowrank::Kernels& kern, const float* gxp, int64_t n0, int64_t nimg,
-                      int64_t oh0, int64_t qown, const Geometry& g, T* gx, const Strides4& gxs) {
-  for (int64_t j = 0; j < nimg; ++j)
-    store_grad_input_image(kern, gxp + j * g.pitch, n0 + j, oh0, qown, g, gx, gxs);
-}
-
-// Columns [lo, hi) of an image's window where grad_w1's terms gT[p] X_tap[p] can be nonzero
+// Grid columns [lo, hi) where grad_w1's terms gT[p] X_tap[p] can be nonzero
 // for intermediate column phase b (see the grad_w1 GEMM).
 struct ColumnRange {
   int64_t lo, hi;
@@ -211,24 +190,22 @@ struct ColumnRange {
 inline ColumnRange grad_w1_columns(const Geometry& g, int64_t b) {
   const auto& s = g.s;
   if (g.channel) return {0, g.Wo};
-  const int64_t lo = std::min(g.wimg, ceil_div(std::max<int64_t>(0, s.pw - b), s.sw));
-  return {lo, std::max(lo, std::min(g.wimg, ceil_div(s.W + s.pw - b, s.sw)))};
+  const int64_t lo = std::min(g.Wq, ceil_div(std::max<int64_t>(0, s.pw - b), s.sw));
+  return {lo, std::max(lo, std::min(g.Wq, ceil_div(s.W + s.pw - b, s.sw)))};
 }
 
-// Pixels i * Wq + c of the tile's rows [0, rows) and, in each image's
-// window, columns [lo, hi) ->
+// Pixels i * Wq + c of the tile's rows [0, rows) and columns [lo, hi) ->
 // kpix, and the offsets of their rows in a pixel-major operand of row length
 // ldb -> krows: the reduction list of a weight-gradient GEMM.
-inline void grid_pixels(int64_t rows, const Geometry& g, int64_t nimg, ColumnRange cr, int64_t ldb,
+inline void grid_pixels(int64_t rows, int64_t Wq, ColumnRange cr, int64_t ldb,
                         std::vector<int64_t>& kpix, std::vector<int64_t>& krows) {
   kpix.clear();
   krows.clear();
   for (int64_t i = 0; i < rows; ++i)
-    for (int64_t j = 0; j < nimg; ++j)  // cr: columns of one image's window
-      for (int64_t c = j * g.pitch + cr.lo; c < j * g.pitch + cr.hi; ++c) {
-        kpix.push_back(i * g.Wq + c);
-        krows.push_back((i * g.Wq + c) * ldb);
-      }
+    for (int64_t c = cr.lo; c < cr.hi; ++c) {
+      kpix.push_back(i * Wq + c);
+      krows.push_back((i * Wq + c) * ldb);
+    }
 }
 
 // Rows [0, m) of the planes at src (ld floats apart) at the pixels kpix ->
@@ -313,7 +290,7 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
   const int64_t panel_rows = round_up(s.rank, kern.mr);
 
   const int64_t Hp = s.H + 2 * s.ph;
-  const int64_t items = g.groups * g.ntiles;
+  const int64_t items = s.N * g.ntiles;
   const int used = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, items)));
   std::vector<std::vector<float>> acc_w2(used), acc_taps(used);
   // Intermediate offset of each second-factor tap (grad_w2 operand Tt).
@@ -345,18 +322,16 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
     std::vector<int64_t> kpix, krows;  // a weight gradient's pixels and their B rows
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
-      const int64_t grp = item / g.ntiles, tile = item % g.ntiles, oh0 = tile * g.R;
-      const int64_t n0 = g.first_image(grp), nimg = g.images_in(grp);
+      const int64_t n = item / g.ntiles, tile = item % g.ntiles, oh0 = tile * g.R;
       const int64_t rows = std::min(g.R, g.Ho - oh0);
       const int64_t P = round_up(rows * g.Wq, kPixelAlign);
       const int64_t qown = tile + 1 < g.ntiles ? rows : ceil_div(Hp - oh0 * s.sh, s.sh);
-      pack_grad_out(kern, go, gs, n0, nimg, oh0, rows, g, grid_rows, G.get(), gplane, front);
+      pack_grad_out(kern, go, gs, n, oh0, rows, g, grid_rows, G.get(), gplane, front);
       const bool recompute = want_w2 && !t_saved;
-      if (want_w1 || recompute)
-        pack_input(kern, x, xs, n0, nimg, oh0, rows + g.qh_max, g, xp.get());
+      if (want_w1 || recompute) pack_input(kern, x, xs, n, oh0, rows + g.qh_max, g, xp.get());
       if (want_w2) {  // the intermediate (kept or recomputed), then grad_w2 += G . T^T
         if (t_saved) {
-          load_intermediate(kern, t_saved, n0, nimg, oh0, rows, g, t.get(), tplane, tplane);
+          load_intermediate(kern, t_saved, n, oh0, rows, g, t.get(), tplane, tplane);
         } else {
           for (int64_t b = 0; b < nb; ++b)
             kern.row_gemm({s.rank, g.K1, P, a1, g.K1, xp.get() + b * s.C * g.plane, off1.data(),
@@ -366,7 +341,7 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
           planes_to_pixels(kern, t.get() + tap2_off[static_cast<size_t>(j)], tplane, P, rpad,
                            tt.get() + j * rpad, k2p);
         // Over the output columns only: G is zero on the others.
-        grid_pixels(rows, g, nimg, {0, g.Wo}, k2p, kpix, krows);
+        grid_pixels(rows, g.Wq, {0, g.Wo}, k2p, kpix, krows);
         pack_pixel_panels(G.get() + row0, gplane, s.Nout, kpix, kern.mr, gp.get());
         kern.row_gemm({s.Nout, static_cast<int64_t>(kpix.size()), k2p, gp.get(), 0, tt.get(),
                        krows.data(), nullptr, aw2, k2p, true});
@@ -407,7 +382,7 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
           // channel, the output columns (gT = W2^T G is zero elsewhere);
           // spatial, the columns holding input (X is zero padding elsewhere).
           // 7 of 9 columns on a 7 px image.
-          grid_pixels(rows, g, nimg, grad_w1_columns(g, b), cpad, kpix, krows);
+          grid_pixels(rows, g.Wq, grad_w1_columns(g, b), cpad, kpix, krows);
           const int64_t kv = static_cast<int64_t>(kpix.size());
           if (kv == 0) continue;
           pack_pixel_panels(gt.get() + b * s.rank * gplane + row0, gplane, s.rank, kpix, kern.mr,
@@ -439,7 +414,7 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
                            ph.offset.data(), nullptr, dst, g.plane, false});
           }
         }
-        store_grad_input(kern, gxp.get(), n0, nimg, oh0, qown, g, gx, gxs);
+        store_grad_input(kern, gxp.get(), n, oh0, qown, g, gx, gxs);
       }
     }
   }
@@ -473,7 +448,7 @@ int64_t lowrank_conv2d_backward_workspace_bytes(const LowRankConvShape& s, DType
   const int threads = resolve_threads(num_threads);
   const Geometry g = make_geometry(s, threads, kBackwardTilePixels);
   const int64_t mr = pick_kernels().mr;
-  const int64_t used = std::max<int64_t>(1, std::min<int64_t>(threads, g.groups * g.ntiles));
+  const int64_t used = std::max<int64_t>(1, std::min<int64_t>(threads, s.N * g.ntiles));
   const int64_t kw2 = g.channel ? 1 : s.kw;
   const int64_t weights = (dtype == DType::kBFloat16 ? s.rank * g.K1 : 0) +
                           round_up(s.rank, mr) * s.Nout * kw2 +

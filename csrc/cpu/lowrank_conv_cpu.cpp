@@ -115,18 +115,17 @@ void forward(const T* x, const Strides4& xs, const T* w1, const T* w2, const T* 
     Buffer xp, t, yt;
   };
   parallel_items(
-      g.groups * g.ntiles, threads,
+      s.N * g.ntiles, threads,
       [&] {
         return State{Buffer(g.planes_x() * g.plane), Buffer(t_planes * tplane),
                      Buffer(s.Nout * g.Pmax)};
       },
       [&](State& st, int64_t item) {
-        const int64_t grp = item / g.ntiles, oh0 = (item % g.ntiles) * g.R;
-        const int64_t n0 = g.first_image(grp), nimg = g.images_in(grp);
+        const int64_t n = item / g.ntiles, oh0 = (item % g.ntiles) * g.R;
         const int64_t rows = std::min(g.R, g.Ho - oh0);
         const int64_t P = round_up(rows * g.Wq, kPixelAlign);
         // Rows past R + qh_max only feed discarded grid columns.
-        pack_input(kern, x, xs, n0, nimg, oh0, rows + g.qh_max, g, st.xp.get());
+        pack_input(kern, x, xs, n, oh0, rows + g.qh_max, g, st.xp.get());
         const int64_t phases = g.channel ? 1 : s.sw;
         for (int64_t b = 0; b < phases; ++b) {
           const cpu::lowrank::RowGemm g1{s.rank,      g.K1,    P,
@@ -135,18 +134,15 @@ void forward(const T* x, const Strides4& xs, const T* w1, const T* w2, const T* 
                                          tplane,      false};
           kern.row_gemm(g1);
         }
-        if (t_out) store_intermediate(kern, st.t.get(), tplane, rows, n0, nimg, oh0, g, t_out);
+        if (t_out) store_intermediate(kern, st.t.get(), tplane, rows, n, oh0, g, t_out);
         const cpu::lowrank::RowGemm g2{
             s.Nout,      g.K2,       P,           a2,
             g.K2,        st.t.get(), off2.data(), bias ? bias_f.data() : nullptr,
             st.yt.get(), g.Pmax,     false};
         kern.row_gemm(g2);
-        for (int64_t j = 0; j < nimg; ++j) {  // image j's output columns start at j pitch
-          store_output(kern, st.yt.get() + j * g.pitch, g.Pmax, rows, n0 + j, oh0, g, y, ys);
-          if constexpr (std::is_same_v<T, float>) {
-            if (residual || relu)
-              epilogue_output(kern, y, residual, ys, rows, n0 + j, oh0, g, relu);
-          }
+        store_output(kern, st.yt.get(), g.Pmax, rows, n, oh0, g, y, ys);
+        if constexpr (std::is_same_v<T, float>) {
+          if (residual || relu) epilogue_output(kern, y, residual, ys, rows, n, oh0, g, relu);
         }
       });
 }
@@ -172,7 +168,7 @@ void lowrank_conv2d_cpu(const void* x, const Strides4& xs, const void* w1, const
 int64_t lowrank_conv2d_workspace_bytes(const LowRankConvShape& s, DType dtype, int num_threads) {
   const int threads = resolve_threads(num_threads);
   const Geometry g = make_geometry(s, threads, kForwardTilePixels);
-  const int64_t used = std::max<int64_t>(1, std::min<int64_t>(threads, g.groups * g.ntiles));
+  const int64_t used = std::max<int64_t>(1, std::min<int64_t>(threads, s.N * g.ntiles));
   const int64_t weights = s.Nout + (dtype == DType::kBFloat16 ? s.rank * g.K1 + s.Nout * g.K2 : 0);
   const int64_t offsets = 2 * (g.K1 + g.K2);  // int64 = 2 floats
   return 4 * (used * ForwardLayout(g).thread_floats(g) + weights + offsets);

@@ -1,7 +1,7 @@
 // Tile geometry and layout conversions shared by the forward and backward
 // drivers of the low-rank conv.
 //
-// A tile is one image (or a group, below) and a block of R output rows. Its input lives in
+// A tile is one image and a block of R output rows. Its input lives in
 // "phase planes": the zero-padded input rows the tile needs, split by the
 // stride into sh x sw phases (rows / columns congruent mod the stride) and
 // stored per channel as flattened rows of Wq = ceil((W + 2 pw) / sw) floats.
@@ -11,13 +11,6 @@
 // flattened pixels whose B rows are plane pointers (no im2col). Columns
 // col >= Wo of the grid are computed and thrown away (about 2 pw / Wq of the
 // work: 3% at 56 px, 20% at 8 px), the price of contiguous vectors.
-//
-// Small images are laid side by side: a tile then covers a group of `imgs`
-// images, image j in plane columns [j pitch, j pitch + W + 2 pw), pitch =
-// W + pw, so neighbours share their pw zero columns (stride 1 and "same"
-// horizontal padding only). On 8 px images 7 of them fill a 64-column row
-// with 8 padding columns instead of 7 x 2: 12% of the grid thrown away
-// instead of 20%.
 #pragma once
 
 #include <omp.h>
@@ -71,11 +64,7 @@ struct Geometry {
   LowRankConvShape s;
   bool channel;
   int64_t Ho, Wo;
-  int64_t imgs;    // images side by side in a tile (1 unless W is small)
-  int64_t pitch;   // plane columns from one image of a group to the next
-  int64_t wimg;    // plane columns of one image with its padding: W + 2 pw (or Wq)
-  int64_t groups;  // image groups: ceil(N / imgs)
-  int64_t Wq;      // plane row length (padded width / sw, rounded up; a group's)
+  int64_t Wq;      // plane row length (padded width / sw, rounded up)
   int64_t qh_max;  // largest row offset of a tap in plane rows: floor((kh-1) dh / sh)
   int64_t qw_max;  // largest column offset of a tap: floor((kw-1) dw / sw)
   int64_t R;       // output rows per tile
@@ -85,13 +74,7 @@ struct Geometry {
   int64_t Pmax;    // pixels of a full tile, padded to kPixelAlign
   int64_t K1, K2;  // GEMM depth of the first / second factor
   int64_t planes_x() const { return s.sh * s.sw * s.C; }
-  // Images of group `grp`: n0 and how many exist (the last group may be short).
-  int64_t first_image(int64_t grp) const { return grp * imgs; }
-  int64_t images_in(int64_t grp) const { return std::min(imgs, s.N - grp * imgs); }
 };
-
-// Widest plane row a group of small images may fill.
-constexpr int64_t kGroupColumns = 64;
 
 // R is chosen for about `target_pixels` grid pixels per tile (the rank-r
 // intermediate, r x P floats, and the input planes then sit in L2), fewer
@@ -105,27 +88,8 @@ inline Geometry make_geometry(const LowRankConvShape& s, int threads, int64_t ta
   g.Wq = ceil_div(s.W + 2 * s.pw, s.sw);
   g.qh_max = (s.kh - 1) * s.dh / s.sh;
   g.qw_max = (s.kw - 1) * s.dw / s.sw;
-  // Side by side only where an image's outputs are its own columns (stride 1,
-  // output as wide as the input), about 4 groups per thread remain, and the
-  // shared columns cut the row by at least 6%: below that the per-image row
-  // copies cost more than the columns saved (2 threads, groups against single
-  // images: 8 px +8%, 7 px +5%, 14 px -4%, 16 px -15%).
-  g.imgs = 1;
-  g.pitch = g.wimg = g.Wq;
-  if (s.sw == 1 && s.dw * (s.kw - 1) == 2 * s.pw) {
-    const int64_t fit = (kGroupColumns - s.pw) / (s.W + s.pw);
-    const int64_t imgs = std::max<int64_t>(1, std::min(fit, s.N / (4 * threads)));
-    const int64_t grouped = imgs * (s.W + s.pw) + s.pw, single = imgs * (s.W + 2 * s.pw);
-    if (imgs > 1 && 100 * grouped <= 94 * single) {
-      g.imgs = imgs;
-      g.pitch = s.W + s.pw;
-      g.wimg = s.W + 2 * s.pw;
-      g.Wq = g.imgs * g.pitch + s.pw;
-    }
-  }
-  g.groups = ceil_div(s.N, g.imgs);
   int64_t R = std::clamp<int64_t>(ceil_div(target_pixels, g.Wq), 1, g.Ho);
-  while (R > 1 && g.groups * ceil_div(g.Ho, R) < 2 * threads) R = ceil_div(R, 2);
+  while (R > 1 && s.N * ceil_div(g.Ho, R) < 2 * threads) R = ceil_div(R, 2);
   g.R = R;
   g.ntiles = ceil_div(g.Ho, R);
   g.RQ = R + g.qh_max + 1;
@@ -293,8 +257,7 @@ inline void store_row(const float* __restrict src, int64_t n, T* __restrict dst)
 // Which plane rows and columns of row phase `a` hold image data, for a tile
 // starting at output row oh0 and plane rows [0, qrows), when sw = 1: plane row
 // q holds input row ih0 + q sh, inside the image for q in [q_lo, q_hi); plane
-// column lo holds input column 0, [lo, hi) are inside the image (image j of a
-// group: add j pitch).
+// column lo holds input column 0, [lo, hi) are inside the image.
 struct ImageWindow {
   int64_t ih0, q_lo, q_hi, lo, hi;
 };
@@ -305,9 +268,83 @@ inline ImageWindow image_window(const Geometry& g, int64_t oh0, int64_t a, int64
   w.ih0 = oh0 * s.sh + a - s.ph;
   w.q_lo = std::min(qrows, ceil_div(std::max<int64_t>(0, -w.ih0), s.sh));
   w.q_hi = std::max(w.q_lo, std::min(qrows, ceil_div(s.H - w.ih0, s.sh)));
-  w.lo = std::min(g.wimg, s.pw);
-  w.hi = std::max(w.lo, std::min(g.wimg, s.W + s.pw));
+  w.lo = std::min(g.Wq, s.pw);
+  w.hi = std::max(w.lo, std::min(g.Wq, s.W + s.pw));
   return w;
+}
+
+// pack_input for float32 rows with unit column stride and sw = 1 (NCHW, the
+// common case): each channel's valid rows in one copy_pad_rows call, the rows
+// above and below the image zeroed whole.
+inline void pack_input_rows(const cpu::lowrank::Kernels& kern, const float* xn, const Strides4& xs,
+                            int64_t oh0, int64_t qrows, const Geometry& g, float* xp) {
+  const auto& s = g.s;
+  for (int64_t a = 0; a < s.sh; ++a) {
+    const ImageWindow w = image_window(g, oh0, a, qrows);
+    const float* src0 = xn + (w.ih0 + w.q_lo * s.sh) * xs.h + (w.lo - s.pw);
+    for (int64_t c = 0; c < s.C; ++c) {
+      float* dst = xp + (a * s.C + c) * g.plane;
+      std::memset(dst, 0, static_cast<size_t>(w.q_lo * g.Wq) * sizeof(float));
+      if (w.q_hi > w.q_lo)
+        kern.copy_pad_rows(src0 + c * xs.c, s.sh * xs.h, w.q_hi - w.q_lo, w.lo, w.hi - w.lo, g.Wq,
+                           dst + w.q_lo * g.Wq, g.Wq);
+      std::memset(dst + w.q_hi * g.Wq, 0,
+                  static_cast<size_t>((qrows - w.q_hi) * g.Wq) * sizeof(float));
+    }
+  }
+}
+
+// Fills rows [0, qrows) of the tile's phase planes from image n of x, the
+// tile starting at output row oh0. The common layouts take whole-row copies
+// (NCHW, stride 1) or a channel-blocked transpose (channels_last): the
+// packing is about C * (R + kh - 1) / R loads per output pixel against
+// r * C * kh * kw multiply-adds, so it must run at memory-copy speed.
+template <class T>
+void pack_input(const cpu::lowrank::Kernels& kern, const T* x, const Strides4& xs, int64_t n,
+                int64_t oh0, int64_t qrows, const Geometry& g, float* xp) {
+  const auto& s = g.s;
+  const T* xn = x + n * xs.n;
+  if constexpr (std::is_same_v<T, float>) {
+    if (xs.w == 1 && s.sw == 1) {
+      pack_input_rows(kern, xn, xs, oh0, qrows, g, xp);
+      return;
+    }
+  }
+  // Column range [lo, hi) of plane columns that hold input (the rest is padding).
+  for (int64_t a = 0; a < s.sh; ++a)
+    for (int64_t q = 0; q < qrows; ++q) {
+      const int64_t ih = (oh0 + q) * s.sh + a - s.ph;
+      const bool row_ok = ih >= 0 && ih < s.H;
+      for (int64_t b = 0; b < s.sw; ++b) {
+        float* dst0 = xp + (a * s.sw + b) * s.C * g.plane + q * g.Wq;
+        if (!row_ok) {
+          for (int64_t c = 0; c < s.C; ++c) std::memset(dst0 + c * g.plane, 0, g.Wq * 4);
+          continue;
+        }
+        // Plane column qc holds input column iw = qc * sw + b - pw.
+        const int64_t lo = std::min(g.Wq, ceil_div(std::max<int64_t>(0, s.pw - b), s.sw));
+        const int64_t hi = std::max(lo, std::min(g.Wq, ceil_div(s.W + s.pw - b, s.sw)));
+        for (int64_t c = 0; c < s.C; ++c) {
+          float* dst = dst0 + c * g.plane;
+          std::memset(dst, 0, lo * 4);
+          std::memset(dst + hi, 0, (g.Wq - hi) * 4);
+        }
+        const int64_t iw0 = lo * s.sw + b - s.pw;
+        const T* src = xn + ih * xs.h + iw0 * xs.w;
+        if (xs.w == 1 && s.sw == 1) {  // NCHW: each channel's row is contiguous
+          for (int64_t c = 0; c < s.C; ++c)
+            convert_row(src + c * xs.c, hi - lo, dst0 + c * g.plane + lo);
+        } else if (xs.c == 1) {  // channels_last: transpose
+          pixels_to_planes(kern, src, xs.w * s.sw, hi - lo, s.C, dst0 + lo, g.plane);
+        } else {
+          for (int64_t c = 0; c < s.C; ++c) {
+            float* dst = dst0 + c * g.plane;
+            for (int64_t qc = lo; qc < hi; ++qc)
+              dst[qc] = to_f32(src[c * xs.c + (qc - lo) * s.sw * xs.w]);
+          }
+        }
+      }
+    }
 }
 
 // The first factor's output kept as a tensor for the backward (float32,
@@ -318,142 +355,52 @@ inline ImageWindow image_window(const Geometry& g, int64_t oh0, int64_t a, int64
 // second factor's zero padding (spatial) or thrown away (channel).
 inline int64_t intermediate_width(const Geometry& g) { return g.channel ? g.Wo : g.s.W; }
 
-// Grid rows [0, rows) of the tile at output row oh0 -> images [n0, n0 + nimg)
-// of t (image j's columns start at j pitch).
+// Grid rows [0, rows) of the tile at output row oh0 -> image n of t.
 inline void store_intermediate(const cpu::lowrank::Kernels& kern, const float* tg, int64_t tplane,
-                               int64_t rows, int64_t n0, int64_t nimg, int64_t oh0,
-                               const Geometry& g, float* t) {
+                               int64_t rows, int64_t n, int64_t oh0, const Geometry& g, float* t) {
   const auto& s = g.s;
   const int64_t wt = intermediate_width(g), img = g.Ho * wt;
-  for (int64_t j = 0; j < nimg; ++j) {
-    float* tn = t + (n0 + j) * s.rank * img + oh0 * wt;
-    const float* tj = tg + j * g.pitch;
-    if (g.channel || s.sw == 1) {
-      const int64_t c0 = g.channel ? 0 : s.pw;
-      for (int64_t r = 0; r < s.rank; ++r)
-        kern.copy_pad_rows(tj + r * tplane + c0, g.Wq, rows, 0, wt, wt, tn + r * img, wt);
-      continue;
-    }
+  float* tn = t + n * s.rank * img + oh0 * wt;
+  if (g.channel || s.sw == 1) {
+    const int64_t c0 = g.channel ? 0 : s.pw;
     for (int64_t r = 0; r < s.rank; ++r)
-      for (int64_t i = 0; i < rows; ++i)
-        for (int64_t w = 0; w < wt; ++w) {
-          const int64_t b = (w + s.pw) % s.sw, qc = (w + s.pw) / s.sw;
-          tn[r * img + i * wt + w] = tj[(b * s.rank + r) * tplane + i * g.Wq + qc];
-        }
+      kern.copy_pad_rows(tg + r * tplane + c0, g.Wq, rows, 0, wt, wt, tn + r * img, wt);
+    return;
   }
+  for (int64_t r = 0; r < s.rank; ++r)
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t w = 0; w < wt; ++w) {
+        const int64_t b = (w + s.pw) % s.sw, qc = (w + s.pw) / s.sw;
+        tn[r * img + i * wt + w] = tg[(b * s.rank + r) * tplane + i * g.Wq + qc];
+      }
 }
 
-// Images [n0, n0 + nimg) of t, rows [oh0, oh0 + rows) -> the tile's grid
-// planes, zero in every other column and up to `clear` floats of each plane.
-inline void load_intermediate(const cpu::lowrank::Kernels& kern, const float* t, int64_t n0,
-                              int64_t nimg, int64_t oh0, int64_t rows, const Geometry& g, float* tg,
+// Image n of t, rows [oh0, oh0 + rows) -> the tile's grid planes, zero in
+// every other column and up to `clear` floats of each plane.
+inline void load_intermediate(const cpu::lowrank::Kernels& kern, const float* t, int64_t n,
+                              int64_t oh0, int64_t rows, const Geometry& g, float* tg,
                               int64_t tplane, int64_t clear) {
   const auto& s = g.s;
   const int64_t wt = intermediate_width(g), img = g.Ho * wt;
+  const float* tn = t + n * s.rank * img + oh0 * wt;
   const int64_t nb = g.channel ? 1 : s.sw;
+  if (g.channel || s.sw == 1) {
+    const int64_t c0 = g.channel ? 0 : s.pw;
+    for (int64_t r = 0; r < s.rank; ++r) {
+      float* dst = tg + r * tplane;
+      kern.copy_pad_rows(tn + r * img, wt, rows, c0, wt, g.Wq, dst, g.Wq);
+      std::memset(dst + rows * g.Wq, 0, static_cast<size_t>(clear - rows * g.Wq) * sizeof(float));
+    }
+    return;
+  }
   for (int64_t pl = 0; pl < nb * s.rank; ++pl)
     std::memset(tg + pl * tplane, 0, static_cast<size_t>(clear) * sizeof(float));
-  for (int64_t j = 0; j < nimg; ++j) {
-    const float* tn = t + (n0 + j) * s.rank * img + oh0 * wt;
-    float* tj = tg + j * g.pitch;
-    if (g.channel || s.sw == 1) {
-      const int64_t c0 = g.channel ? 0 : s.pw;
-      for (int64_t r = 0; r < s.rank; ++r)
-        kern.copy_pad_rows(tn + r * img, wt, rows, 0, wt, wt, tj + r * tplane + c0, g.Wq);
-      continue;
-    }
-    for (int64_t r = 0; r < s.rank; ++r)
-      for (int64_t i = 0; i < rows; ++i)
-        for (int64_t w = 0; w < wt; ++w) {
-          const int64_t b = (w + s.pw) % s.sw, qc = (w + s.pw) / s.sw;
-          tj[(b * s.rank + r) * tplane + i * g.Wq + qc] = tn[r * img + i * wt + w];
-        }
-  }
-}
-
-// pack_input for float32 rows with unit column stride and sw = 1 (NCHW, the
-// common case): each channel's valid rows in one copy_pad_rows call per
-// image, the rows above and below the image zeroed whole.
-inline void pack_input_rows(const cpu::lowrank::Kernels& kern, const float* x, const Strides4& xs,
-                            int64_t n0, int64_t nimg, int64_t oh0, int64_t qrows, const Geometry& g,
-                            float* xp) {
-  const auto& s = g.s;
-  for (int64_t a = 0; a < s.sh; ++a) {
-    const ImageWindow w = image_window(g, oh0, a, qrows);
-    for (int64_t c = 0; c < s.C; ++c) {
-      float* dst = xp + (a * s.C + c) * g.plane;
-      std::memset(dst, 0, static_cast<size_t>(w.q_lo * g.Wq) * sizeof(float));
-      for (int64_t j = 0; j < g.imgs && w.q_hi > w.q_lo; ++j) {
-        // Each image's window writes its own padding columns (zeros shared
-        // with its neighbours); a missing image of the last group is zeros.
-        const bool have = j < nimg;
-        const float* src =
-            have ? x + (n0 + j) * xs.n + c * xs.c + (w.ih0 + w.q_lo * s.sh) * xs.h + (w.lo - s.pw)
-                 : xp;
-        kern.copy_pad_rows(src, s.sh * xs.h, w.q_hi - w.q_lo, w.lo, have ? w.hi - w.lo : 0, g.wimg,
-                           dst + w.q_lo * g.Wq + j * g.pitch, g.Wq);
+  for (int64_t r = 0; r < s.rank; ++r)
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t w = 0; w < wt; ++w) {
+        const int64_t b = (w + s.pw) % s.sw, qc = (w + s.pw) / s.sw;
+        tg[(b * s.rank + r) * tplane + i * g.Wq + qc] = tn[r * img + i * wt + w];
       }
-      std::memset(dst + w.q_hi * g.Wq, 0,
-                  static_cast<size_t>((qrows - w.q_hi) * g.Wq) * sizeof(float));
-    }
-  }
-}
-
-// Fills rows [0, qrows) of the tile's phase planes from images [n0, n0 +
-// nimg) of x (side by side, see Geometry), the tile starting at output row
-// oh0. The common layouts take whole-row copies (NCHW, stride 1) or a
-// channel-blocked transpose (channels_last): the packing is about
-// C * (R + kh - 1) / R loads per output pixel against r * C * kh * kw
-// multiply-adds, so it must run at memory-copy speed.
-template <class T>
-void pack_input(const cpu::lowrank::Kernels& kern, const T* x, const Strides4& xs, int64_t n0,
-                int64_t nimg, int64_t oh0, int64_t qrows, const Geometry& g, float* xp) {
-  const auto& s = g.s;
-  if constexpr (std::is_same_v<T, float>) {
-    if (xs.w == 1 && s.sw == 1) {
-      pack_input_rows(kern, x, xs, n0, nimg, oh0, qrows, g, xp);
-      return;
-    }
-  }
-  for (int64_t a = 0; a < s.sh; ++a)
-    for (int64_t q = 0; q < qrows; ++q) {
-      const int64_t ih = (oh0 + q) * s.sh + a - s.ph;
-      const bool row_ok = ih >= 0 && ih < s.H;
-      for (int64_t b = 0; b < s.sw; ++b) {
-        float* row0 = xp + (a * s.sw + b) * s.C * g.plane + q * g.Wq;
-        if (!row_ok) {
-          for (int64_t c = 0; c < s.C; ++c) std::memset(row0 + c * g.plane, 0, g.Wq * 4);
-          continue;
-        }
-        // Window column qc holds input column iw = qc * sw + b - pw (the rest is padding).
-        const int64_t lo = std::min(g.wimg, ceil_div(std::max<int64_t>(0, s.pw - b), s.sw));
-        const int64_t hi = std::max(lo, std::min(g.wimg, ceil_div(s.W + s.pw - b, s.sw)));
-        const int64_t iw0 = lo * s.sw + b - s.pw;
-        for (int64_t j = 0; j < g.imgs; ++j) {
-          float* dst0 = row0 + j * g.pitch;
-          for (int64_t c = 0; c < s.C; ++c) {
-            float* dst = dst0 + c * g.plane;
-            std::memset(dst, 0, lo * 4);
-            std::memset(dst + hi, 0, (g.wimg - hi) * 4);
-            if (j >= nimg) std::memset(dst + lo, 0, (hi - lo) * 4);
-          }
-          if (j >= nimg) continue;
-          const T* src = x + (n0 + j) * xs.n + ih * xs.h + iw0 * xs.w;
-          if (xs.w == 1 && s.sw == 1) {  // NCHW: each channel's row is contiguous
-            for (int64_t c = 0; c < s.C; ++c)
-              convert_row(src + c * xs.c, hi - lo, dst0 + c * g.plane + lo);
-          } else if (xs.c == 1) {  // channels_last: transpose
-            pixels_to_planes(kern, src, xs.w * s.sw, hi - lo, s.C, dst0 + lo, g.plane);
-          } else {
-            for (int64_t c = 0; c < s.C; ++c) {
-              float* dst = dst0 + c * g.plane;
-              for (int64_t qc = lo; qc < hi; ++qc)
-                dst[qc] = to_f32(src[c * xs.c + (qc - lo) * s.sw * xs.w]);
-            }
-          }
-        }
-      }
-    }
 }
 
 // Runs fn(thread_index, item) over items on up to `threads` OpenMP threads,
