@@ -221,12 +221,18 @@ def lowrank_conv2d_reference(
     activation: str = "none",
 ) -> torch.Tensor:
     """The two-conv sequence then the epilogue (differentiable); output in x's memory format."""
+    y, _ = _two_convs(x, w1, w2, bias, scheme, stride, padding, dilation, residual, activation)
+    return y
+
+
+def _two_convs(x, w1, w2, bias, scheme, stride, padding, dilation, residual, activation):
+    """(y, t) of the reference: t the first conv's output as torch returns it."""
     (s1, p1, d1), (s2, p2, d2) = factor_params(
         scheme, _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
     )
     t = F.conv2d(x, w1, None, s1, p1, d1)
     y = F.conv2d(t, w2, bias, s2, p2, d2)
-    return apply_epilogue(y.contiguous(memory_format=_memory_format(x)), residual, activation)
+    return apply_epilogue(y.contiguous(memory_format=_memory_format(x)), residual, activation), t
 
 
 def intermediate_shape(
@@ -256,12 +262,7 @@ def lowrank_conv2d_with_intermediate_reference(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(y, t): lowrank_conv2d_reference's output and its first conv's output t, contiguous,
     in intermediate_dtype(x.dtype)."""
-    (s1, p1, d1), (s2, p2, d2) = factor_params(
-        scheme, _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
-    )
-    t = F.conv2d(x, w1, None, s1, p1, d1)
-    y = F.conv2d(t, w2, bias, s2, p2, d2)
-    y = apply_epilogue(y.contiguous(memory_format=_memory_format(x)), residual, activation)
+    y, t = _two_convs(x, w1, w2, bias, scheme, stride, padding, dilation, residual, activation)
     return y, t.to(intermediate_dtype(x.dtype)).contiguous()
 
 
