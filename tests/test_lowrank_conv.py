@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from fusenas.ops import _native, lowrank_conv2d
 from fusenas.ops.lowrank_conv import (
+    KEEP_INTERMEDIATE_MIN_DEPTH,
     check_lowrank_args,
     factor_params,
     is_channels_last,
@@ -548,6 +549,18 @@ def test_training_keeps_the_intermediate_only_when_asked(scheme, save):
     _ref(*ref, scheme, s, p, d).square().sum().backward()
     for a, b in zip(leaves, ref, strict=True):
         _close(a.grad, b.grad, torch.float32)
+
+
+@pytest.mark.parametrize(
+    "c, scheme, kept",
+    [(16, "spatial", False), (16, "channel", False), (64, "spatial", True), (32, "channel", True)],
+)
+def test_intermediate_kept_by_default_only_when_costly_to_recompute(c, scheme, kept):
+    w1, w2 = _factors(scheme, c, 4, 8, 3, 3)
+    x = torch.randn(2, c, 6, 6)
+    y = lowrank_conv2d(x, w1, w2.requires_grad_(), scheme=scheme, padding=1)
+    assert ("with_intermediate" in y.grad_fn.name()) == kept
+    assert (c * (9 if scheme == "channel" else 3) >= KEEP_INTERMEDIATE_MIN_DEPTH) == kept
 
 
 def test_inference_and_frozen_w2_keep_nothing():

@@ -42,14 +42,14 @@ class LowRankConv2d(nn.Module):
     Input (B, C, H, W) float32 or bfloat16 (float16 too on CUDA), NCHW or
     channels_last; output (B, N, Ho, Wo) in the same dtype and memory format.
 
-    Attribute ``save_intermediate`` (default True): when training on CPU, keep
-    factor 1's output (float32, B x r x Ho x W) from the forward for weight2's
-    gradient, as two separate convs would; set it False on a module to recompute
-    that output in the backward instead (less memory held, one more factor-1
-    pass). See :func:`fusenas.ops.lowrank_conv2d`.
+    Attribute ``save_intermediate`` (default None: automatic): when training on
+    CPU, True keeps factor 1's output (float32, B x r x Ho x W) from the forward
+    for weight2's gradient, as two separate convs would; False recomputes it in
+    the backward instead (less memory held, one more factor-1 pass); None keeps
+    it when factor 1 is costly to recompute. See :func:`fusenas.ops.lowrank_conv2d`.
     """
 
-    save_intermediate: bool = True
+    save_intermediate: bool | None = None
 
     def __init__(
         self,

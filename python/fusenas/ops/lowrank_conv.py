@@ -15,8 +15,8 @@ rank-r intermediate tile kept in cache. For training, the CPU path also
 writes the intermediate t (float32, the first factor's output) so that the
 backward reads it instead of recomputing the first factor
 (``lowrank_conv2d_with_intermediate``, which ``lowrank_conv2d`` calls when w2
-needs a gradient; ``save_intermediate=False`` recomputes it instead, keeping
-N x r x Ho x W floats less alive between forward and backward).
+needs a gradient and the first factor is costly to recompute; see its
+``save_intermediate`` argument).
 Registered with torch.library (schema, CPU kernel, reference for other
 devices, fake kernel, autograd through the ``lowrank_conv2d_backward`` op),
 so it runs under torch.compile(fullgraph=True) and passes
@@ -632,7 +632,7 @@ def lowrank_conv2d(
     dilation: int | Sequence[int] = 1,
     residual: torch.Tensor | None = None,
     activation: str = "none",
-    save_intermediate: bool = True,
+    save_intermediate: bool | None = None,
 ) -> torch.Tensor:
     """A convolution given as two low-rank factors, computed in one fused pass on CPU.
 
@@ -649,11 +649,15 @@ def lowrank_conv2d(
         residual: None or a tensor of the output's shape, dtype and device, added
             to the conv's output (a residual block's shortcut).
         activation: "none" or "relu", applied last.
-        save_intermediate: when training on CPU with w2 requiring a gradient, keep
-            the first factor's output t (float32, N x r x Ho x Wo, or x W for
-            "spatial") from the forward for grad_w2, as the two-conv sequence does.
-            False recomputes t in the backward instead: that memory is not held
-            between forward and backward, for one more first-factor pass.
+        save_intermediate: when training on CPU with w2 requiring a gradient, True
+            keeps the first factor's output t (float32, N x r x Ho x Wo, or x W for
+            "spatial") from the forward for grad_w2, as the two-conv sequence does;
+            False recomputes t in the backward instead (that memory is not held
+            between forward and backward, for one more first-factor pass). None
+            (default) keeps t when the first factor has at least
+            ``KEEP_INTERMEDIATE_MIN_DEPTH`` multiply-adds per value of t
+            (C x kh x kw, or C x kh for "spatial"): below that, recomputing t costs
+            less than writing and reading it back.
     Returns:
         (N, Nout, Ho, Wo) = activation(conv(x) + bias + residual), in x's dtype
         and memory format. Differentiable with respect to x, w1, w2, bias and
@@ -674,6 +678,10 @@ def lowrank_conv2d(
     if _eager_inference(x, w1, w2, bias, residual):
         # No autograd, not tracing: skip the dispatcher's Python round trips.
         return _lowrank_conv2d_cpu(*args)
+    if save_intermediate is None:
+        save_intermediate = w1.dim() == 4 and (
+            w1.shape[1] * w1.shape[2] * w1.shape[3] >= KEEP_INTERMEDIATE_MIN_DEPTH
+        )
     if (
         save_intermediate
         and x.device.type == "cpu"
@@ -683,6 +691,14 @@ def lowrank_conv2d(
     ):
         return torch.ops.fusenas.lowrank_conv2d_with_intermediate.default(*args)[0]
     return torch.ops.fusenas.lowrank_conv2d.default(*args)
+
+
+# Multiply-adds of the first factor per value of its output above which the
+# backward reads the kept intermediate rather than recomputing it (2 threads,
+# N = 128, keep vs recompute per training step: C x kh 48 (16 ch spatial) keeps
+# 12% slower, 144 (16 ch 3x3) even, 192 (64 ch spatial) 9% faster, 2304
+# (256 ch 3x3) 20% faster).
+KEEP_INTERMEDIATE_MIN_DEPTH = 160
 
 
 def _eager_inference(*tensors: torch.Tensor | None) -> bool:
