@@ -1,19 +1,22 @@
 // Backward of the fused low-rank conv on CPU, tile by tile like the forward
-// (one image, R output rows per tile), nothing of size N x r x H x W stored:
+// (one image, R output rows per tile), nothing of size N x r x H x W stored
+// beyond the forward's kept intermediate (when the caller kept it):
 //   G   = grad_out rows [oh0 - qh_max, oh0 + R) on the padded-width grid
 //         (zero on discarded columns, so garbage never reaches a gradient);
 //   T   = first factor (only when grad_w2 is wanted): read from the forward's
 //         kept intermediate, or recomputed for the tile;
 //   gT  = second factor transposed applied to G (rows above the tile too: the
 //         input rows this tile owns receive from them);
-//   grad_w2 += G . T^T (pixel reductions, one horizontal sum per tile) and
-//         grad_w1[tap] += gT . X_tap (row GEMMs vectorised over the input
-//         channels of the tile's pixels, no horizontal sums), both into
-//         per-thread accumulators summed at the end;
+//   grad_w2 += G . Tt and grad_w1[tap] += gT . X_tap: row GEMMs with the
+//         tile's pixels as the reduction (operands transposed to
+//         channel-contiguous pixel rows, only the columns where a term can
+//         be nonzero), into per-thread sums added up at the end; threads
+//         take fixed sets of tiles, so the sums are the same bits every call;
 //   grad_x rows owned by the tile (padded rows [oh0 sh, (oh0 + R) sh), the
-//         last tile to the end) = first factor transposed applied to gT, per
-//         stride phase: every input element is written by exactly one tile,
-//         so threads never race and nothing is zero-filled beforehand.
+//         last tile to the end) inside the image = first factor transposed
+//         applied to gT, per stride phase: every input element is written by
+//         exactly one tile, so threads never race and nothing is zero-filled
+//         beforehand.
 #include <algorithm>
 #include <type_traits>
 #include <vector>
