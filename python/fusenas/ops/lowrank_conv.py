@@ -421,10 +421,9 @@ def _lowrank_conv2d_with_intermediate_cpu(
 def _lowrank_conv2d_backward_cpu(
     grad_out, x, w1, w2, scheme, stride, padding, dilation, output_mask, intermediate=None
 ):
-    kh, kw = check_lowrank_args(x, w1, w2, None, scheme, stride, padding, dilation)
-    ho, wo = output_size(x.shape, (kh, kw), stride, padding, dilation)
-    _check_grad_out(grad_out, x, w2.shape[0], ho, wo)
-    _check_intermediate(intermediate, x, w1, scheme, ho, wo)
+    kh, kw = check_backward_args(
+        grad_out, x, w1, w2, scheme, stride, padding, dilation, intermediate
+    )
     reason = _native_reason(x)
     if reason is None and not hasattr(_native.cpu(), "lowrank_conv2d_backward_cpu"):
         reason = "fusenas._C has no lowrank_conv2d_backward_cpu (stale build)"
@@ -458,6 +457,27 @@ def _lowrank_conv2d_backward_cpu(
         _DTYPE_CODE[x.dtype], torch.get_num_threads(), 0 if t is None else t.data_ptr(),
     )  # fmt: skip
     return gx, gw1, gw2, gb
+
+
+def check_backward_args(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    scheme: str,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    intermediate: torch.Tensor | None = None,
+) -> tuple[int, int]:
+    """Validates the arguments of lowrank_conv2d_backward (those of the forward, grad_out
+    and the kept intermediate); returns the dense kernel size (kh, kw)."""
+    kh, kw = check_lowrank_args(x, w1, w2, None, scheme, stride, padding, dilation)
+    ho, wo = output_size(x.shape, (kh, kw), _pair(stride, "stride"),
+                         _pair(padding, "padding"), _pair(dilation, "dilation"))  # fmt: skip
+    _check_grad_out(grad_out, x, w2.shape[0], ho, wo)
+    _check_intermediate(intermediate, x, w1, scheme, ho, wo)
+    return kh, kw
 
 
 def _check_intermediate(intermediate, x, w1, scheme, ho, wo):
@@ -529,10 +549,9 @@ def _lowrank_conv2d_with_intermediate_other(
 def _lowrank_conv2d_backward_other(
     grad_out, x, w1, w2, scheme, stride, padding, dilation, output_mask, intermediate=None
 ):
-    kh, kw = check_lowrank_args(x, w1, w2, None, scheme, stride, padding, dilation)
-    ho, wo = output_size(x.shape, (kh, kw), stride, padding, dilation)
-    _check_grad_out(grad_out, x, w2.shape[0], ho, wo)
-    _check_intermediate(intermediate, x, w1, scheme, ho, wo)
+    kh, kw = check_backward_args(
+        grad_out, x, w1, w2, scheme, stride, padding, dilation, intermediate
+    )
     _native.warn_fallback("lowrank_conv2d_backward", f"no kernel for device {x.device.type}")
     return lowrank_conv2d_backward_reference(
         grad_out, x, w1, w2, scheme, stride, padding, dilation, output_mask, intermediate
@@ -572,10 +591,9 @@ def _lowrank_conv2d_with_intermediate_fake(
 def _lowrank_conv2d_backward_fake(
     grad_out, x, w1, w2, scheme, stride, padding, dilation, output_mask, intermediate=None
 ):
-    kh, kw = check_lowrank_args(x, w1, w2, None, scheme, stride, padding, dilation)
-    ho, wo = output_size(x.shape, (kh, kw), stride, padding, dilation)
-    _check_grad_out(grad_out, x, w2.shape[0], ho, wo)
-    _check_intermediate(intermediate, x, w1, scheme, ho, wo)
+    kh, kw = check_backward_args(
+        grad_out, x, w1, w2, scheme, stride, padding, dilation, intermediate
+    )
     return (
         torch.empty_like(x, memory_format=_memory_format(x)) if output_mask[0] else x.new_empty(0),
         w1.new_empty(w1.shape) if output_mask[1] else x.new_empty(0),

@@ -23,6 +23,7 @@ import torch
 from fusenas.ops import _native
 from fusenas.ops.lowrank_conv import (
     apply_epilogue,
+    check_backward_args,
     check_epilogue,
     check_lowrank_args,
     lowrank_conv2d_backward_reference,
@@ -217,17 +218,9 @@ def _lowrank_conv2d_backward_cuda(
 ):
     # The CUDA forward keeps no intermediate (lowrank_conv2d routes only CPU tensors to
     # lowrank_conv2d_with_intermediate); a given one is not needed: the kernel recomputes it.
-    kh, kw = check_lowrank_args(x, w1, w2, None, scheme, stride, padding, dilation)
-    ho, wo = output_size(x.shape, (kh, kw), _pair(stride), _pair(padding), _pair(dilation))
-    expected = (x.shape[0], w2.shape[0], ho, wo)
-    if not isinstance(grad_out, torch.Tensor) or tuple(grad_out.shape) != expected:
-        shape = tuple(grad_out.shape) if isinstance(grad_out, torch.Tensor) else grad_out
-        raise ValueError(f"grad_out: expected shape {expected} (the output's), got {shape}")
-    if grad_out.dtype != x.dtype or grad_out.device != x.device:
-        raise TypeError(
-            f"grad_out: expected {x.dtype} on {x.device} (x's), got {grad_out.dtype} on "
-            f"{grad_out.device}"
-        )
+    kh, kw = check_backward_args(
+        grad_out, x, w1, w2, scheme, stride, padding, dilation, intermediate
+    )
     if len(output_mask) != 4:
         raise ValueError(f"output_mask: expected 4 booleans, got {list(output_mask)}")
     ext = _native.cuda()
@@ -239,7 +232,7 @@ def _lowrank_conv2d_backward_cuda(
     if reason is not None:
         _native.warn_fallback("lowrank_conv2d_backward", reason)
         return lowrank_conv2d_backward_reference(
-            grad_out, x, w1, w2, scheme, stride, padding, dilation, output_mask
+            grad_out, x, w1, w2, scheme, stride, padding, dilation, output_mask, intermediate
         )
     with torch.cuda.device(x.device):
         return lowrank_backward_native(
