@@ -29,11 +29,11 @@ import torch.nn.functional as F
 from results_io import publish  # experiments/results_io.py (the script's directory)
 
 from fusenas.compress.config import CompressConfig
-from fusenas.compress.driver import build_model, load_split
+from fusenas.compress.driver import load_split, load_trained
 from fusenas.config_file import load_config
 from fusenas.nn import LowRankConv2d
 from fusenas.ops.lowrank_conv import factor_params
-from fusenas.quant.io import load_float, load_model
+from fusenas.quant.io import load_model
 
 
 class TwoConvs(torch.nn.Module):
@@ -82,8 +82,7 @@ def main() -> None:
     base_cfg = load_config(CompressConfig, args.baseline / "config.yaml")
     train, test = load_split(base_cfg)
     c, k = test.x.shape[1], len(test.classes)
-    dense = build_model(base_cfg, c, k)
-    load_float(args.baseline / "dense.safetensors").load_into(dense)
+    dense = load_trained(args.baseline, base_cfg, c, k)
 
     def trp() -> torch.nn.Module:  # a fresh copy of the exported network
         return load_model(args.trp / "compressed.safetensors")[0]

@@ -21,11 +21,10 @@ import torch
 from results_io import publish  # experiments/results_io.py (the script's directory)
 
 from fusenas.compress.config import CompressConfig
-from fusenas.compress.driver import build_model, load_split, trp_settings
+from fusenas.compress.driver import load_split, load_trained, trp_settings
 from fusenas.compress.report import measure
 from fusenas.compress.trp import TRPRegularizer
 from fusenas.config_file import load_config
-from fusenas.quant.io import load_float
 
 
 def sweep(run_dir: Path, thresholds: list[float]) -> list[dict]:
@@ -34,8 +33,7 @@ def sweep(run_dir: Path, thresholds: list[float]) -> list[dict]:
         raise ValueError(f"run_dir: {run_dir} is a {config.method!r} run, not 'trp'")
     torch.set_num_threads(config.threads or 2)
     train, test = load_split(config)
-    model = build_model(config, train.x.shape[1], len(train.classes))
-    load_float(run_dir / "dense.safetensors").load_into(model)
+    model = load_trained(run_dir, config, train.x.shape[1], len(train.classes))
     rows = [measure("TRP-trained, dense", model, test, config.latency_batches)]
     for t in thresholds:
         settings = trp_settings(config, model)

@@ -25,18 +25,12 @@ import torch
 from results_io import publish  # experiments/results_io.py (the script's directory)
 
 from fusenas.compress.config import CompressConfig
-from fusenas.compress.driver import build_model, load_split
+from fusenas.compress.driver import load_split, load_trained
 from fusenas.config_file import load_config
 from fusenas.data.batches import evaluate
 from fusenas.nn import optimize_for_inference
 from fusenas.profiling import count_macs, count_params
-from fusenas.quant.io import load_float, load_model
-
-
-def _dense(run_dir: Path, config: CompressConfig, channels: int, classes: int) -> torch.nn.Module:
-    model = build_model(config, channels, classes)
-    load_float(run_dir / "dense.safetensors").load_into(model)
-    return model.eval()
+from fusenas.quant.io import load_model
 
 
 @torch.no_grad()
@@ -68,8 +62,8 @@ def main() -> None:
     c, k = test.x.shape[1], len(test.classes)
     exported, _ = load_model(args.trp / "compressed.safetensors")
     nets = {
-        "baseline (dense)": _dense(args.baseline, base_cfg, c, k),
-        "TRP-trained (dense)": _dense(args.trp, trp_cfg, c, k),
+        "baseline (dense)": load_trained(args.baseline, base_cfg, c, k),
+        "TRP-trained (dense)": load_trained(args.trp, trp_cfg, c, k),
         "TRP exported (LowRankConv2d)": exported.eval(),
     }
     rows = []

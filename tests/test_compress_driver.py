@@ -10,7 +10,7 @@ import torch
 
 from fusenas.cli import main as cli_main
 from fusenas.compress.config import CompressConfig
-from fusenas.compress.driver import run_compress
+from fusenas.compress.driver import load_trained, run_compress
 from fusenas.nn.lowrank_conv import LowRankConv2d
 from fusenas.quant.io import load_model
 
@@ -23,7 +23,8 @@ def _cfg(tmp_path, name="run", **kw):
 
 
 def test_trp_run_exports_fused_layers_that_reproduce_the_trained_model(tmp_path):
-    result = run_compress(_cfg(tmp_path, scheme="spatial"), progress=False)
+    config = _cfg(tmp_path, scheme="spatial")
+    result = run_compress(config, progress=False)
     out = result.out_dir
     assert sum(isinstance(m, LowRankConv2d) for m in result.compressed.modules()) == 16
     ranks = result.history[-1]["ranks"]
@@ -34,6 +35,10 @@ def test_trp_run_exports_fused_layers_that_reproduce_the_trained_model(tmp_path)
     loaded, _ = load_model(out / "compressed.safetensors")
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), result.compressed(x))
+    trained = load_trained(out, config, 1, 10)  # the run's dense.safetensors
+    assert not trained.training
+    with torch.no_grad():
+        torch.testing.assert_close(trained(x), result.dense.eval()(x))
     report = json.loads((out / "report.json").read_text())
     dense, comp = report["stages"]
     assert comp["macs"] < dense["macs"] / 2 and comp["file_bytes"] < dense["file_bytes"]

@@ -35,7 +35,7 @@ from fusenas.compress.trp import TRPRegularizer, TRPSettings
 from fusenas.config_file import dump_config
 from fusenas.data.batches import evaluate
 from fusenas.data.datasets import ImageDataset, load_train_set, train_test_split
-from fusenas.quant.io import save_float
+from fusenas.quant.io import load_float, save_float
 from fusenas.run_dir import resume_state, start_run, write_log
 
 logger = logging.getLogger("fusenas.compress")
@@ -94,6 +94,15 @@ def build_model(config: CompressConfig, in_channels: int, num_classes: int) -> n
     depth = int(config.model.removeprefix("resnet"))
     mean = [0.5] * in_channels if in_channels != 3 else None
     return CifarResNet(depth, num_classes, in_channels, mean=mean, std=mean)
+
+
+def load_trained(
+    run_dir: Path, config: CompressConfig, in_channels: int, num_classes: int
+) -> nn.Module:
+    """The network a finished run trained (its ``dense.safetensors``), in eval mode."""
+    model = build_model(config, in_channels, num_classes)
+    load_float(Path(run_dir) / "dense.safetensors").load_into(model)
+    return model.eval()
 
 
 def trp_settings(config: CompressConfig, model: nn.Module) -> TRPSettings:
