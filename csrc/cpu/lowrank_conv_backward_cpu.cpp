@@ -268,9 +268,11 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
   const int64_t front = lay.front, grid_rows = lay.grid_rows, gplane = lay.gplane;
   const int64_t tplane = lay.tplane, row0 = lay.row0;  // row0: the tile's first row in G / gT
 
+  // The first factor forward (w1 as float32, tap offsets) only when it is recomputed.
+  const bool recompute = want_w2 && !t_saved;
   std::vector<float> w1_store;
-  const float* a1 = as_f32(w1, s.rank * g.K1, w1_store);
-  const std::vector<int64_t> off1 = stage1_offsets(g);
+  const float* a1 = recompute ? as_f32(w1, s.rank * g.K1, w1_store) : nullptr;
+  const std::vector<int64_t> off1 = recompute ? stage1_offsets(g) : std::vector<int64_t>();
   const auto w2t = second_factor_transposed(w2, g, gplane, kern.mr);
   std::vector<PhaseTaps> w1t;
   if (want_gx) w1t = first_factor_transposed(w1, g, gplane, kern.mr);
@@ -333,7 +335,6 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
       const int64_t P = round_up(rows * g.Wq, kPixelAlign);
       const int64_t qown = tile + 1 < g.ntiles ? rows : ceil_div(Hp - oh0 * s.sh, s.sh);
       pack_grad_out(kern, go, gs, n, oh0, rows, g, grid_rows, G.get(), gplane, front);
-      const bool recompute = want_w2 && !t_saved;
       if (want_w1 || recompute) pack_input(kern, x, xs, n, oh0, rows + g.qh_max, g, xp.get());
       if (want_w2) {  // the intermediate (kept or recomputed), then grad_w2 += G . T^T
         if (t_saved) {

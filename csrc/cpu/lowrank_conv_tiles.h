@@ -355,6 +355,13 @@ void pack_input(const cpu::lowrank::Kernels& kern, const T* x, const Strides4& x
 // second factor's zero padding (spatial) or thrown away (channel).
 inline int64_t intermediate_width(const Geometry& g) { return g.channel ? g.Wo : g.s.W; }
 
+// Spatial scheme, stride sw > 1: grid offset (row 0) of column w of rank
+// plane r of the intermediate.
+inline int64_t spatial_grid_offset(const Geometry& g, int64_t r, int64_t w, int64_t tplane) {
+  const int64_t b = (w + g.s.pw) % g.s.sw, qc = (w + g.s.pw) / g.s.sw;
+  return (b * g.s.rank + r) * tplane + qc;
+}
+
 // Grid rows [0, rows) of the tile at output row oh0 -> image n of t.
 inline void store_intermediate(const cpu::lowrank::Kernels& kern, const float* tg, int64_t tplane,
                                int64_t rows, int64_t n, int64_t oh0, const Geometry& g, float* t) {
@@ -369,10 +376,8 @@ inline void store_intermediate(const cpu::lowrank::Kernels& kern, const float* t
   }
   for (int64_t r = 0; r < s.rank; ++r)
     for (int64_t i = 0; i < rows; ++i)
-      for (int64_t w = 0; w < wt; ++w) {
-        const int64_t b = (w + s.pw) % s.sw, qc = (w + s.pw) / s.sw;
-        tn[r * img + i * wt + w] = tg[(b * s.rank + r) * tplane + i * g.Wq + qc];
-      }
+      for (int64_t w = 0; w < wt; ++w)
+        tn[r * img + i * wt + w] = tg[spatial_grid_offset(g, r, w, tplane) + i * g.Wq];
 }
 
 // Image n of t, rows [oh0, oh0 + rows) -> the tile's grid planes, zero in
@@ -397,10 +402,8 @@ inline void load_intermediate(const cpu::lowrank::Kernels& kern, const float* t,
     std::memset(tg + pl * tplane, 0, static_cast<size_t>(clear) * sizeof(float));
   for (int64_t r = 0; r < s.rank; ++r)
     for (int64_t i = 0; i < rows; ++i)
-      for (int64_t w = 0; w < wt; ++w) {
-        const int64_t b = (w + s.pw) % s.sw, qc = (w + s.pw) / s.sw;
-        tg[(b * s.rank + r) * tplane + i * g.Wq + qc] = tn[r * img + i * wt + w];
-      }
+      for (int64_t w = 0; w < wt; ++w)
+        tg[spatial_grid_offset(g, r, w, tplane) + i * g.Wq] = tn[r * img + i * wt + w];
 }
 
 // Runs fn(thread_index, item) over items on up to `threads` OpenMP threads,
