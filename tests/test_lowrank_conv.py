@@ -563,11 +563,14 @@ def test_intermediate_kept_by_default_only_when_costly_to_recompute(c, scheme, k
     assert (c * (9 if scheme == "channel" else 3) >= KEEP_INTERMEDIATE_MIN_DEPTH) == kept
 
 
-def test_inference_and_frozen_w2_keep_nothing():
+def test_frozen_w2_keeps_nothing_even_when_asked():
     x, w1, w2, bias, (s, p, d) = _case(SHAPES[0], "channel", False, torch.float32)
     w1.requires_grad_()  # w2 frozen: grad_w2 is not wanted, t would be dead weight
-    y = lowrank_conv2d(x, w1, w2, bias, scheme="channel", stride=s, padding=p, dilation=d)
+    kw = {"scheme": "channel", "stride": s, "padding": p, "dilation": d, "save_intermediate": True}
+    y = lowrank_conv2d(x, w1, w2, bias, **kw)
     assert "with_intermediate" not in y.grad_fn.name()
+    y = lowrank_conv2d(x, w1, w2.requires_grad_(), bias, **kw)  # the same call, w2 trained
+    assert "with_intermediate" in y.grad_fn.name()
 
 
 @pytest.mark.parametrize(
