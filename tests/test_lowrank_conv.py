@@ -225,8 +225,10 @@ def test_gradcheck_float64_reference(scheme):
 @pytest.mark.parametrize("isa", _isas())
 @pytest.mark.parametrize("scheme", ["channel", "spatial"])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_native_backward_finite_differences(isa, scheme, channels_last, monkeypatch):
-    """Directional derivatives of the native float32 forward against <native grad, v>."""
+@pytest.mark.parametrize("keep", [True, False])
+def test_native_backward_finite_differences(isa, scheme, channels_last, keep, monkeypatch):
+    """Directional derivatives of the native float32 forward against <native grad, v>, with
+    the intermediate kept from the forward or recomputed in the backward."""
     monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
     x, w1, w2, bias, (s, p, d) = _case(
         (2, 5, 9, 8, 3, 6, 3, 1, 1, 1), scheme, channels_last, torch.float32
@@ -235,7 +237,8 @@ def test_native_backward_finite_differences(isa, scheme, channels_last, monkeypa
     probe = torch.randn(2, 6, 9, 8, generator=g)
 
     def loss(x, w1, w2, bias):
-        y = lowrank_conv2d(x, w1, w2, bias, scheme=scheme, stride=s, padding=p, dilation=d)
+        y = lowrank_conv2d(x, w1, w2, bias, scheme=scheme, stride=s, padding=p, dilation=d,
+                           save_intermediate=keep)  # fmt: skip
         return (y * probe).sum()
 
     params = [t.clone().requires_grad_() for t in (x, w1, w2, bias)]
@@ -592,7 +595,9 @@ def test_kept_intermediate_opcheck_and_compile(scheme, shape, cl):
     torch.library.opcheck(torch.ops.fusenas.lowrank_conv2d_backward.default, bwd)
 
     def f(x, w1, w2, bias):
-        y = lowrank_conv2d(x, w1, w2, bias, scheme=scheme, stride=s, padding=p, dilation=d)
+        y = lowrank_conv2d(x, w1, w2, bias, scheme=scheme, stride=s, padding=p, dilation=d,
+                           save_intermediate=True)  # fmt: skip
+        assert torch.compiler.is_compiling() or "with_intermediate" in y.grad_fn.name()
         return torch.relu(y).sum()
 
     a = [t.detach().clone().requires_grad_() for t in (x, w1, w2, bias)]
