@@ -33,6 +33,13 @@ for step in "${steps[@]}"; do
       python experiments/trp_export_sweep.py runs/trp_r20_e099/trp \
         --thresholds 0.01 0.02 0.05 0.1 0.2 0.3 --baseline $BASE/report.json \
         --out docs/trp_export_sweep.md ;;
+    trp40_e099_s1)  # a second training seed, scored on the same test split
+      fusenas compress trp "${COMMON[@]}" --set epochs=40 --set scheme=spatial --set period=5 \
+        --set energy=0.99 --set seed=1 --set split_seed=0 \
+        --set out_dir=runs/trp_r20_40ep/trp_e099_s1 ;;
+    baseline40_s1)  # its same-seed baseline
+      fusenas compress baseline "${COMMON[@]}" --set epochs=40 --set seed=1 --set split_seed=0 \
+        --set out_dir=runs/trp_r20_40ep/baseline_s1 ;;
     slq4)
       fusenas compress slq "${COMMON[@]}" --set init=$BASE/dense.safetensors --set bits=4 \
         --set out_dir=runs/quant_r20/slq4 ;;

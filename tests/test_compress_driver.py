@@ -10,7 +10,7 @@ import torch
 
 from fusenas.cli import main as cli_main
 from fusenas.compress.config import CompressConfig
-from fusenas.compress.driver import load_trained, run_compress
+from fusenas.compress.driver import load_split, load_trained, run_compress
 from fusenas.nn.lowrank_conv import LowRankConv2d
 from fusenas.quant.io import load_model
 
@@ -87,11 +87,22 @@ def test_cli_baseline_and_bad_input(tmp_path, capsys):
         (dict(model="darts"), "genotype"),
         (dict(scheme="tucker"), "scheme"),
         (dict(milestones=(1.5,)), "milestones"),
+        (dict(split_seed=1.5), "split_seed"),
+        (dict(seed=None), "seed"),
     ],
 )
 def test_bad_compress_configs(kw, match):
     with pytest.raises(ValueError, match=match):
         CompressConfig(**kw)
+
+
+def test_split_seed_keeps_the_test_split_across_training_seeds(tmp_path):
+    def test_images(**kw):
+        return load_split(_cfg(tmp_path, **kw))[1].x
+
+    shared = test_images(seed=0)
+    assert torch.equal(test_images(seed=1, split_seed=0), shared)
+    assert not torch.equal(test_images(seed=1), shared)  # seed alone also moves the split
 
 
 def test_test_size_larger_than_the_data(tmp_path):

@@ -53,7 +53,12 @@ class CompressConfig:
             episodes and accuracy / size trade-off.
         quant_exclude: fnmatch patterns of conv / linear layers kept in float.
         latency_batches: batch sizes of the latency report (2 threads).
-        seed, threads, device, out_dir.
+        seed: seeds the initial weights, the batch order and (unless
+            ``split_seed`` is set) the held-out split.
+        split_seed: the held-out split's (and ``limit``'s subset's) seed; None:
+            ``seed``. Runs with different ``seed`` and one ``split_seed`` train
+            on the same images and are scored on the same test split.
+        threads, device, out_dir.
     """
 
     method: str = "trp"
@@ -90,6 +95,7 @@ class CompressConfig:
     quant_exclude: tuple[str, ...] = ()
     latency_batches: tuple[int, ...] = (1, 64)
     seed: int = 0
+    split_seed: int | None = None
     threads: int | None = 2
     device: str = "cpu"
     out_dir: str = "runs/compress"
@@ -164,5 +170,11 @@ class CompressConfig:
         from fusenas._layer_select import as_patterns
 
         self.quant_exclude = as_patterns(self.quant_exclude, "quant_exclude")
+        for name in ("seed", "split_seed"):
+            v = getattr(self, name)
+            if (v is not None or name == "seed") and (
+                isinstance(v, bool) or not isinstance(v, int)
+            ):
+                raise ValueError(f"{name}: expected an integer, got {v!r}")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device: expected 'cpu' or 'cuda', got {self.device!r}")

@@ -60,6 +60,7 @@ _RUN_DEFINING = (
     "period",
     "nuclear_weight",
     "seed",
+    "split_seed",
 )
 
 
@@ -120,11 +121,13 @@ def trp_settings(config: CompressConfig, model: nn.Module) -> TRPSettings:
 
 
 def load_split(config: CompressConfig) -> tuple[ImageDataset, ImageDataset]:
-    """(train, test): ``test_size`` images of the training set held out, stratified, seeded."""
-    data = load_train_set(config.dataset, config.data_dir, config.limit, config.seed)
+    """(train, test): ``test_size`` images of the training set held out, stratified, seeded
+    by ``split_seed`` (``seed`` when None)."""
+    seed = config.seed if config.split_seed is None else config.split_seed
+    data = load_train_set(config.dataset, config.data_dir, config.limit, seed)
     if config.test_size >= len(data):
         raise ValueError(f"test_size: {config.test_size} leaves no training images of {len(data)}")
-    return train_test_split(data, config.test_size / len(data), config.seed)
+    return train_test_split(data, config.test_size / len(data), seed)
 
 
 def run_compress(
