@@ -33,6 +33,9 @@ for step in "${steps[@]}"; do
       python experiments/trp_export_sweep.py runs/trp_r20_e099/trp \
         --thresholds 0.01 0.02 0.05 0.1 0.2 0.3 --baseline $BASE/report.json \
         --out docs/trp_export_sweep.md ;;
+    trp40_e0992)  # with the strided convs exported too, 0.99 leaves MACs to spare
+      fusenas compress trp "${COMMON[@]}" --set epochs=40 --set scheme=spatial --set period=5 \
+        --set energy=0.992 --set out_dir=runs/trp_r20_40ep/trp_e0992 ;;
     trp40_e099_s1)  # a second training seed, scored on the same test split
       fusenas compress trp "${COMMON[@]}" --set epochs=40 --set scheme=spatial --set period=5 \
         --set energy=0.99 --set seed=1 --set split_seed=0 \

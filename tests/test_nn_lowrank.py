@@ -118,6 +118,27 @@ def test_decompose_resnet20_selects_stride1_3x3_convs():
     assert y.shape == (2, 10) and torch.isfinite(y).all()
 
 
+def test_decompose_strided_convs_on_request():
+    torch.manual_seed(3)
+    model = resnet20().eval()
+    convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    strided = {n: m for n, m in convs.items() if m.stride != (1, 1)}
+    assert sorted(strided) == ["blocks.3.conv1", "blocks.6.conv1"]
+    config = DecomposeConfig(scheme="spatial", rank=4, exclude=("stem*",), strided=True)
+    report = {r["name"]: r for r in decompose_(model, config)}
+    assert len(report) == 18
+    for name, conv in strided.items():
+        low = model.get_submodule(name)
+        assert isinstance(low, LowRankConv2d) and low.stride == (2, 2)
+        # Factor 1 (3x1) runs at the output's height and the input's full width.
+        c, n = conv.in_channels, conv.out_channels
+        assert report[name]["mac_ratio"] == pytest.approx(n * c * 9 / (4 * c * 3 * 2 + n * 4 * 3))
+        x = torch.rand(2, c, 16, 16)
+        with torch.no_grad():
+            torch.testing.assert_close(low(x), low.to_conv()(x), atol=1e-5, rtol=1e-4)
+            assert low(x).shape == conv(x).shape
+
+
 def test_decompose_keeps_layers_that_would_not_shrink():
     model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1))
     assert decompose_(model, DecomposeConfig(energy=1.0)) == []
@@ -135,6 +156,8 @@ def test_bad_decompose_configs():
         DecomposeConfig(scheme="svd")
     with pytest.raises(TypeError, match="include"):
         DecomposeConfig(include=[3])
+    with pytest.raises(TypeError, match="strided"):
+        DecomposeConfig(strided=1)
     with pytest.raises(TypeError, match="config"):
         decompose_(nn.Conv2d(3, 3, 3), {"energy": 0.9})
     with pytest.raises(TypeError, match="model"):

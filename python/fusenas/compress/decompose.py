@@ -2,9 +2,10 @@
 
 Mirrors ``fusenas.quantize_``: a config selects layers by module name
 (fnmatch include / exclude) and says how to pick each layer's rank; the model
-changes in place and a per-layer report comes back. Eligible, as TRP exports
-them: stride-1 k x k convs with k > 1, groups 1, zero padding. A layer whose
-factors would cost as many MACs as the dense conv stays dense (logged).
+changes in place and a per-layer report comes back. Eligible: stride-1 k x k
+convs with k > 1, groups 1, zero padding, and strided ones too with
+``strided=True`` (TRP's export: training made them low-rank as well). A layer
+whose factors would cost as many MACs as the dense conv stays dense (logged).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ class DecomposeConfig:
         exclude: ... and none of these (e.g. ``("stem*",)`` for the first conv).
         keep_if_not_smaller: leave a layer dense when its factors would need at
             least the dense conv's MACs.
+        strided: also convert strided convs (off by default: a stride-2 layer
+            usually has few MACs to save, and with the spatial scheme its first
+            factor runs at the full input width).
         min_kernel: smallest kernel side decomposed (2, as TRP; 1 also factors
             1x1 convs, channel scheme only).
     """
@@ -49,6 +53,7 @@ class DecomposeConfig:
     exclude: tuple[str, ...] = ()
     keep_if_not_smaller: bool = True
     min_kernel: int = 2
+    strided: bool = False
 
     def __post_init__(self) -> None:
         check_scheme(self.scheme)
@@ -74,17 +79,16 @@ class DecomposeConfig:
             raise ValueError(f"min_kernel: expected a positive integer, got {self.min_kernel!r}")
         if self.min_kernel == 1 and self.scheme != "channel":
             raise ValueError("min_kernel: 1x1 convs only factor by the 'channel' scheme")
-        if not isinstance(self.keep_if_not_smaller, bool):
-            raise TypeError(
-                f"keep_if_not_smaller: expected a bool, got {self.keep_if_not_smaller!r}"
-            )
+        for name in ("keep_if_not_smaller", "strided"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name}: expected a bool, got {getattr(self, name)!r}")
 
 
-def ineligible_reason(conv: nn.Conv2d, min_kernel: int = 2) -> str | None:
+def ineligible_reason(conv: nn.Conv2d, min_kernel: int = 2, strided: bool = False) -> str | None:
     """Why ``conv`` is not decomposed, or None when it is eligible."""
     if conv.groups != 1:
         return f"groups={conv.groups}"
-    if conv.stride != (1, 1):
+    if conv.stride != (1, 1) and not strided:
         return f"stride={conv.stride}"
     if min(conv.kernel_size) < min_kernel:
         return f"kernel_size={conv.kernel_size}"
@@ -94,10 +98,13 @@ def ineligible_reason(conv: nn.Conv2d, min_kernel: int = 2) -> str | None:
 
 
 def _per_pixel_macs(conv: nn.Conv2d, rank: int, scheme: str) -> tuple[int, int]:
-    # MACs per output pixel (stride 1, so factor 1 of the spatial scheme runs at
-    # about the output resolution too).
+    # MACs per output pixel. The spatial scheme's first factor (kh x 1) runs at
+    # the output's height but the input's width: stride_w times as many pixels.
     n, c, kh, kw = conv.weight.shape
-    low = rank * c * kh * kw + n * rank if scheme == "channel" else rank * c * kh + n * rank * kw
+    sw = conv.stride[1]
+    low = (
+        rank * c * kh * kw + n * rank if scheme == "channel" else rank * c * kh * sw + n * rank * kw
+    )
     return n * c * kh * kw, low
 
 
@@ -124,7 +131,7 @@ def decompose_(model: nn.Module, config: DecomposeConfig | None = None) -> list[
             continue
         if name == "":
             raise ValueError("model: the model itself is a conv; use LowRankConv2d.from_conv")
-        reason = ineligible_reason(module, config.min_kernel)
+        reason = ineligible_reason(module, config.min_kernel, config.strided)
         if reason is not None:
             logger.info("decompose_: leaving %s dense: %s", name, reason)
             continue

@@ -118,10 +118,13 @@ class TRPRegularizer:
         self._pending = []
 
     def export(self, model: nn.Module) -> list[dict]:
-        """Replaces the eligible stride-1 convs by LowRankConv2d (singular-value threshold)."""
+        """Replaces the trained convs by LowRankConv2d (singular-value threshold).
+
+        Strided convs too: the projection made them low-rank like the others.
+        """
         config = DecomposeConfig(
             scheme=self.settings.scheme, value_threshold=self.settings.export_threshold,
             include=tuple(n for n, _ in self.convs), exclude=(),
-            min_kernel=self.settings.min_kernel,
+            min_kernel=self.settings.min_kernel, strided=True,
         )  # fmt: skip
         return decompose_(model, config)
