@@ -10,7 +10,7 @@ import torch
 
 from fusenas.cli import main as cli_main
 from fusenas.compress.config import CompressConfig
-from fusenas.compress.driver import load_split, load_trained, run_compress
+from fusenas.compress.driver import export_run, load_split, load_trained, run_compress
 from fusenas.nn.lowrank_conv import LowRankConv2d
 from fusenas.quant.io import load_model
 
@@ -104,6 +104,37 @@ def test_split_seed_keeps_the_test_split_across_training_seeds(tmp_path):
     shared = test_images(seed=0)
     assert torch.equal(test_images(seed=1, split_seed=0), shared)
     assert not torch.equal(test_images(seed=1), shared)  # seed alone also moves the split
+
+
+def test_export_run_again_at_another_threshold(tmp_path):
+    result = run_compress(_cfg(tmp_path, scheme="spatial", epochs=1), progress=False)
+    out = result.out_dir
+    x = torch.rand(4, 1, 8, 8)
+
+    def ranks(model):
+        return [m.rank for m in model.modules() if isinstance(m, LowRankConv2d)]
+
+    again = export_run(out, progress=False)  # same threshold: the same network
+    with torch.no_grad():
+        torch.testing.assert_close(again.compressed(x), result.compressed(x))
+    assert ranks(again.compressed) == ranks(result.compressed)
+    loose = export_run(out, export_threshold=1e3, progress=False)  # above all: rank 1
+    assert set(ranks(loose.compressed)) == {1} and sum(ranks(result.compressed)) > 18
+    assert "export_threshold: 1000.0" in (out / "config.yaml").read_text()
+    loaded, _ = load_model(out / "compressed.safetensors")
+    assert ranks(loaded) == ranks(loose.compressed)
+    report = json.loads((out / "report.json").read_text())
+    assert report["stages"][1]["params"] == loose.report[1]["params"]
+    assert cli_main(["compress", "export", str(out), "--threshold", "0.05", "--no-progress"]) == 0
+    assert ranks(load_model(out / "compressed.safetensors")[0]) == ranks(result.compressed)
+
+
+def test_export_run_bad_input(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run_dir"):
+        export_run(tmp_path / "nothing", progress=False)
+    base = run_compress(_cfg(tmp_path, "base", method="baseline", epochs=1), progress=False)
+    with pytest.raises(ValueError, match="only TRP runs"):
+        export_run(base.out_dir, progress=False)
 
 
 def test_test_size_larger_than_the_data(tmp_path):

@@ -41,8 +41,13 @@ def start_run(config: Any, device: torch.device) -> Run:
     out = Path(config.out_dir)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out / "config.yaml", yaml.safe_dump(dump_config(config)).encode())
+        write_config(out, config)
     return Run(device, rank, world, out)
+
+
+def write_config(out: Path, config: Any) -> None:
+    """The run's settings as ``out/config.yaml`` (atomic)."""
+    atomic_write_bytes(Path(out) / "config.yaml", yaml.safe_dump(dump_config(config)).encode())
 
 
 def write_log(out: Path, history: list[dict[str, Any]]) -> None:

@@ -15,6 +15,7 @@ Data-parallel under torchrun, as the search driver.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import time
@@ -36,7 +37,7 @@ from fusenas.config_file import dump_config
 from fusenas.data.batches import evaluate
 from fusenas.data.datasets import ImageDataset, load_train_set, train_test_split
 from fusenas.quant.io import load_float, save_float
-from fusenas.run_dir import resume_state, start_run, write_log
+from fusenas.run_dir import resume_state, start_run, write_config, write_log
 
 logger = logging.getLogger("fusenas.compress")
 CHECKPOINT = "checkpoint.safetensors"
@@ -225,21 +226,64 @@ def run_compress(
         distributed.barrier()
 
     model.eval()
-    compressed = copy.deepcopy(model)
-    export = []
-    if trp is not None:
-        export = trp.export(compressed)
-    report: list[dict[str, Any]] = []
-    if rank == 0:
-        dense_path, comp_path = out / "dense.safetensors", out / "compressed.safetensors"
-        save_float(model, dense_path, {"config": dump_config(config)})
-        save_float(compressed, comp_path, {"config": dump_config(config), "export": export})
-        stage = "TRP, exported" if trp is not None else "baseline"
-        report = [
-            measure("dense (trained)", model, test, config.latency_batches),
-            measure(stage, compressed, test, config.latency_batches),
-        ]
-        text = write_report(out, report, [dense_path, comp_path], export)
-        if progress:
-            print(text)
+    if rank != 0:
+        compressed = copy.deepcopy(model)
+        if trp is not None:
+            trp.export(compressed)
+        return CompressResult(model, compressed, [], history, out)
+    compressed, report = _export_and_report(model, config, trp, test, out, progress)
     return CompressResult(model, compressed, report, history, out)
+
+
+def _export_and_report(
+    model: nn.Module,
+    config: CompressConfig,
+    trp: TRPRegularizer | None,
+    test: ImageDataset,
+    out: Path,
+    progress: bool,
+) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """Writes dense.safetensors, compressed.safetensors (TRP: exported) and the report."""
+    compressed = copy.deepcopy(model)
+    export = trp.export(compressed) if trp is not None else []
+    dense_path, comp_path = out / "dense.safetensors", out / "compressed.safetensors"
+    save_float(model, dense_path, {"config": dump_config(config)})
+    save_float(compressed, comp_path, {"config": dump_config(config), "export": export})
+    stage = "TRP, exported" if trp is not None else "baseline"
+    report = [
+        measure("dense (trained)", model, test, config.latency_batches),
+        measure(stage, compressed, test, config.latency_batches),
+    ]
+    text = write_report(out, report, [dense_path, comp_path], export)
+    if progress:
+        print(text)
+    return compressed, report
+
+
+def export_run(
+    run_dir: str | Path, export_threshold: float | None = None, progress: bool = True
+) -> CompressResult:
+    """Exports a finished TRP run again: its ``dense.safetensors`` through this
+    version's export (e.g. after a change to what is exported) or at another
+    ``export_threshold``; rewrites ``compressed.safetensors`` and the report, and
+    the run's ``config.yaml`` when the threshold changes. The history is empty."""
+    from fusenas.config_file import load_config
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / "dense.safetensors").is_file():
+        raise FileNotFoundError(
+            f"run_dir: expected a finished run (config.yaml and dense.safetensors) in {run_dir}"
+        )
+    config = load_config(CompressConfig, run_dir / "config.yaml")
+    if config.method != "trp":
+        raise ValueError(f"run_dir: {run_dir} is a {config.method!r} run; only TRP runs export")
+    if export_threshold is not None:
+        config = dataclasses.replace(config, export_threshold=export_threshold)
+        write_config(run_dir, config)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    _, test = load_split(config)
+    model = load_trained(run_dir, config, test.x.shape[1], len(test.classes))
+    trp = TRPRegularizer(model, trp_settings(config, model))
+    compressed, report = _export_and_report(model, config, trp, test, run_dir, progress)
+    return CompressResult(model, compressed, report, [], run_dir)
