@@ -169,13 +169,13 @@ PYBIND11_MODULE(_C, m) {
   m.def("lowrank_conv2d_workspace_bytes",
         [](int64_t N, int64_t C, int64_t H, int64_t W, int64_t rank, int64_t nout, int64_t kh,
            int64_t kw, int scheme, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh,
-           int64_t dw, bool backward, int dtype, int threads) {
+           int64_t dw, bool backward, int dtype, int threads, bool channels_last) {
           const fusenas::LowRankConvShape s{
               N,  C,  H,  W,  rank, nout, kh, kw, static_cast<fusenas::LowRankScheme>(scheme),
               sh, sw, ph, pw, dh,   dw};
           const auto dt = static_cast<DType>(dtype);
           return backward ? fusenas::lowrank_conv2d_backward_workspace_bytes(s, dt, threads)
-                          : fusenas::lowrank_conv2d_workspace_bytes(s, dt, threads);
+                          : fusenas::lowrank_conv2d_workspace_bytes(s, dt, threads, channels_last);
         });
   m.def("build_info", [] {
     py::dict d;

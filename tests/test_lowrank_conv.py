@@ -387,6 +387,42 @@ def test_check_lowrank_args_returns_kernel_size():
     assert check_lowrank_args(a["x"], w1, w2, None, "spatial", (1, 1), (1, 2), (1, 1)) == (3, 5)
 
 
+@needs_ext
+@pytest.mark.parametrize("isa", _isas())
+def test_channels_last_pixel_major_path_matches_plane_path(isa, monkeypatch):
+    """channels_last float32 forwards take the pixel-major path (FUSENAS_LOWRANK_NHWC=0
+    forces the plane path): both match the reference, epilogue included; layers whose
+    factors would not stay in cache keep the plane path."""
+    monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
+    for i, (shape, scheme) in enumerate(itertools.product(SHAPES, ["channel", "spatial"])):
+        x, w1, w2, bias, (s, p, d) = _case(shape, scheme, True, torch.float32, seed=i)
+        y0 = _ref(x.double(), w1.double(), w2.double(), bias.double(), scheme, s, p, d)
+        res = torch.randn(y0.shape, generator=torch.Generator().manual_seed(i))
+        res = res.contiguous(memory_format=_format(x))
+        want = torch.relu(y0 + res.double())
+        for env in ("1", "0"):
+            monkeypatch.setenv("FUSENAS_LOWRANK_NHWC", env)
+            y = lowrank_conv2d(x, w1, w2, bias, scheme=scheme, stride=s, padding=p, dilation=d,
+                               residual=res, activation="relu")  # fmt: skip
+            assert y.is_contiguous(memory_format=_format(x))
+            _close(y, want, torch.float32)
+
+    def both(c, r, seed):
+        x, w1, w2, bias, _ = _case((4, c, 8, 8, r, c, 3, 1, 1, 1), "channel", True,
+                                   torch.float32, seed)  # fmt: skip
+        out = []
+        for env in ("1", "0"):
+            monkeypatch.setenv("FUSENAS_LOWRANK_NHWC", env)
+            out.append(lowrank_conv2d(x, w1, w2, bias, scheme="channel", padding=1))
+        return out
+
+    nhwc, planes = both(64, 28, 1)  # another summation order: not the same bits
+    assert not torch.equal(nhwc, planes)
+    _close(nhwc, planes, torch.float32)
+    nhwc, planes = both(256, 200, 2)  # 9 x 256 x 208 packed floats: too big, plane path
+    assert torch.equal(nhwc, planes)
+
+
 # ------------------------------------------------------------- epilogue ----
 
 
@@ -508,7 +544,13 @@ def test_kept_intermediate_is_the_first_factor(isa, scheme, dtype, monkeypatch):
         x, w1, w2, bias, (s, p, d) = _case(shape, scheme, cl, dtype)
         args = (x, w1, w2, bias, scheme, [s, s], [p, p], [d, d])
         y, t = torch.ops.fusenas.lowrank_conv2d_with_intermediate(*args)
-        torch.testing.assert_close(y, torch.ops.fusenas.lowrank_conv2d(*args), rtol=0, atol=0)
+        # channels_last float32 without a kept t takes the pixel-major path: the same
+        # sums in another order. Everything else runs the same kernel, bit for bit.
+        plain = torch.ops.fusenas.lowrank_conv2d(*args)
+        if cl and dtype == torch.float32:
+            _close(y, plain, dtype)
+        else:
+            torch.testing.assert_close(y, plain, rtol=0, atol=0)
         expected = _first_factor(x.double(), w1.double(), scheme, s, p, d)
         assert t.dtype == torch.float32 and t.is_contiguous() and t.shape == expected.shape
         _close(t, expected, dtype)

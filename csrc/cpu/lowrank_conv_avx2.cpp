@@ -23,6 +23,9 @@ struct Cfg256 {
   static constexpr int kMR = 4, kNVMax = 5;
   // rows x vectors + vectors + 1 broadcast <= 16 registers.
   static constexpr int nv_for(int rows) { return rows <= 2 ? 5 : 3; }
+  // IndGemm: pixels x vectors + vectors + 1 broadcast <= 16 registers.
+  static constexpr int kIndMR = 8, kIndNV = 3;
+  static constexpr int ind_mr(int nv) { return nv == 1 ? 8 : nv == 2 ? 6 : 4; }
 };
 
 // 8 x 8 block transpose (unpack, shuffle, 128-bit permute); 16 x 16 is four.

@@ -24,6 +24,10 @@ struct Cfg512 {
   static constexpr int kMR = 6, kNVMax = 8;
   // rows x vectors <= 24 accumulators (+ the B vectors) of the 32 registers.
   static constexpr int nv_for(int rows) { return rows <= 2 ? 8 : rows <= 4 ? 6 : 4; }
+  // IndGemm: pixels x vectors <= 24 accumulators; 12 pixel pointers, some
+  // of them reloaded from the stack (L1) each k, which the load ports absorb.
+  static constexpr int kIndMR = 12, kIndNV = 4;
+  static constexpr int ind_mr(int nv) { return nv <= 2 ? 12 : nv == 3 ? 8 : 6; }
 };
 
 // 16 x 16: 4 x 4 transposes inside each 128-bit lane (unpack ps / pd), then a

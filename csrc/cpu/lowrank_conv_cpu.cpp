@@ -8,9 +8,12 @@
 //   4. Y's valid columns -> y in its own layout and dtype.
 // T stays in the thread's cache-sized buffer; only when the caller keeps it
 // for the backward are its valid columns also written out (float32).
+// channels_last float32 calls that keep no intermediate take the pixel-major
+// path instead where it applies (lowrank_conv_nhwc.cpp).
 #include <stdexcept>
 #include <vector>
 
+#include "cpu/lowrank_conv_nhwc.h"
 #include "cpu/lowrank_conv_tiles.h"
 #include "fusenas/lowrank.h"
 
@@ -158,6 +161,10 @@ void lowrank_conv2d_cpu(const void* x, const Strides4& xs, const void* w1, const
     forward(static_cast<const uint16_t*>(x), xs, static_cast<const uint16_t*>(w1),
             static_cast<const uint16_t*>(w2), static_cast<const uint16_t*>(bias),
             static_cast<uint16_t*>(y), ys, s, num_threads, nullptr, false, intermediate);
+  } else if (intermediate == nullptr && nhwc_forward_applies(s, xs, ys)) {
+    forward_nhwc(static_cast<const float*>(x), static_cast<const float*>(w1),
+                 static_cast<const float*>(w2), static_cast<const float*>(bias),
+                 static_cast<float*>(y), s, num_threads, static_cast<const float*>(residual), relu);
   } else {
     forward(static_cast<const float*>(x), xs, static_cast<const float*>(w1),
             static_cast<const float*>(w2), static_cast<const float*>(bias), static_cast<float*>(y),
@@ -165,7 +172,15 @@ void lowrank_conv2d_cpu(const void* x, const Strides4& xs, const void* w1, const
   }
 }
 
-int64_t lowrank_conv2d_workspace_bytes(const LowRankConvShape& s, DType dtype, int num_threads) {
+int64_t lowrank_conv2d_workspace_bytes(const LowRankConvShape& s, DType dtype, int num_threads,
+                                       bool channels_last) {
+  if (channels_last && dtype == DType::kFloat32) {
+    const int64_t ho = (s.H + 2 * s.ph - s.dh * (s.kh - 1) - 1) / s.sh + 1;
+    const int64_t wo = (s.W + 2 * s.pw - s.dw * (s.kw - 1) - 1) / s.sw + 1;
+    const Strides4 xs{s.H * s.W * s.C, 1, s.W * s.C, s.C};
+    const Strides4 ys{ho * wo * s.Nout, 1, wo * s.Nout, s.Nout};
+    if (nhwc_forward_applies(s, xs, ys)) return nhwc_workspace_bytes(s, num_threads);
+  }
   const int threads = resolve_threads(num_threads);
   const Geometry g = make_geometry(s, threads, kForwardTilePixels);
   const int64_t used = std::max<int64_t>(1, std::min<int64_t>(threads, s.N * g.ntiles));

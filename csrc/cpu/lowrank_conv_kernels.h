@@ -30,6 +30,22 @@ struct RowGemm {
   bool accumulate;
 };
 
+// Pixel-major GEMM through an indirection buffer (channels_last forward):
+//   C[p][j] = bias[j] + sum_t sum_k ind[t * P + p][k] * B[(t * K + k) * ldb + j]
+// for p < P and j < N (N a multiple of the vector width, ldb >= N, B's and
+// bias's columns up to N readable). Each ind entry points at K contiguous
+// floats: an input pixel's channels, or a row of zeros for padding taps, so
+// every tap of a conv is a row lookup and no input is copied or transposed.
+struct IndGemm {
+  int64_t P, K, N, taps;
+  const float* const* ind;
+  const float* B;
+  int64_t ldb;
+  const float* bias;  // N entries or null
+  float* C;
+  int64_t ldc;
+};
+
 // dst[c * ldd + p] = src[p * lds + c] for p, c < 16: the channels_last <->
 // channel-plane conversion, one 16 x 16 block at a time in registers.
 using Transpose16 = void (*)(const float* src, int64_t lds, float* dst, int64_t ldd);
@@ -49,6 +65,8 @@ using AddRelu = void (*)(float* y, const float* r, int64_t n, bool relu);
 struct Kernels {
   int mr;  // panel height of RowGemm::A
   void (*row_gemm)(const RowGemm&);
+  void (*ind_gemm)(const IndGemm&);
+  int vec_width;  // floats per vector of ind_gemm's N dimension
   Transpose16 transpose16;
   CopyPadRows copy_pad_rows;
   AddRelu add_relu;

@@ -30,6 +30,8 @@ struct VScalar {
 struct CfgScalar {
   static constexpr int kMR = 4, kNVMax = 4;
   static constexpr int nv_for(int rows) { return rows <= 2 ? 4 : 2; }
+  static constexpr int kIndMR = 4, kIndNV = 4;
+  static constexpr int ind_mr(int) { return 4; }
 };
 
 void transpose16(const float* src, int64_t lds, float* dst, int64_t ldd) {

@@ -47,15 +47,16 @@ inline const cpu::lowrank::Kernels& pick_kernels() {
   }
 }
 
-// 64-byte aligned, zero-filled float buffer (zeros matter: the slack past the
-// written region is read by whole-vector loads and must hold finite values).
+// 64-byte aligned float buffer, zero-filled unless told otherwise (zeros matter
+// to the plane path: the slack past the written region is read by whole-vector
+// loads and must hold finite values; the pixel-major path writes before it reads).
 struct Buffer {
   std::unique_ptr<float, decltype(&std::free)> p{nullptr, &std::free};
-  explicit Buffer(int64_t n) {
+  explicit Buffer(int64_t n, bool zero = true) {
     const size_t bytes = static_cast<size_t>(round_up(std::max<int64_t>(n, 16), 16)) * 4;
     p.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
     if (!p) throw std::bad_alloc();
-    std::memset(p.get(), 0, bytes);
+    if (zero) std::memset(p.get(), 0, bytes);
   }
   float* get() const { return p.get(); }
 };

@@ -1,4 +1,4 @@
-// The two GEMM kernels of lowrank_conv_kernels.h, written once over a vector
+// The GEMM kernels of lowrank_conv_kernels.h, written once over a vector
 // type V and included by one translation unit per ISA (each compiled with its
 // own -m flags). Everything here has internal linkage so the per-ISA copies
 // never merge at link time.
@@ -149,6 +149,78 @@ void row_gemm(const RowGemm& g) {
   }
 }
 
+// IndGemm micro-tile: MR pixels x NV vectors of output channels held in
+// registers over every tap and k (no partial sums written back); the B row is
+// loaded once per k and reused MR times, each pixel value is a broadcast.
+template <class V, int MR, int NV>
+void ind_micro_fn(const float* const* ind, int64_t ind_stride, int64_t taps, int64_t K,
+                  const float* B, int64_t ldb, const float* bias, float* c, int64_t ldc) {
+  using R = typename V::reg;
+  constexpr int W = V::kWidth;
+  R acc[MR][NV];
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) {
+    const R init = bias ? V::loadu(bias + v * W) : V::zero();
+#pragma GCC unroll 16
+    for (int m = 0; m < MR; ++m) acc[m][v] = init;
+  }
+  for (int64_t t = 0; t < taps; ++t) {
+    const float* a[MR];
+#pragma GCC unroll 16
+    for (int m = 0; m < MR; ++m) a[m] = ind[t * ind_stride + m];
+    const float* bt = B + t * K * ldb;
+    for (int64_t k = 0; k < K; ++k) {
+      R bv[NV];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) bv[v] = V::loadu(bt + k * ldb + v * W);
+#pragma GCC unroll 16
+      for (int m = 0; m < MR; ++m) {
+        const R av = V::bcast(a[m] + k);
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) acc[m][v] = V::fmadd(av, bv[v], acc[m][v]);
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) V::storeu(c + m * ldc + v * W, acc[m][v]);
+}
+
+using IndMicroFn = void (*)(const float* const*, int64_t, int64_t, int64_t, const float*, int64_t,
+                            const float*, float*, int64_t);
+
+// table[pixels - 1][nv - 1] for pixels <= MAXR, nv <= MAXNV.
+template <class V, int MAXR, int MAXNV>
+struct IndMicroTable {
+  IndMicroFn fn[MAXR][MAXNV];
+  template <int R, int... Ns>
+  void fill_row(std::integer_sequence<int, Ns...>) {
+    ((fn[R - 1][Ns] = &ind_micro_fn<V, R, Ns + 1>), ...);
+  }
+  template <int... Rs>
+  void fill(std::integer_sequence<int, Rs...>) {
+    (fill_row<Rs + 1>(std::make_integer_sequence<int, MAXNV>{}), ...);
+  }
+  IndMicroTable() { fill(std::make_integer_sequence<int, MAXR>{}); }
+};
+
+// Cfg: kIndNV (most vectors per micro-tile), ind_mr(nv) (pixels for nv vectors,
+// at most kIndMR). Channel chunks outer, pixels inner: a chunk's B columns
+// (taps K x nv vectors) stay in L1/L2 while every pixel of the tile passes.
+template <class V, class Cfg>
+void ind_gemm(const IndGemm& g) {
+  static const IndMicroTable<V, Cfg::kIndMR, Cfg::kIndNV> table;
+  constexpr int W = V::kWidth;
+  balanced_chunks(g.N / W, Cfg::kIndNV, [&](int64_t v0, int nv) {
+    balanced_chunks(g.P, Cfg::ind_mr(nv), [&](int64_t p0, int rows) {
+      table.fn[rows - 1][nv - 1](g.ind + p0, g.P, g.taps, g.K, g.B + v0 * W, g.ldb,
+                                 g.bias ? g.bias + v0 * W : nullptr, g.C + p0 * g.ldc + v0 * W,
+                                 g.ldc);
+    });
+  });
+}
+
 // Each ISA file defines transpose16 (register shuffles differ per ISA) and
 // copy_pad_rows (AVX-512 has masked loads and stores for the row edges; the
 // others are plain loops the compiler vectorises for their -m flags).
@@ -182,8 +254,8 @@ void add_relu(float* __restrict y, const float* __restrict r, int64_t n, bool re
 
 template <class V, class Cfg>
 const Kernels& make_kernels(const char* name) {
-  static const Kernels k{Cfg::kMR,       &row_gemm<V, Cfg>, &transpose16,
-                         &copy_pad_rows, &add_relu,         name};
+  static const Kernels k{Cfg::kMR,     &row_gemm<V, Cfg>, &ind_gemm<V, Cfg>, V::kWidth,
+                         &transpose16, &copy_pad_rows,    &add_relu,         name};
   return k;
 }
 

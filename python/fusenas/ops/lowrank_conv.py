@@ -742,7 +742,8 @@ def workspace_bytes(
 ) -> int:
     """Bytes the native CPU kernel allocates outside torch tensors (tile buffers, packed
     weights, gradient accumulators) for these arguments at torch's thread count; 0 when
-    the reference runs instead."""
+    the reference runs instead. The forward's figure assumes no kept intermediate (as
+    in inference): channels_last float32 calls then take the pixel-major path."""
     stride, padding, dilation = (
         _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
     )  # fmt: skip
@@ -752,4 +753,5 @@ def workspace_bytes(
     return _native.cpu().lowrank_conv2d_workspace_bytes(
         *_geometry(x, w1, w2, scheme, stride, padding, dilation, kh, kw), backward,
         _DTYPE_CODE[x.dtype], torch.get_num_threads(),
+        x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(),
     )  # fmt: skip

@@ -1,0 +1,201 @@
+// Forward of the fused low-rank conv for channels_last float32 tensors,
+// pixel-major: every stage is an IndGemm (lowrank_conv_kernels.h) whose rows
+// are pixels and whose columns are channels, so
+//   - the input is read where it lies (a pixel's C channels are contiguous),
+//     padding taps point at a row of zeros: no phase planes, no transposes,
+//     no padded-width grid whose columns are thrown away (20% of the work at
+//     8 px in the plane path);
+//   - the output tile is written straight into y (its pixels are contiguous
+//     in channels_last), and the residual + ReLU epilogue runs on it in cache;
+//   - a tile can span several small images (a block of global output rows).
+// Per tile: T (pixels x rank) = IndGemm over the first factor's taps; then
+// y = IndGemm over T with the second factor's taps (1 x 1, or 1 x kw reading
+// T pixels of the same row). Packed weights must stay cache-resident across
+// a tile's pixels, so large layers keep the plane path (lowrank_conv_cpu.cpp).
+#include "cpu/lowrank_conv_nhwc.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "cpu/lowrank_conv_tiles.h"
+
+namespace fusenas {
+namespace lowrank_detail {
+
+namespace {
+
+// Output pixels per tile: T (pixels x rank) and the output tile stay in L2.
+constexpr int64_t kTilePixels = 256;
+// Packed factor size (floats) up to which the pixel-major path is used: a
+// chunk of B's columns is re-read for every pixel micro-tile, from L1/L2.
+constexpr int64_t kMaxPackedFloats = 64 * 1024;
+
+struct Plan {
+  int64_t Ho, Wo, Wt;     // output size; T's width (Wo, or W for spatial)
+  int64_t taps1, taps2;   // taps of each factor
+  int64_t rp, np;         // rank and Nout rounded up to the vector width
+  int64_t rows_per_tile;  // global output rows (image n, row oh) per tile
+  int64_t tiles;
+  Plan(const LowRankConvShape& s, int vec, int threads) {
+    const bool channel = s.scheme == LowRankScheme::kChannel;
+    Ho = (s.H + 2 * s.ph - s.dh * (s.kh - 1) - 1) / s.sh + 1;
+    Wo = (s.W + 2 * s.pw - s.dw * (s.kw - 1) - 1) / s.sw + 1;
+    Wt = channel ? Wo : s.W;
+    taps1 = channel ? s.kh * s.kw : s.kh;
+    taps2 = channel ? 1 : s.kw;
+    rp = round_up(s.rank, vec);
+    np = round_up(s.Nout, vec);
+    const int64_t rows = s.N * Ho;
+    // At least 4 tiles per thread where there are enough rows (dynamic balance).
+    rows_per_tile =
+        std::max<int64_t>(1, std::min(std::max<int64_t>(1, kTilePixels / std::max<int64_t>(Wo, 1)),
+                                      ceil_div(rows, 4 * static_cast<int64_t>(threads))));
+    tiles = ceil_div(rows, rows_per_tile);
+  }
+  int64_t p1_max() const { return rows_per_tile * Wt; }
+  int64_t p2_max() const { return rows_per_tile * Wo; }
+  // Per-thread floats: T, the output tile (when Nout is not whole vectors) and
+  // the two indirection buffers (pointers, 2 floats each).
+  int64_t thread_floats(const LowRankConvShape& s) const {
+    return p1_max() * rp + (np != s.Nout ? p2_max() * np : 0) +
+           2 * (taps1 * p1_max() + taps2 * p2_max());
+  }
+};
+
+bool is_channels_last(const Strides4& st, int64_t C, int64_t H, int64_t W) {
+  return st.c == 1 && st.w == C && st.h == W * C && st.n == H * W * C;
+}
+
+// B of the first factor: row (tap t, channel c), column j = w1[j][c][tap t].
+std::vector<float> pack_first(const float* w1, const LowRankConvShape& s, const Plan& pl) {
+  std::vector<float> b(static_cast<size_t>(pl.taps1 * s.C * pl.rp), 0.f);
+  for (int64_t j = 0; j < s.rank; ++j)
+    for (int64_t c = 0; c < s.C; ++c)
+      for (int64_t t = 0; t < pl.taps1; ++t)
+        b[static_cast<size_t>((t * s.C + c) * pl.rp + j)] = w1[(j * s.C + c) * pl.taps1 + t];
+  return b;
+}
+
+// B of the second factor: row (tap t, rank j), column o = w2[o][j][tap t].
+std::vector<float> pack_second(const float* w2, const LowRankConvShape& s, const Plan& pl) {
+  std::vector<float> b(static_cast<size_t>(pl.taps2 * s.rank * pl.np), 0.f);
+  for (int64_t o = 0; o < s.Nout; ++o)
+    for (int64_t j = 0; j < s.rank; ++j)
+      for (int64_t t = 0; t < pl.taps2; ++t)
+        b[static_cast<size_t>((t * s.rank + j) * pl.np + o)] = w2[(o * s.rank + j) * pl.taps2 + t];
+  return b;
+}
+
+// dst[o] for o < count: the row element at column c = o * step + first
+// (c in [0, width): row + c * pitch), else the zero row (also when !row_ok).
+// The padding columns are found once, so the interior is a branch-free loop the
+// compiler vectorises: a tile's pointers are rebuilt for every tile.
+inline void fill_row_pointers(const float** dst, int64_t count, const float* row, int64_t first,
+                              int64_t step, int64_t width, int64_t pitch, bool row_ok,
+                              const float* zero) {
+  int64_t lo = 0, hi = 0;  // columns o in [lo, hi) are inside the row
+  if (row_ok) {
+    lo = first >= 0 ? 0 : std::min(count, ceil_div(-first, step));
+    hi = first >= width ? 0 : std::min(count, ceil_div(width - first, step));
+    hi = std::max(lo, hi);
+  }
+  for (int64_t o = 0; o < lo; ++o) dst[o] = zero;
+  for (int64_t o = lo; o < hi; ++o) dst[o] = row + (first + o * step) * pitch;
+  for (int64_t o = hi; o < count; ++o) dst[o] = zero;
+}
+
+}  // namespace
+
+bool nhwc_forward_applies(const LowRankConvShape& s, const Strides4& xs, const Strides4& ys) {
+  const char* env = std::getenv("FUSENAS_LOWRANK_NHWC");
+  if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+  const int vec = pick_kernels().vec_width;
+  const Plan pl(s, vec, 1);
+  return is_channels_last(xs, s.C, s.H, s.W) && is_channels_last(ys, s.Nout, pl.Ho, pl.Wo) &&
+         pl.taps1 * s.C * pl.rp <= kMaxPackedFloats &&
+         pl.taps2 * s.rank * pl.np <= kMaxPackedFloats;
+}
+
+void forward_nhwc(const float* x, const float* w1, const float* w2, const float* bias, float* y,
+                  const LowRankConvShape& s, int num_threads, const float* residual, bool relu) {
+  const auto& kern = pick_kernels();
+  const int threads = resolve_threads(num_threads);
+  const Plan pl(s, kern.vec_width, threads);
+  const std::vector<float> b1 = pack_first(w1, s, pl), b2 = pack_second(w2, s, pl);
+  std::vector<float> bias_p(static_cast<size_t>(pl.np), 0.f);
+  if (bias) std::copy(bias, bias + s.Nout, bias_p.begin());
+  const std::vector<float> zeros(static_cast<size_t>(std::max(s.C, pl.rp)), 0.f);
+  const bool channel = s.scheme == LowRankScheme::kChannel;
+  const int64_t total_rows = s.N * pl.Ho;
+  struct State {
+    Buffer t, out;
+    std::vector<const float*> ind1, ind2;
+  };
+  parallel_items(
+      pl.tiles, threads,
+      [&] {
+        return State{Buffer(pl.p1_max() * pl.rp, false),
+                     Buffer(pl.np != s.Nout ? pl.p2_max() * pl.np : 0, false),
+                     std::vector<const float*>(static_cast<size_t>(pl.taps1 * pl.p1_max())),
+                     std::vector<const float*>(static_cast<size_t>(pl.taps2 * pl.p2_max()))};
+      },
+      [&](State& st, int64_t tile) {
+        const int64_t g0 = tile * pl.rows_per_tile;
+        const int64_t rows = std::min(pl.rows_per_tile, total_rows - g0);
+        const int64_t P1 = rows * pl.Wt, P2 = rows * pl.Wo;
+        // First factor: pixel (row q, column wt) of T, tap (i, jj) reads input
+        // pixel (oh sh - ph + i dh, wt sw - pw + jj dw); spatial taps are (i, 0)
+        // at column wt (its first factor convolves rows only).
+        for (int64_t q = 0; q < rows; ++q) {
+          const int64_t n = (g0 + q) / pl.Ho, oh = (g0 + q) % pl.Ho;
+          const float* xn = x + n * s.H * s.W * s.C;
+          for (int64_t i = 0; i < s.kh; ++i) {
+            const int64_t ih = oh * s.sh - s.ph + i * s.dh;
+            const bool row_ok = ih >= 0 && ih < s.H;
+            for (int64_t jj = 0; jj < (channel ? s.kw : 1); ++jj) {
+              const int64_t t = channel ? i * s.kw + jj : i;
+              const float** dst = st.ind1.data() + t * P1 + q * pl.Wt;
+              if (channel)
+                fill_row_pointers(dst, pl.Wt, xn + ih * s.W * s.C, jj * s.dw - s.pw, s.sw, s.W, s.C,
+                                  row_ok, zeros.data());
+              else
+                fill_row_pointers(dst, pl.Wt, xn + ih * s.W * s.C, 0, 1, s.W, s.C, row_ok,
+                                  zeros.data());
+            }
+          }
+        }
+        kern.ind_gemm({P1, s.C, pl.rp, pl.taps1, st.ind1.data(), b1.data(), pl.rp, nullptr,
+                       st.t.get(), pl.rp});
+        // Second factor: output pixel (q, ow), tap jj reads T pixel (q, ow) for
+        // the channel scheme, (q, ow sw - pw + jj dw) for spatial.
+        for (int64_t q = 0; q < rows; ++q)
+          for (int64_t jj = 0; jj < pl.taps2; ++jj) {
+            const float* trow = st.t.get() + q * pl.Wt * pl.rp;
+            fill_row_pointers(st.ind2.data() + jj * P2 + q * pl.Wo, pl.Wo, trow,
+                              channel ? 0 : jj * s.dw - s.pw, channel ? 1 : s.sw, pl.Wt, pl.rp,
+                              true, zeros.data());
+          }
+        float* yt = y + g0 * pl.Wo * s.Nout;  // the tile's pixels, contiguous
+        const bool direct = pl.np == s.Nout;
+        kern.ind_gemm({P2, s.rank, pl.np, pl.taps2, st.ind2.data(), b2.data(), pl.np, bias_p.data(),
+                       direct ? yt : st.out.get(), direct ? s.Nout : pl.np});
+        if (!direct)
+          for (int64_t p = 0; p < P2; ++p)
+            std::memcpy(yt + p * s.Nout, st.out.get() + p * pl.np, sizeof(float) * s.Nout);
+        if (residual || relu)
+          kern.add_relu(yt, residual ? residual + g0 * pl.Wo * s.Nout : nullptr, P2 * s.Nout, relu);
+      });
+}
+
+int64_t nhwc_workspace_bytes(const LowRankConvShape& s, int num_threads) {
+  const int threads = resolve_threads(num_threads);
+  const Plan pl(s, pick_kernels().vec_width, threads);
+  const int64_t used = std::max<int64_t>(1, std::min<int64_t>(threads, pl.tiles));
+  const int64_t packed = pl.taps1 * s.C * pl.rp + pl.taps2 * s.rank * pl.np + pl.np;
+  return 4 * (used * pl.thread_floats(s) + packed + std::max(s.C, pl.rp));
+}
+
+}  // namespace lowrank_detail
+}  // namespace fusenas
