@@ -8,8 +8,8 @@
 //   4. Y's valid columns -> y in its own layout and dtype.
 // T stays in the thread's cache-sized buffer; only when the caller keeps it
 // for the backward are its valid columns also written out (float32).
-// channels_last float32 calls that keep no intermediate take the pixel-major
-// path instead where it applies (lowrank_conv_nhwc.cpp).
+// channels_last float32 calls take the pixel-major path instead where it
+// applies (lowrank_conv_nhwc.cpp).
 #include <stdexcept>
 #include <vector>
 
@@ -161,10 +161,11 @@ void lowrank_conv2d_cpu(const void* x, const Strides4& xs, const void* w1, const
     forward(static_cast<const uint16_t*>(x), xs, static_cast<const uint16_t*>(w1),
             static_cast<const uint16_t*>(w2), static_cast<const uint16_t*>(bias),
             static_cast<uint16_t*>(y), ys, s, num_threads, nullptr, false, intermediate);
-  } else if (intermediate == nullptr && nhwc_forward_applies(s, xs, ys)) {
+  } else if (nhwc_forward_applies(s, xs, ys)) {
     forward_nhwc(static_cast<const float*>(x), static_cast<const float*>(w1),
                  static_cast<const float*>(w2), static_cast<const float*>(bias),
-                 static_cast<float*>(y), s, num_threads, static_cast<const float*>(residual), relu);
+                 static_cast<float*>(y), s, num_threads, static_cast<const float*>(residual), relu,
+                 intermediate);
   } else {
     forward(static_cast<const float*>(x), xs, static_cast<const float*>(w1),
             static_cast<const float*>(w2), static_cast<const float*>(bias), static_cast<float*>(y),

@@ -10,7 +10,8 @@
 //   - a tile can span several small images (a block of global output rows).
 // Per tile: T (pixels x rank) = IndGemm over the first factor's taps; then
 // y = IndGemm over T with the second factor's taps (1 x 1, or 1 x kw reading
-// T pixels of the same row). Packed weights must stay cache-resident across
+// T pixels of the same row), T also written out when the backward keeps it.
+// Packed weights must stay cache-resident across
 // a tile's pixels, so large layers keep the plane path (lowrank_conv_cpu.cpp).
 #include "cpu/lowrank_conv_nhwc.h"
 
@@ -119,7 +120,8 @@ bool nhwc_forward_applies(const LowRankConvShape& s, const Strides4& xs, const S
 }
 
 void forward_nhwc(const float* x, const float* w1, const float* w2, const float* bias, float* y,
-                  const LowRankConvShape& s, int num_threads, const float* residual, bool relu) {
+                  const LowRankConvShape& s, int num_threads, const float* residual, bool relu,
+                  float* t_out) {
   const auto& kern = pick_kernels();
   const int threads = resolve_threads(num_threads);
   const Plan pl(s, kern.vec_width, threads);
@@ -168,6 +170,12 @@ void forward_nhwc(const float* x, const float* w1, const float* w2, const float*
         }
         kern.ind_gemm({P1, s.C, pl.rp, pl.taps1, st.ind1.data(), b1.data(), pl.rp, nullptr,
                        st.t.get(), pl.rp});
+        if (t_out)  // kept for the backward: (N, rank, Ho, Wt) float32, a row per tile row
+          for (int64_t q = 0; q < rows; ++q) {
+            const int64_t n = (g0 + q) / pl.Ho, oh = (g0 + q) % pl.Ho;
+            pixels_to_planes(kern, st.t.get() + q * pl.Wt * pl.rp, pl.rp, pl.Wt, s.rank,
+                             t_out + (n * s.rank * pl.Ho + oh) * pl.Wt, pl.Ho * pl.Wt);
+          }
         // Second factor: output pixel (q, ow), tap jj reads T pixel (q, ow) for
         // the channel scheme, (q, ow sw - pw + jj dw) for spatial.
         for (int64_t q = 0; q < rows; ++q)

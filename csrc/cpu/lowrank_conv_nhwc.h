@@ -12,12 +12,14 @@ namespace lowrank_detail {
 
 // x and y channels_last-contiguous, both factors small enough to stay in
 // cache, and not switched off by FUSENAS_LOWRANK_NHWC=0. The caller also
-// requires float32 and no kept intermediate.
+// requires float32.
 bool nhwc_forward_applies(const LowRankConvShape& s, const Strides4& xs, const Strides4& ys);
 
-// y = relu?(conv + bias + residual); residual null or laid out as y.
+// y = relu?(conv + bias + residual); residual null or laid out as y; t_out
+// (null: not kept) as lowrank_conv2d_cpu's `intermediate`.
 void forward_nhwc(const float* x, const float* w1, const float* w2, const float* bias, float* y,
-                  const LowRankConvShape& s, int num_threads, const float* residual, bool relu);
+                  const LowRankConvShape& s, int num_threads, const float* residual, bool relu,
+                  float* t_out);
 
 int64_t nhwc_workspace_bytes(const LowRankConvShape& s, int num_threads);
 

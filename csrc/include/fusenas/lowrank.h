@@ -54,7 +54,7 @@ void lowrank_conv2d_backward_cpu(const void* grad_out, const Strides4& gs, const
 
 // Bytes of the kernels' own buffers (per-thread tiles, packed weights,
 // gradient accumulators) outside the tensors: what they add to peak memory.
-// channels_last: x and y channels_last-contiguous and no intermediate kept.
+// channels_last: x and y channels_last-contiguous.
 int64_t lowrank_conv2d_workspace_bytes(const LowRankConvShape& s, DType dtype, int num_threads,
                                        bool channels_last = false);
 int64_t lowrank_conv2d_backward_workspace_bytes(const LowRankConvShape& s, DType dtype,
