@@ -176,8 +176,7 @@ void lowrank_conv2d_cpu(const void* x, const Strides4& xs, const void* w1, const
 int64_t lowrank_conv2d_workspace_bytes(const LowRankConvShape& s, DType dtype, int num_threads,
                                        bool channels_last) {
   if (channels_last && dtype == DType::kFloat32) {
-    const int64_t ho = (s.H + 2 * s.ph - s.dh * (s.kh - 1) - 1) / s.sh + 1;
-    const int64_t wo = (s.W + 2 * s.pw - s.dw * (s.kw - 1) - 1) / s.sw + 1;
+    const int64_t ho = output_height(s), wo = output_width(s);
     const Strides4 xs{s.H * s.W * s.C, 1, s.W * s.C, s.C};
     const Strides4 ys{ho * wo * s.Nout, 1, wo * s.Nout, s.Nout};
     if (nhwc_forward_applies(s, xs, ys)) return nhwc_workspace_bytes(s, num_threads);

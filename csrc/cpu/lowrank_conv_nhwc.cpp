@@ -41,8 +41,8 @@ struct Plan {
   int64_t tiles;
   Plan(const LowRankConvShape& s, int vec, int threads) {
     const bool channel = s.scheme == LowRankScheme::kChannel;
-    Ho = (s.H + 2 * s.ph - s.dh * (s.kh - 1) - 1) / s.sh + 1;
-    Wo = (s.W + 2 * s.pw - s.dw * (s.kw - 1) - 1) / s.sw + 1;
+    Ho = output_height(s);
+    Wo = output_width(s);
     Wt = channel ? Wo : s.W;
     taps1 = channel ? s.kh * s.kw : s.kh;
     taps2 = channel ? 1 : s.kw;
@@ -69,23 +69,16 @@ bool is_channels_last(const Strides4& st, int64_t C, int64_t H, int64_t W) {
   return st.c == 1 && st.w == C && st.h == W * C && st.n == H * W * C;
 }
 
-// B of the first factor: row (tap t, channel c), column j = w1[j][c][tap t].
-std::vector<float> pack_first(const float* w1, const LowRankConvShape& s, const Plan& pl) {
-  std::vector<float> b(static_cast<size_t>(pl.taps1 * s.C * pl.rp), 0.f);
-  for (int64_t j = 0; j < s.rank; ++j)
-    for (int64_t c = 0; c < s.C; ++c)
-      for (int64_t t = 0; t < pl.taps1; ++t)
-        b[static_cast<size_t>((t * s.C + c) * pl.rp + j)] = w1[(j * s.C + c) * pl.taps1 + t];
-  return b;
-}
-
-// B of the second factor: row (tap t, rank j), column o = w2[o][j][tap t].
-std::vector<float> pack_second(const float* w2, const LowRankConvShape& s, const Plan& pl) {
-  std::vector<float> b(static_cast<size_t>(pl.taps2 * s.rank * pl.np), 0.f);
-  for (int64_t o = 0; o < s.Nout; ++o)
-    for (int64_t j = 0; j < s.rank; ++j)
-      for (int64_t t = 0; t < pl.taps2; ++t)
-        b[static_cast<size_t>((t * s.rank + j) * pl.np + o)] = w2[(o * s.rank + j) * pl.taps2 + t];
+// A factor as IndGemm's B: w (cols, K, taps) contiguous -> row (tap t, k),
+// column j = w[j][k][t], ldb columns per row (zeros past cols). The first
+// factor's cols are the rank and K its input channels; the second's cols are
+// the output channels and K the rank.
+std::vector<float> pack_factor(const float* w, int64_t cols, int64_t K, int64_t taps, int64_t ldb) {
+  std::vector<float> b(static_cast<size_t>(taps * K * ldb), 0.f);
+  for (int64_t j = 0; j < cols; ++j)
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t t = 0; t < taps; ++t)
+        b[static_cast<size_t>((t * K + k) * ldb + j)] = w[(j * K + k) * taps + t];
   return b;
 }
 
@@ -125,7 +118,8 @@ void forward_nhwc(const float* x, const float* w1, const float* w2, const float*
   const auto& kern = pick_kernels();
   const int threads = resolve_threads(num_threads);
   const Plan pl(s, kern.vec_width, threads);
-  const std::vector<float> b1 = pack_first(w1, s, pl), b2 = pack_second(w2, s, pl);
+  const std::vector<float> b1 = pack_factor(w1, s.rank, s.C, pl.taps1, pl.rp);
+  const std::vector<float> b2 = pack_factor(w2, s.Nout, s.rank, pl.taps2, pl.np);
   std::vector<float> bias_p(static_cast<size_t>(pl.np), 0.f);
   if (bias) std::copy(bias, bias + s.Nout, bias_p.begin());
   const std::vector<float> zeros(static_cast<size_t>(std::max(s.C, pl.rp)), 0.f);

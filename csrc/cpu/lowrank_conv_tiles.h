@@ -61,6 +61,14 @@ struct Buffer {
   float* get() const { return p.get(); }
 };
 
+// Output size of the dense conv the two factors replace.
+inline int64_t output_height(const LowRankConvShape& s) {
+  return (s.H + 2 * s.ph - s.dh * (s.kh - 1) - 1) / s.sh + 1;
+}
+inline int64_t output_width(const LowRankConvShape& s) {
+  return (s.W + 2 * s.pw - s.dw * (s.kw - 1) - 1) / s.sw + 1;
+}
+
 struct Geometry {
   LowRankConvShape s;
   bool channel;
@@ -84,8 +92,8 @@ inline Geometry make_geometry(const LowRankConvShape& s, int threads, int64_t ta
   Geometry g;
   g.s = s;
   g.channel = s.scheme == LowRankScheme::kChannel;
-  g.Ho = (s.H + 2 * s.ph - s.dh * (s.kh - 1) - 1) / s.sh + 1;
-  g.Wo = (s.W + 2 * s.pw - s.dw * (s.kw - 1) - 1) / s.sw + 1;
+  g.Ho = output_height(s);
+  g.Wo = output_width(s);
   g.Wq = ceil_div(s.W + 2 * s.pw, s.sw);
   g.qh_max = (s.kh - 1) * s.dh / s.sh;
   g.qw_max = (s.kw - 1) * s.dw / s.sw;
