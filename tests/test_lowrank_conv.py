@@ -407,20 +407,27 @@ def test_channels_last_pixel_major_path_matches_plane_path(isa, monkeypatch):
             assert y.is_contiguous(memory_format=_format(x))
             _close(y, want, torch.float32)
 
-    def both(c, r, seed):
+    def paths(c, r, seed):
+        """Outputs of the default rule, the forced pixel-major path, the plane path."""
         x, w1, w2, bias, _ = _case((4, c, 8, 8, r, c, 3, 1, 1, 1), "channel", True,
                                    torch.float32, seed)  # fmt: skip
         out = []
-        for env in ("1", "0"):
-            monkeypatch.setenv("FUSENAS_LOWRANK_NHWC", env)
+        for env in (None, "1", "0"):
+            if env is None:
+                monkeypatch.delenv("FUSENAS_LOWRANK_NHWC", raising=False)
+            else:
+                monkeypatch.setenv("FUSENAS_LOWRANK_NHWC", env)
             out.append(lowrank_conv2d(x, w1, w2, bias, scheme="channel", padding=1))
         return out
 
-    nhwc, planes = both(64, 28, 1)  # another summation order: not the same bits
-    assert not torch.equal(nhwc, planes)
+    auto, nhwc, planes = paths(64, 28, 1)  # another summation order: not the same bits
+    assert torch.equal(auto, nhwc) and not torch.equal(nhwc, planes)
     _close(nhwc, planes, torch.float32)
-    nhwc, planes = both(256, 200, 2)  # 9 x 256 x 208 packed floats: too big, plane path
-    assert torch.equal(nhwc, planes)
+    # Rank 2 in 16-wide vectors: 8x the first stage's work, so the rule keeps the planes.
+    auto, nhwc, planes = paths(16, 2, 3)
+    assert torch.equal(auto, planes) and not torch.equal(nhwc, planes)
+    auto, nhwc, planes = paths(256, 200, 2)  # 9 x 256 x 208 packed floats: plane path
+    assert torch.equal(auto, planes) and torch.equal(nhwc, planes)
 
 
 # ------------------------------------------------------------- epilogue ----

@@ -11,8 +11,9 @@ namespace fusenas {
 namespace lowrank_detail {
 
 // x and y channels_last-contiguous, both factors small enough to stay in
-// cache, and not switched off by FUSENAS_LOWRANK_NHWC=0. The caller also
-// requires float32.
+// cache, and its multiply-adds (rank rounded up to whole vectors) not far
+// above the plane path's. FUSENAS_LOWRANK_NHWC=0 switches it off, =1 skips
+// the work comparison. The caller also requires float32.
 bool nhwc_forward_applies(const LowRankConvShape& s, const Strides4& xs, const Strides4& ys);
 
 // y = relu?(conv + bias + residual); residual null or laid out as y; t_out
