@@ -36,6 +36,9 @@ for step in "${steps[@]}"; do
     trp40_e0992)  # with the strided convs exported too, 0.99 leaves MACs to spare
       fusenas compress trp "${COMMON[@]}" --set epochs=40 --set scheme=spatial --set period=5 \
         --set energy=0.992 --set out_dir=runs/trp_r20_40ep/trp_e0992 ;;
+    trp40_e0991)  # between 0.99 (2.13x, -1.62) and 0.992 (1.92x, -0.84); resumable
+      fusenas compress trp "${COMMON[@]}" --set epochs=40 --set scheme=spatial --set period=5 \
+        --set energy=0.991 --set out_dir=runs/trp_r20_40ep/trp_e0991 --resume ;;
     trp40_e099_s1)  # a second training seed, scored on the same test split
       fusenas compress trp "${COMMON[@]}" --set epochs=40 --set scheme=spatial --set period=5 \
         --set energy=0.99 --set seed=1 --set split_seed=0 \
