@@ -11,8 +11,9 @@
 // Per tile: T (pixels x rank) = IndGemm over the first factor's taps; then
 // y = IndGemm over T with the second factor's taps (1 x 1, or 1 x kw reading
 // T pixels of the same row), T also written out when the backward keeps it.
-// Packed weights must stay cache-resident across
-// a tile's pixels, so large layers keep the plane path (lowrank_conv_cpu.cpp).
+// Packed weights must stay cache-resident across a tile's pixels, so large
+// layers keep the plane path (lowrank_conv_cpu.cpp), and so do low ranks,
+// which this path rounds up to whole vectors (nhwc_forward_applies).
 #include "cpu/lowrank_conv_nhwc.h"
 
 #include <algorithm>
