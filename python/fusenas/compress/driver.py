@@ -226,12 +226,7 @@ def run_compress(
         distributed.barrier()
 
     model.eval()
-    if rank != 0:
-        compressed = copy.deepcopy(model)
-        if trp is not None:
-            trp.export(compressed)
-        return CompressResult(model, compressed, [], history, out)
-    compressed, report = _export_and_report(model, config, trp, test, out, progress)
+    compressed, report = _export_and_report(model, config, trp, test, out, progress, rank == 0)
     return CompressResult(model, compressed, report, history, out)
 
 
@@ -242,10 +237,14 @@ def _export_and_report(
     test: ImageDataset,
     out: Path,
     progress: bool,
+    write: bool = True,
 ) -> tuple[nn.Module, list[dict[str, Any]]]:
-    """Writes dense.safetensors, compressed.safetensors (TRP: exported) and the report."""
+    """The compressed copy of ``model`` (TRP: exported); with ``write`` (rank 0) also
+    dense.safetensors, compressed.safetensors and the report."""
     compressed = copy.deepcopy(model)
     export = trp.export(compressed) if trp is not None else []
+    if not write:
+        return compressed, []
     dense_path, comp_path = out / "dense.safetensors", out / "compressed.safetensors"
     save_float(model, dense_path, {"config": dump_config(config)})
     save_float(compressed, comp_path, {"config": dump_config(config), "export": export})
