@@ -18,6 +18,7 @@ from fusenas.ops.lowrank_conv import (
     is_channels_last,
     lowrank_conv2d_backward_reference,
     lowrank_conv2d_reference,
+    lowrank_conv2d_with_intermediate_reference,
 )
 
 needs_ext = pytest.mark.skipif(
@@ -428,6 +429,69 @@ def test_channels_last_pixel_major_path_matches_plane_path(isa, monkeypatch):
     assert torch.equal(auto, planes) and not torch.equal(nhwc, planes)
     auto, nhwc, planes = paths(256, 200, 2)  # 9 x 256 x 208 packed floats: plane path
     assert torch.equal(auto, planes) and torch.equal(nhwc, planes)
+
+
+@needs_ext
+@pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+def test_channels_last_pixel_major_backward_matches_reference(isa, scheme, monkeypatch):
+    """channels_last float32 backwards take the pixel-major path like the forward
+    (FUSENAS_LOWRANK_NHWC=0 forces the plane path): every gradient mask, from a kept
+    intermediate and recomputing it, both paths against the float64 reference."""
+    monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
+    masks = [[True, True, True, False], [True, False, False, False], [False, True, False, False],
+             [False, False, True, False], [False, True, True, False]]  # fmt: skip
+    extra = [(3, 16, 8, 8, 20, 32, 3, 1, 1, 1), (5, 32, 7, 7, 16, 16, 3, 1, 1, 1)]
+    for i, shape in enumerate(SHAPES + extra):
+        x, w1, w2, _, (s, p, d) = _case(shape, scheme, True, torch.float32, seed=i)
+        geo = (scheme, [s, s], [p, p], [d, d])
+        y, t = lowrank_conv2d_with_intermediate_reference(x, w1, w2, None, *geo)
+        go = torch.randn(y.shape, generator=torch.Generator().manual_seed(i))
+        go = go.contiguous(memory_format=torch.channels_last)
+        mask = masks[i % len(masks)]
+        want = lowrank_conv2d_backward_reference(
+            go.double(), x.double(), w1.double(), w2.double(), *geo, mask
+        )
+        for env, kept in itertools.product("10", [t, None]):
+            monkeypatch.setenv("FUSENAS_LOWRANK_NHWC", env)
+            got = torch.ops.fusenas.lowrank_conv2d_backward(go, x, w1, w2, *geo, mask, kept)
+            for g_, w_, m in zip(got, want, mask, strict=True):
+                if m:
+                    _close(g_, w_, torch.float32)
+            if mask[0]:
+                assert got[0].is_contiguous(memory_format=torch.channels_last)
+
+
+@needs_ext
+def test_channels_last_backward_path_rule(monkeypatch):
+    """The backward takes the pixel-major path exactly where the forward does (another
+    summation order than the plane path: grad_x differs in its last bits), and its
+    weight gradients are the same bits on every call."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for c, r, nhwc in [(32, 24, True), (16, 2, False)]:
+            x, w1, w2, _, _ = _case((6, c, 9, 9, r, c, 3, 1, 1, 1), "channel", True,
+                                    torch.float32, seed=c)  # fmt: skip
+            geo = ("channel", [1, 1], [1, 1], [1, 1])
+            go = torch.randn(6, c, 9, 9, generator=torch.Generator().manual_seed(r))
+            go = go.contiguous(memory_format=torch.channels_last)
+
+            def grads(env, args=(go, x, w1, w2, *geo, [True] * 4)):
+                if env is None:
+                    monkeypatch.delenv("FUSENAS_LOWRANK_NHWC", raising=False)
+                else:
+                    monkeypatch.setenv("FUSENAS_LOWRANK_NHWC", env)
+                return torch.ops.fusenas.lowrank_conv2d_backward(*args)
+
+            auto, planes = grads(None), grads("0")
+            assert torch.equal(auto[0], planes[0]) != nhwc
+            for a, b in zip(auto, planes, strict=True):
+                _close(a, b.double(), torch.float32)
+            for a, b in zip(auto, grads(None), strict=True):
+                assert torch.equal(a, b)
+    finally:
+        torch.set_num_threads(old)
 
 
 # ------------------------------------------------------------- epilogue ----

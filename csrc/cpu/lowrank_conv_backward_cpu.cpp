@@ -17,10 +17,13 @@
 //         applied to gT, per stride phase: every input element is written by
 //         exactly one tile, so threads never race and nothing is zero-filled
 //         beforehand.
+// channels_last float32 calls take the pixel-major backward instead where it
+// applies (lowrank_conv_nhwc_backward.cpp).
 #include <algorithm>
 #include <type_traits>
 #include <vector>
 
+#include "cpu/lowrank_conv_nhwc.h"
 #include "cpu/lowrank_conv_tiles.h"
 #include "fusenas/lowrank.h"
 
@@ -447,7 +450,13 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
 }  // namespace
 
 int64_t lowrank_conv2d_backward_workspace_bytes(const LowRankConvShape& s, DType dtype,
-                                                int num_threads) {
+                                                int num_threads, bool channels_last) {
+  if (channels_last && dtype == DType::kFloat32) {
+    const Strides4 xs{s.H * s.W * s.C, 1, s.W * s.C, s.C};
+    const Strides4 gs{output_height(s) * output_width(s) * s.Nout, 1, output_width(s) * s.Nout,
+                      s.Nout};
+    if (nhwc_forward_applies(s, xs, gs)) return nhwc_backward_workspace_bytes(s, num_threads);
+  }
   const int threads = resolve_threads(num_threads);
   const Geometry g = make_geometry(s, threads, kBackwardTilePixels);
   const int64_t mr = pick_kernels().mr;
@@ -471,6 +480,12 @@ void lowrank_conv2d_backward_cpu(const void* grad_out, const Strides4& gs, const
     backward(static_cast<const T*>(grad_out), gs, static_cast<const T*>(x), xs,
              static_cast<const T*>(w1), static_cast<const T*>(w2), static_cast<T*>(grad_x), gxs,
              static_cast<T*>(grad_w1), static_cast<T*>(grad_w2), s, num_threads, intermediate);
+  } else if (nhwc_forward_applies(s, xs, gs) &&
+             (grad_x == nullptr || is_channels_last(gxs, s.C, s.H, s.W))) {
+    backward_nhwc(static_cast<const float*>(grad_out), static_cast<const float*>(x),
+                  static_cast<const float*>(w1), static_cast<const float*>(w2),
+                  static_cast<float*>(grad_x), static_cast<float*>(grad_w1),
+                  static_cast<float*>(grad_w2), s, num_threads, intermediate);
   } else {
     using T = float;
     backward(static_cast<const T*>(grad_out), gs, static_cast<const T*>(x), xs,

@@ -46,6 +46,19 @@ struct IndGemm {
   int64_t ldc;
 };
 
+// Weight-gradient GEMM of the pixel-major backward, the pixels as the
+// reduction, both operands through pointer lists:
+//   C[m][j] += sum_p a[p][m] * b[p][j]   for m < M, j < N
+// (N a multiple of the vector width, every b row readable up to N). Pairs
+// where either operand would be padding are simply left out of the lists.
+struct PairGemm {
+  int64_t M, N, P;
+  const float* const* a;
+  const float* const* b;
+  float* C;
+  int64_t ldc;
+};
+
 // dst[c * ldd + p] = src[p * lds + c] for p, c < 16: the channels_last <->
 // channel-plane conversion, one 16 x 16 block at a time in registers.
 using Transpose16 = void (*)(const float* src, int64_t lds, float* dst, int64_t ldd);
@@ -66,6 +79,7 @@ struct Kernels {
   int mr;  // panel height of RowGemm::A
   void (*row_gemm)(const RowGemm&);
   void (*ind_gemm)(const IndGemm&);
+  void (*pair_gemm)(const PairGemm&);
   int vec_width;  // floats per vector of ind_gemm's N dimension
   Transpose16 transpose16;
   CopyPadRows copy_pad_rows;

@@ -69,42 +69,30 @@ struct Plan {
   }
 };
 
-bool is_channels_last(const Strides4& st, int64_t C, int64_t H, int64_t W) {
-  return st.c == 1 && st.w == C && st.h == W * C && st.n == H * W * C;
-}
-
-// A factor as IndGemm's B: w (cols, K, taps) contiguous -> row (tap t, k),
-// column j = w[j][k][t], ldb columns per row (zeros past cols). The first
-// factor's cols are the rank and K its input channels; the second's cols are
-// the output channels and K the rank.
-std::vector<float> pack_factor(const float* w, int64_t cols, int64_t K, int64_t taps, int64_t ldb) {
-  std::vector<float> b(static_cast<size_t>(taps * K * ldb), 0.f);
-  for (int64_t j = 0; j < cols; ++j)
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t t = 0; t < taps; ++t)
-        b[static_cast<size_t>((t * K + k) * ldb + j)] = w[(j * K + k) * taps + t];
-  return b;
-}
-
-// dst[o] for o < count: the row element at column c = o * step + first
-// (c in [0, width): row + c * pitch), else the zero row (also when !row_ok).
-// The padding columns are found once, so the interior is a branch-free loop the
-// compiler vectorises: a tile's pointers are rebuilt for every tile.
-inline void fill_row_pointers(const float** dst, int64_t count, const float* row, int64_t first,
-                              int64_t step, int64_t width, int64_t pitch, bool row_ok,
-                              const float* zero) {
-  int64_t lo = 0, hi = 0;  // columns o in [lo, hi) are inside the row
-  if (row_ok) {
-    lo = first >= 0 ? 0 : std::min(count, ceil_div(-first, step));
-    hi = first >= width ? 0 : std::min(count, ceil_div(width - first, step));
-    hi = std::max(lo, hi);
-  }
-  for (int64_t o = 0; o < lo; ++o) dst[o] = zero;
-  for (int64_t o = lo; o < hi; ++o) dst[o] = row + (first + o * step) * pitch;
-  for (int64_t o = hi; o < count; ++o) dst[o] = zero;
-}
-
 }  // namespace
+
+void fill_first_factor_pointers(const LowRankConvShape& s, int64_t Ho, int64_t Wt, const float* x,
+                                int64_t g0, int64_t rows, const float** ind, const float* zero) {
+  const bool channel = s.scheme == LowRankScheme::kChannel;
+  const int64_t P1 = rows * Wt;
+  for (int64_t q = 0; q < rows; ++q) {
+    const int64_t n = (g0 + q) / Ho, oh = (g0 + q) % Ho;
+    const float* xn = x + n * s.H * s.W * s.C;
+    for (int64_t i = 0; i < s.kh; ++i) {
+      const int64_t ih = oh * s.sh - s.ph + i * s.dh;
+      const bool row_ok = ih >= 0 && ih < s.H;
+      for (int64_t jj = 0; jj < (channel ? s.kw : 1); ++jj) {
+        const int64_t t = channel ? i * s.kw + jj : i;
+        const float** dst = ind + t * P1 + q * Wt;
+        if (channel)
+          fill_row_pointers(dst, Wt, xn + ih * s.W * s.C, jj * s.dw - s.pw, s.sw, s.W, s.C, row_ok,
+                            zero);
+        else
+          fill_row_pointers(dst, Wt, xn + ih * s.W * s.C, 0, 1, s.W, s.C, row_ok, zero);
+      }
+    }
+  }
+}
 
 bool nhwc_forward_applies(const LowRankConvShape& s, const Strides4& xs, const Strides4& ys) {
   const char* env = std::getenv("FUSENAS_LOWRANK_NHWC");
@@ -159,27 +147,7 @@ void forward_nhwc(const float* x, const float* w1, const float* w2, const float*
         const int64_t g0 = tile * pl.rows_per_tile;
         const int64_t rows = std::min(pl.rows_per_tile, total_rows - g0);
         const int64_t P1 = rows * pl.Wt, P2 = rows * pl.Wo;
-        // First factor: pixel (row q, column wt) of T, tap (i, jj) reads input
-        // pixel (oh sh - ph + i dh, wt sw - pw + jj dw); spatial taps are (i, 0)
-        // at column wt (its first factor convolves rows only).
-        for (int64_t q = 0; q < rows; ++q) {
-          const int64_t n = (g0 + q) / pl.Ho, oh = (g0 + q) % pl.Ho;
-          const float* xn = x + n * s.H * s.W * s.C;
-          for (int64_t i = 0; i < s.kh; ++i) {
-            const int64_t ih = oh * s.sh - s.ph + i * s.dh;
-            const bool row_ok = ih >= 0 && ih < s.H;
-            for (int64_t jj = 0; jj < (channel ? s.kw : 1); ++jj) {
-              const int64_t t = channel ? i * s.kw + jj : i;
-              const float** dst = st.ind1.data() + t * P1 + q * pl.Wt;
-              if (channel)
-                fill_row_pointers(dst, pl.Wt, xn + ih * s.W * s.C, jj * s.dw - s.pw, s.sw, s.W, s.C,
-                                  row_ok, zeros.data());
-              else
-                fill_row_pointers(dst, pl.Wt, xn + ih * s.W * s.C, 0, 1, s.W, s.C, row_ok,
-                                  zeros.data());
-            }
-          }
-        }
+        fill_first_factor_pointers(s, pl.Ho, pl.Wt, x, g0, rows, st.ind1.data(), zeros.data());
         kern.ind_gemm({P1, s.C, pl.rp, pl.taps1, st.ind1.data(), b1.data(), pl.rp, nullptr,
                        st.t.get(), pl.rp});
         if (t_out)  // kept for the backward: (N, rank, Ho, Wt) float32, a row per tile row

@@ -3,12 +3,69 @@
 // applies and the plane path everywhere else.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "fusenas/lowrank.h"
 
 namespace fusenas {
 namespace lowrank_detail {
+
+inline bool is_channels_last(const Strides4& st, int64_t C, int64_t H, int64_t W) {
+  return st.c == 1 && st.w == C && st.h == W * C && st.n == H * W * C;
+}
+
+// A factor as an IndGemm or PairGemm operand: w (cols, K, taps) contiguous ->
+// row (tap t, k), column j = w[j][k][t], ldb columns per row (zeros past
+// cols). The forward packs the first factor as (rank x C x taps) and the
+// second as (Nout x rank x taps); the backward packs their transposes.
+inline std::vector<float> pack_factor(const float* w, int64_t cols, int64_t K, int64_t taps,
+                                      int64_t ldb) {
+  std::vector<float> b(static_cast<size_t>(taps * K * ldb), 0.f);
+  for (int64_t j = 0; j < cols; ++j)
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t t = 0; t < taps; ++t)
+        b[static_cast<size_t>((t * K + k) * ldb + j)] = w[(j * K + k) * taps + t];
+  return b;
+}
+
+// The second factor (Nout, rank, taps) as (rank, Nout, taps) and the first
+// (rank, C, taps) as (C, rank, taps): the transposed convs of the backward.
+inline std::vector<float> swap_first_dims(const float* w, int64_t d0, int64_t d1, int64_t taps) {
+  std::vector<float> out(static_cast<size_t>(d0 * d1 * taps));
+  for (int64_t i = 0; i < d0; ++i)
+    for (int64_t j = 0; j < d1; ++j)
+      for (int64_t t = 0; t < taps; ++t)
+        out[static_cast<size_t>((j * d0 + i) * taps + t)] = w[(i * d1 + j) * taps + t];
+  return out;
+}
+
+// dst[o] for o < count: the row element at column c = o * step + first
+// (c in [0, width): row + c * pitch), else the zero row (also when !row_ok).
+// The padding columns are found once, so the interior is a branch-free loop the
+// compiler vectorises: a tile's pointers are rebuilt for every tile.
+inline void fill_row_pointers(const float** dst, int64_t count, const float* row, int64_t first,
+                              int64_t step, int64_t width, int64_t pitch, bool row_ok,
+                              const float* zero) {
+  int64_t lo = 0, hi = 0;  // columns o in [lo, hi) are inside the row
+  if (row_ok) {
+    lo = first >= 0 ? 0 : std::min(count, (-first + step - 1) / step);
+    hi = first >= width ? 0 : std::min(count, (width - first + step - 1) / step);
+    hi = std::max(lo, hi);
+  }
+  for (int64_t o = 0; o < lo; ++o) dst[o] = zero;
+  for (int64_t o = lo; o < hi; ++o) dst[o] = row + (first + o * step) * pitch;
+  for (int64_t o = hi; o < count; ++o) dst[o] = zero;
+}
+
+// The first factor's IndGemm rows for global output rows [g0, g0 + rows) of
+// x (channels_last): ind[t * rows * Wt + q * Wt + wt] -> the input pixel tap
+// t of intermediate pixel (row q, column wt) reads, (oh sh - ph + i dh,
+// wt sw - pw + jj dw), or `zero`; spatial taps are (i, 0) at column wt (its
+// first factor convolves rows only).
+void fill_first_factor_pointers(const LowRankConvShape& s, int64_t Ho, int64_t Wt, const float* x,
+                                int64_t g0, int64_t rows, const float** ind, const float* zero);
 
 // x and y channels_last-contiguous, both factors small enough to stay in
 // cache, and its multiply-adds (rank rounded up to whole vectors) not far
@@ -23,6 +80,15 @@ void forward_nhwc(const float* x, const float* w1, const float* w2, const float*
                   float* t_out);
 
 int64_t nhwc_workspace_bytes(const LowRankConvShape& s, int num_threads);
+
+// The pixel-major backward (lowrank_conv_nhwc_backward.cpp), where
+// nhwc_forward_applies(s, xs, gs) holds and grad_x (when wanted) is
+// channels_last too. Arguments as lowrank_conv2d_backward_cpu's, float32.
+void backward_nhwc(const float* grad_out, const float* x, const float* w1, const float* w2,
+                   float* grad_x, float* grad_w1, float* grad_w2, const LowRankConvShape& s,
+                   int num_threads, const float* t_saved);
+
+int64_t nhwc_backward_workspace_bytes(const LowRankConvShape& s, int num_threads);
 
 }  // namespace lowrank_detail
 }  // namespace fusenas

@@ -221,6 +221,69 @@ void ind_gemm(const IndGemm& g) {
   });
 }
 
+// PairGemm micro-tile: MR rows of C (a broadcast from each pair's a row) x NV
+// vectors (loaded from its b row), accumulated in registers over every pair.
+template <class V, int MR, int NV>
+void pair_micro_fn(const float* const* a, const float* const* b, int64_t P, int64_t m0, int64_t j0,
+                   float* c, int64_t ldc) {
+  using R = typename V::reg;
+  constexpr int W = V::kWidth;
+  R acc[MR][NV];
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[m][v] = V::loadu(c + m * ldc + v * W);
+  for (int64_t p = 0; p < P; ++p) {
+    const float* ap = a[p] + m0;
+    const float* bp = b[p] + j0;
+    R bv[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) bv[v] = V::loadu(bp + v * W);
+#pragma GCC unroll 16
+    for (int m = 0; m < MR; ++m) {
+      const R av = V::bcast(ap + m);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[m][v] = V::fmadd(av, bv[v], acc[m][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) V::storeu(c + m * ldc + v * W, acc[m][v]);
+}
+
+using PairMicroFn = void (*)(const float* const*, const float* const*, int64_t, int64_t, int64_t,
+                             float*, int64_t);
+
+// table[rows - 1][nv - 1] for rows <= MAXR, nv <= MAXNV.
+template <class V, int MAXR, int MAXNV>
+struct PairMicroTable {
+  PairMicroFn fn[MAXR][MAXNV];
+  template <int R, int... Ns>
+  void fill_row(std::integer_sequence<int, Ns...>) {
+    ((fn[R - 1][Ns] = &pair_micro_fn<V, R, Ns + 1>), ...);
+  }
+  template <int... Rs>
+  void fill(std::integer_sequence<int, Rs...>) {
+    (fill_row<Rs + 1>(std::make_integer_sequence<int, MAXNV>{}), ...);
+  }
+  PairMicroTable() { fill(std::make_integer_sequence<int, MAXR>{}); }
+};
+
+// Same register blocking as IndGemm (Cfg::kIndNV, Cfg::ind_mr): column chunks
+// outer, so a chunk's b columns of every pair stay in L1/L2 across the rows.
+template <class V, class Cfg>
+void pair_gemm(const PairGemm& g) {
+  static const PairMicroTable<V, Cfg::kIndMR, Cfg::kIndNV> table;
+  constexpr int W = V::kWidth;
+  if (g.P == 0) return;
+  balanced_chunks(g.N / W, Cfg::kIndNV, [&](int64_t v0, int nv) {
+    balanced_chunks(g.M, Cfg::ind_mr(nv), [&](int64_t m0, int rows) {
+      table.fn[rows - 1][nv - 1](g.a, g.b, g.P, m0, v0 * W, g.C + m0 * g.ldc + v0 * W, g.ldc);
+    });
+  });
+}
+
 // Each ISA file defines transpose16 (register shuffles differ per ISA) and
 // copy_pad_rows (AVX-512 has masked loads and stores for the row edges; the
 // others are plain loops the compiler vectorises for their -m flags).
@@ -254,8 +317,9 @@ void add_relu(float* __restrict y, const float* __restrict r, int64_t n, bool re
 
 template <class V, class Cfg>
 const Kernels& make_kernels(const char* name) {
-  static const Kernels k{Cfg::kMR,     &row_gemm<V, Cfg>, &ind_gemm<V, Cfg>, V::kWidth,
-                         &transpose16, &copy_pad_rows,    &add_relu,         name};
+  static const Kernels k{Cfg::kMR,           &row_gemm<V, Cfg>, &ind_gemm<V, Cfg>,
+                         &pair_gemm<V, Cfg>, V::kWidth,         &transpose16,
+                         &copy_pad_rows,     &add_relu,         name};
   return k;
 }
 

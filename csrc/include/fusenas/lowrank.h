@@ -58,7 +58,7 @@ void lowrank_conv2d_backward_cpu(const void* grad_out, const Strides4& gs, const
 int64_t lowrank_conv2d_workspace_bytes(const LowRankConvShape& s, DType dtype, int num_threads,
                                        bool channels_last = false);
 int64_t lowrank_conv2d_backward_workspace_bytes(const LowRankConvShape& s, DType dtype,
-                                                int num_threads);
+                                                int num_threads, bool channels_last = false);
 
 // Code path chosen at run time: "avx512", "avx2" or "scalar".
 const char* lowrank_cpu_isa();

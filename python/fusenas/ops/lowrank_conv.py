@@ -742,7 +742,7 @@ def workspace_bytes(
 ) -> int:
     """Bytes the native CPU kernel allocates outside torch tensors (tile buffers, packed
     weights, gradient accumulators) for these arguments at torch's thread count; 0 when
-    the reference runs instead (channels_last float32 forwards: the pixel-major path's)."""
+    the reference runs instead (channels_last float32 calls: the pixel-major path's)."""
     stride, padding, dilation = (
         _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
     )  # fmt: skip

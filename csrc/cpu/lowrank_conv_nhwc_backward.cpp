@@ -1,0 +1,319 @@
+// Backward of the fused low-rank conv for channels_last float32 tensors,
+// pixel-major like its forward (lowrank_conv_nhwc.cpp): nothing is copied
+// into planes, every operand is read where it lies through pointer lists.
+// Per tile of global output rows (several small images, or part of one):
+//   gT      = grad_out through the second factor transposed: an IndGemm over
+//             the tile's intermediate rows and, per image, the qh_max rows
+//             above them (the input rows the tile owns receive from those
+//             too; they are recomputed, about 2 rows per tile);
+//   T       = the tile's intermediate, kept by the forward (planes,
+//             transposed to pixels here) or recomputed (IndGemm);
+//   grad_w2 += G^T T (per second-factor tap) and grad_w1 += X^T gT (per
+//             first-factor tap): PairGemms over the pixel pairs where both
+//             operands lie inside the image, into per-thread sums; threads
+//             take fixed sets of tiles, so the sums are the same bits on
+//             every call (at a given thread count);
+//   grad_x  of the input rows the tile owns = an IndGemm over gT through the
+//             first factor transposed, written straight into grad_x: every
+//             input row is owned by exactly one tile, so threads never race
+//             and nothing is zero-filled beforehand.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "cpu/lowrank_conv_nhwc.h"
+#include "cpu/lowrank_conv_tiles.h"
+
+namespace fusenas {
+namespace lowrank_detail {
+
+namespace {
+
+// Output pixels per tile: gT, T and the pointer lists stay in L2; larger
+// tiles make the recomputed gT rows above each tile a smaller share.
+constexpr int64_t kTilePixels = 512;
+
+struct BackwardPlan {
+  bool channel;
+  int64_t Ho, Wo, Wt;    // output size; intermediate width (Wo, or W for spatial)
+  int64_t taps1, taps2;  // taps of each factor
+  int64_t rp, cp;        // rank and C rounded up to the vector width
+  int64_t qh_max;        // intermediate rows above an input row's own that feed it
+  int64_t rows_per_tile, tiles;
+  BackwardPlan(const LowRankConvShape& s, int vec, int threads) {
+    channel = s.scheme == LowRankScheme::kChannel;
+    Ho = output_height(s);
+    Wo = output_width(s);
+    Wt = channel ? Wo : s.W;
+    taps1 = channel ? s.kh * s.kw : s.kh;
+    taps2 = channel ? 1 : s.kw;
+    rp = round_up(s.rank, vec);
+    cp = round_up(s.C, vec);
+    qh_max = (s.kh - 1) * s.dh / s.sh;
+    const int64_t rows = s.N * Ho;
+    rows_per_tile =
+        std::max<int64_t>(1, std::min(std::max<int64_t>(1, kTilePixels / std::max<int64_t>(Wo, 1)),
+                                      ceil_div(rows, 4 * static_cast<int64_t>(threads))));
+    tiles = ceil_div(rows, rows_per_tile);
+  }
+  // Most intermediate rows of a tile's gT: its own rows plus qh_max per image.
+  int64_t max_ext_rows() const {
+    const int64_t images = std::min<int64_t>(ceil_div(rows_per_tile, Ho) + 1, rows_per_tile);
+    return rows_per_tile + qh_max * images;
+  }
+  // Most input rows a tile owns: sh per output row, plus the rows below the
+  // last output row of each image (H + ph - Ho sh < (kh - 1) dh + sh of them).
+  int64_t max_own_rows(const LowRankConvShape& s) const {
+    const int64_t images = std::min<int64_t>(ceil_div(rows_per_tile, Ho) + 1, rows_per_tile);
+    return rows_per_tile * s.sh + images * ((s.kh - 1) * s.dh + s.sh);
+  }
+};
+
+// The image rows of one tile: own output rows [oh_a, oh_b) of image n; gT is
+// computed for intermediate rows [ext0, oh_b), stored from row ext_start of
+// the tile's gT buffer; the tile owns input rows [ih_lo, ih_hi).
+struct Segment {
+  int64_t n, oh_a, oh_b, ext0, ext_start, ih_lo, ih_hi;
+};
+
+// Padded input rows [oh sh, (oh + 1) sh) belong to output row oh, the rows
+// below the last output row to it as well: a partition of every image's rows.
+std::vector<Segment> tile_segments(const LowRankConvShape& s, const BackwardPlan& pl, int64_t g0,
+                                   int64_t rows, int64_t halo) {
+  std::vector<Segment> segs;
+  int64_t ext = 0;
+  for (int64_t q = 0; q < rows;) {
+    const int64_t n = (g0 + q) / pl.Ho, oh_a = (g0 + q) % pl.Ho;
+    const int64_t oh_b = std::min(pl.Ho, oh_a + rows - q);
+    Segment sg{n, oh_a, oh_b, std::max<int64_t>(0, oh_a - halo), ext, 0, 0};
+    ext += oh_b - sg.ext0;
+    sg.ih_lo = std::clamp<int64_t>(oh_a * s.sh - s.ph, 0, s.H);
+    sg.ih_hi = oh_b == pl.Ho ? s.H : std::clamp<int64_t>(oh_b * s.sh - s.ph, sg.ih_lo, s.H);
+    segs.push_back(sg);
+    q += oh_b - oh_a;
+  }
+  return segs;
+}
+
+// Row of intermediate row oh of segment sg in the tile's gT buffer.
+inline int64_t ext_row(const Segment& sg, int64_t oh) { return sg.ext_start + oh - sg.ext0; }
+
+}  // namespace
+
+void backward_nhwc(const float* go, const float* x, const float* w1, const float* w2, float* gx,
+                   float* gw1, float* gw2, const LowRankConvShape& s, int num_threads,
+                   const float* t_saved) {
+  const auto& kern = pick_kernels();
+  const int threads = resolve_threads(num_threads);
+  const BackwardPlan pl(s, kern.vec_width, threads);
+  const bool want_gx = gx != nullptr, want_w1 = gw1 != nullptr, want_w2 = gw2 != nullptr;
+  const bool want_gt = want_gx || want_w1;
+  const int64_t halo = want_gx ? pl.qh_max : 0;
+  const int64_t taps1 = pl.taps1, taps2 = pl.taps2, rp = pl.rp, cp = pl.cp, Wt = pl.Wt;
+  const bool direct_gx = cp == s.C;  // grad_x rows written in place
+
+  // Transposed factors for the IndGemms (gT: Nout -> rank; grad_x: rank -> C)
+  // and, when T is recomputed, the first factor as the forward packs it.
+  std::vector<float> b2t, b1t, b1;
+  if (want_gt)
+    b2t = pack_factor(swap_first_dims(w2, s.Nout, s.rank, taps2).data(), s.rank, s.Nout, taps2, rp);
+  if (want_gx)
+    b1t = pack_factor(swap_first_dims(w1, s.rank, s.C, taps1).data(), s.C, s.rank, taps1, cp);
+  const bool recompute = want_w2 && !t_saved;
+  if (recompute) b1 = pack_factor(w1, s.rank, s.C, taps1, rp);
+  const std::vector<float> zeros(static_cast<size_t>(std::max({s.C, s.Nout, rp, cp})), 0.f);
+  const float* zero = zeros.data();
+
+  const int used = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, pl.tiles)));
+  std::vector<std::vector<float>> acc_w1(static_cast<size_t>(used)),
+      acc_w2(static_cast<size_t>(used));
+  const int64_t total_rows = s.N * pl.Ho;
+  const int64_t ext_px = pl.max_ext_rows() * Wt, own_px = pl.rows_per_tile * Wt;
+  const int64_t own_in_px = pl.max_own_rows(s) * s.W;
+#pragma omp parallel num_threads(used)
+  {
+    const int tid = omp_get_thread_num();
+    // gT and T rows are rp floats; the columns past the rank are zero (T: the
+    // buffer starts zeroed and only rank columns are written; gT: the packed
+    // factor's columns past the rank are zero), which the PairGemms read.
+    Buffer gt(want_gt ? ext_px * rp : 0, false), t(want_w2 ? own_px * rp : 0);
+    Buffer gxt(want_gx && !direct_gx ? own_in_px * cp : 0, false);
+    std::vector<const float*> ind, pa, pb;
+    float* aw1 = nullptr;
+    float* aw2 = nullptr;
+    if (want_w1) {
+      acc_w1[static_cast<size_t>(tid)].assign(static_cast<size_t>(taps1 * s.C * rp), 0.f);
+      aw1 = acc_w1[static_cast<size_t>(tid)].data();
+    }
+    if (want_w2) {
+      acc_w2[static_cast<size_t>(tid)].assign(static_cast<size_t>(taps2 * s.Nout * rp), 0.f);
+      aw2 = acc_w2[static_cast<size_t>(tid)].data();
+    }
+#pragma omp for schedule(static)
+    for (int64_t tile = 0; tile < pl.tiles; ++tile) {
+      const int64_t g0 = tile * pl.rows_per_tile;
+      const int64_t rows = std::min(pl.rows_per_tile, total_rows - g0);
+      const std::vector<Segment> segs = tile_segments(s, pl, g0, rows, halo);
+      const Segment& last = segs.back();
+      const int64_t ext_rows = last.ext_start + last.oh_b - last.ext0;
+      const float* g_tile = go + g0 * pl.Wo * s.Nout;  // the tile's grad_out pixels
+
+      if (want_w2) {  // T (own rows, pixel-major) and grad_w2[j] += G^T T_j
+        if (t_saved) {
+          int64_t q = 0;
+          for (const Segment& sg : segs) {
+            const int64_t np = (sg.oh_b - sg.oh_a) * Wt;
+            planes_to_pixels(kern, t_saved + (sg.n * s.rank * pl.Ho + sg.oh_a) * Wt, pl.Ho * Wt, np,
+                             s.rank, t.get() + q * Wt * rp, rp);
+            q += sg.oh_b - sg.oh_a;
+          }
+        } else {
+          ind.resize(static_cast<size_t>(taps1 * rows * Wt));
+          fill_first_factor_pointers(s, pl.Ho, Wt, x, g0, rows, ind.data(), zero);
+          kern.ind_gemm(
+              {rows * Wt, s.C, rp, taps1, ind.data(), b1.data(), rp, nullptr, t.get(), rp});
+        }
+        for (int64_t j = 0; j < taps2; ++j) {
+          pa.clear();
+          pb.clear();
+          // Output pixel (q, ow) meets T pixel (q, ow sw - pw + j dw) (spatial).
+          const int64_t first = pl.channel ? 0 : j * s.dw - s.pw, step = pl.channel ? 1 : s.sw;
+          for (int64_t q = 0; q < rows; ++q)
+            for (int64_t ow = 0; ow < pl.Wo; ++ow) {
+              const int64_t wt = first + ow * step;
+              if (wt < 0 || wt >= Wt) continue;
+              pa.push_back(g_tile + (q * pl.Wo + ow) * s.Nout);
+              pb.push_back(t.get() + (q * Wt + wt) * rp);
+            }
+          kern.pair_gemm({s.Nout, rp, static_cast<int64_t>(pa.size()), pa.data(), pb.data(),
+                          aw2 + j * s.Nout * rp, rp});
+        }
+      }
+      if (!want_gt) continue;
+
+      // gT over the segments' intermediate rows [ext0, oh_b): T pixel (oh, wt)
+      // receives from output pixel (oh, ow) with ow sw - pw + j dw = wt.
+      const int64_t pt = ext_rows * Wt;
+      ind.resize(static_cast<size_t>(taps2 * pt));
+      for (const Segment& sg : segs)
+        for (int64_t oh = sg.ext0; oh < sg.oh_b; ++oh) {
+          const float* grow = go + ((sg.n * pl.Ho + oh) * pl.Wo) * s.Nout;
+          for (int64_t j = 0; j < taps2; ++j) {
+            const float** dst = ind.data() + j * pt + ext_row(sg, oh) * Wt;
+            if (pl.channel) {
+              fill_row_pointers(dst, Wt, grow, 0, 1, pl.Wo, s.Nout, true, zero);
+            } else if (s.sw == 1) {
+              fill_row_pointers(dst, Wt, grow, s.pw - j * s.dw, 1, pl.Wo, s.Nout, true, zero);
+            } else {
+              for (int64_t wt = 0; wt < Wt; ++wt) {
+                const int64_t num = wt + s.pw - j * s.dw;
+                const bool ok = num >= 0 && num % s.sw == 0 && num / s.sw < pl.Wo;
+                dst[wt] = ok ? grow + (num / s.sw) * s.Nout : zero;
+              }
+            }
+          }
+        }
+      kern.ind_gemm({pt, s.Nout, rp, taps2, ind.data(), b2t.data(), rp, nullptr, gt.get(), rp});
+
+      if (want_w1) {  // grad_w1[t] += X_t^T gT over the own intermediate pixels
+        for (int64_t tp = 0; tp < taps1; ++tp) {
+          const int64_t i = pl.channel ? tp / s.kw : tp, jj = pl.channel ? tp % s.kw : 0;
+          pa.clear();
+          pb.clear();
+          for (const Segment& sg : segs) {
+            const float* xn = x + sg.n * s.H * s.W * s.C;
+            for (int64_t oh = sg.oh_a; oh < sg.oh_b; ++oh) {
+              const int64_t ih = oh * s.sh - s.ph + i * s.dh;
+              if (ih < 0 || ih >= s.H) continue;
+              const float* grow = gt.get() + ext_row(sg, oh) * Wt * rp;
+              for (int64_t wt = 0; wt < Wt; ++wt) {
+                const int64_t iw = pl.channel ? wt * s.sw - s.pw + jj * s.dw : wt;
+                if (iw < 0 || iw >= s.W) continue;
+                pa.push_back(xn + (ih * s.W + iw) * s.C);
+                pb.push_back(grow + wt * rp);
+              }
+            }
+          }
+          kern.pair_gemm({s.C, rp, static_cast<int64_t>(pa.size()), pa.data(), pb.data(),
+                          aw1 + tp * s.C * rp, rp});
+        }
+      }
+
+      if (want_gx) {
+        // Input pixel (ih, iw), tap (i, jj) reads gT pixel ((ih + ph - i dh) / sh,
+        // (iw + pw - jj dw) / sw) where both divide and land inside (channel),
+        // (.., iw) for spatial. The owned rows of consecutive segments are
+        // consecutive in memory (a segment that ends an image owns its last row).
+        int64_t px = 0;
+        for (const Segment& sg : segs) px += (sg.ih_hi - sg.ih_lo) * s.W;
+        if (px == 0) continue;
+        ind.resize(static_cast<size_t>(taps1 * px));
+        int64_t p0 = 0;
+        for (const Segment& sg : segs)
+          for (int64_t ih = sg.ih_lo; ih < sg.ih_hi; ++ih, p0 += s.W)
+            for (int64_t tp = 0; tp < taps1; ++tp) {
+              const int64_t i = pl.channel ? tp / s.kw : tp, jj = pl.channel ? tp % s.kw : 0;
+              const float** dst = ind.data() + tp * px + p0;
+              const int64_t num = ih + s.ph - i * s.dh;
+              const bool row_ok = num >= 0 && num % s.sh == 0 && num / s.sh < pl.Ho;
+              const float* grow = row_ok ? gt.get() + ext_row(sg, num / s.sh) * Wt * rp : nullptr;
+              if (!pl.channel) {
+                fill_row_pointers(dst, s.W, grow, 0, 1, Wt, rp, row_ok, zero);
+              } else if (s.sw == 1) {
+                fill_row_pointers(dst, s.W, grow, s.pw - jj * s.dw, 1, Wt, rp, row_ok, zero);
+              } else {
+                for (int64_t iw = 0; iw < s.W; ++iw) {
+                  const int64_t nw = iw + s.pw - jj * s.dw;
+                  const bool ok = row_ok && nw >= 0 && nw % s.sw == 0 && nw / s.sw < Wt;
+                  dst[iw] = ok ? grow + (nw / s.sw) * rp : zero;
+                }
+              }
+            }
+        float* out = gx + (segs.front().n * s.H + segs.front().ih_lo) * s.W * s.C;
+        kern.ind_gemm({px, s.rank, cp, taps1, ind.data(), b1t.data(), cp, nullptr,
+                       direct_gx ? out : gxt.get(), direct_gx ? s.C : cp});
+        if (!direct_gx)
+          for (int64_t p = 0; p < px; ++p)
+            std::memcpy(out + p * s.C, gxt.get() + p * cp, sizeof(float) * s.C);
+      }
+    }
+  }
+  // Per-thread sums in thread order: acc_w1[t][c][r] -> grad_w1[r][c][t],
+  // acc_w2[j][o][r] -> grad_w2[o][r][j].
+  auto total = [used](const std::vector<std::vector<float>>& acc, int64_t i) {
+    float v = 0.f;
+    for (int th = 0; th < used; ++th) v += acc[static_cast<size_t>(th)][static_cast<size_t>(i)];
+    return v;
+  };
+  if (want_w1)
+    for (int64_t r = 0; r < s.rank; ++r)
+      for (int64_t c = 0; c < s.C; ++c)
+        for (int64_t tp = 0; tp < taps1; ++tp)
+          gw1[(r * s.C + c) * taps1 + tp] = total(acc_w1, (tp * s.C + c) * rp + r);
+  if (want_w2)
+    for (int64_t o = 0; o < s.Nout; ++o)
+      for (int64_t r = 0; r < s.rank; ++r)
+        for (int64_t j = 0; j < taps2; ++j)
+          gw2[(o * s.rank + r) * taps2 + j] = total(acc_w2, (j * s.Nout + o) * rp + r);
+}
+
+int64_t nhwc_backward_workspace_bytes(const LowRankConvShape& s, int num_threads) {
+  const int threads = resolve_threads(num_threads);
+  const BackwardPlan pl(s, pick_kernels().vec_width, threads);
+  const int64_t used = std::max<int64_t>(1, std::min<int64_t>(threads, pl.tiles));
+  const int64_t ext_px = pl.max_ext_rows() * pl.Wt, own_px = pl.rows_per_tile * pl.Wt;
+  const int64_t own_in_px = pl.max_own_rows(s) * s.W;
+  // Pointer lists (2 floats per pointer): the largest IndGemm list or the
+  // two PairGemm lists.
+  const int64_t pointers =
+      2 * std::max({pl.taps1 * own_in_px, pl.taps2 * ext_px, pl.taps1 * own_px}) + 4 * ext_px;
+  const int64_t per_thread = ext_px * pl.rp + own_px * pl.rp +
+                             (pl.cp != s.C ? own_in_px * pl.cp : 0) + pointers +
+                             pl.taps1 * s.C * pl.rp + pl.taps2 * s.Nout * pl.rp;
+  const int64_t packed = 2 * (pl.taps2 * s.Nout * pl.rp + pl.taps1 * s.rank * pl.cp) +
+                         pl.taps1 * s.C * pl.rp + std::max({s.C, s.Nout, pl.rp, pl.cp});
+  return 4 * (used * per_thread + packed);
+}
+
+}  // namespace lowrank_detail
+}  // namespace fusenas
