@@ -26,6 +26,9 @@ struct Cfg256 {
   // IndGemm: pixels x vectors + vectors + 1 broadcast <= 16 registers.
   static constexpr int kIndMR = 8, kIndNV = 3;
   static constexpr int ind_mr(int nv) { return nv == 1 ? 8 : nv == 2 ? 6 : 4; }
+  // PairGemm: two pointers per pair, so one vector takes 12 rows.
+  static constexpr int kPairMR = 12;
+  static constexpr int pair_mr(int nv) { return nv == 1 ? 12 : ind_mr(nv); }
 };
 
 // 8 x 8 block transpose (unpack, shuffle, 128-bit permute); 16 x 16 is four.

@@ -28,6 +28,9 @@ struct Cfg512 {
   // of them reloaded from the stack (L1) each k, which the load ports absorb.
   static constexpr int kIndMR = 12, kIndNV = 4;
   static constexpr int ind_mr(int nv) { return nv <= 2 ? 12 : nv == 3 ? 8 : 6; }
+  // PairGemm: two pointers per pair, so one vector takes 16 rows (17 registers).
+  static constexpr int kPairMR = 16;
+  static constexpr int pair_mr(int nv) { return nv == 1 ? 16 : ind_mr(nv); }
 };
 
 // 16 x 16: 4 x 4 transposes inside each 128-bit lane (unpack ps / pd), then a

@@ -95,6 +95,25 @@ std::vector<Segment> tile_segments(const LowRankConvShape& s, const BackwardPlan
   return segs;
 }
 
+// Appends to a PairGemm's lists from index k the pairs of one image row:
+// (fixed + o fixed_pitch, mapped + (first + o step) mapped_pitch) for the
+// o < count whose mapped column first + o step lies in [0, width) (the others
+// would meet padding); returns the new list length. A plain loop the compiler
+// vectorises: the lists are rebuilt per tile and tap.
+inline int64_t append_pairs(const float** fixed_out, const float** mapped_out, int64_t k,
+                            const float* fixed, int64_t fixed_pitch, const float* mapped,
+                            int64_t first, int64_t step, int64_t width, int64_t mapped_pitch,
+                            int64_t count) {
+  const int64_t lo = first >= 0 ? 0 : std::min(count, ceil_div(-first, step));
+  const int64_t hi =
+      std::max(lo, first >= width ? 0 : std::min(count, ceil_div(width - first, step)));
+  for (int64_t o = lo; o < hi; ++o) {
+    fixed_out[k + o - lo] = fixed + o * fixed_pitch;
+    mapped_out[k + o - lo] = mapped + (first + o * step) * mapped_pitch;
+  }
+  return k + hi - lo;
+}
+
 // Row of intermediate row oh of segment sg in the tile's gT buffer.
 inline int64_t ext_row(const Segment& sg, int64_t oh) { return sg.ext_start + oh - sg.ext0; }
 
@@ -130,6 +149,7 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
   const int64_t total_rows = s.N * pl.Ho;
   const int64_t ext_px = pl.max_ext_rows() * Wt, own_px = pl.rows_per_tile * Wt;
   const int64_t own_in_px = pl.max_own_rows(s) * s.W;
+  const int64_t own_px_pairs = pl.rows_per_tile * std::max(pl.Wo, Wt);
 #pragma omp parallel num_threads(used)
   {
     const int tid = omp_get_thread_num();
@@ -138,7 +158,10 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
     // factor's columns past the rank are zero), which the PairGemms read.
     Buffer gt(want_gt ? ext_px * rp : 0, false), t(want_w2 ? own_px * rp : 0);
     Buffer gxt(want_gx && !direct_gx ? own_in_px * cp : 0, false);
-    std::vector<const float*> ind, pa, pb;
+    std::vector<const float*> ind;
+    // A PairGemm's lists: at most one pair per tile pixel and tap.
+    std::vector<const float*> pa(static_cast<size_t>(own_px_pairs)),
+        pb(static_cast<size_t>(own_px_pairs));
     float* aw1 = nullptr;
     float* aw2 = nullptr;
     if (want_w1) {
@@ -174,19 +197,13 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
               {rows * Wt, s.C, rp, taps1, ind.data(), b1.data(), rp, nullptr, t.get(), rp});
         }
         for (int64_t j = 0; j < taps2; ++j) {
-          pa.clear();
-          pb.clear();
           // Output pixel (q, ow) meets T pixel (q, ow sw - pw + j dw) (spatial).
           const int64_t first = pl.channel ? 0 : j * s.dw - s.pw, step = pl.channel ? 1 : s.sw;
+          int64_t k = 0;
           for (int64_t q = 0; q < rows; ++q)
-            for (int64_t ow = 0; ow < pl.Wo; ++ow) {
-              const int64_t wt = first + ow * step;
-              if (wt < 0 || wt >= Wt) continue;
-              pa.push_back(g_tile + (q * pl.Wo + ow) * s.Nout);
-              pb.push_back(t.get() + (q * Wt + wt) * rp);
-            }
-          kern.pair_gemm({s.Nout, rp, static_cast<int64_t>(pa.size()), pa.data(), pb.data(),
-                          aw2 + j * s.Nout * rp, rp});
+            k = append_pairs(pa.data(), pb.data(), k, g_tile + q * pl.Wo * s.Nout, s.Nout,
+                             t.get() + q * Wt * rp, first, step, Wt, rp, pl.Wo);
+          kern.pair_gemm({s.Nout, rp, k, pa.data(), pb.data(), aw2 + j * s.Nout * rp, rp});
         }
       }
       if (!want_gt) continue;
@@ -218,24 +235,20 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
       if (want_w1) {  // grad_w1[t] += X_t^T gT over the own intermediate pixels
         for (int64_t tp = 0; tp < taps1; ++tp) {
           const int64_t i = pl.channel ? tp / s.kw : tp, jj = pl.channel ? tp % s.kw : 0;
-          pa.clear();
-          pb.clear();
+          // T pixel (oh, wt) meets input pixel (oh sh - ph + i dh, wt sw - pw + jj dw)
+          // (channel) or (.., wt) (spatial).
+          const int64_t first = pl.channel ? jj * s.dw - s.pw : 0, step = pl.channel ? s.sw : 1;
+          int64_t k = 0;
           for (const Segment& sg : segs) {
             const float* xn = x + sg.n * s.H * s.W * s.C;
             for (int64_t oh = sg.oh_a; oh < sg.oh_b; ++oh) {
               const int64_t ih = oh * s.sh - s.ph + i * s.dh;
               if (ih < 0 || ih >= s.H) continue;
-              const float* grow = gt.get() + ext_row(sg, oh) * Wt * rp;
-              for (int64_t wt = 0; wt < Wt; ++wt) {
-                const int64_t iw = pl.channel ? wt * s.sw - s.pw + jj * s.dw : wt;
-                if (iw < 0 || iw >= s.W) continue;
-                pa.push_back(xn + (ih * s.W + iw) * s.C);
-                pb.push_back(grow + wt * rp);
-              }
+              k = append_pairs(pb.data(), pa.data(), k, gt.get() + ext_row(sg, oh) * Wt * rp, rp,
+                               xn + ih * s.W * s.C, first, step, s.W, s.C, Wt);
             }
           }
-          kern.pair_gemm({s.C, rp, static_cast<int64_t>(pa.size()), pa.data(), pb.data(),
-                          aw1 + tp * s.C * rp, rp});
+          kern.pair_gemm({s.C, rp, k, pa.data(), pb.data(), aw1 + tp * s.C * rp, rp});
         }
       }
 

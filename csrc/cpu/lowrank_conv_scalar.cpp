@@ -32,6 +32,8 @@ struct CfgScalar {
   static constexpr int nv_for(int rows) { return rows <= 2 ? 4 : 2; }
   static constexpr int kIndMR = 4, kIndNV = 4;
   static constexpr int ind_mr(int) { return 4; }
+  static constexpr int kPairMR = 4;
+  static constexpr int pair_mr(int) { return 4; }
 };
 
 void transpose16(const float* src, int64_t lds, float* dst, int64_t ldd) {

@@ -270,15 +270,16 @@ struct PairMicroTable {
   PairMicroTable() { fill(std::make_integer_sequence<int, MAXR>{}); }
 };
 
-// Same register blocking as IndGemm (Cfg::kIndNV, Cfg::ind_mr): column chunks
-// outer, so a chunk's b columns of every pair stay in L1/L2 across the rows.
+// Cfg::pair_mr(nv) rows (at most kPairMR) x nv vectors (at most kIndNV);
+// column chunks outer, so a chunk's b columns of every pair stay in L1/L2
+// across the row tiles.
 template <class V, class Cfg>
 void pair_gemm(const PairGemm& g) {
-  static const PairMicroTable<V, Cfg::kIndMR, Cfg::kIndNV> table;
+  static const PairMicroTable<V, Cfg::kPairMR, Cfg::kIndNV> table;
   constexpr int W = V::kWidth;
   if (g.P == 0) return;
   balanced_chunks(g.N / W, Cfg::kIndNV, [&](int64_t v0, int nv) {
-    balanced_chunks(g.M, Cfg::ind_mr(nv), [&](int64_t m0, int rows) {
+    balanced_chunks(g.M, Cfg::pair_mr(nv), [&](int64_t m0, int rows) {
       table.fn[rows - 1][nv - 1](g.a, g.b, g.P, m0, v0 * W, g.C + m0 * g.ldc + v0 * W, g.ldc);
     });
   });
