@@ -224,8 +224,23 @@ void pixels_to_planes(const cpu::lowrank::Kernels& kern, const T* src, int64_t l
     for (int64_t p = p0; p < npix; ++p)
       for (int64_t c = c0; c < c0 + 16; ++c) dst[c * ldd + p] = to_f32(src[p * lds + c]);
   }
-  for (int64_t p = 0; p < npix; ++p)
-    for (int64_t c = c0; c < nch; ++c) dst[c * ldd + p] = to_f32(src[p * lds + c]);
+  // The last nch % 16 channels (a rank of 14 is all tail): through a 16 x 16
+  // block in L1 per 16 pixels, so the planes are still written a row of 16
+  // pixels at a time rather than one element per plane per pixel.
+  const int64_t tc = nch - c0;
+  if (tc == 0) return;
+  int64_t p0 = 0;
+  alignas(64) float blk[16 * 16], out[16 * 16];
+  for (; p0 + 16 <= npix; p0 += 16) {
+    for (int p = 0; p < 16; ++p)
+      for (int64_t c = 0; c < 16; ++c)
+        blk[p * 16 + c] = c < tc ? to_f32(src[(p0 + p) * lds + c0 + c]) : 0.f;
+    kern.transpose16(blk, 16, out, 16);
+    for (int64_t c = 0; c < tc; ++c)
+      std::memcpy(dst + (c0 + c) * ldd + p0, out + c * 16, 16 * sizeof(float));
+  }
+  for (int64_t c = c0; c < nch; ++c)
+    for (int64_t p = p0; p < npix; ++p) dst[c * ldd + p] = to_f32(src[p * lds + c]);
 }
 
 // Channel planes -> channel-contiguous pixels:
@@ -249,7 +264,23 @@ void planes_to_pixels(const cpu::lowrank::Kernels& kern, const float* src, int64
     for (int64_t p = p0; p < npix; ++p)
       for (int64_t c = c0; c < c0 + 16; ++c) dst[p * ldd + c] = from_f32<T>(src[c * lds + p]);
   }
-  for (int64_t p = 0; p < npix; ++p)
+  // The last nch % 16 channels through a 16 x 16 block in L1 (see pixels_to_planes).
+  const int64_t tc = nch - c0;
+  if (tc == 0) return;
+  int64_t p0 = 0;
+  alignas(64) float blk[16 * 16], out[16 * 16];
+  for (; p0 + 16 <= npix; p0 += 16) {
+    for (int64_t c = 0; c < 16; ++c) {
+      if (c < tc)
+        std::memcpy(blk + c * 16, src + (c0 + c) * lds + p0, 16 * sizeof(float));
+      else
+        std::memset(blk + c * 16, 0, 16 * sizeof(float));
+    }
+    kern.transpose16(blk, 16, out, 16);
+    for (int p = 0; p < 16; ++p)
+      for (int64_t c = 0; c < tc; ++c) dst[(p0 + p) * ldd + c0 + c] = from_f32<T>(out[p * 16 + c]);
+  }
+  for (int64_t p = p0; p < npix; ++p)
     for (int64_t c = c0; c < nch; ++c) dst[p * ldd + c] = from_f32<T>(src[c * lds + p]);
 }
 
