@@ -37,28 +37,10 @@ constexpr int64_t kMaxPackedFloats = 64 * 1024;
 // path's (see nhwc_forward_applies).
 constexpr double kMaxWorkRatio = 1.25;
 
-struct Plan {
-  int64_t Ho, Wo, Wt;     // output size; T's width (Wo, or W for spatial)
-  int64_t taps1, taps2;   // taps of each factor
-  int64_t rp, np;         // rank and Nout rounded up to the vector width
-  int64_t rows_per_tile;  // global output rows (image n, row oh) per tile
-  int64_t tiles;
-  Plan(const LowRankConvShape& s, int vec, int threads) {
-    const bool channel = s.scheme == LowRankScheme::kChannel;
-    Ho = output_height(s);
-    Wo = output_width(s);
-    Wt = channel ? Wo : s.W;
-    taps1 = channel ? s.kh * s.kw : s.kh;
-    taps2 = channel ? 1 : s.kw;
-    rp = round_up(s.rank, vec);
-    np = round_up(s.Nout, vec);
-    const int64_t rows = s.N * Ho;
-    // At least 4 tiles per thread where there are enough rows (dynamic balance).
-    rows_per_tile =
-        std::max<int64_t>(1, std::min(std::max<int64_t>(1, kTilePixels / std::max<int64_t>(Wo, 1)),
-                                      ceil_div(rows, 4 * static_cast<int64_t>(threads))));
-    tiles = ceil_div(rows, rows_per_tile);
-  }
+struct Plan : PixelMajorPlan {
+  int64_t np;  // Nout rounded up to the vector width
+  Plan(const LowRankConvShape& s, int vec, int threads)
+      : PixelMajorPlan(s, vec, threads, kTilePixels), np(round_up(s.Nout, vec)) {}
   int64_t p1_max() const { return rows_per_tile * Wt; }
   int64_t p2_max() const { return rows_per_tile * Wo; }
   // Per-thread floats: T, the output tile (when Nout is not whole vectors) and
@@ -70,6 +52,22 @@ struct Plan {
 };
 
 }  // namespace
+
+PixelMajorPlan::PixelMajorPlan(const LowRankConvShape& s, int vec, int threads,
+                               int64_t tile_pixels) {
+  channel = s.scheme == LowRankScheme::kChannel;
+  Ho = output_height(s);
+  Wo = output_width(s);
+  Wt = channel ? Wo : s.W;
+  taps1 = channel ? s.kh * s.kw : s.kh;
+  taps2 = channel ? 1 : s.kw;
+  rp = round_up(s.rank, vec);
+  const int64_t rows = s.N * Ho;
+  rows_per_tile =
+      std::max<int64_t>(1, std::min(std::max<int64_t>(1, tile_pixels / std::max<int64_t>(Wo, 1)),
+                                    ceil_div(rows, 4 * static_cast<int64_t>(threads))));
+  tiles = ceil_div(rows, rows_per_tile);
+}
 
 void fill_first_factor_pointers(const LowRankConvShape& s, int64_t Ho, int64_t Wt, const float* x,
                                 int64_t g0, int64_t rows, const float** ind, const float* zero) {

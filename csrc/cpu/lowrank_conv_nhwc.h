@@ -59,6 +59,18 @@ inline void fill_row_pointers(const float** dst, int64_t count, const float* row
   for (int64_t o = hi; o < count; ++o) dst[o] = zero;
 }
 
+// Sizes shared by the pixel-major forward and backward. A tile is a block of
+// rows_per_tile global output rows (image n, row oh): about tile_pixels output
+// pixels, fewer where that leaves under 4 tiles per thread.
+struct PixelMajorPlan {
+  bool channel;
+  int64_t Ho, Wo, Wt;    // output size; the intermediate's width (Wo, or W for spatial)
+  int64_t taps1, taps2;  // taps of each factor
+  int64_t rp;            // rank rounded up to the vector width
+  int64_t rows_per_tile, tiles;
+  PixelMajorPlan(const LowRankConvShape& s, int vec, int threads, int64_t tile_pixels);
+};
+
 // The first factor's IndGemm rows for global output rows [g0, g0 + rows) of
 // x (channels_last): ind[t * rows * Wt + q * Wt + wt] -> the input pixel tap
 // t of intermediate pixel (row q, column wt) reads, (oh sh - ph + i dh,

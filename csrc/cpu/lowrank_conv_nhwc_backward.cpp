@@ -33,29 +33,13 @@ namespace {
 // tiles make the recomputed gT rows above each tile a smaller share.
 constexpr int64_t kTilePixels = 512;
 
-struct BackwardPlan {
-  bool channel;
-  int64_t Ho, Wo, Wt;    // output size; intermediate width (Wo, or W for spatial)
-  int64_t taps1, taps2;  // taps of each factor
-  int64_t rp, cp;        // rank and C rounded up to the vector width
-  int64_t qh_max;        // intermediate rows above an input row's own that feed it
-  int64_t rows_per_tile, tiles;
-  BackwardPlan(const LowRankConvShape& s, int vec, int threads) {
-    channel = s.scheme == LowRankScheme::kChannel;
-    Ho = output_height(s);
-    Wo = output_width(s);
-    Wt = channel ? Wo : s.W;
-    taps1 = channel ? s.kh * s.kw : s.kh;
-    taps2 = channel ? 1 : s.kw;
-    rp = round_up(s.rank, vec);
-    cp = round_up(s.C, vec);
-    qh_max = (s.kh - 1) * s.dh / s.sh;
-    const int64_t rows = s.N * Ho;
-    rows_per_tile =
-        std::max<int64_t>(1, std::min(std::max<int64_t>(1, kTilePixels / std::max<int64_t>(Wo, 1)),
-                                      ceil_div(rows, 4 * static_cast<int64_t>(threads))));
-    tiles = ceil_div(rows, rows_per_tile);
-  }
+struct BackwardPlan : PixelMajorPlan {
+  int64_t cp;      // C rounded up to the vector width
+  int64_t qh_max;  // intermediate rows above an input row's own that feed it
+  BackwardPlan(const LowRankConvShape& s, int vec, int threads)
+      : PixelMajorPlan(s, vec, threads, kTilePixels),
+        cp(round_up(s.C, vec)),
+        qh_max((s.kh - 1) * s.dh / s.sh) {}
   // Most intermediate rows of a tile's gT: its own rows plus qh_max per image.
   int64_t max_ext_rows() const {
     const int64_t images = std::min<int64_t>(ceil_div(rows_per_tile, Ho) + 1, rows_per_tile);

@@ -29,6 +29,31 @@ namespace {
 // and the B rows of a micro-tile stay in L1/L2 across the pixel loop.
 constexpr int64_t kKBlock = 128;
 
+// The steps every micro-tile shares: acc[m][v] += a(m) * b[v W .. v W + W)
+// (the b vectors loaded once and reused MR times, each a(m) a broadcast reused
+// NV times), and the store of the tile.
+template <class V, int MR, int NV, class A>
+LR_INLINE void rank1_update(typename V::reg (&acc)[MR][NV], const float* b, A a_at) {
+  constexpr int W = V::kWidth;
+  typename V::reg bv[NV];
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) bv[v] = V::loadu(b + v * W);
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m) {
+    const typename V::reg av = V::bcast(a_at(m));
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[m][v] = V::fmadd(av, bv[v], acc[m][v]);
+  }
+}
+
+template <class V, int MR, int NV>
+LR_INLINE void store_tile(const typename V::reg (&acc)[MR][NV], float* c, int64_t ldc) {
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) V::storeu(c + m * ldc + v * V::kWidth, acc[m][v]);
+}
+
 template <class V, int MR, int NV>
 LR_INLINE void row_micro(const float* a, int64_t ak_stride, int64_t am_stride, const float* B,
                          const int64_t* boff, int64_t kc, float* c, int64_t ldc, bool load_c,
@@ -43,22 +68,10 @@ LR_INLINE void row_micro(const float* a, int64_t ak_stride, int64_t am_stride, c
     for (int v = 0; v < NV; ++v) acc[m][v] = load_c ? V::loadu(c + m * ldc + v * W) : init;
   }
   for (int64_t k = 0; k < kc; ++k) {
-    const float* b = B + boff[k];
-    R bv[NV];
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) bv[v] = V::loadu(b + v * W);
     const float* ak = a + k * ak_stride;
-#pragma GCC unroll 8
-    for (int m = 0; m < MR; ++m) {
-      const R av = V::bcast(ak + m * am_stride);
-#pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) acc[m][v] = V::fmadd(av, bv[v], acc[m][v]);
-    }
+    rank1_update<V, MR, NV>(acc, B + boff[k], [&](int m) { return ak + m * am_stride; });
   }
-#pragma GCC unroll 8
-  for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) V::storeu(c + m * ldc + v * W, acc[m][v]);
+  store_tile<V, MR, NV>(acc, c, ldc);
 }
 
 using RowMicroFn = void (*)(const float*, int64_t, int64_t, const float*, const int64_t*, int64_t,
@@ -71,23 +84,28 @@ void row_micro_fn(const float* a, int64_t ak_stride, int64_t am_stride, const fl
   row_micro<V, MR, NV>(a, ak_stride, am_stride, B, boff, kc, c, ldc, load_c, bias);
 }
 
-// table[rows - 1][nv - 1] for rows <= MAXR, nv <= MAXNV.
-template <class V, int MAXR, int MAXNV>
-struct RowMicroTable {
-  RowMicroFn fn[MAXR][MAXNV];
-  template <int R, int N>
-  void fill_one() {
-    fn[R - 1][N - 1] = &row_micro_fn<V, R, N>;
-  }
+// Every micro-kernel instance of one kind, table[rows - 1][nv - 1] for
+// rows <= MAXR and nv <= MAXNV: Maker::get<R, N>() is the instance's address.
+template <class Fn, class Maker, int MAXR, int MAXNV>
+struct MicroTable {
+  Fn fn[MAXR][MAXNV];
   template <int R, int... Ns>
   void fill_row(std::integer_sequence<int, Ns...>) {
-    (fill_one<R, Ns + 1>(), ...);
+    ((fn[R - 1][Ns] = Maker::template get<R, Ns + 1>()), ...);
   }
   template <int... Rs>
   void fill(std::integer_sequence<int, Rs...>) {
     (fill_row<Rs + 1>(std::make_integer_sequence<int, MAXNV>{}), ...);
   }
-  RowMicroTable() { fill(std::make_integer_sequence<int, MAXR>{}); }
+  MicroTable() { fill(std::make_integer_sequence<int, MAXR>{}); }
+};
+
+template <class V>
+struct RowMaker {
+  template <int R, int N>
+  static RowMicroFn get() {
+    return &row_micro_fn<V, R, N>;
+  }
 };
 
 // Splits n items into the fewest chunks of at most `most`, of near-equal size
@@ -108,7 +126,7 @@ LR_INLINE void balanced_chunks(int64_t n, int64_t most, Fn&& fn) {
 // registers for more pixels, so a 2-row tail panel still has 16 FMAs per k).
 template <class V, class Cfg>
 void row_gemm(const RowGemm& g) {
-  static const RowMicroTable<V, Cfg::kMR, Cfg::kNVMax> table;
+  static const MicroTable<RowMicroFn, RowMaker<V>, Cfg::kMR, Cfg::kNVMax> table;
   constexpr int W = V::kWidth;
   constexpr int MR = Cfg::kMR;
   const int64_t vecs = g.P / W;
@@ -169,40 +187,21 @@ void ind_micro_fn(const float* const* ind, int64_t ind_stride, int64_t taps, int
 #pragma GCC unroll 16
     for (int m = 0; m < MR; ++m) a[m] = ind[t * ind_stride + m];
     const float* bt = B + t * K * ldb;
-    for (int64_t k = 0; k < K; ++k) {
-      R bv[NV];
-#pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) bv[v] = V::loadu(bt + k * ldb + v * W);
-#pragma GCC unroll 16
-      for (int m = 0; m < MR; ++m) {
-        const R av = V::bcast(a[m] + k);
-#pragma GCC unroll 8
-        for (int v = 0; v < NV; ++v) acc[m][v] = V::fmadd(av, bv[v], acc[m][v]);
-      }
-    }
+    for (int64_t k = 0; k < K; ++k)
+      rank1_update<V, MR, NV>(acc, bt + k * ldb, [&](int m) { return a[m] + k; });
   }
-#pragma GCC unroll 16
-  for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) V::storeu(c + m * ldc + v * W, acc[m][v]);
+  store_tile<V, MR, NV>(acc, c, ldc);
 }
 
 using IndMicroFn = void (*)(const float* const*, int64_t, int64_t, int64_t, const float*, int64_t,
                             const float*, float*, int64_t);
 
-// table[pixels - 1][nv - 1] for pixels <= MAXR, nv <= MAXNV.
-template <class V, int MAXR, int MAXNV>
-struct IndMicroTable {
-  IndMicroFn fn[MAXR][MAXNV];
-  template <int R, int... Ns>
-  void fill_row(std::integer_sequence<int, Ns...>) {
-    ((fn[R - 1][Ns] = &ind_micro_fn<V, R, Ns + 1>), ...);
+template <class V>
+struct IndMaker {
+  template <int R, int N>
+  static IndMicroFn get() {
+    return &ind_micro_fn<V, R, N>;
   }
-  template <int... Rs>
-  void fill(std::integer_sequence<int, Rs...>) {
-    (fill_row<Rs + 1>(std::make_integer_sequence<int, MAXNV>{}), ...);
-  }
-  IndMicroTable() { fill(std::make_integer_sequence<int, MAXR>{}); }
 };
 
 // Cfg: kIndNV (most vectors per micro-tile), ind_mr(nv) (pixels for nv vectors,
@@ -210,7 +209,7 @@ struct IndMicroTable {
 // (taps K x nv vectors) stay in L1/L2 while every pixel of the tile passes.
 template <class V, class Cfg>
 void ind_gemm(const IndGemm& g) {
-  static const IndMicroTable<V, Cfg::kIndMR, Cfg::kIndNV> table;
+  static const MicroTable<IndMicroFn, IndMaker<V>, Cfg::kIndMR, Cfg::kIndNV> table;
   constexpr int W = V::kWidth;
   balanced_chunks(g.N / W, Cfg::kIndNV, [&](int64_t v0, int nv) {
     balanced_chunks(g.P, Cfg::ind_mr(nv), [&](int64_t p0, int rows) {
@@ -235,39 +234,20 @@ void pair_micro_fn(const float* const* a, const float* const* b, int64_t P, int6
     for (int v = 0; v < NV; ++v) acc[m][v] = V::loadu(c + m * ldc + v * W);
   for (int64_t p = 0; p < P; ++p) {
     const float* ap = a[p] + m0;
-    const float* bp = b[p] + j0;
-    R bv[NV];
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) bv[v] = V::loadu(bp + v * W);
-#pragma GCC unroll 16
-    for (int m = 0; m < MR; ++m) {
-      const R av = V::bcast(ap + m);
-#pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) acc[m][v] = V::fmadd(av, bv[v], acc[m][v]);
-    }
+    rank1_update<V, MR, NV>(acc, b[p] + j0, [&](int m) { return ap + m; });
   }
-#pragma GCC unroll 16
-  for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) V::storeu(c + m * ldc + v * W, acc[m][v]);
+  store_tile<V, MR, NV>(acc, c, ldc);
 }
 
 using PairMicroFn = void (*)(const float* const*, const float* const*, int64_t, int64_t, int64_t,
                              float*, int64_t);
 
-// table[rows - 1][nv - 1] for rows <= MAXR, nv <= MAXNV.
-template <class V, int MAXR, int MAXNV>
-struct PairMicroTable {
-  PairMicroFn fn[MAXR][MAXNV];
-  template <int R, int... Ns>
-  void fill_row(std::integer_sequence<int, Ns...>) {
-    ((fn[R - 1][Ns] = &pair_micro_fn<V, R, Ns + 1>), ...);
+template <class V>
+struct PairMaker {
+  template <int R, int N>
+  static PairMicroFn get() {
+    return &pair_micro_fn<V, R, N>;
   }
-  template <int... Rs>
-  void fill(std::integer_sequence<int, Rs...>) {
-    (fill_row<Rs + 1>(std::make_integer_sequence<int, MAXNV>{}), ...);
-  }
-  PairMicroTable() { fill(std::make_integer_sequence<int, MAXR>{}); }
 };
 
 // Cfg::pair_mr(nv) rows (at most kPairMR) x nv vectors (at most kIndNV);
@@ -275,7 +255,7 @@ struct PairMicroTable {
 // across the row tiles.
 template <class V, class Cfg>
 void pair_gemm(const PairGemm& g) {
-  static const PairMicroTable<V, Cfg::kPairMR, Cfg::kIndNV> table;
+  static const MicroTable<PairMicroFn, PairMaker<V>, Cfg::kPairMR, Cfg::kIndNV> table;
   constexpr int W = V::kWidth;
   if (g.P == 0) return;
   balanced_chunks(g.N / W, Cfg::kIndNV, [&](int64_t v0, int nv) {
