@@ -433,6 +433,30 @@ def test_channels_last_pixel_major_path_matches_plane_path(isa, monkeypatch):
 
 @needs_ext
 @pytest.mark.parametrize("isa", _isas())
+def test_wide_output_in_channel_blocks(isa, monkeypatch):
+    """The plane path's second factor runs 64 output channels at a time: 130 outputs
+    (two whole blocks and a 2-channel one) in both layouts and dtypes, epilogue included."""
+    monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
+    monkeypatch.setenv("FUSENAS_LOWRANK_NHWC", "0")
+    for i, (scheme, cl, dtype) in enumerate(
+        itertools.product(["channel", "spatial"], [False, True], [torch.float32, torch.bfloat16])
+    ):
+        x, w1, w2, bias, (s, p, d) = _case((2, 6, 7, 9, 5, 130, 3, 1, 1, 1), scheme, cl, dtype,
+                                           seed=i)  # fmt: skip
+        y0 = _ref(x.double(), w1.double(), w2.double(), bias.double(), scheme, s, p, d)
+        y = lowrank_conv2d(x, w1, w2, bias, scheme=scheme, stride=s, padding=p, dilation=d)
+        assert y.is_contiguous(memory_format=_format(x))
+        _close(y, y0, dtype)
+        if dtype == torch.float32:
+            res = torch.randn(y0.shape, generator=torch.Generator().manual_seed(i))
+            res = res.contiguous(memory_format=_format(x))
+            y = lowrank_conv2d(x, w1, w2, bias, scheme=scheme, stride=s, padding=p, dilation=d,
+                               residual=res, activation="relu")  # fmt: skip
+            _close(y, torch.relu(y0 + res.double()), dtype)
+
+
+@needs_ext
+@pytest.mark.parametrize("isa", _isas())
 @pytest.mark.parametrize("scheme", ["channel", "spatial"])
 def test_channels_last_pixel_major_backward_matches_reference(isa, scheme, monkeypatch):
     """channels_last float32 backwards take the pixel-major path like the forward

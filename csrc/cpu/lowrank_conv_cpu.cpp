@@ -4,8 +4,8 @@
 //      from NCHW or channels_last, float32 or bfloat16: the only layout
 //      conversion, and it is per tile, in cache);
 //   2. first factor: T (r x P) = GEMM over the planes (kh x kw or kh x 1 taps);
-//   3. second factor: Y (Nout x P) = GEMM over T (+ bias);
-//   4. Y's valid columns -> y in its own layout and dtype.
+//   3. second factor: Y = GEMM over T (+ bias), 64 output channels at a time,
+//      each block's valid columns -> y in its own layout and dtype.
 // T stays in the thread's cache-sized buffer; only when the caller keeps it
 // for the backward are its valid columns also written out (float32).
 // channels_last float32 calls take the pixel-major path instead where it
@@ -23,16 +23,22 @@ using namespace lowrank_detail;  // NOLINT: the shared tile helpers
 
 namespace {
 
-// Target grid pixels per forward tile: T (r x P) and the Y tile (Nout x P)
-// stay within L2 for the ResNet shapes.
+// Target grid pixels per forward tile: T (r x P) and the Y tile stay within
+// L2 for the ResNet shapes.
 constexpr int64_t kForwardTilePixels = 512;
+// Output channels per second-factor GEMM: the Y tile holds this many rows and
+// is written out before the next block, so at 256-512 channels it stays a
+// fraction of the output tile (its size counts toward peak memory, and a
+// smaller one stays in L1/L2 until it is stored).
+constexpr int64_t kOutBlock = 64;
 
-// Writes the valid columns of the tile's output grid to image n of y.
+// Writes the valid columns of the tile's output grid for output channels
+// [o0, o0 + nout) to image n of y.
 template <class T>
 void store_output(const cpu::lowrank::Kernels& kern, const float* yt, int64_t ldy, int64_t rows,
-                  int64_t n, int64_t oh0, const Geometry& g, T* y, const Strides4& ys) {
-  const int64_t nout = g.s.Nout;
-  T* yn = y + n * ys.n;
+                  int64_t n, int64_t oh0, const Geometry& g, T* y, const Strides4& ys, int64_t o0,
+                  int64_t nout) {
+  T* yn = y + n * ys.n + o0 * ys.c;
   if constexpr (std::is_same_v<T, float>) {
     if (ys.w == 1) {
       for (int64_t o = 0; o < nout; ++o)
@@ -90,7 +96,7 @@ struct ForwardLayout {
       : tplane(g.Pmax + round_up(g.qw_max, kPixelAlign) + kPixelAlign),
         t_planes(g.channel ? g.s.rank : g.s.sw * g.s.rank) {}
   int64_t thread_floats(const Geometry& g) const {
-    return g.planes_x() * g.plane + t_planes * tplane + g.s.Nout * g.Pmax;
+    return g.planes_x() * g.plane + t_planes * tplane + std::min(g.s.Nout, kOutBlock) * g.Pmax;
   }
 };
 
@@ -121,7 +127,7 @@ void forward(const T* x, const Strides4& xs, const T* w1, const T* w2, const T* 
       s.N * g.ntiles, threads,
       [&] {
         return State{Buffer(g.planes_x() * g.plane), Buffer(t_planes * tplane),
-                     Buffer(s.Nout * g.Pmax)};
+                     Buffer(std::min(s.Nout, kOutBlock) * g.Pmax)};
       },
       [&](State& st, int64_t item) {
         const int64_t n = item / g.ntiles, oh0 = (item % g.ntiles) * g.R;
@@ -138,12 +144,15 @@ void forward(const T* x, const Strides4& xs, const T* w1, const T* w2, const T* 
           kern.row_gemm(g1);
         }
         if (t_out) store_intermediate(kern, st.t.get(), tplane, rows, n, oh0, g, t_out);
-        const cpu::lowrank::RowGemm g2{
-            s.Nout,      g.K2,       P,           a2,
-            g.K2,        st.t.get(), off2.data(), bias ? bias_f.data() : nullptr,
-            st.yt.get(), g.Pmax,     false};
-        kern.row_gemm(g2);
-        store_output(kern, st.yt.get(), g.Pmax, rows, n, oh0, g, y, ys);
+        for (int64_t o0 = 0; o0 < s.Nout; o0 += kOutBlock) {
+          const int64_t m = std::min(kOutBlock, s.Nout - o0);
+          const cpu::lowrank::RowGemm g2{
+              m,           g.K2,       P,           a2 + o0 * g.K2,
+              g.K2,        st.t.get(), off2.data(), bias ? bias_f.data() + o0 : nullptr,
+              st.yt.get(), g.Pmax,     false};
+          kern.row_gemm(g2);
+          store_output(kern, st.yt.get(), g.Pmax, rows, n, oh0, g, y, ys, o0, m);
+        }
         if constexpr (std::is_same_v<T, float>) {
           if (residual || relu) epilogue_output(kern, y, residual, ys, rows, n, oh0, g, relu);
         }
