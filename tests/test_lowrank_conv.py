@@ -19,6 +19,7 @@ from fusenas.ops.lowrank_conv import (
     lowrank_conv2d_backward_reference,
     lowrank_conv2d_reference,
     lowrank_conv2d_with_intermediate_reference,
+    workspace_bytes,
 )
 
 needs_ext = pytest.mark.skipif(
@@ -429,6 +430,31 @@ def test_channels_last_pixel_major_path_matches_plane_path(isa, monkeypatch):
     assert torch.equal(auto, planes) and not torch.equal(nhwc, planes)
     auto, nhwc, planes = paths(256, 200, 2)  # 9 x 256 x 208 packed floats: plane path
     assert torch.equal(auto, planes) and torch.equal(nhwc, planes)
+
+
+@needs_ext
+def test_workspace_bytes_follow_the_path(monkeypatch):
+    """workspace_bytes reports the buffers of the path a call takes: channels_last float32
+    forwards and backwards size the pixel-major path's, everything else the plane path's
+    (the same for both layouts), and the plane forward's output tile is 64 channels."""
+    x, w1, w2, _, _ = _case((4, 32, 16, 16, 24, 32, 3, 1, 1, 1), "channel", True, torch.float32)
+    args = dict(scheme="channel", padding=1)
+
+    def sizes():
+        return [workspace_bytes(t, w1, w2, backward=b, **args)
+                for b in (False, True) for t in (x, x.contiguous())]  # fmt: skip
+
+    pixel = sizes()
+    monkeypatch.setenv("FUSENAS_LOWRANK_NHWC", "0")
+    planes = sizes()
+    assert all(v > 0 for v in pixel + planes)
+    assert planes[0] == planes[1] and planes[2] == planes[3]
+    assert pixel[1] == planes[1] and pixel[3] == planes[3]
+    assert pixel[0] != planes[0] and pixel[2] != planes[2]
+    # 256 outputs: the Y tile still holds 64, so only the bias's float32 copy grows.
+    narrow = workspace_bytes(x.contiguous(), w1, torch.randn(64, 24, 1, 1), **args)
+    wide = workspace_bytes(x.contiguous(), w1, torch.randn(256, 24, 1, 1), **args)
+    assert wide - narrow == 4 * (256 - 64)
 
 
 @needs_ext
