@@ -174,7 +174,8 @@ PYBIND11_MODULE(_C, m) {
               N,  C,  H,  W,  rank, nout, kh, kw, static_cast<fusenas::LowRankScheme>(scheme),
               sh, sw, ph, pw, dh,   dw};
           const auto dt = static_cast<DType>(dtype);
-          return backward ? fusenas::lowrank_conv2d_backward_workspace_bytes(s, dt, threads, channels_last)
+          return backward ? fusenas::lowrank_conv2d_backward_workspace_bytes(s, dt, threads,
+                                                                             channels_last)
                           : fusenas::lowrank_conv2d_workspace_bytes(s, dt, threads, channels_last);
         });
   m.def("build_info", [] {
