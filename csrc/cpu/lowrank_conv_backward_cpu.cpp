@@ -429,10 +429,8 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
     }
   }
   // The threads' sums of element i of a per-thread accumulator.
-  auto total = [used](const std::vector<std::vector<float>>& acc, int64_t i) {
-    float v = 0.f;
-    for (int th = 0; th < used; ++th) v += acc[static_cast<size_t>(th)][static_cast<size_t>(i)];
-    return v;
+  auto total = [&](const std::vector<std::vector<float>>& acc, int64_t i) {
+    return sum_over_threads(acc, used, i);
   };
   if (want_w1)  // acc[t][r][c] -> grad_w1[r][c][tap t]
     for (int64_t r = 0; r < s.rank; ++r)
@@ -452,10 +450,9 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
 int64_t lowrank_conv2d_backward_workspace_bytes(const LowRankConvShape& s, DType dtype,
                                                 int num_threads, bool channels_last) {
   if (channels_last && dtype == DType::kFloat32) {
-    const Strides4 xs{s.H * s.W * s.C, 1, s.W * s.C, s.C};
-    const Strides4 gs{output_height(s) * output_width(s) * s.Nout, 1, output_width(s) * s.Nout,
-                      s.Nout};
-    if (nhwc_forward_applies(s, xs, gs)) return nhwc_backward_workspace_bytes(s, num_threads);
+    if (nhwc_applies(s, channels_last_strides(s.C, s.H, s.W),
+                     channels_last_strides(s.Nout, output_height(s), output_width(s))))
+      return nhwc_backward_workspace_bytes(s, num_threads);
   }
   const int threads = resolve_threads(num_threads);
   const Geometry g = make_geometry(s, threads, kBackwardTilePixels);
@@ -480,7 +477,7 @@ void lowrank_conv2d_backward_cpu(const void* grad_out, const Strides4& gs, const
     backward(static_cast<const T*>(grad_out), gs, static_cast<const T*>(x), xs,
              static_cast<const T*>(w1), static_cast<const T*>(w2), static_cast<T*>(grad_x), gxs,
              static_cast<T*>(grad_w1), static_cast<T*>(grad_w2), s, num_threads, intermediate);
-  } else if (nhwc_forward_applies(s, xs, gs) &&
+  } else if (nhwc_applies(s, xs, gs) &&
              (grad_x == nullptr || is_channels_last(gxs, s.C, s.H, s.W))) {
     backward_nhwc(static_cast<const float*>(grad_out), static_cast<const float*>(x),
                   static_cast<const float*>(w1), static_cast<const float*>(w2),

@@ -13,7 +13,7 @@
 // T pixels of the same row), T also written out when the backward keeps it.
 // Packed weights must stay cache-resident across a tile's pixels, so large
 // layers keep the plane path (lowrank_conv_cpu.cpp), and so do low ranks,
-// which this path rounds up to whole vectors (nhwc_forward_applies).
+// which this path rounds up to whole vectors (nhwc_applies).
 #include "cpu/lowrank_conv_nhwc.h"
 
 #include <algorithm>
@@ -34,7 +34,7 @@ constexpr int64_t kTilePixels = 256;
 // chunk of B's columns is re-read for every pixel micro-tile, from L1/L2.
 constexpr int64_t kMaxPackedFloats = 64 * 1024;
 // Most multiply-adds this path may do per output pixel, relative to the plane
-// path's (see nhwc_forward_applies).
+// path's (see nhwc_applies).
 constexpr double kMaxWorkRatio = 1.25;
 
 struct Plan : PixelMajorPlan {
@@ -92,7 +92,7 @@ void fill_first_factor_pointers(const LowRankConvShape& s, int64_t Ho, int64_t W
   }
 }
 
-bool nhwc_forward_applies(const LowRankConvShape& s, const Strides4& xs, const Strides4& ys) {
+bool nhwc_applies(const LowRankConvShape& s, const Strides4& xs, const Strides4& ys) {
   const char* env = std::getenv("FUSENAS_LOWRANK_NHWC");
   if (env != nullptr && std::strcmp(env, "0") == 0) return false;
   const int vec = pick_kernels().vec_width;
@@ -127,7 +127,6 @@ void forward_nhwc(const float* x, const float* w1, const float* w2, const float*
   std::vector<float> bias_p(static_cast<size_t>(pl.np), 0.f);
   if (bias) std::copy(bias, bias + s.Nout, bias_p.begin());
   const std::vector<float> zeros(static_cast<size_t>(std::max(s.C, pl.rp)), 0.f);
-  const bool channel = s.scheme == LowRankScheme::kChannel;
   const int64_t total_rows = s.N * pl.Ho;
   struct State {
     Buffer t, out;
@@ -160,8 +159,8 @@ void forward_nhwc(const float* x, const float* w1, const float* w2, const float*
           for (int64_t jj = 0; jj < pl.taps2; ++jj) {
             const float* trow = st.t.get() + q * pl.Wt * pl.rp;
             fill_row_pointers(st.ind2.data() + jj * P2 + q * pl.Wo, pl.Wo, trow,
-                              channel ? 0 : jj * s.dw - s.pw, channel ? 1 : s.sw, pl.Wt, pl.rp,
-                              true, zeros.data());
+                              pl.channel ? 0 : jj * s.dw - s.pw, pl.channel ? 1 : s.sw, pl.Wt,
+                              pl.rp, true, zeros.data());
           }
         float* yt = y + g0 * pl.Wo * s.Nout;  // the tile's pixels, contiguous
         const bool direct = pl.np == s.Nout;

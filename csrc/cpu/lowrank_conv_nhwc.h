@@ -16,6 +16,11 @@ inline bool is_channels_last(const Strides4& st, int64_t C, int64_t H, int64_t W
   return st.c == 1 && st.w == C && st.h == W * C && st.n == H * W * C;
 }
 
+// Strides (n, c, h, w) of a channels_last-contiguous C x H x W tensor.
+inline Strides4 channels_last_strides(int64_t C, int64_t H, int64_t W) {
+  return {H * W * C, 1, W * C, C};
+}
+
 // A factor as an IndGemm or PairGemm operand: w (cols, K, taps) contiguous ->
 // row (tap t, k), column j = w[j][k][t], ldb columns per row (zeros past
 // cols). The forward packs the first factor as (rank x C x taps) and the
@@ -79,11 +84,12 @@ struct PixelMajorPlan {
 void fill_first_factor_pointers(const LowRankConvShape& s, int64_t Ho, int64_t Wt, const float* x,
                                 int64_t g0, int64_t rows, const float** ind, const float* zero);
 
-// x and y channels_last-contiguous, both factors small enough to stay in
-// cache, and its multiply-adds (rank rounded up to whole vectors) not far
-// above the plane path's. FUSENAS_LOWRANK_NHWC=0 switches it off, =1 skips
-// the work comparison. The caller also requires float32.
-bool nhwc_forward_applies(const LowRankConvShape& s, const Strides4& xs, const Strides4& ys);
+// Whether the pixel-major path runs (forward and backward alike; ys: y's or
+// grad_out's strides): x and y channels_last-contiguous, both factors small
+// enough to stay in cache, and its multiply-adds (rank rounded up to whole
+// vectors) not far above the plane path's. FUSENAS_LOWRANK_NHWC=0 switches it
+// off, =1 skips the work comparison. The caller also requires float32.
+bool nhwc_applies(const LowRankConvShape& s, const Strides4& xs, const Strides4& ys);
 
 // y = relu?(conv + bias + residual); residual null or laid out as y; t_out
 // (null: not kept) as lowrank_conv2d_cpu's `intermediate`.
@@ -94,8 +100,8 @@ void forward_nhwc(const float* x, const float* w1, const float* w2, const float*
 int64_t nhwc_workspace_bytes(const LowRankConvShape& s, int num_threads);
 
 // The pixel-major backward (lowrank_conv_nhwc_backward.cpp), where
-// nhwc_forward_applies(s, xs, gs) holds and grad_x (when wanted) is
-// channels_last too. Arguments as lowrank_conv2d_backward_cpu's, float32.
+// nhwc_applies(s, xs, gs) holds and grad_x (when wanted) is channels_last
+// too. Arguments as lowrank_conv2d_backward_cpu's, float32.
 void backward_nhwc(const float* grad_out, const float* x, const float* w1, const float* w2,
                    float* grad_x, float* grad_w1, float* grad_w2, const LowRankConvShape& s,
                    int num_threads, const float* t_saved);

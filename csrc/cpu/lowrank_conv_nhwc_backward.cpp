@@ -51,6 +51,13 @@ struct BackwardPlan : PixelMajorPlan {
     const int64_t images = std::min<int64_t>(ceil_div(rows_per_tile, Ho) + 1, rows_per_tile);
     return rows_per_tile * s.sh + images * ((s.kh - 1) * s.dh + s.sh);
   }
+  // Per-thread buffer sizes (pixels): gT's rows (own and above), T's (own),
+  // the input pixels whose gradient a tile writes, and a PairGemm list (at
+  // most one pair per own pixel and tap).
+  int64_t gt_pixels() const { return max_ext_rows() * Wt; }
+  int64_t t_pixels() const { return rows_per_tile * Wt; }
+  int64_t gx_pixels(const LowRankConvShape& s) const { return max_own_rows(s) * s.W; }
+  int64_t pair_list() const { return rows_per_tile * std::max(Wo, Wt); }
 };
 
 // The image rows of one tile: own output rows [oh_a, oh_b) of image n; gT is
@@ -62,9 +69,9 @@ struct Segment {
 
 // Padded input rows [oh sh, (oh + 1) sh) belong to output row oh, the rows
 // below the last output row to it as well: a partition of every image's rows.
-std::vector<Segment> tile_segments(const LowRankConvShape& s, const BackwardPlan& pl, int64_t g0,
-                                   int64_t rows, int64_t halo) {
-  std::vector<Segment> segs;
+void tile_segments(const LowRankConvShape& s, const BackwardPlan& pl, int64_t g0, int64_t rows,
+                   int64_t halo, std::vector<Segment>& segs) {
+  segs.clear();
   int64_t ext = 0;
   for (int64_t q = 0; q < rows;) {
     const int64_t n = (g0 + q) / pl.Ho, oh_a = (g0 + q) % pl.Ho;
@@ -76,7 +83,6 @@ std::vector<Segment> tile_segments(const LowRankConvShape& s, const BackwardPlan
     segs.push_back(sg);
     q += oh_b - oh_a;
   }
-  return segs;
 }
 
 // Appends to a PairGemm's lists from index k the pairs of one image row:
@@ -131,21 +137,18 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
   std::vector<std::vector<float>> acc_w1(static_cast<size_t>(used)),
       acc_w2(static_cast<size_t>(used));
   const int64_t total_rows = s.N * pl.Ho;
-  const int64_t ext_px = pl.max_ext_rows() * Wt, own_px = pl.rows_per_tile * Wt;
-  const int64_t own_in_px = pl.max_own_rows(s) * s.W;
-  const int64_t own_px_pairs = pl.rows_per_tile * std::max(pl.Wo, Wt);
 #pragma omp parallel num_threads(used)
   {
     const int tid = omp_get_thread_num();
     // gT and T rows are rp floats; the columns past the rank are zero (T: the
     // buffer starts zeroed and only rank columns are written; gT: the packed
     // factor's columns past the rank are zero), which the PairGemms read.
-    Buffer gt(want_gt ? ext_px * rp : 0, false), t(want_w2 ? own_px * rp : 0);
-    Buffer gxt(want_gx && !direct_gx ? own_in_px * cp : 0, false);
+    Buffer gt(want_gt ? pl.gt_pixels() * rp : 0, false), t(want_w2 ? pl.t_pixels() * rp : 0);
+    Buffer gxt(want_gx && !direct_gx ? pl.gx_pixels(s) * cp : 0, false);
     std::vector<const float*> ind;
-    // A PairGemm's lists: at most one pair per tile pixel and tap.
-    std::vector<const float*> pa(static_cast<size_t>(own_px_pairs)),
-        pb(static_cast<size_t>(own_px_pairs));
+    std::vector<const float*> pa(static_cast<size_t>(pl.pair_list())),
+        pb(static_cast<size_t>(pl.pair_list()));
+    std::vector<Segment> segs;
     float* aw1 = nullptr;
     float* aw2 = nullptr;
     if (want_w1) {
@@ -160,7 +163,7 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
     for (int64_t tile = 0; tile < pl.tiles; ++tile) {
       const int64_t g0 = tile * pl.rows_per_tile;
       const int64_t rows = std::min(pl.rows_per_tile, total_rows - g0);
-      const std::vector<Segment> segs = tile_segments(s, pl, g0, rows, halo);
+      tile_segments(s, pl, g0, rows, halo, segs);
       const Segment& last = segs.back();
       const int64_t ext_rows = last.ext_start + last.oh_b - last.ext0;
       const float* g_tile = go + g0 * pl.Wo * s.Nout;  // the tile's grad_out pixels
@@ -275,12 +278,9 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
       }
     }
   }
-  // Per-thread sums in thread order: acc_w1[t][c][r] -> grad_w1[r][c][t],
-  // acc_w2[j][o][r] -> grad_w2[o][r][j].
-  auto total = [used](const std::vector<std::vector<float>>& acc, int64_t i) {
-    float v = 0.f;
-    for (int th = 0; th < used; ++th) v += acc[static_cast<size_t>(th)][static_cast<size_t>(i)];
-    return v;
+  // Per-thread sums: acc_w1[t][c][r] -> grad_w1[r][c][t], acc_w2[j][o][r] -> grad_w2[o][r][j].
+  auto total = [&](const std::vector<std::vector<float>>& acc, int64_t i) {
+    return sum_over_threads(acc, used, i);
   };
   if (want_w1)
     for (int64_t r = 0; r < s.rank; ++r)
@@ -298,14 +298,13 @@ int64_t nhwc_backward_workspace_bytes(const LowRankConvShape& s, int num_threads
   const int threads = resolve_threads(num_threads);
   const BackwardPlan pl(s, pick_kernels().vec_width, threads);
   const int64_t used = std::max<int64_t>(1, std::min<int64_t>(threads, pl.tiles));
-  const int64_t ext_px = pl.max_ext_rows() * pl.Wt, own_px = pl.rows_per_tile * pl.Wt;
-  const int64_t own_in_px = pl.max_own_rows(s) * s.W;
-  // Pointer lists (2 floats per pointer): the largest IndGemm list or the
-  // two PairGemm lists.
-  const int64_t pointers =
-      2 * std::max({pl.taps1 * own_in_px, pl.taps2 * ext_px, pl.taps1 * own_px}) + 4 * ext_px;
-  const int64_t per_thread = ext_px * pl.rp + own_px * pl.rp +
-                             (pl.cp != s.C ? own_in_px * pl.cp : 0) + pointers +
+  // Pointer lists (2 floats per pointer): the largest IndGemm list (grad_x,
+  // gT, or a recomputed T) and the two PairGemm lists.
+  const int64_t pointers = 2 * std::max({pl.taps1 * pl.gx_pixels(s), pl.taps2 * pl.gt_pixels(),
+                                         pl.taps1 * pl.t_pixels()}) +
+                           4 * pl.pair_list();
+  const int64_t per_thread = (pl.gt_pixels() + pl.t_pixels()) * pl.rp +
+                             (pl.cp != s.C ? pl.gx_pixels(s) * pl.cp : 0) + pointers +
                              pl.taps1 * s.C * pl.rp + pl.taps2 * s.Nout * pl.rp;
   const int64_t packed = 2 * (pl.taps2 * s.Nout * pl.rp + pl.taps1 * s.rank * pl.cp) +
                          pl.taps1 * s.C * pl.rp + std::max({s.C, s.Nout, pl.rp, pl.cp});

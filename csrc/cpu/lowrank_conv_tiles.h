@@ -459,6 +459,14 @@ void parallel_items(int64_t items, int threads, Setup setup, Fn fn) {
   }
 }
 
+// Element i of per-thread accumulators summed in thread order (the same bits
+// on every call at a given thread count): the backwards' weight gradients.
+inline float sum_over_threads(const std::vector<std::vector<float>>& acc, int used, int64_t i) {
+  float v = 0.f;
+  for (int th = 0; th < used; ++th) v += acc[static_cast<size_t>(th)][static_cast<size_t>(i)];
+  return v;
+}
+
 inline int resolve_threads(int num_threads) {
   return num_threads > 0 ? num_threads : omp_get_max_threads();
 }
