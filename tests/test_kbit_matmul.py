@@ -269,6 +269,11 @@ def test_small_m_code_gemv(bits, dtype):
         (2, 70, 384, 128, False),
         (3, 33, 1000, None, True),
         (4, 13, 768, 256, False),
+        (7, 26, 640, 128, True),  # x tiles 4 + 2 + 1; chunks of 12 output rows, then 2
+        (13, 38, 384, None, False),
+        (32, 70, 512, 128, False),  # largest float32 M on this kernel; two threads
+        (48, 29, 256, 128, True),  # largest bfloat16 M
+        (49, 17, 384, 128, False),  # past it: the GEMM kernels
     ]:
         pw = quantize_weight(torch.randn(n, k), bits, g, sym or bits == "ternary")
         x = (torch.randn(m, k) * 3).to(dtype)
@@ -294,3 +299,9 @@ def test_small_m_nonfinite_x_propagates():
     y, ref = kbit_matmul(x, pw), _ref(x, pw, None)
     assert torch.equal(torch.isinf(y), torch.isinf(ref))
     assert torch.equal(torch.isnan(y), torch.isnan(ref))
+    # several x rows: a non-finite value stays in its own row
+    x = torch.randn(8, 256)
+    x[2, 7] = float("nan")
+    y = kbit_matmul(x, pw)
+    assert torch.isnan(y[2]).all()
+    assert torch.isfinite(y[torch.arange(8) != 2]).all()

@@ -50,13 +50,16 @@ struct KbitGemvBf16Problem {
 };
 
 // 2-, 3-, 4-bit and ternary codes with scale groups of whole blocks, for the
-// M where it beats the float32 kernels (measured, 4096 x 4096, one thread):
-// float32 x only at M = 1 (decoding is what it saves; at M >= 2 the two
-// bfloat16 terms cost as many multiply-adds as float32 FMAs), bfloat16 x up
-// to M = 4 (then the AVX512-BF16 GEMV of kbit_matmul_avx512_bf16.cpp).
+// M where it beats the decoding kernels (measured at 2 threads, warm weights,
+// the four benchmark shapes): float32 x up to M = 32, bfloat16 x up to M = 48
+// (at M = 64..96 the 12 x 32 GEMM tiles of kbit_matmul_avx512_bf16.cpp and
+// kbit_matmul_avx512.cpp win: they keep their decoded panel in L1 while this
+// kernel re-reads every x row per chunk of 12 output rows).
+static constexpr int64_t kGemvBf16MaxMFloat32 = 32;
+static constexpr int64_t kGemvBf16MaxMBf16 = 48;
 inline bool kbit_gemv_bf16_applies(const KbitWeight& w, int64_t M, bool float32_x) {
   const int64_t groups = w.K / w.group_size;
-  return M >= 1 && M <= (float32_x ? 1 : 4) && w.bits <= 4 &&
+  return M >= 1 && M <= (float32_x ? kGemvBf16MaxMFloat32 : kGemvBf16MaxMBf16) && w.bits <= 4 &&
          (groups == 1 || w.group_size % 128 == 0);
 }
 
