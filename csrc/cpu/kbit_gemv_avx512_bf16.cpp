@@ -48,10 +48,12 @@ __m512i code_table(float zc) {
   return _mm512_load_si512(t);
 }
 
-// How far ahead cold weights are prefetched (bytes along the thread's rows):
-// no prefetch ran at 30-36 GB/s with 2 threads cold (4096 x 4096, 4 bits),
-// 64 KB ahead at 38-55 GB/s (the host's DRAM bandwidth drifts a lot).
-constexpr int64_t kPrefetchBytes = 64 << 10;
+// How far ahead cold weights are prefetched (bytes along the thread's rows),
+// into L2: no prefetch ran at 30-36 GB/s with 2 threads cold (4096 x 4096,
+// 4 bits), 64 KB ahead into L1 at 38-55 GB/s (the host's DRAM bandwidth drifts
+// a lot); 128 KB ahead into L2 was faster than that in 12 of 12 alternating
+// M = 1 runs over the three large benchmark shapes (by 0-20%), the same at M = 8.
+constexpr int64_t kPrefetchBytes = 128 << 10;
 
 // Output rows per tile for MT x rows, with the 32 zmm registers in mind: the
 // group's dot products (2 * R with one x row, MT * R otherwise), the scaled
@@ -93,7 +95,7 @@ void gemv_tile(const KbitGemvBf16Problem& p, const KbitWeight& w, __m512i table,
       const uint8_t* block = codes_row[r] + b * 16 * BITS;
       pl[r] = load_planes<BITS>(block).a;
       if (prefetch_ahead)
-        _mm_prefetch(reinterpret_cast<const char*>(block + prefetch), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(block + prefetch), _MM_HINT_T1);
     }
     // Word 2j+h of pl after a shift by 4t holds, in its low bits, the code of
     // element j + 64h + 16t of the block (kbit_format.md; the front end lays
