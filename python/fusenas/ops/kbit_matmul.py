@@ -261,8 +261,9 @@ def kbit_matmul(
     two bfloat16 terms each (16 significant bits, relative error per element
     <= 2^-16), about 1e-5 of the output's scale; set FUSENAS_CPU_BF16=0 for the
     plain float32 kernel. bfloat16 x (M <= 48) is exact there (codes are small
-    integers); at larger M, and for other bit widths, bfloat16 x meets weights
-    rounded to bfloat16, as in bfloat16 F.linear.
+    integers). Other bfloat16 cases with M >= 2 on those CPUs (larger M, 5- to
+    8-bit codes, smaller groups) round the decoded weights to bfloat16, as
+    bfloat16 F.linear does.
     """
     if not isinstance(weight, PackedWeight):
         raise TypeError(
