@@ -258,8 +258,9 @@ def test_bad_wrapper_arguments(packed):
 @pytest.mark.parametrize("bits", [2, 3, 4, "ternary"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_small_m_code_gemv(bits, dtype):
-    """The small-M GEMV on integer codes (AVX512-BF16 CPUs; elsewhere these
-    shapes take the other kernels): group sizes of whole 128-element blocks and
+    """The kernels on codes (AVX512-BF16 CPUs; elsewhere these shapes take the
+    other kernels): the GEMV (float32 x up to M = 32, bfloat16 up to 24) and the
+    bfloat16 GEMM past it. Group sizes of whole 128-element blocks and
     per-channel scales, symmetric and asymmetric codes, odd N, K with a partial
     last block, against the float64 product of x and the dequantized weight."""
     torch.manual_seed(11)
@@ -271,9 +272,12 @@ def test_small_m_code_gemv(bits, dtype):
         (4, 13, 768, 256, False),
         (7, 26, 640, 128, True),  # x tiles 4 + 2 + 1; chunks of 12 output rows, then 2
         (13, 38, 384, None, False),
-        (32, 70, 512, 128, False),  # largest float32 M on this kernel; two threads
-        (48, 29, 256, 128, True),  # largest bfloat16 M
-        (49, 17, 384, 128, False),  # past it: the GEMM kernels
+        (24, 29, 256, 128, True),  # largest bfloat16 M on the GEMV
+        (32, 70, 512, 128, False),  # largest float32 M on it; two threads
+        (61, 17, 384, 128, False),  # bfloat16: the GEMM on codes, 12-row x tiles + 1
+        (100, 300, 1408, 128, True),  # 11 blocks: K chunks of 8 + 3; 128-row blocks + 44
+        (50, 40, 1536, 384, False),  # groups of three blocks, one across two K chunks
+        (40, 33, 300, None, True),  # per-channel scales, partial last block
     ]:
         pw = quantize_weight(torch.randn(n, k), bits, g, sym or bits == "ternary")
         x = (torch.randn(m, k) * 3).to(dtype)
@@ -282,7 +286,8 @@ def test_small_m_code_gemv(bits, dtype):
         y = kbit_matmul(x, pw, bias)
         assert y.dtype == dtype
         err = ((y.double() - exact).abs().max() / exact.abs().max()).item()
-        # float32 x: two bfloat16 terms (16 significant bits); bfloat16: the output rounding.
+        # float32 x: two bfloat16 terms (16 significant bits); bfloat16: the output
+        # rounding (and, on the GEMM, the weights' rounding to bfloat16).
         assert err < (5e-5 if dtype == torch.float32 else 8e-3), (m, n, k, g, sym, err)
 
 

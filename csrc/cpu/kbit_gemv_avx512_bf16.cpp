@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "cpu/kbit_bf16_micro_avx512.h"
 #include "cpu/kbit_decode_avx512.h"
 #include "cpu/kbit_kernels.h"
 
@@ -29,24 +30,6 @@ namespace cpu {
 using namespace avx512;
 
 namespace {
-
-inline __m512bh as_bh(__m512i v) { return reinterpret_cast<__m512bh&>(v); }
-
-// 32-entry word table for vpermw: entry i holds bfloat16((i mod 2^BITS) - zc),
-// exact (small integers). vpermw reads the low 5 bits of each index word; the
-// bits above the code are neighbouring fields, so the table repeats with
-// period 2^BITS.
-template <int BITS>
-__m512i code_table(float zc) {
-  alignas(64) uint16_t t[32];
-  for (int i = 0; i < 32; ++i) {
-    const float v = static_cast<float>(i % (1 << BITS)) - zc;
-    uint32_t u;
-    std::memcpy(&u, &v, 4);
-    t[i] = static_cast<uint16_t>(u >> 16);
-  }
-  return _mm512_load_si512(t);
-}
 
 // How far ahead cold weights are prefetched (bytes along the thread's rows),
 // into L2: no prefetch ran at 30-36 GB/s with 2 threads cold (4096 x 4096,
@@ -213,7 +196,7 @@ void kbit_gemv_bf16_prepare(const void* x, int64_t M, int64_t ldx, bool float32_
                             int64_t group_size, uint16_t* hi, uint16_t* lo, float* xsum) {
   const int64_t nb = kbit::num_blocks(K), Kp = nb * kbit::kBlock;
   const int64_t esize = float32_x ? 4 : 2;
-  // Groups are whole blocks or the whole row (kbit_gemv_bf16_applies).
+  // Groups are whole blocks or the whole row (kbit_codes_bf16_applies).
   const int64_t groups = K / group_size;
   const int64_t blocks_per_group = groups == 1 ? nb : group_size / kbit::kBlock;
   for (int64_t m = 0; m < M; ++m) {

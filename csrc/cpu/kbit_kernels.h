@@ -49,17 +49,20 @@ struct KbitGemvBf16Problem {
   int64_t ldy;
 };
 
-// 2-, 3-, 4-bit and ternary codes with scale groups of whole blocks, for the
-// M where it beats the decoding kernels (measured at 2 threads, warm weights,
-// the four benchmark shapes): float32 x up to M = 32, bfloat16 x up to M = 48
-// (at M = 64..96 the 12 x 32 GEMM tiles of kbit_matmul_avx512_bf16.cpp and
-// kbit_matmul_avx512.cpp win: they keep their decoded panel in L1 while this
-// kernel re-reads every x row per chunk of 12 output rows).
-static constexpr int64_t kGemvBf16MaxMFloat32 = 32;
-static constexpr int64_t kGemvBf16MaxMBf16 = 48;
-inline bool kbit_gemv_bf16_applies(const KbitWeight& w, int64_t M, bool float32_x) {
+// 2-, 3-, 4-bit and ternary codes with scale groups of whole blocks go to the
+// kernels on codes (kbit_gemv_avx512_bf16.cpp, small M, and
+// kbit_gemm_codes_avx512_bf16.cpp, large M) where they beat the decoding
+// kernels (measured at 2 threads, warm weights, the four benchmark shapes):
+// float32 x up to M = 32 (the GEMV; above, float32 FMAs on decoded weights do
+// the same multiply-adds in fewer instructions than two bfloat16 terms),
+// bfloat16 x at every M: the GEMV up to M = 24, then the GEMM (the GEMV
+// re-reads every x row per chunk of 12 output rows; the GEMM keeps a block of
+// weight panels in L2 for all of them; equal at M = 24-32).
+static constexpr int64_t kCodesMaxMFloat32 = 32;
+static constexpr int64_t kGemvCodesMaxMBf16 = 24;
+inline bool kbit_codes_bf16_applies(const KbitWeight& w, int64_t M, bool float32_x) {
   const int64_t groups = w.K / w.group_size;
-  return M >= 1 && M <= (float32_x ? kGemvBf16MaxMFloat32 : kGemvBf16MaxMBf16) && w.bits <= 4 &&
+  return M >= 1 && (!float32_x || M <= kCodesMaxMFloat32) && w.bits <= 4 &&
          (groups == 1 || w.group_size % 128 == 0);
 }
 
@@ -77,9 +80,13 @@ void kbit_matmul_avx512_bf16(const KbitProblemBf16& p, const KbitWeight& w, int6
                              int64_t n_end);
 void kbit_gemv_avx512_bf16(const KbitGemvBf16Problem& p, const KbitWeight& w, int64_t n_begin,
                            int64_t n_end);
+// Same problem, bfloat16 x (xlo null), any M; for M > kGemvCodesMaxMBf16.
+void kbit_gemm_codes_avx512_bf16(const KbitGemvBf16Problem& p, const KbitWeight& w, int64_t n_begin,
+                                 int64_t n_end);
 // Lays out M rows of x (float32, or bfloat16 bits when !float32_x; row stride
-// ldx) for kbit_gemv_avx512_bf16: hi and lo (float32 only) get M rows of
-// num_blocks(K) * 128 terms; xsum (or null) the M x (K / group_size) group sums.
+// ldx) for the kernels on integer codes: hi and lo (float32 only) get M rows
+// of num_blocks(K) * 128 terms; xsum (or null) the M x (K / group_size) group
+// sums.
 void kbit_gemv_bf16_prepare(const void* x, int64_t M, int64_t ldx, bool float32_x, int64_t K,
                             int64_t group_size, uint16_t* hi, uint16_t* lo, float* xsum);
 

@@ -17,6 +17,7 @@
 #include <array>
 #include <cstring>
 
+#include "cpu/kbit_bf16_micro_avx512.h"
 #include "cpu/kbit_decode_avx512.h"
 #include "cpu/kbit_kernels.h"
 #include "cpu/kbit_panel_avx512.h"
@@ -29,9 +30,6 @@ using namespace avx512;
 namespace {
 
 constexpr int64_t kGemvMaxM = 8;
-constexpr int kMr = 12;
-
-inline __m512bh as_bh(__m512i v) { return reinterpret_cast<__m512bh&>(v); }
 
 // ---------------------------------------------------------------- GEMV ----
 
@@ -94,49 +92,6 @@ void gemv(const KbitProblemBf16& p, const KbitWeight& w, int64_t n_begin, int64_
 
 // ---------------------------------------------------------------- GEMM ----
 
-// C[MR x 32] (+)= A[MR x 2*pairs] * B; B holds, per k-pair, 16 columns x 2 k
-// interleaved (32 bf16) for columns 0..15, then the same for 16..31.
-template <int MR>
-void micro_kernel(const uint16_t* A, int64_t lda, const uint16_t* B, int64_t pairs, float* C,
-                  int64_t ldc, __mmask16 m0, __mmask16 m1, bool first, const float* bias) {
-  __m512 c0[MR], c1[MR];
-  FUSENAS_UNROLL for (int i = 0; i < MR; ++i) {
-    c0[i] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m0, C + i * ldc);
-    c1[i] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m1, C + i * ldc + 16);
-  }
-  for (int64_t q = 0; q < pairs; ++q) {
-    const __m512bh b0 = as_bh(_mm512_loadu_si512(B + q * 64));
-    const __m512bh b1 = as_bh(_mm512_loadu_si512(B + q * 64 + 32));
-    FUSENAS_UNROLL for (int i = 0; i < MR; ++i) {
-      int32_t pair;
-      std::memcpy(&pair, A + i * lda + 2 * q, sizeof(pair));
-      const __m512bh a = as_bh(_mm512_set1_epi32(pair));
-      c0[i] = _mm512_dpbf16_ps(c0[i], a, b0);
-      c1[i] = _mm512_dpbf16_ps(c1[i], a, b1);
-    }
-  }
-  if (bias) {
-    const __m512 bb0 = _mm512_maskz_loadu_ps(m0, bias);
-    const __m512 bb1 = _mm512_maskz_loadu_ps(m1, bias + 16);
-    FUSENAS_UNROLL for (int i = 0; i < MR; ++i) {
-      c0[i] = _mm512_add_ps(c0[i], bb0);
-      c1[i] = _mm512_add_ps(c1[i], bb1);
-    }
-  }
-  FUSENAS_UNROLL for (int i = 0; i < MR; ++i) {
-    _mm512_mask_storeu_ps(C + i * ldc, m0, c0[i]);
-    _mm512_mask_storeu_ps(C + i * ldc + 16, m1, c1[i]);
-  }
-}
-
-using MicroKernel = void (*)(const uint16_t*, int64_t, const uint16_t*, int64_t, float*, int64_t,
-                             __mmask16, __mmask16, bool, const float*);
-
-template <int... Is>
-constexpr std::array<MicroKernel, sizeof...(Is)> micro_table(std::integer_sequence<int, Is...>) {
-  return {&micro_kernel<Is + 1>...};
-}
-
 // k-major float32 panel (kc x 32) -> k-pair interleaved bfloat16.
 inline void pack_pairs(const float* b, int64_t pairs, uint16_t* out) {
   const __m512i interleave =
@@ -158,7 +113,7 @@ void gemm(const KbitProblemBf16& p, const KbitWeight& w, int64_t n_begin, int64_
   alignas(64) float rows_buf[kNr * kKc];
   alignas(64) float b_buf[kKc * kNr];
   alignas(64) uint16_t bp[kKc * kNr];
-  static constexpr auto kernels = micro_table(std::make_integer_sequence<int, kMr>{});
+  static constexpr auto kernels = micro_kernels();
   for (int64_t n0 = n_begin; n0 < n_end; n0 += kNr) {
     const int rows = static_cast<int>(std::min<int64_t>(kNr, n_end - n0));
     const __mmask16 m0 = tail_mask(rows), m1 = tail_mask(std::max(0, rows - 16));

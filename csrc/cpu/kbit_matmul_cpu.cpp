@@ -113,12 +113,13 @@ void bf16_avx512(const uint16_t* x, int64_t M, int64_t ldx, const KbitWeight& w,
   store_bf16(yf, M, N, y, ldy);
 }
 
-// Small M on AVX512-BF16 CPUs with 2-, 3-, 4-bit or ternary codes
-// (kbit_gemv_bf16_applies): prepares x as kbit_gemv_avx512_bf16 expects (O(M K)
-// vector work, against the kernel's N K) and splits N across threads.
-void gemv_bf16(const void* x, int64_t M, int64_t ldx, DType dtype, const KbitWeight& w,
-               const void* bias, void* y, int64_t ldy, int num_threads) {
-  const int64_t K = w.K, N = w.N, Kp = kbit::num_blocks(K) * kbit::kBlock;
+// 2-, 3-, 4-bit or ternary codes on AVX512-BF16 CPUs (kbit_codes_bf16_applies):
+// prepares x as the kernels on integer codes expect (O(M K) vector work, against
+// the kernel's M N K) and splits the output across threads.
+void codes_bf16(const void* x, int64_t M, int64_t ldx, DType dtype, const KbitWeight& w,
+                const void* bias, void* y, int64_t ldy, int num_threads) {
+  const int64_t K = w.K, N = w.N;
+  const int64_t Kp = kbit::num_blocks(K) * kbit::kBlock;
   const int64_t groups = K / w.group_size;
   const bool split = dtype == DType::kFloat32;
   std::vector<uint16_t> hi(static_cast<size_t>(M * Kp)), lo(split ? hi.size() : 0);
@@ -145,7 +146,10 @@ void gemv_bf16(const void* x, int64_t M, int64_t ldx, DType dtype, const KbitWei
                                      b,
                                      yo + m0 * ldo,
                                      ldo};
-    cpu::kbit_gemv_avx512_bf16(p, w, n0, n1);
+    if (split || M <= cpu::kGemvCodesMaxMBf16)
+      cpu::kbit_gemv_avx512_bf16(p, w, n0, n1);
+    else
+      cpu::kbit_gemm_codes_avx512_bf16(p, w, n0, n1);
   });
   if (!split) store_bf16(yf, M, N, static_cast<uint16_t*>(y), ldy);
 }
@@ -156,8 +160,8 @@ void kbit_matmul_cpu(const void* x, int64_t M, int64_t ldx, DType dtype, const K
                      const void* bias, void* y, int64_t ldy, int num_threads) {
   const int64_t K = w.K, N = w.N;
   std::vector<float> xbuf, ybuf, bbuf;
-  if (cpu::use_avx512_bf16() && cpu::kbit_gemv_bf16_applies(w, M, dtype == DType::kFloat32)) {
-    gemv_bf16(x, M, ldx, dtype, w, bias, y, ldy, num_threads);
+  if (cpu::use_avx512_bf16() && cpu::kbit_codes_bf16_applies(w, M, dtype == DType::kFloat32)) {
+    codes_bf16(x, M, ldx, dtype, w, bias, y, ldy, num_threads);
     return;
   }
   if (dtype == DType::kBFloat16 && M >= 2 && cpu::use_avx512_bf16()) {

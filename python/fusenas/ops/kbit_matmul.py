@@ -260,7 +260,7 @@ def kbit_matmul(
     whole 128-element blocks: up to 32 float32 rows (M <= 32) are multiplied as
     two bfloat16 terms each (16 significant bits, relative error per element
     <= 2^-16), about 1e-5 of the output's scale; set FUSENAS_CPU_BF16=0 for the
-    plain float32 kernel. bfloat16 x (M <= 48) is exact there (codes are small
+    plain float32 kernel. bfloat16 x (M <= 24) is exact there (codes are small
     integers). Other bfloat16 cases with M >= 2 on those CPUs (larger M, 5- to
     8-bit codes, smaller groups) round the decoded weights to bfloat16, as
     bfloat16 F.linear does.
