@@ -259,7 +259,7 @@ def test_bad_wrapper_arguments(packed):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_small_m_code_gemv(bits, dtype):
     """The kernels on codes (AVX512-BF16 CPUs; elsewhere these shapes take the
-    other kernels): the GEMV (float32 x up to M = 32, bfloat16 up to 24) and the
+    other kernels): the GEMV (float32 x up to M = 16, bfloat16 up to 24) and the
     bfloat16 GEMM past it. Group sizes of whole 128-element blocks and
     per-channel scales, symmetric and asymmetric codes, odd N, K with a partial
     last block, against the float64 product of x and the dequantized weight."""
@@ -273,7 +273,8 @@ def test_small_m_code_gemv(bits, dtype):
         (7, 26, 640, 128, True),  # x tiles 4 + 2 + 1; chunks of 12 output rows, then 2
         (13, 38, 384, None, False),
         (24, 29, 256, 128, True),  # largest bfloat16 M on the GEMV
-        (32, 70, 512, 128, False),  # largest float32 M on it; two threads
+        (16, 70, 512, 128, False),  # largest float32 M on it; two threads
+        (17, 9, 256, 128, True),  # float32: past it
         (61, 17, 384, 128, False),  # bfloat16: the GEMM on codes, 12-row x tiles + 1
         (100, 300, 1408, 128, True),  # 11 blocks: K chunks of 8 + 3; 128-row blocks + 44
         (50, 40, 1536, 384, False),  # groups of three blocks, one across two K chunks

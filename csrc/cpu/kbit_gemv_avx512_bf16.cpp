@@ -32,11 +32,14 @@ using namespace avx512;
 namespace {
 
 // How far ahead cold weights are prefetched (bytes along the thread's rows),
-// into L2: no prefetch ran at 30-36 GB/s with 2 threads cold (4096 x 4096,
-// 4 bits), 64 KB ahead into L1 at 38-55 GB/s (the host's DRAM bandwidth drifts
-// a lot); 128 KB ahead into L2 was faster than that in 12 of 12 alternating
-// M = 1 runs over the three large benchmark shapes (by 0-20%), the same at M = 8.
-constexpr int64_t kPrefetchBytes = 128 << 10;
+// into L2. No prefetch ran at 30-36 GB/s with 2 threads cold (4096 x 4096,
+// 4 bits), 64 KB ahead into L1 at 38-55 GB/s. Three alternating rounds of
+// M = 1 over 1024 x 1024, 4096 x 4096 and 4096 x 11008 (the host's DRAM
+// bandwidth drifts 2x within minutes, so only rough): 32 KB into L2 was never
+// the slowest of {32 KB L2, 128 KB L2, 64 KB L1} and had no outliers; 128 KB
+// leaves the first 128 KB of a thread's rows unprefetched (1024 x 1024:
+// 0.023-0.036 ms against 0.023-0.028).
+constexpr int64_t kPrefetchBytes = 32 << 10;
 
 // Output rows per tile for MT x rows, with the 32 zmm registers in mind: the
 // group's dot products (2 * R with one x row, MT * R otherwise), the scaled

@@ -52,13 +52,15 @@ struct KbitGemvBf16Problem {
 // 2-, 3-, 4-bit and ternary codes with scale groups of whole blocks go to the
 // kernels on codes (kbit_gemv_avx512_bf16.cpp, small M, and
 // kbit_gemm_codes_avx512_bf16.cpp, large M) where they beat the decoding
-// kernels (measured at 2 threads, warm weights, the four benchmark shapes):
-// float32 x up to M = 32 (the GEMV; above, float32 FMAs on decoded weights do
-// the same multiply-adds in fewer instructions than two bfloat16 terms),
-// bfloat16 x at every M: the GEMV up to M = 24, then the GEMM (the GEMV
-// re-reads every x row per chunk of 12 output rows; the GEMM keeps a block of
-// weight panels in L2 for all of them; equal at M = 24-32).
-static constexpr int64_t kCodesMaxMFloat32 = 32;
+// kernels (2 threads, the four benchmark shapes and three of 2-4M weights):
+// - float32 x up to M = 16, on the GEMV with two bfloat16 terms per x. At
+//   M = 32 the two kinds were even (0.95-1.1x); above, float32 FMAs on decoded
+//   weights do the same multiply-adds in fewer instructions. (One loss inside
+//   the range: K = 1024, M = 8 runs 1.15-1.2x slower than the float32 GEMV.)
+// - bfloat16 x at every M: the GEMV up to M = 24, then the GEMM (the GEMV
+//   re-reads every x row per chunk of 12 output rows; the GEMM keeps a block
+//   of weight panels in L2 for all of them; the two are even at M = 24-32).
+static constexpr int64_t kCodesMaxMFloat32 = 16;
 static constexpr int64_t kGemvCodesMaxMBf16 = 24;
 inline bool kbit_codes_bf16_applies(const KbitWeight& w, int64_t M, bool float32_x) {
   const int64_t groups = w.K / w.group_size;

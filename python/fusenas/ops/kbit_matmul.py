@@ -257,7 +257,7 @@ def kbit_matmul(
 
     Numerics: float32 accumulation of exact dequantized weights. One exception,
     on CPUs with AVX512-BF16 for 2- to 4-bit and ternary weights whose groups are
-    whole 128-element blocks: up to 32 float32 rows (M <= 32) are multiplied as
+    whole 128-element blocks: up to 16 float32 rows (M <= 16) are multiplied as
     two bfloat16 terms each (16 significant bits, relative error per element
     <= 2^-16), about 1e-5 of the output's scale; set FUSENAS_CPU_BF16=0 for the
     plain float32 kernel. bfloat16 x (M <= 24) is exact there (codes are small
