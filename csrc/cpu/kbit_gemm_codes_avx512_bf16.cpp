@@ -61,6 +61,17 @@ void weight_panel(const KbitWeight& w, int64_t n0, int rows, int64_t b0, int64_t
     }
     const int64_t n = n0 + r;
     const uint8_t* row = w.codes + n * w.row_stride;
+    // The codes this row's panel needs next (the next chunk of K, or the same
+    // chunk of the row kNc further on), fetched into L2 while the micro-kernels
+    // run: rows are streams of a few lines per chunk, too short for the
+    // hardware prefetchers. 4096 x 4096, M = 128, cold: 4.90-4.95 ms without,
+    // 4.78-4.87 ms with (three alternating rounds; warm: 4.50-4.64).
+    const bool more_k = b0 + kKcBlocks < kbit::num_blocks(w.K);
+    const uint8_t* next = more_k          ? row + (b0 + kKcBlocks) * 16 * BITS
+                          : n + kNc < w.N ? row + kNc * w.row_stride + b0 * 16 * BITS
+                                          : nullptr;
+    const int64_t next_blocks =
+        more_k ? std::min(kKcBlocks, kbit::num_blocks(w.K) - b0 - kKcBlocks) : nblk;
     int64_t g = -1;
     __m512i table = _mm512_setzero_si512();
     for (int64_t b = 0; b < nblk; ++b) {
@@ -70,6 +81,8 @@ void weight_panel(const KbitWeight& w, int64_t n0, int rows, int64_t b0, int64_t
             scaled_table<BITS>(w.scales[n * groups + g], w.zeros ? w.zeros[n * groups + g] : zc);
       }
       const __m512i pl = load_planes<BITS>(row + (b0 + b) * 16 * BITS).a;
+      if (next && b < next_blocks)
+        _mm_prefetch(reinterpret_cast<const char*>(next + b * 16 * BITS), _MM_HINT_T1);
       FUSENAS_UNROLL for (int t = 0; t < 4; ++t) {
         const __m512i codes = t == 0 ? pl : _mm512_srli_epi16(pl, 4 * t);
         _mm512_storeu_si512(dst + b * 64 + t * 16, _mm512_permutexvar_epi16(codes, table));
