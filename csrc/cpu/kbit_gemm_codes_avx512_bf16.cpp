@@ -61,17 +61,18 @@ void weight_panel(const KbitWeight& w, int64_t n0, int rows, int64_t b0, int64_t
     }
     const int64_t n = n0 + r;
     const uint8_t* row = w.codes + n * w.row_stride;
-    // The codes this row's panel needs next (the next chunk of K, or the same
-    // chunk of the row kNc further on), fetched into L2 while the micro-kernels
-    // run: rows are streams of a few lines per chunk, too short for the
-    // hardware prefetchers. 4096 x 4096, M = 128, cold: 4.90-4.95 ms without,
-    // 4.78-4.87 ms with (three alternating rounds; warm: 4.50-4.64).
-    const bool more_k = b0 + kKcBlocks < kbit::num_blocks(w.K);
+    // The codes this row's panel needs next (the next chunk of K, or the
+    // first chunk of the row kNc further on), fetched into L2 while the
+    // micro-kernels run: rows are streams of a few lines per chunk, too short
+    // for the hardware prefetchers. 4096 x 4096, M = 128, three alternating
+    // rounds: cold 4.90-4.92 ms without, 4.77-4.84 ms with; warm 4.51-4.53 ms
+    // without, 4.56-4.62 ms with (the prefetch instructions' own cost).
+    const int64_t nb = kbit::num_blocks(w.K);
+    const bool more_k = b0 + kKcBlocks < nb;
     const uint8_t* next = more_k          ? row + (b0 + kKcBlocks) * 16 * BITS
-                          : n + kNc < w.N ? row + kNc * w.row_stride + b0 * 16 * BITS
+                          : n + kNc < w.N ? row + kNc * w.row_stride
                                           : nullptr;
-    const int64_t next_blocks =
-        more_k ? std::min(kKcBlocks, kbit::num_blocks(w.K) - b0 - kKcBlocks) : nblk;
+    const int64_t next_blocks = std::min(kKcBlocks, more_k ? nb - b0 - kKcBlocks : nb);
     int64_t g = -1;
     __m512i table = _mm512_setzero_si512();
     for (int64_t b = 0; b < nblk; ++b) {
