@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "cpu/kbit_decode_avx512.h"
+#include "cpu/kbit_panel_avx512.h"
 
 namespace fusenas {
 namespace cpu {
@@ -58,10 +59,7 @@ template <int MR>
 void micro_kernel(const uint16_t* A, int64_t lda, const uint16_t* B, int64_t pairs, float* C,
                   int64_t ldc, __mmask16 m0, __mmask16 m1, bool first, const float* bias) {
   __m512 c0[MR], c1[MR];
-  FUSENAS_UNROLL for (int i = 0; i < MR; ++i) {
-    c0[i] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m0, C + i * ldc);
-    c1[i] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m1, C + i * ldc + 16);
-  }
+  load_c_tile<MR>(c0, c1, C, ldc, m0, m1, first);
   for (int64_t q = 0; q < pairs; ++q) {
     const __m512bh b0 = as_bh(_mm512_loadu_si512(B + q * 64));
     const __m512bh b1 = as_bh(_mm512_loadu_si512(B + q * 64 + 32));
@@ -73,18 +71,7 @@ void micro_kernel(const uint16_t* A, int64_t lda, const uint16_t* B, int64_t pai
       c1[i] = _mm512_dpbf16_ps(c1[i], a, b1);
     }
   }
-  if (bias) {
-    const __m512 bb0 = _mm512_maskz_loadu_ps(m0, bias);
-    const __m512 bb1 = _mm512_maskz_loadu_ps(m1, bias + 16);
-    FUSENAS_UNROLL for (int i = 0; i < MR; ++i) {
-      c0[i] = _mm512_add_ps(c0[i], bb0);
-      c1[i] = _mm512_add_ps(c1[i], bb1);
-    }
-  }
-  FUSENAS_UNROLL for (int i = 0; i < MR; ++i) {
-    _mm512_mask_storeu_ps(C + i * ldc, m0, c0[i]);
-    _mm512_mask_storeu_ps(C + i * ldc + 16, m1, c1[i]);
-  }
+  store_c_tile<MR>(c0, c1, C, ldc, m0, m1, bias);
 }
 
 using MicroKernel = void (*)(const uint16_t*, int64_t, const uint16_t*, int64_t, float*, int64_t,

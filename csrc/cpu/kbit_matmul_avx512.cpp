@@ -99,15 +99,7 @@ template <int MR>
 void micro_kernel(const float* A, int64_t lda, const float* B, int64_t kc, float* C, int64_t ldc,
                   __mmask16 m0, __mmask16 m1, bool first, const float* bias_or_null) {
   __m512 c0[MR], c1[MR];
-  FUSENAS_UNROLL for (int i = 0; i < MR; ++i) {
-    if (first) {
-      c0[i] = _mm512_setzero_ps();
-      c1[i] = _mm512_setzero_ps();
-    } else {
-      c0[i] = _mm512_maskz_loadu_ps(m0, C + i * ldc);
-      c1[i] = _mm512_maskz_loadu_ps(m1, C + i * ldc + 16);
-    }
-  }
+  load_c_tile<MR>(c0, c1, C, ldc, m0, m1, first);
   for (int64_t k = 0; k < kc; ++k) {
     const __m512 b0 = _mm512_loadu_ps(B + k * kNr);
     const __m512 b1 = _mm512_loadu_ps(B + k * kNr + 16);
@@ -117,18 +109,7 @@ void micro_kernel(const float* A, int64_t lda, const float* B, int64_t kc, float
       c1[i] = _mm512_fmadd_ps(a, b1, c1[i]);
     }
   }
-  if (bias_or_null) {
-    const __m512 bb0 = _mm512_maskz_loadu_ps(m0, bias_or_null);
-    const __m512 bb1 = _mm512_maskz_loadu_ps(m1, bias_or_null + 16);
-    FUSENAS_UNROLL for (int i = 0; i < MR; ++i) {
-      c0[i] = _mm512_add_ps(c0[i], bb0);
-      c1[i] = _mm512_add_ps(c1[i], bb1);
-    }
-  }
-  FUSENAS_UNROLL for (int i = 0; i < MR; ++i) {
-    _mm512_mask_storeu_ps(C + i * ldc, m0, c0[i]);
-    _mm512_mask_storeu_ps(C + i * ldc + 16, m1, c1[i]);
-  }
+  store_c_tile<MR>(c0, c1, C, ldc, m0, m1, bias_or_null);
 }
 
 using MicroKernel = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t,

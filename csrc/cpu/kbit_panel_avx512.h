@@ -64,6 +64,36 @@ void decode_panel(const KbitWeight& w, int64_t n0, int rows, int64_t kc0, int64_
   }
 }
 
+// The GEMM micro-kernels' C tile, MR rows x 32 columns as two zmm per row,
+// masked to the panel's valid columns: loaded (zero for the first k-chunk) ...
+template <int MR>
+FUSENAS_ALWAYS_INLINE inline void load_c_tile(__m512 (&c0)[MR], __m512 (&c1)[MR], const float* C,
+                                              int64_t ldc, __mmask16 m0, __mmask16 m1, bool first) {
+  FUSENAS_UNROLL for (int i = 0; i < MR; ++i) {
+    c0[i] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m0, C + i * ldc);
+    c1[i] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m1, C + i * ldc + 16);
+  }
+}
+
+// ... and stored back, plus the bias (the last k-chunk's call passes it).
+template <int MR>
+FUSENAS_ALWAYS_INLINE inline void store_c_tile(__m512 (&c0)[MR], __m512 (&c1)[MR], float* C,
+                                               int64_t ldc, __mmask16 m0, __mmask16 m1,
+                                               const float* bias_or_null) {
+  if (bias_or_null) {
+    const __m512 bb0 = _mm512_maskz_loadu_ps(m0, bias_or_null);
+    const __m512 bb1 = _mm512_maskz_loadu_ps(m1, bias_or_null + 16);
+    FUSENAS_UNROLL for (int i = 0; i < MR; ++i) {
+      c0[i] = _mm512_add_ps(c0[i], bb0);
+      c1[i] = _mm512_add_ps(c1[i], bb1);
+    }
+  }
+  FUSENAS_UNROLL for (int i = 0; i < MR; ++i) {
+    _mm512_mask_storeu_ps(C + i * ldc, m0, c0[i]);
+    _mm512_mask_storeu_ps(C + i * ldc + 16, m1, c1[i]);
+  }
+}
+
 // 16 x 16 transpose of floats: src rows (stride ss) -> dst rows (stride ds).
 inline void transpose16(const float* src, int64_t ss, float* dst, int64_t ds) {
   __m512 r[16], t[16];
