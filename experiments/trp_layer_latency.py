@@ -20,12 +20,9 @@ from pathlib import Path
 
 import torch
 from results_io import publish  # experiments/results_io.py (the script's directory)
+from trp_runs import load_trp_runs
 
-from fusenas.compress.config import CompressConfig
-from fusenas.compress.driver import load_split, load_trained
-from fusenas.config_file import load_config
 from fusenas.nn import LowRankConv2d, optimize_for_inference
-from fusenas.quant.io import load_model
 
 
 def _timed_leaves(net: torch.nn.Module, times: dict) -> list:
@@ -50,14 +47,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    base_cfg = load_config(CompressConfig, args.baseline / "config.yaml")
-    trp_cfg = load_config(CompressConfig, args.trp / "config.yaml")
-    torch.set_num_threads(trp_cfg.threads or 2)
-    _, test = load_split(trp_cfg)
-    c, k = test.x.shape[1], len(test.classes)
+    runs = load_trp_runs(args.baseline, args.trp)
+    test = runs.test
     nets = {
-        "baseline": optimize_for_inference(load_trained(args.baseline, base_cfg, c, k)),
-        "trp": optimize_for_inference(load_model(args.trp / "compressed.safetensors")[0]),
+        "baseline": optimize_for_inference(runs.baseline),
+        "trp": optimize_for_inference(runs.exported),
     }
     x = (test.x[: args.batch].float() / 255.0).contiguous(memory_format=torch.channels_last)
     times: dict = {key: {} for key in nets}

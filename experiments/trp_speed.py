@@ -23,14 +23,11 @@ from pathlib import Path
 
 import torch
 from results_io import publish  # experiments/results_io.py (the script's directory)
+from trp_runs import load_trp_runs
 
-from fusenas.compress.config import CompressConfig
-from fusenas.compress.driver import load_split, load_trained
-from fusenas.config_file import load_config
 from fusenas.data.batches import evaluate
 from fusenas.nn import optimize_for_inference
 from fusenas.profiling import count_macs, count_params
-from fusenas.quant.io import load_model
 
 
 @torch.no_grad()
@@ -55,16 +52,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    base_cfg = load_config(CompressConfig, args.baseline / "config.yaml")
-    trp_cfg = load_config(CompressConfig, args.trp / "config.yaml")
-    torch.set_num_threads(trp_cfg.threads or 2)
-    _, test = load_split(trp_cfg)
-    c, k = test.x.shape[1], len(test.classes)
-    exported, _ = load_model(args.trp / "compressed.safetensors")
+    runs = load_trp_runs(args.baseline, args.trp)
+    test = runs.test
     nets = {
-        "baseline (dense)": load_trained(args.baseline, base_cfg, c, k),
-        "TRP-trained (dense)": load_trained(args.trp, trp_cfg, c, k),
-        "TRP exported (LowRankConv2d)": exported.eval(),
+        "baseline (dense)": runs.baseline,
+        "TRP-trained (dense)": runs.trp_trained,
+        "TRP exported (LowRankConv2d)": runs.exported,
     }
     rows = []
     for name, net in nets.items():
