@@ -33,7 +33,8 @@ struct KbitProblemBf16 {
   int64_t ldy;
 };
 
-// Small-M GEMV on integer codes for AVX512-BF16 CPUs (kbit_gemv_avx512_bf16.cpp).
+// The kernels on integer codes for AVX512-BF16 CPUs (the GEMV of
+// kbit_gemv_avx512_bf16.cpp, the GEMM of kbit_gemm_codes_avx512_bf16.cpp).
 // x rows are prepared by the front end: zero-padded to whole 128-element
 // blocks, each block permuted into the decoder's order (element j + 64h + 16t
 // of a block at position 32t + 2j + h) and stored as bfloat16 terms whose sum
@@ -43,7 +44,7 @@ struct KbitGemvBf16Problem {
   const uint16_t* xlo;  // null: one term
   int64_t M;
   int64_t ldx;        // >= num_blocks(K) * 128
-  const float* xsum;  // M x groups: sums of x per group (asymmetric codes), else null
+  const float* xsum;  // M x groups: sums of x per group (asymmetric codes; GEMV), else null
   const float* bias;  // N or null
   float* y;           // M x N, row stride ldy
   int64_t ldy;
