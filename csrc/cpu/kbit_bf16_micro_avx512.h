@@ -20,24 +20,10 @@ namespace avx512 {
 
 inline __m512bh as_bh(__m512i v) { return reinterpret_cast<__m512bh&>(v); }
 
-// 32-entry word table for vpermw: entry i holds bfloat16((i mod 2^BITS) - zc),
-// exact (small integers). vpermw reads the low 5 bits of each index word; the
-// bits above the code are neighbouring fields, so the table repeats with
-// period 2^BITS.
-template <int BITS>
-__m512i code_table(float zc) {
-  alignas(64) uint16_t t[32];
-  for (int i = 0; i < 32; ++i) {
-    const float v = static_cast<float>(i % (1 << BITS)) - zc;
-    uint32_t u;
-    std::memcpy(&u, &v, 4);
-    t[i] = static_cast<uint16_t>(u >> 16);
-  }
-  return _mm512_load_si512(t);
-}
-
-// The same table scaled: bfloat16(((i mod 2^BITS) - z) * s), the decoded
-// weights of one (row, group) rounded to bfloat16 once.
+// 32-entry word table for vpermw: entry i holds bfloat16(((i mod 2^BITS) - z)
+// * s), the decoded weights of one (row, group) rounded to bfloat16 once.
+// vpermw reads the low 5 bits of each index word; the bits above the code are
+// neighbouring fields, so the table repeats with period 2^BITS.
 template <int BITS>
 inline __m512i scaled_table(float s, float z) {
   static_assert(BITS <= 4, "entries 16..31 repeat entries 0..15");
@@ -49,6 +35,13 @@ inline __m512i scaled_table(float s, float z) {
   const __m512 v = _mm512_mul_ps(_mm512_sub_ps(iota, _mm512_set1_ps(z)), _mm512_set1_ps(s));
   const __m512bh t = _mm512_cvtne2ps_pbh(v, v);
   return reinterpret_cast<const __m512i&>(t);
+}
+
+// The unscaled table of the integer codes, bfloat16((i mod 2^BITS) - zc):
+// exact for the integer zc the kernels pass (small integers fit bfloat16).
+template <int BITS>
+inline __m512i code_table(float zc) {
+  return scaled_table<BITS>(1.f, zc);
 }
 
 constexpr int kMr = 12;  // x rows per micro-kernel tile
