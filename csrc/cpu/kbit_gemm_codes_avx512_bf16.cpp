@@ -101,8 +101,11 @@ template <int BITS>
 void gemm(const KbitGemvBf16Problem& p, const KbitWeight& w, int64_t n_begin, int64_t n_end) {
   static constexpr auto kernels = micro_kernels();
   constexpr int64_t kPanels = kNc / kNr;
-  std::vector<uint32_t> block(kPanels * kPanelWords);  // 256 KB: heap, not a worker's stack
-  alignas(64) uint32_t rows_buf[kNr * kKcPairs];
+  // The block of panels (256 KB) and one panel's row-major scratch (64 KB):
+  // on the heap, not on an OpenMP worker's stack.
+  std::vector<uint32_t> buf((kPanels + 1) * kPanelWords);
+  uint32_t* block = buf.data();
+  uint32_t* rows_buf = block + kPanels * kPanelWords;
   const int64_t nb = kbit::num_blocks(w.K);
   const int64_t groups = w.K / w.group_size;
   // Groups are whole blocks or the whole row (kbit_codes_bf16_applies).
@@ -116,7 +119,7 @@ void gemm(const KbitGemvBf16Problem& p, const KbitWeight& w, int64_t n_begin, in
       for (int64_t j = 0; j < panels; ++j) {
         const int rows = static_cast<int>(std::min<int64_t>(kNr, nc - j * kNr));
         weight_panel<BITS>(w, nc0 + j * kNr, rows, b0, nblk, blocks_per_group, rows_buf,
-                           block.data() + j * kPanelWords);
+                           block + j * kPanelWords);
       }
       const bool first = b0 == 0, last = b0 + nblk == nb;
       for (int64_t m = 0; m < p.M; m += kMr) {
@@ -126,7 +129,7 @@ void gemm(const KbitGemvBf16Problem& p, const KbitWeight& w, int64_t n_begin, in
           const int rows = static_cast<int>(std::min<int64_t>(kNr, nc - j * kNr));
           const __mmask16 m0 = tail_mask(rows), m1 = tail_mask(std::max(0, rows - 16));
           kernels[mr - 1](p.xhi + m * p.ldx + b0 * kbit::kBlock, p.ldx,
-                          reinterpret_cast<const uint16_t*>(block.data() + j * kPanelWords), pairs,
+                          reinterpret_cast<const uint16_t*>(block + j * kPanelWords), pairs,
                           p.y + m * p.ldy + n0, p.ldy, m0, m1, first,
                           (last && p.bias) ? p.bias + n0 : nullptr);
         }
