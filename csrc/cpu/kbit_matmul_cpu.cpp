@@ -122,10 +122,13 @@ void codes_bf16(const void* x, int64_t M, int64_t ldx, DType dtype, const KbitWe
   const int64_t Kp = kbit::num_blocks(K) * kbit::kBlock;
   const int64_t groups = K / w.group_size;
   const bool split = dtype == DType::kFloat32;
+  const bool gemv = split || M <= cpu::kGemvCodesMaxMBf16;
+  // Only the GEMV needs x's group sums: the GEMM folds zero points into its tables.
+  const bool sums = gemv && w.zeros;
   std::vector<uint16_t> hi(static_cast<size_t>(M * Kp)), lo(split ? hi.size() : 0);
-  std::vector<float> xsum(w.zeros ? static_cast<size_t>(M * groups) : 0);
+  std::vector<float> xsum(sums ? static_cast<size_t>(M * groups) : 0);
   cpu::kbit_gemv_bf16_prepare(x, M, ldx, split, K, w.group_size, hi.data(),
-                              split ? lo.data() : nullptr, w.zeros ? xsum.data() : nullptr);
+                              split ? lo.data() : nullptr, sums ? xsum.data() : nullptr);
   const std::vector<float> bf =
       split ? std::vector<float>() : bias_to_float(static_cast<const uint16_t*>(bias), N);
   const float* b = split ? static_cast<const float*>(bias) : (bias ? bf.data() : nullptr);
@@ -142,11 +145,11 @@ void codes_bf16(const void* x, int64_t M, int64_t ldx, DType dtype, const KbitWe
                                      split ? lo.data() + m0 * Kp : nullptr,
                                      m1 - m0,
                                      Kp,
-                                     w.zeros ? xsum.data() + m0 * groups : nullptr,
+                                     sums ? xsum.data() + m0 * groups : nullptr,
                                      b,
                                      yo + m0 * ldo,
                                      ldo};
-    if (split || M <= cpu::kGemvCodesMaxMBf16)
+    if (gemv)
       cpu::kbit_gemv_avx512_bf16(p, w, n0, n1);
     else
       cpu::kbit_gemm_codes_avx512_bf16(p, w, n0, n1);
