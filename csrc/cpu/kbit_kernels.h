@@ -53,11 +53,12 @@ struct KbitGemvBf16Problem {
 // 2-, 3-, 4-bit and ternary codes with scale groups of whole blocks go to the
 // kernels on codes (kbit_gemv_avx512_bf16.cpp, small M, and
 // kbit_gemm_codes_avx512_bf16.cpp, large M) where they beat the decoding
-// kernels (2 threads, the four benchmark shapes and three of 2-4M weights):
+// kernels (2 threads, the four benchmark shapes and three more of 4M weights):
 // - float32 x up to M = 16, on the GEMV with two bfloat16 terms per x. At
-//   M = 32 the two kinds were even (0.95-1.1x); above, float32 FMAs on decoded
-//   weights do the same multiply-adds in fewer instructions. (One loss inside
-//   the range: K = 1024, M = 8 runs 1.15-1.2x slower than the float32 GEMV.)
+//   M = 32 the code GEMV ran 0.86-1.09x the speed of the float32 kernels;
+//   above, float32 FMAs on decoded weights do the same multiply-adds in fewer
+//   instructions. (One loss inside the range: at K = 1024 and M = 8 the float32
+//   GEMV was 1.1-1.4x faster; at M = 16 the code GEMV was 1.1-2.2x faster.)
 // - bfloat16 x at every M: the GEMV up to M = 24, then the GEMM (the GEMV
 //   re-reads every x row per chunk of 12 output rows; the GEMM keeps a block
 //   of weight panels in L2 for all of them; the two are even at M = 24-32).
