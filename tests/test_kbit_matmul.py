@@ -257,7 +257,7 @@ def test_bad_wrapper_arguments(packed):
 @needs_ext
 @pytest.mark.parametrize("bits", [2, 3, 4, "ternary"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_small_m_code_gemv(bits, dtype):
+def test_code_kernels(bits, dtype):
     """The kernels on codes (AVX512-BF16 CPUs; elsewhere these shapes take the
     other kernels): the GEMV (float32 x up to M = 16, bfloat16 up to 24) and the
     bfloat16 GEMM past it. Group sizes of whole 128-element blocks and
@@ -276,7 +276,7 @@ def test_small_m_code_gemv(bits, dtype):
         (16, 70, 512, 128, False),  # largest float32 M on it; two threads
         (17, 9, 256, 128, True),  # float32: past it
         (61, 17, 384, 128, False),  # bfloat16: the GEMM on codes, 12-row x tiles + 1
-        (100, 300, 1408, 128, True),  # 11 blocks: K chunks of 8 + 3; 128-row blocks + 44
+        (100, 300, 1408, 128, True),  # 11 blocks: K chunks of 8 + 3; 160 + 140 rows: partial blocks
         (50, 40, 1536, 384, False),  # groups of three blocks, one across two K chunks
         (40, 33, 300, None, True),  # per-channel scales, partial last block
     ]:
