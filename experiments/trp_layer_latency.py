@@ -23,6 +23,7 @@ from results_io import publish  # experiments/results_io.py (the script's direct
 from trp_runs import load_trp_runs
 
 from fusenas.nn import LowRankConv2d, optimize_for_inference
+from fusenas.runtime import retain_freed_memory
 
 
 def _timed_leaves(net: torch.nn.Module, times: dict) -> list:
@@ -46,7 +47,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--malloc-defaults",
+        action="store_true",
+        help="glibc malloc at its defaults (each pass faults in its activations)",
+    )
     args = ap.parse_args()
+    retained = not args.malloc_defaults and retain_freed_memory()
     runs = load_trp_runs(args.baseline, args.trp)
     test = runs.test
     nets = {
@@ -82,7 +89,12 @@ def main() -> None:
         f"Batch {args.batch}, channels_last, {torch.get_num_threads()} threads, deployed "
         f"form; median of {args.rounds} alternating rounds per layer (forward hooks).",
         "The TRP layers include their fused residual add and ReLU; the baseline's run outside "
-        "its timed convs, so this view favours the baseline. @: the layer's input side.",
+        "its timed convs, so this view favours the baseline. @: the layer's input side. "
+        + (
+            "Freed memory retained for reuse (fusenas.runtime)."
+            if retained
+            else "glibc malloc at its defaults."
+        ),
         "",
         "| layer | TRP module | baseline (ms) | TRP (ms) | speed-up | MAC cut | realised |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",

@@ -28,6 +28,7 @@ from trp_runs import load_trp_runs
 from fusenas.data.batches import evaluate
 from fusenas.nn import optimize_for_inference
 from fusenas.profiling import count_macs, count_params
+from fusenas.runtime import retain_freed_memory
 
 
 @torch.no_grad()
@@ -51,7 +52,13 @@ def main() -> None:
     ap.add_argument("trp", type=Path)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--malloc-defaults",
+        action="store_true",
+        help="glibc malloc at its defaults (each pass faults in its activations)",
+    )
     args = ap.parse_args()
+    retained = not args.malloc_defaults and retain_freed_memory()
     runs = load_trp_runs(args.baseline, args.trp)
     test = runs.test
     nets = {
@@ -84,7 +91,8 @@ def main() -> None:
     med = {key: statistics.median(v) for key, v in times.items()}
     lines = [
         f"Test split: {len(test)} held-out CIFAR-10 training images; latency: median over "
-        f"{args.rounds} interleaved rounds of 5 calls, {torch.get_num_threads()} threads.",
+        f"{args.rounds} interleaved rounds of 5 calls, {torch.get_num_threads()} threads; "
+        + ("freed memory retained for reuse (fusenas.runtime)." if retained else "glibc defaults."),
         "",
         "| network | test acc (%) | vs baseline (pts) | MACs (M) | params |",
         "| --- | ---: | ---: | ---: | ---: |",

@@ -23,6 +23,7 @@ import torch
 
 from fusenas import cli_compress, cli_search
 from fusenas.quant.packed import parse_bits
+from fusenas.runtime import retain_freed_memory_from_env
 
 _DEFAULT_EPOCHS = {"digits": 20, "fashion-mnist": 3, "cifar10": 5}
 
@@ -329,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        # Every command runs forward passes whose activations would otherwise
+        # fault in fresh pages on each call (fusenas/runtime.py says how much).
+        retain_freed_memory_from_env()
         return _COMMANDS[args.command](args)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"fusenas {args.command}: error: {exc}", file=sys.stderr)

@@ -16,6 +16,7 @@ from fusenas.data.batches import evaluate
 from fusenas.data.datasets import ImageDataset
 from fusenas.nn.fuse_epilogues import optimize_for_inference
 from fusenas.profiling import count_macs, count_params, latency_ms
+from fusenas.runtime import freed_memory_retained
 
 
 def measure(
@@ -40,6 +41,7 @@ def measure(
         "macs": count_macs(model, x[:1]),
         "latency_ms": {},
         "threads": torch.get_num_threads(),
+        "freed_memory_retained": freed_memory_retained(),
     }
     for b in batches:
         xb = x[:b] if x.shape[0] >= b else x[:1].expand(b, *x.shape[1:]).contiguous()
@@ -67,7 +69,12 @@ def format_report(rows: list[dict[str, Any]], export: list[dict[str, Any]]) -> s
     notes = [
         "Latency: the deployed form of each stage (batch norm folded into the conv before it; "
         "residual add and ReLU fused into the low-rank convs before them), "
-        f"{base.get('threads', '?')} threads, median wall time."
+        f"{base.get('threads', '?')} threads, median wall time"
+        + (
+            "; freed memory retained for reuse (fusenas.runtime.retain_freed_memory)."
+            if base.get("freed_memory_retained")
+            else "; glibc malloc at its defaults (every pass faults in its activations' pages)."
+        )
     ]
     smaller = last["macs"] < base["macs"] or last.get("file_bytes", 0) < base.get("file_bytes", 0)
     if not smaller:
