@@ -67,6 +67,11 @@ SHAPES = [
     (2, 20, 18, 35, 6, 18, 3, 1, 1, 1),  # whole 16 x 16 layout-transpose blocks
     (1, 32, 17, 33, 4, 16, 3, 2, 1, 1),
     (1, 2, 4, 150, 2, 3, 3, 1, 1, 1),  # rows longer than one pass of the row-copy masks
+    # channels_last at horizontal stride 1 runs the direct (BlockGemm) form: 16 channels
+    # read in place (no padding), rank past one 16-channel block, 40 channels = 2.5 blocks.
+    (2, 16, 6, 7, 5, 20, 3, 1, 0, 1),
+    (1, 16, 9, 9, 17, 16, 3, 1, 2, 2),
+    (2, 40, 5, 6, 18, 7, 3, 1, 1, 1),
 ]
 
 
@@ -430,6 +435,36 @@ def test_channels_last_pixel_major_path_matches_plane_path(isa, monkeypatch):
     assert torch.equal(auto, planes) and not torch.equal(nhwc, planes)
     auto, nhwc, planes = paths(256, 200, 2)  # 9 x 256 x 208 packed floats: plane path
     assert torch.equal(auto, planes) and torch.equal(nhwc, planes)
+
+
+@needs_ext
+@pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+def test_direct_form_vertical_stride_and_image_spanning_tiles(isa, scheme, monkeypatch):
+    """The direct (BlockGemm) form takes any vertical stride, copies each image's input
+    rows once per tile (tiles span several 5-row images here) and reads padding rows
+    as zeros: stride (2, 1) and (3, 1), 16 and 24 channels, against the reference."""
+    monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
+    monkeypatch.setenv("FUSENAS_LOWRANK_NHWC", "1")
+    g = torch.Generator().manual_seed(5)
+    for c, sh, pad, dil in ((16, 2, 1, 1), (24, 3, 2, 1), (16, 2, 0, 2), (24, 1, 1, 2)):
+        x = torch.randn(7, c, 5, 9, generator=g).contiguous(memory_format=torch.channels_last)
+        w1, w2 = _factors(scheme, c, 19, 17, 3, 3, seed=c + sh)
+        bias = torch.randn(17, generator=g)
+        args = dict(stride=(sh, 1), padding=(pad, pad), dilation=(dil, dil))
+        y = lowrank_conv2d(x, w1, w2, bias, scheme=scheme, **args)
+        want = lowrank_conv2d_reference(
+            x.double(),
+            w1.double(),
+            w2.double(),
+            bias.double(),
+            scheme,
+            (sh, 1),
+            (pad, pad),
+            (dil, dil),
+        )
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        _close(y, want, torch.float32)
 
 
 @needs_ext

@@ -17,6 +17,8 @@ struct V256 {
   static LR_INLINE void storeu(float* p, reg v) { _mm256_storeu_ps(p, v); }
   static LR_INLINE reg bcast(const float* p) { return _mm256_broadcast_ss(p); }
   static LR_INLINE reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static LR_INLINE reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
+  static LR_INLINE reg max(reg a, reg b) { return _mm256_max_ps(a, b); }
 };
 
 struct Cfg256 {
@@ -26,6 +28,9 @@ struct Cfg256 {
   // IndGemm: pixels x vectors + vectors + 1 broadcast <= 16 registers.
   static constexpr int kIndMR = 8, kIndNV = 3;
   static constexpr int ind_mr(int nv) { return nv == 1 ? 8 : nv == 2 ? 6 : 4; }
+  // BlockGemm: no pixel pointers, so one vector takes 12 pixels.
+  static constexpr int kBlockMR = 12;
+  static constexpr int block_mr(int nv) { return nv == 1 ? 12 : ind_mr(nv); }
   // PairGemm: two pointers per pair, so one vector takes 12 rows.
   static constexpr int kPairMR = 12;
   static constexpr int pair_mr(int nv) { return nv == 1 ? 12 : ind_mr(nv); }

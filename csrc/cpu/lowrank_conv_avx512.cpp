@@ -18,6 +18,8 @@ struct V512 {
   static LR_INLINE void storeu(float* p, reg v) { _mm512_storeu_ps(p, v); }
   static LR_INLINE reg bcast(const float* p) { return _mm512_set1_ps(*p); }
   static LR_INLINE reg fmadd(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static LR_INLINE reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
+  static LR_INLINE reg max(reg a, reg b) { return _mm512_max_ps(a, b); }
 };
 
 struct Cfg512 {
@@ -28,6 +30,9 @@ struct Cfg512 {
   // of them reloaded from the stack (L1) each k, which the load ports absorb.
   static constexpr int kIndMR = 12, kIndNV = 4;
   static constexpr int ind_mr(int nv) { return nv <= 2 ? 12 : nv == 3 ? 8 : 6; }
+  // BlockGemm: no pixel pointers, so one vector takes 16 pixels.
+  static constexpr int kBlockMR = 16;
+  static constexpr int block_mr(int nv) { return nv == 1 ? 16 : ind_mr(nv); }
   // PairGemm: two pointers per pair, so one vector takes 16 rows (17 registers).
   static constexpr int kPairMR = 16;
   static constexpr int pair_mr(int nv) { return nv == 1 ? 16 : ind_mr(nv); }

@@ -46,6 +46,35 @@ struct IndGemm {
   int64_t ldc;
 };
 
+// Channel block of BlockGemm's operands: a row of pixels is stored as
+// ceil(channels / 16) blocks, each `width` pixels x 16 floats, so within a
+// block consecutive pixels are 16 floats apart whatever the channel count.
+constexpr int64_t kChannelBlock = 16;
+
+// Pixel-major GEMM over rows of pixels (the direct form of IndGemm, for
+// horizontal stride 1): for q < Q rows, o < width pixels and j < N,
+//   C(q, o, j) = bias[j] + sum_t sum_k A_tq(o, k) * B[(t * K + k) * ldb + j]
+// with A_tq(o, k) = base[t * Q + q][(k / 16) * kbs + o * 16 + k % 16]: each
+// tap of each row is one base pointer, and a pixel's tap reads sit at a fixed
+// distance from its neighbours', so the micro-kernel addresses them as
+// compile-time offsets from one register (an indirection buffer needs a
+// pointer per pixel, more than the 16 general registers hold). C(q, o, j) is
+// at C[q * cq + o * co + (j / 16) * cb + j % 16] (channels_last rows: co = N,
+// cb = 16; the blocked layout above: co = 16, cb = block stride). residual
+// (null, or laid out as C) is added and relu applied as the tile is stored.
+struct BlockGemm {
+  int64_t Q, width, K, N, taps;
+  const float* const* base;
+  int64_t kbs;
+  const float* B;
+  int64_t ldb;
+  const float* bias;  // N entries or null
+  float* C;
+  int64_t cq, co, cb;
+  const float* residual;
+  bool relu;
+};
+
 // Weight-gradient GEMM of the pixel-major backward, the pixels as the
 // reduction, both operands through pointer lists:
 //   C[m][j] += sum_p a[p][m] * b[p][j]   for m < M, j < N
@@ -79,6 +108,7 @@ struct Kernels {
   int mr;  // panel height of RowGemm::A
   void (*row_gemm)(const RowGemm&);
   void (*ind_gemm)(const IndGemm&);
+  void (*block_gemm)(const BlockGemm&);
   void (*pair_gemm)(const PairGemm&);
   int vec_width;  // floats per vector of ind_gemm's N dimension
   Transpose16 transpose16;

@@ -25,6 +25,14 @@ struct VScalar {
     for (int i = 0; i < 4; ++i) c.v[i] += a.v[i] * b.v[i];
     return c;
   }
+  static LR_INLINE reg add(reg a, reg b) {
+    for (int i = 0; i < 4; ++i) a.v[i] += b.v[i];
+    return a;
+  }
+  static LR_INLINE reg max(reg a, reg b) {
+    for (int i = 0; i < 4; ++i) a.v[i] = a.v[i] > b.v[i] ? a.v[i] : b.v[i];
+    return a;
+  }
 };
 
 struct CfgScalar {
@@ -32,6 +40,8 @@ struct CfgScalar {
   static constexpr int nv_for(int rows) { return rows <= 2 ? 4 : 2; }
   static constexpr int kIndMR = 4, kIndNV = 4;
   static constexpr int ind_mr(int) { return 4; }
+  static constexpr int kBlockMR = 4;
+  static constexpr int block_mr(int) { return 4; }
   static constexpr int kPairMR = 4;
   static constexpr int pair_mr(int) { return 4; }
 };

@@ -4,7 +4,7 @@
 // never merge at link time.
 //
 // V provides: reg, kWidth, zero(), loadu(p), storeu(p, v), bcast(p),
-// fmadd(a, b, c) = a*b + c.
+// fmadd(a, b, c) = a*b + c, add(a, b), max(a, b).
 // Register blocking: a RowGemm micro-tile is MR rows x NV vectors of pixels
 // held in registers for the whole K loop (the B row is loaded once per k and
 // reused MR times, the A value broadcast once and reused NV times). The
@@ -220,6 +220,79 @@ void ind_gemm(const IndGemm& g) {
   });
 }
 
+// BlockGemm micro-tile: MR pixels of one row x NV vectors of output channels
+// in registers over every tap and k. Pixel m's value of channel k sits at
+// a + m * 16 + k % 16 within the block, so every broadcast is a fixed offset
+// from the block's pointer: no per-pixel pointers, and 16 pixels fit the
+// registers at one vector (16 accumulators).
+template <class V, int MR, int NV>
+void block_micro_fn(const float* const* base, int64_t Q, int64_t taps, int64_t K, int64_t kbs,
+                    int64_t o0, const float* B, int64_t ldb, const float* bias, float* c,
+                    int64_t co, int64_t cb, int64_t j0, const float* r, bool relu) {
+  using R = typename V::reg;
+  constexpr int W = V::kWidth;
+  constexpr int64_t CB = kChannelBlock;
+  R acc[MR][NV];
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) {
+    const R init = bias ? V::loadu(bias + v * W) : V::zero();
+#pragma GCC unroll 16
+    for (int m = 0; m < MR; ++m) acc[m][v] = init;
+  }
+  for (int64_t t = 0; t < taps; ++t) {
+    const float* a = base[t * Q] + o0 * CB;
+    const float* bt = B + t * K * ldb;
+    for (int64_t k0 = 0; k0 < K; k0 += CB, a += kbs) {
+      const int64_t kn = std::min(CB, K - k0);
+      for (int64_t kk = 0; kk < kn; ++kk)
+        rank1_update<V, MR, NV>(acc, bt + (k0 + kk) * ldb, [&](int m) { return a + m * CB + kk; });
+    }
+  }
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) {
+    const int64_t j = j0 + v * W, off = (j / CB) * cb + j % CB;
+#pragma GCC unroll 16
+    for (int m = 0; m < MR; ++m) {
+      R out = acc[m][v];
+      if (r) out = V::add(out, V::loadu(r + m * co + off));
+      // max(0, x): x86 max returns its second operand when either is NaN, so
+      // NaN stays NaN (as torch.relu and add_relu give).
+      if (relu) out = V::max(V::zero(), out);
+      V::storeu(c + m * co + off, out);
+    }
+  }
+}
+
+using BlockMicroFn = void (*)(const float* const*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                              const float*, int64_t, const float*, float*, int64_t, int64_t,
+                              int64_t, const float*, bool);
+
+template <class V>
+struct BlockMaker {
+  template <int R, int N>
+  static BlockMicroFn get() {
+    return &block_micro_fn<V, R, N>;
+  }
+};
+
+// Cfg::block_mr(nv) pixels (at most kBlockMR) x nv vectors (at most kIndNV);
+// channel chunks outer, then rows, then the row's pixels in near-equal
+// chunks (a micro-tile never spans two rows: their taps' pointers differ).
+template <class V, class Cfg>
+void block_gemm(const BlockGemm& g) {
+  static const MicroTable<BlockMicroFn, BlockMaker<V>, Cfg::kBlockMR, Cfg::kIndNV> table;
+  constexpr int W = V::kWidth;
+  balanced_chunks(g.N / W, Cfg::kIndNV, [&](int64_t v0, int nv) {
+    for (int64_t q = 0; q < g.Q; ++q)
+      balanced_chunks(g.width, Cfg::block_mr(nv), [&](int64_t o0, int rows) {
+        const int64_t at = q * g.cq + o0 * g.co;
+        table.fn[rows - 1][nv - 1](g.base + q, g.Q, g.taps, g.K, g.kbs, o0, g.B + v0 * W, g.ldb,
+                                   g.bias ? g.bias + v0 * W : nullptr, g.C + at, g.co, g.cb, v0 * W,
+                                   g.residual ? g.residual + at : nullptr, g.relu);
+      });
+  });
+}
+
 // PairGemm micro-tile: MR rows of C (a broadcast from each pair's a row) x NV
 // vectors (loaded from its b row), accumulated in registers over every pair.
 template <class V, int MR, int NV>
@@ -298,9 +371,9 @@ void add_relu(float* __restrict y, const float* __restrict r, int64_t n, bool re
 
 template <class V, class Cfg>
 const Kernels& make_kernels(const char* name) {
-  static const Kernels k{Cfg::kMR,           &row_gemm<V, Cfg>, &ind_gemm<V, Cfg>,
-                         &pair_gemm<V, Cfg>, V::kWidth,         &transpose16,
-                         &copy_pad_rows,     &add_relu,         name};
+  static const Kernels k{
+      Cfg::kMR,  &row_gemm<V, Cfg>, &ind_gemm<V, Cfg>, &block_gemm<V, Cfg>, &pair_gemm<V, Cfg>,
+      V::kWidth, &transpose16,      &copy_pad_rows,    &add_relu,           name};
   return k;
 }
 
