@@ -446,15 +446,23 @@ inline void load_intermediate(const cpu::lowrank::Kernels& kern, const float* t,
         tg[spatial_grid_offset(g, r, w, tplane) + i * g.Wq] = tn[r * img + i * wt + w];
 }
 
-// Runs fn(thread_index, item) over items on up to `threads` OpenMP threads,
-// after setup(thread_index) on each (per-thread buffers).
+// Runs fn(state, item) over items on up to `threads` OpenMP threads, after
+// setup() on each (per-thread buffers). Each thread takes one contiguous run
+// of items (tiles are consecutive output rows), so its reads of x and the
+// residual and its writes of y are long sequential streams the hardware
+// prefetchers follow; tiles dealt out one at a time (dynamic, 1) interleave
+// the two threads' streams every tile. Measured on the TRP ResNet-20 at batch
+// 64 (2 threads, one process, 11 alternating rounds): 12.9-13.5 -> 11.4-11.7
+// ms per pass when the host's memory was slow, level (8.1-9.0 ms) when fast;
+// one 16-channel layer on cold caches 0.90-1.06 -> 0.76-0.96 ms (pixel-major
+// forward; the plane path's tiles, image row blocks, take the same schedule).
 template <class Setup, class Fn>
 void parallel_items(int64_t items, int threads, Setup setup, Fn fn) {
   threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, items)));
 #pragma omp parallel num_threads(threads)
   {
     auto state = setup();
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(static)
     for (int64_t it = 0; it < items; ++it) fn(state, it);
   }
 }
