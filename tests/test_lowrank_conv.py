@@ -67,11 +67,12 @@ SHAPES = [
     (2, 20, 18, 35, 6, 18, 3, 1, 1, 1),  # whole 16 x 16 layout-transpose blocks
     (1, 32, 17, 33, 4, 16, 3, 2, 1, 1),
     (1, 2, 4, 150, 2, 3, 3, 1, 1, 1),  # rows longer than one pass of the row-copy masks
-    # channels_last at horizontal stride 1 runs the direct (BlockGemm) form: 16 channels
-    # read in place (no padding), rank past one 16-channel block, 40 channels = 2.5 blocks.
+    # channels_last at horizontal stride 1 and up to 32 channels runs the direct
+    # (BlockGemm) form: 16 channels read in place (no padding), rank past one
+    # 16-channel block, 24 channels = 1.5 blocks.
     (2, 16, 6, 7, 5, 20, 3, 1, 0, 1),
     (1, 16, 9, 9, 17, 16, 3, 1, 2, 2),
-    (2, 40, 5, 6, 18, 7, 3, 1, 1, 1),
+    (2, 24, 5, 6, 18, 7, 3, 1, 1, 1),
 ]
 
 

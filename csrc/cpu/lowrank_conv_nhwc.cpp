@@ -9,14 +9,15 @@
 // Two forms of the same per-tile steps (T = first factor over its taps, then
 // y = second factor over T's taps, T also written out when the backward
 // keeps it):
-//   - direct (horizontal stride 1, nearly every conv TRP decomposes):
-//     BlockGemm, one pointer per row and tap; x's rows are read in place at
-//     16 channels, else copied per tile into 16-channel blocks; T rows carry
-//     zero pixels for the second factor's padding. Measured against the
+//   - direct (horizontal stride 1, up to 32 input channels): BlockGemm, one
+//     pointer per row and tap; x's rows are read in place at 16 channels,
+//     else copied per tile into 16-channel blocks; T rows carry zero pixels
+//     for the second factor's padding. Measured against the
 //     indirect form in one process (batch 64, 2 threads, residual + ReLU):
 //     16 ch @32 spatial rank 15 0.86 -> 0.67 ms, channel rank 16 1.41 ->
-//     1.17 ms; the 32/64-channel ResNet-20 shapes level (0.98-1.02x).
-//   - indirect (any stride): IndGemm, a pointer per pixel and tap into x
+//     1.17 ms; the 32/64-channel ResNet-20 shapes level (0.98-1.02x), and
+//     64-256 channels lost to the copies (0.90-0.98x), so they stay indirect.
+//   - indirect (any stride, any channel count): IndGemm, a pointer per pixel and tap into x
 //     where it lies, padding taps at a row of zeros.
 // Packed weights must stay cache-resident across a tile's pixels, so large
 // layers keep the plane path (lowrank_conv_cpu.cpp), and so do low ranks,
@@ -43,6 +44,8 @@ constexpr int64_t kMaxPackedFloats = 64 * 1024;
 // Most multiply-adds this path may do per output pixel, relative to the plane
 // path's (see nhwc_applies).
 constexpr double kMaxWorkRatio = 1.25;
+// Most input channels for the direct form (Plan::block).
+constexpr int64_t kMaxBlockChannels = 32;
 
 struct Plan : PixelMajorPlan {
   int64_t np;  // Nout rounded up to the vector width
@@ -57,15 +60,19 @@ struct Plan : PixelMajorPlan {
   Plan(const LowRankConvShape& s, int vec, int threads)
       : PixelMajorPlan(s, vec, threads, kTilePixels), np(round_up(s.Nout, vec)) {
     constexpr int64_t CB = cpu::lowrank::kChannelBlock;
-    block = s.sw == 1;
+    // At 64-256 channels the per-tile copies into blocks cost more than the
+    // pointers they save (same-process A/B, batch 32-128: 0.90-0.98x of the
+    // indirect form for 64 ch @56 / @8, 128 ch @28, 256 ch @14, spatial).
+    block = s.sw == 1 && s.C <= kMaxBlockChannels;
     pw1 = channel ? s.pw : 0;
     pw2 = channel ? 0 : s.pw;
     x_direct = s.C == CB && pw1 == 0;
     Wp = s.W + 2 * pw1;
     xslot = ceil_div(s.C, CB) * Wp * CB;
     // Each image a tile touches needs its rows' input rows: at most
-    // (rows - 1) sh + (kh - 1) dh + 1 per image, one image per tile row.
-    xslots = x_direct ? 0 : rows_per_tile * (s.sh + (s.kh - 1) * s.dh + 1);
+    // (rows - 1) sh + (kh - 1) dh + 1 for each of the images a tile's rows span.
+    const int64_t images = std::min(rows_per_tile, ceil_div(rows_per_tile - 1, Ho) + 1);
+    xslots = x_direct ? 0 : rows_per_tile * s.sh + images * ((s.kh - 1) * s.dh + 1);
     Wtp = Wt + 2 * pw2;
     trow = ceil_div(rp, CB) * Wtp * CB;
   }
