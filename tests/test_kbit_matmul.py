@@ -230,6 +230,11 @@ def _call(x, pw, bias=None, **over):
             "scales",
         ),
         (lambda pw: (torch.randn(2, 128, device="meta"), {}), ValueError, "device"),
+        (
+            lambda pw: (torch.randn(2, 128), {"scales": pw.scales.to("meta")}),
+            ValueError,
+            "scales: expected a tensor on cpu",
+        ),  # fmt: skip
     ],
 )
 def test_bad_input(packed, make, exc, match):
