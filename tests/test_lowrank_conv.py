@@ -387,6 +387,27 @@ def test_bad_grad_out():
         torch.ops.fusenas.lowrank_conv2d_backward(torch.randn(2, 5, 8, 8).double(), *args)
 
 
+def test_validation_cache_never_hides_bad_input():
+    """Valid CPU calls remember their checked geometry; a call that differs in any shape,
+    dtype or setting is checked again, and arguments that cannot be a cache key (a
+    scheme that is not a string) still get the clear error."""
+    a = _good()
+    with torch.no_grad():
+        first, again = (lowrank_conv2d(a["x"], a["w1"], a["w2"], a["bias"], scheme="channel",
+                                       padding=1) for _ in range(2))  # fmt: skip
+        assert torch.equal(first, again)  # the same key again: the same result
+        with pytest.raises(TypeError, match="w1: expected dtype"):
+            _call(w1=_good()["w1"].double())
+        with pytest.raises(ValueError, match="w1: expected 5 input channels"):
+            _call(x=torch.randn(2, 5, 8, 8))
+        with pytest.raises(ValueError, match="bias"):
+            _call(bias=torch.randn(4))
+        with pytest.raises(ValueError, match="scheme"):
+            _call(scheme=["channel"])
+        with pytest.raises(ValueError, match="x: input"):
+            _call(x=torch.randn(2, 4, 1, 1), padding=0)
+
+
 def test_check_lowrank_args_returns_kernel_size():
     a = _good()
     ones = (1, 1)
