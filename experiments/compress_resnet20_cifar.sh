@@ -58,6 +58,10 @@ for step in "${steps[@]}"; do
     dnq)
       fusenas compress dnq "${COMMON[@]}" --set init=$BASE/dense.safetensors --set budget_bits=3 \
         --set out_dir=runs/quant_r20/dnq3 ;;
+    slq3_s1|dnq3_s1)  # a second seed for DNQ against uniform 3-bit (same test split)
+      if [ "$step" = slq3_s1 ]; then what=(slq --set bits=3); else what=(dnq --set budget_bits=3); fi
+      fusenas compress "${what[@]}" "${COMMON[@]}" --set init=$BASE/dense.safetensors \
+        --set seed=1 --set split_seed=0 --set out_dir="runs/quant_r20/${step%_s1}_s1" ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
 done
