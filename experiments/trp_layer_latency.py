@@ -13,17 +13,14 @@ speed-up divided by it.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from results_io import publish  # experiments/results_io.py (the script's directory)
-from trp_runs import load_trp_runs
+from trp_runs import load_for_timing, timing_parser
 
 from fusenas.nn import LowRankConv2d, optimize_for_inference
-from fusenas.runtime import retain_freed_memory
 
 
 def _timed_leaves(net: torch.nn.Module, times: dict) -> list:
@@ -41,20 +38,10 @@ def _timed_leaves(net: torch.nn.Module, times: dict) -> list:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("baseline", type=Path)
-    ap.add_argument("trp", type=Path)
-    ap.add_argument("--rounds", type=int, default=15)
+    ap = timing_parser(__doc__.splitlines()[0], rounds=15)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument(
-        "--malloc-defaults",
-        action="store_true",
-        help="glibc malloc at its defaults (each pass faults in its activations)",
-    )
     args = ap.parse_args()
-    retained = not args.malloc_defaults and retain_freed_memory()
-    runs = load_trp_runs(args.baseline, args.trp)
+    runs, memory = load_for_timing(args)
     test = runs.test
     nets = {
         "baseline": optimize_for_inference(runs.baseline),
@@ -89,12 +76,7 @@ def main() -> None:
         f"Batch {args.batch}, channels_last, {torch.get_num_threads()} threads, deployed "
         f"form; median of {args.rounds} alternating rounds per layer (forward hooks).",
         "The TRP layers include their fused residual add and ReLU; the baseline's run outside "
-        "its timed convs, so this view favours the baseline. @: the layer's input side. "
-        + (
-            "Freed memory retained for reuse (fusenas.runtime)."
-            if retained
-            else "glibc malloc at its defaults."
-        ),
+        "its timed convs, so this view favours the baseline. @: the layer's input side. " + memory,
         "",
         "| layer | TRP module | baseline (ms) | TRP (ms) | speed-up | MAC cut | realised |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",

@@ -3,6 +3,7 @@ for the side-by-side TRP experiments (trp_speed.py, trp_layer_latency.py)."""
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from fusenas.compress.config import CompressConfig
 from fusenas.compress.driver import load_split, load_trained
 from fusenas.config_file import load_config
 from fusenas.quant.io import load_model
+from fusenas.runtime import retain_freed_memory
 
 
 @dataclass
@@ -35,3 +37,31 @@ def load_trp_runs(baseline: Path, trp: Path) -> TrpRuns:
         trp_trained=load_trained(trp, trp_cfg, c, k).eval(),
         exported=load_model(trp / "compressed.safetensors")[0].eval(),
     )
+
+
+def timing_parser(description: str, rounds: int) -> argparse.ArgumentParser:
+    """The arguments both TRP timing scripts take: the two run directories, --rounds,
+    --out and --malloc-defaults."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("baseline", type=Path)
+    ap.add_argument("trp", type=Path)
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--malloc-defaults",
+        action="store_true",
+        help="glibc malloc at its defaults (each pass faults in its activations)",
+    )
+    return ap
+
+
+def load_for_timing(args: argparse.Namespace) -> tuple[TrpRuns, str]:
+    """Sets the allocator as --malloc-defaults says (before anything is timed), loads
+    both runs; returns them and a sentence for the report saying which it was."""
+    retained = not args.malloc_defaults and retain_freed_memory()
+    note = (
+        "Freed memory retained for reuse (fusenas.runtime)."
+        if retained
+        else "glibc malloc at its defaults."
+    )
+    return load_trp_runs(args.baseline, args.trp), note

@@ -15,20 +15,17 @@ in (channels_last) and NCHW.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from results_io import publish  # experiments/results_io.py (the script's directory)
-from trp_runs import load_trp_runs
+from trp_runs import load_for_timing, timing_parser
 
 from fusenas.data.batches import evaluate
 from fusenas.nn import optimize_for_inference
 from fusenas.profiling import count_macs, count_params
-from fusenas.runtime import retain_freed_memory
 
 
 @torch.no_grad()
@@ -47,19 +44,8 @@ def _time_interleaved(nets: dict, inputs: dict, rounds: int, calls: int) -> dict
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("baseline", type=Path)
-    ap.add_argument("trp", type=Path)
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument(
-        "--malloc-defaults",
-        action="store_true",
-        help="glibc malloc at its defaults (each pass faults in its activations)",
-    )
-    args = ap.parse_args()
-    retained = not args.malloc_defaults and retain_freed_memory()
-    runs = load_trp_runs(args.baseline, args.trp)
+    args = timing_parser(__doc__.splitlines()[0], rounds=7).parse_args()
+    runs, memory = load_for_timing(args)
     test = runs.test
     nets = {
         "baseline (dense)": runs.baseline,
@@ -91,8 +77,8 @@ def main() -> None:
     med = {key: statistics.median(v) for key, v in times.items()}
     lines = [
         f"Test split: {len(test)} held-out CIFAR-10 training images; latency: median over "
-        f"{args.rounds} interleaved rounds of 5 calls, {torch.get_num_threads()} threads; "
-        + ("freed memory retained for reuse (fusenas.runtime)." if retained else "glibc defaults."),
+        f"{args.rounds} interleaved rounds of 5 calls, {torch.get_num_threads()} threads. "
+        + memory,
         "",
         "| network | test acc (%) | vs baseline (pts) | MACs (M) | params |",
         "| --- | ---: | ---: | ---: | ---: |",
