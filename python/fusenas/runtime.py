@@ -1,15 +1,15 @@
 """Process-wide settings that decide how fast CPU inference and training run.
 
 ``retain_freed_memory`` keeps memory that tensors give back inside the
-process. Every forward pass allocates its activations anew (a ResNet-20 at
-batch 64 allocates about 30 tensors of 1-4 MiB). glibc's malloc serves
+process. Every forward pass allocates its activations anew (a CIFAR
+ResNet-20 at batch 64: 1-4 MiB each, 4 MiB through its first stage). glibc's malloc serves
 blocks of that size from fresh ``mmap`` pages or a heap top that ``free``
 trims back to the kernel, so each pass touches its activations' pages for
 the first time again: one page fault per 4 KiB, each zeroing its page. On
-this project's 2-core VM that was 4,700 faults and about 8 ms of a 19 ms
-TRP ResNet-20 pass at batch 64 (11,600 faults in the dense baseline's pass),
+this project's 2-core VM that was 4,100-5,600 faults and 4-9 ms of a 20 ms
+TRP ResNet-20 pass at batch 64 (8,100-12,100 in the dense baseline's pass),
 and it grows with the bytes a layer writes rather than its arithmetic, so
-it eats most of what a cheaper (low-rank, low-bit) layer saves. Keeping the
+it is a larger share of a cheaper (low-rank, low-bit) layer's time. Keeping the
 freed blocks (as jemalloc or tcmalloc, the allocators CPU inference guides
 preload, also do) removes that cost; the price is that the process keeps
 its peak heap instead of shrinking after it.
