@@ -77,8 +77,12 @@ def test_supernet_fused_equals_reference_supernet():
     fused = DartsSupernet(**kwargs)
     reference = DartsSupernet(**kwargs, fused=False)
     reference.load_state_dict(fused.state_dict())
-    x = torch.randn(4, 3, 16, 16)
-    target = torch.tensor([1, 3, 5, 7])
+    # Batch 8: at batch 4 the last cells' train-mode BN sees 64 values per channel
+    # (4 x 4 maps) and the gradients are ill-conditioned: a 1e-6 relative change of x
+    # moves some parameter gradients by 4% in the reference alone, so the fused
+    # kernels' other (equally exact) summation order on AVX2 failed the comparison.
+    x = torch.randn(8, 3, 16, 16)
+    target = torch.tensor([1, 3, 5, 7, 0, 2, 4, 6])
     outs, grads = [], []
     for net in (fused, reference):
         loss = torch.nn.functional.cross_entropy(net(x), target)

@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -275,9 +276,20 @@ void gemv_rows(const KbitProblem& p, const KbitWeight& w, int64_t m0, int64_t n_
 }
 
 template <int BITS>
+void gemm(const KbitProblem& p, const KbitWeight& w, int64_t n_begin, int64_t n_end);
+
+template <int BITS>
 void gemv(const KbitProblem& p, const KbitWeight& w, int64_t n_begin, int64_t n_end) {
   std::vector<float> xsum;
-  if constexpr (!Spec<BITS>::kTable) xsum = group_sums(p, w);
+  if constexpr (!Spec<BITS>::kTable) {
+    xsum = group_sums(p, w);
+    // The factored form computes s * (sum(x q) - z sum(x)): an infinite x gives
+    // inf - inf = NaN where the dequantised dot gives +-inf. A non-finite group
+    // sum (an inf or NaN in x, or a finite overflow) sends the call to the GEMM,
+    // which multiplies x by the decoded weights as the reference does.
+    for (const float v : xsum)
+      if (!std::isfinite(v)) return gemm<BITS>(p, w, n_begin, n_end);
+  }
   int64_t m = 0;
   for (; m + 4 <= p.M; m += 4) gemv_rows<BITS, 4>(p, w, m, n_begin, n_end, xsum.data());
   if (p.M - m >= 2) gemv_rows<BITS, 2>(p, w, m, n_begin, n_end, xsum.data()), m += 2;

@@ -64,7 +64,13 @@ class SepConv(nn.Sequential):
 class FactorizedReduce(nn.Module):
     """ReLU, then two 1 x 1 stride-2 convs on x and on x shifted by one pixel, concatenated, BN.
 
-    Halves H and W (even sizes) without discarding every other pixel.
+    Halves H and W (even sizes) without discarding every other pixel. The
+    stride is taken by slicing (even pixels for conv_1, odd ones for conv_2),
+    then 1 x 1 convs of stride 1: the same values as the strided convs, and
+    torch 2.13's CPU backward of a strided 1 x 1 conv on a channels_last input
+    with a few channels (2-4, as PC-DARTS' partial channels give) returns wrong
+    weight gradients and can corrupt the heap or hang on AVX2 CPUs (seen on an
+    AMD Zen 3).
     """
 
     def __init__(self, c_in: int, c_out: int, affine: bool = True) -> None:
@@ -72,13 +78,14 @@ class FactorizedReduce(nn.Module):
         if c_out % 2:
             raise ValueError(f"c_out: FactorizedReduce needs an even channel count, got {c_out}")
         self.relu = nn.ReLU(inplace=False)
-        self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, 2, bias=False)
-        self.conv_2 = nn.Conv2d(c_in, c_out // 2, 1, 2, bias=False)
+        self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, bias=False)
+        self.conv_2 = nn.Conv2d(c_in, c_out // 2, 1, bias=False)
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(x)
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
+        even, odd = x[:, :, ::2, ::2], x[:, :, 1::2, 1::2]
+        return self.bn(torch.cat([self.conv_1(even), self.conv_2(odd)], dim=1))
 
 
 class Zero(nn.Module):
