@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -45,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 import fusenas
+from fusenas.info import cpu_model
 from fusenas.ops import _native, lowrank_conv2d
 from fusenas.ops.lowrank_conv import workspace_bytes
 
@@ -281,7 +281,7 @@ def main() -> None:
         "clock": "process CPU time" if THREADS == 1 else "wall time",
         "full": FULL,
         "budget_s": BUDGET_S,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "build_info": {k: str(v) for k, v in info.items()},
         "peak_gflops": peak,

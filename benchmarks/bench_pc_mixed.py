@@ -59,6 +59,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fusenas
+from fusenas.info import cpu_model
 from fusenas.ops import PC_DARTS_PRIMITIVES, _native, pc_mixed_op
 
 N = 64
@@ -341,18 +342,12 @@ def environment() -> dict:
         ).stdout.strip()  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
     return {
         "fusenas": fusenas.__version__,
         "commit": commit,
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "threads": THREADS,
         "isa": info.get("pc_mixed_active_isa", "reference"),

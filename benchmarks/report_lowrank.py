@@ -221,7 +221,8 @@ def write_markdown(
         "- Commands: `flock /tmp/fusenas_bench.lock python benchmarks/bench_lowrank.py "
         "--json docs/benchmarks/lowrank.json` (raw results, kept next to this page) then "
         "`python benchmarks/report_lowrank.py docs/benchmarks/lowrank.json --notes "
-        "docs/benchmarks/lowrank_notes.md` (plus `--also <1-thread json>` for the last section).",
+        "docs/benchmarks/lowrank_notes.md` (plus `--also <more runs' json>` for the last "
+        "sections).",
         "- Peak memory: peak bytes held by torch's CPU allocator during one call "
         "(profiler memory events; the inputs excluded, output and gradients included) plus, "
         "for fusenas, the kernel's own buffers (`workspace_bytes`: tile buffers, packed "
@@ -283,15 +284,20 @@ def summary_section(data: dict, stat: str) -> list[str]:
     """Targets and speed-ups of a second run (e.g. 1 thread, CPU time)."""
     meta = data["meta"]
     rows = derive(index(data["results"], stat), data["meta"].get("peak_gflops"))
+    clock = meta.get("clock", "wall time")
+    isa = meta.get("build_info", {}).get("lowrank_isa", "?")
     lines = [
-        f"## Same grid, {meta['threads']} thread(s), {meta.get('clock', 'wall time')} "
-        f"({meta['date']}, {meta['seconds']:.0f} s)",
-        "",
-        "Process CPU time does not count the time other jobs hold the core, so these ratios "
-        "are the less noisy ones on a shared machine (but one thread is not the issue's "
-        "setting).",
+        f"## Same grid, {meta['threads']} thread(s), {clock}, {isa} kernels on "
+        f"{meta.get('cpu', '?')} ({meta['date']}, {meta['seconds']:.0f} s)",
         "",
     ]
+    if clock != "wall time":
+        lines += [
+            "Process CPU time does not count the time other jobs hold the core, so these "
+            "ratios are the less noisy ones on a shared machine (but one thread is not the "
+            "issue's setting).",
+            "",
+        ]
     lines += md_table(["target", "measured", "verdict"], targets(rows))
     lines += [""]
     body = [

@@ -110,6 +110,26 @@ def pc_mixed_op_paths() -> dict[str, str]:
     return paths
 
 
+def cpu_model() -> str:
+    """The CPU's model name with its family and model numbers, from /proc/cpuinfo
+    (virtual machines often report only "AMD EPYC": the numbers tell Zen 3 from Zen 5),
+    or platform.processor() where that file is absent."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = fields.get("model name", platform.machine())
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
+
+
 def collect_info() -> dict[str, Any]:
     """Everything :func:`main` prints, as a dict."""
     from fusenas import __version__
@@ -120,6 +140,7 @@ def collect_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "cpu": cpu_model(),
         "fusenas._C": _call_build_info(cpu) if cpu is not None else
         f"not built ({_native.load_error('_C')})",
         "fusenas._C_cuda": _call_build_info(cuda) if cuda is not None else
