@@ -68,6 +68,11 @@ class Row:
         return self.foreign_load > LOAD_FLAG
 
 
+# Why a run has no bitsandbytes rows: bench_kbit skips them where it is not installed
+# and where its fast CPU 4-bit kernel cannot run (it needs AVX512-BF16).
+NO_BNB = "no results (not installed, or skipped: its CPU kernel needs AVX512-BF16)"
+
+
 def label(variant: tuple[str, str, str]) -> str:
     op, bits, dtype = variant
     d = DTYPE_SHORT.get(dtype, dtype)
@@ -332,7 +337,8 @@ def write_markdown(ix: Index, data: dict, dram: dict, stat: str, png: Path, md: 
         "",
         f"- Machine: {cpu}, {mi.get('cpu', {}).get('count', '?')} CPUs, "
         f"L3 {int(ex0.get('l3_bytes', 0)) >> 20} MiB; {ex0.get('threads', '?')} threads; "
-        f"torch {ex0.get('torch_version', '?')}; bitsandbytes {bnb or 'not installed'}; "
+        f"torch {ex0.get('torch_version', '?')}; "
+        f"bitsandbytes {bnb or NO_BNB}; "
         f"fusenas CPU path {ex0.get('fusenas_isa', '?')}; run {data.get('datetime', '?')[:19]}.",
         f"- Code: commit {commit.get('id', '?')[:10]}{' (dirty)' if commit.get('dirty') else ''}; "
         f"fusenas._C built {ex0.get('fusenas_ext_built', '?')}.",
