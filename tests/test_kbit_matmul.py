@@ -300,11 +300,13 @@ def test_code_kernels(bits, dtype):
 @needs_ext
 @pytest.mark.parametrize("isa", _isas())
 @pytest.mark.parametrize("bits", [2, 4, 8])
-def test_small_m_nonfinite_x_propagates(monkeypatch, isa, bits):
-    # every CPU path: the AVX2 GEMV factors the zero point out of its sums
-    # (inf - inf there gave NaN where the dequantised dot gives +-inf)
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_small_m_nonfinite_x_propagates(monkeypatch, isa, bits, symmetric):
+    # every CPU path: GEMVs that factor the zero point out of their sums (AVX2 at 4-8
+    # bits, the AVX512-BF16 one on codes with zero points) gave inf - inf = NaN where
+    # the dequantised dot gives +-inf
     _use_isa(monkeypatch, isa)
-    pw = quantize_weight(torch.randn(8, 256), bits, 128)
+    pw = quantize_weight(torch.randn(8, 256), bits, 128, symmetric)
     x = torch.randn(1, 256)
     x[0, 3] = float("inf")
     x[0, 200] = float("nan")

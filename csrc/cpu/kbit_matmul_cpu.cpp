@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -115,8 +116,12 @@ void bf16_avx512(const uint16_t* x, int64_t M, int64_t ldx, const KbitWeight& w,
 
 // 2-, 3-, 4-bit or ternary codes on AVX512-BF16 CPUs (kbit_codes_bf16_applies):
 // prepares x as the kernels on integer codes expect (O(M K) vector work, against
-// the kernel's M N K) and splits the output across threads.
-void codes_bf16(const void* x, int64_t M, int64_t ldx, DType dtype, const KbitWeight& w,
+// the kernel's M N K) and splits the output across threads. Returns false, having
+// written nothing, where the GEMV cannot give the reference's result: with zero
+// points it computes s * (sum(x q) - z sum(x)), so an infinite x gives inf - inf =
+// NaN where the dequantised dot gives +-inf; a non-finite group sum sends the call
+// to the decoding kernels, which multiply x by the dequantised weights.
+bool codes_bf16(const void* x, int64_t M, int64_t ldx, DType dtype, const KbitWeight& w,
                 const void* bias, void* y, int64_t ldy, int num_threads) {
   const int64_t K = w.K, N = w.N;
   const int64_t Kp = kbit::num_blocks(K) * kbit::kBlock;
@@ -129,6 +134,8 @@ void codes_bf16(const void* x, int64_t M, int64_t ldx, DType dtype, const KbitWe
   std::vector<float> xsum(sums ? static_cast<size_t>(M * groups) : 0);
   cpu::kbit_gemv_bf16_prepare(x, M, ldx, split, K, w.group_size, hi.data(),
                               split ? lo.data() : nullptr, sums ? xsum.data() : nullptr);
+  for (const float v : xsum)
+    if (!std::isfinite(v)) return false;
   const std::vector<float> bf =
       split ? std::vector<float>() : bias_to_float(static_cast<const uint16_t*>(bias), N);
   const float* b = split ? static_cast<const float*>(bias) : (bias ? bf.data() : nullptr);
@@ -155,6 +162,7 @@ void codes_bf16(const void* x, int64_t M, int64_t ldx, DType dtype, const KbitWe
       cpu::kbit_gemm_codes_avx512_bf16(p, w, n0, n1);
   });
   if (!split) store_bf16(yf, M, N, static_cast<uint16_t*>(y), ldy);
+  return true;
 }
 
 }  // namespace
@@ -163,10 +171,9 @@ void kbit_matmul_cpu(const void* x, int64_t M, int64_t ldx, DType dtype, const K
                      const void* bias, void* y, int64_t ldy, int num_threads) {
   const int64_t K = w.K, N = w.N;
   std::vector<float> xbuf, ybuf, bbuf;
-  if (cpu::use_avx512_bf16() && cpu::kbit_codes_bf16_applies(w, M, dtype == DType::kFloat32)) {
-    codes_bf16(x, M, ldx, dtype, w, bias, y, ldy, num_threads);
+  if (cpu::use_avx512_bf16() && cpu::kbit_codes_bf16_applies(w, M, dtype == DType::kFloat32) &&
+      codes_bf16(x, M, ldx, dtype, w, bias, y, ldy, num_threads))
     return;
-  }
   if (dtype == DType::kBFloat16 && M >= 2 && cpu::use_avx512_bf16()) {
     bf16_avx512(static_cast<const uint16_t*>(x), M, ldx, w, static_cast<const uint16_t*>(bias),
                 static_cast<uint16_t*>(y), ldy, num_threads);
