@@ -172,3 +172,18 @@ def test_mixed_devices_raise():
     with pytest.raises(ValueError, match="weights"):
         _op(x.cuda(), [p.cuda() for p in params], weights, scale, pool_stats, ops, k, stride,
                 eps)  # fmt: skip
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_cuda_reference_channels_last_avg_pool_matches_cpu(stride):
+    # torch's CUDA avg_pool2d backward is wrong for padded channels_last inputs
+    # (pytorch/pytorch#188344; seen with torch 2.11 + CUDA 13 on an H100). The
+    # reference (the fallback path, and what the tests above compare against)
+    # pools through fusenas.ops.avg_pool, which sidesteps it.
+    args = make_inputs(n=2, c=8, h=8, w=10, k=2, stride=stride, channels_last=True, seed=2,
+                       ops=["avg_pool_3x3", "max_pool_3x3", "skip_connect"])  # fmt: skip
+    cuda_out, _, cuda_grads = _run(pc_mixed_op_reference, _to(args, "cuda"))
+    cpu_out, _, cpu_grads = _run(pc_mixed_op_reference, args)
+    _assert_close(cuda_out, cpu_out, "out, CUDA vs CPU reference", 1e-5, 1e-5)
+    for a, b in zip(cuda_grads, cpu_grads, strict=True):
+        _assert_close(a, b, "grads, CUDA vs CPU reference", 1e-5, 1e-5)

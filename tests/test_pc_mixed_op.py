@@ -158,12 +158,13 @@ def test_reference_matches_pc_darts_modules(stride):
 
 
 @pytest.mark.parametrize(
-    "stride,scale,eval_stats,channels_last",
-    list(itertools.product([1, 2], [False, True], [False, True], [False, True])),
+    "k,stride,scale,eval_stats,channels_last",
+    list(itertools.product([3, 1], [1, 2], [False, True], [False, True], [False, True])),
 )
-def test_backward_reference_matches_autograd(stride, scale, eval_stats, channels_last):
+def test_backward_reference_matches_autograd(k, stride, scale, eval_stats, channels_last):
+    # k = 1 is plain DARTS (nothing bypassed); the reference is also the fallback path.
     args = make_inputs(
-        n=3, c=6, h=6, w=4, k=3, stride=stride, scale=scale, eval_stats=eval_stats,
+        n=3, c=6, h=6, w=4, k=k, stride=stride, scale=scale, eval_stats=eval_stats,
         channels_last=channels_last, dtype=torch.float64,
     )  # fmt: skip
     out, stats, grads = run_with_grads(pc_mixed_op_reference, args)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fusenas.nn.avg_pool import AvgPool2d
 from fusenas.nn.darts_ops import ReLUConvBN, Zero
 from fusenas.search.spaces.nb201 import NODES, ResidualReduction, parse_arch_str
 
@@ -23,7 +24,7 @@ def _op(name: str, c: int) -> nn.Module:
     if name == "skip_connect":
         return nn.Identity()
     if name == "avg_pool_3x3":
-        return nn.AvgPool2d(3, 1, 1, count_include_pad=False)
+        return AvgPool2d(3, 1, 1, count_include_pad=False)
     k = 1 if name == "nor_conv_1x1" else 3
     return ReLUConvBN(c, c, k, 1, k // 2)
 

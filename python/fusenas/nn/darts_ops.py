@@ -14,6 +14,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from fusenas.nn.avg_pool import AvgPool2d
+
 
 class ReLUConvBN(nn.Sequential):
     """ReLU, k x k conv, BN (the cells' input preprocessing and NAS-Bench-201's nor_conv)."""
@@ -103,7 +105,7 @@ CANDIDATES: dict[str, Callable[[int, int, bool], nn.Module]] = {
     "none": lambda c, stride, affine: Zero(stride),
     # In search, the mixed op follows each pool with BN(affine=False); derived cells do not.
     "max_pool_3x3": lambda c, stride, affine: nn.MaxPool2d(3, stride, 1),
-    "avg_pool_3x3": lambda c, stride, affine: nn.AvgPool2d(3, stride, 1, count_include_pad=False),
+    "avg_pool_3x3": lambda c, stride, affine: AvgPool2d(3, stride, 1, count_include_pad=False),
     "skip_connect": lambda c, stride, affine: (
         nn.Identity() if stride == 1 else FactorizedReduce(c, c, affine)
     ),

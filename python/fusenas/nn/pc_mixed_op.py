@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusenas.nn.darts_ops import CANDIDATES, build_candidate, is_parametric
+from fusenas.ops.avg_pool import avg_pool2d
 from fusenas.ops.pc_mixed_op import PC_DARTS_PRIMITIVES, pc_mixed_op
 
 
@@ -127,7 +128,7 @@ class PartialChannelMixedOp(nn.Module):
             else:
                 row = 0 if name == "max_pool_3x3" else 1
                 y = (F.max_pool2d(xa, 3, s, 1) if row == 0
-                     else F.avg_pool2d(xa, 3, s, 1, count_include_pad=False))  # fmt: skip
+                     else avg_pool2d(xa, 3, s, 1, count_include_pad=False))  # fmt: skip
                 y = F.batch_norm(
                     y, self.running_mean[row], self.running_var[row], training=self.training,
                     momentum=self.bn_momentum, eps=self.bn_eps,

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from fusenas.ops import _native
+from fusenas.ops.avg_pool import avg_pool2d, avg_pool2d_backward
 
 PC_DARTS_PRIMITIVES = (
     "none",
@@ -243,7 +244,7 @@ def _channel_unshuffle(t: torch.Tensor, groups: int) -> torch.Tensor:
 def _pool(name: str, xa: torch.Tensor, stride: int) -> torch.Tensor:
     if name == "max_pool_3x3":
         return F.max_pool2d(xa, 3, stride, 1)
-    return F.avg_pool2d(xa, 3, stride, 1, count_include_pad=False)
+    return avg_pool2d(xa, 3, stride, 1, count_include_pad=False)
 
 
 def _batch_var_mean(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -293,7 +294,12 @@ def pc_mixed_op_reference(
                 mean, var = pool_stats[row, 0].to(p.dtype), pool_stats[row, 1].to(p.dtype)
                 cand = F.batch_norm(p, mean, var, training=False, eps=eps)
         y = w * cand if y is None else y + w * cand
-    bypass = xb if stride == 1 else F.max_pool2d(xb, 2, 2)
+    if stride == 1:
+        bypass = xb
+    elif xb.shape[1] == 0:  # k = 1: nothing bypassed (max_pool2d rejects 0 channels)
+        bypass = y.new_empty((y.shape[0], 0, *y.shape[2:]))
+    else:
+        bypass = F.max_pool2d(xb, 2, 2)
     out = channel_shuffle(torch.cat([y, bypass], dim=1), k)
     if edge_scale is not None:
         out = out * edge_scale
@@ -349,7 +355,7 @@ def pc_mixed_op_backward_reference(
             if name == "max_pool_3x3":
                 p, idx = F.max_pool2d(xa, 3, stride, 1, return_indices=True)
             else:
-                p = F.avg_pool2d(xa, 3, stride, 1, count_include_pad=False)
+                p = avg_pool2d(xa, 3, stride, 1, count_include_pad=False)
             if batch_stats:  # recomputed at full precision (stats holds float32)
                 var, mean = torch.var_mean(p, dim=(0, 2, 3), unbiased=False, keepdim=True)
             else:
@@ -368,12 +374,14 @@ def pc_mixed_op_backward_reference(
                     dp, xa, [3, 3], [stride, stride], [1, 1], [1, 1], False, idx
                 )
             else:
-                grad_xa = grad_xa + torch.ops.aten.avg_pool2d_backward(
+                grad_xa = grad_xa + avg_pool2d_backward(
                     dp, xa, [3, 3], [stride, stride], [1, 1], False, False, None
                 )
     gb = gz[:, ck:] * s
     if stride == 1:
         grad_xb = gb
+    elif xb.shape[1] == 0:  # k = 1: nothing bypassed
+        grad_xb = torch.zeros_like(xb, dtype=grad_xa.dtype)
     else:
         _, idx = F.max_pool2d(xb, 2, 2, return_indices=True)
         grad_xb = torch.ops.aten.max_pool2d_with_indices_backward(
