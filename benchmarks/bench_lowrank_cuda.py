@@ -21,6 +21,7 @@ with torch.cuda.synchronize(). Skips without a GPU.
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
 import torch
@@ -29,6 +30,10 @@ from bench_lowrank import macs, rank_for, shapes
 
 from fusenas.ops import _native
 from fusenas.ops.lowrank_conv import lowrank_conv2d
+
+# The op's CUDA default is cuDNN (the two convs below); the fusenas variants time
+# the fused kernels.
+os.environ["FUSENAS_LOWRANK_CUDA"] = "fused"
 
 pytestmark = [
     pytest.mark.gpu,

@@ -97,20 +97,21 @@ PYBIND11_MODULE(_C_cuda, m) {
   m.def(
       "kbit_dequantize_cuda",
       [](uintptr_t codes, uintptr_t scales, uintptr_t zeros, int64_t N, int64_t K,
-         int64_t row_stride, int bits, bool ternary, int64_t group_size, uintptr_t out,
+         int64_t row_stride, int bits, bool ternary, int64_t group_size, uintptr_t out, int dtype,
          uintptr_t stream) {
         const KbitWeight w =
             make_weight(codes, scales, zeros, N, K, row_stride, bits, ternary, group_size);
         int err;
         {
           py::gil_scoped_release release;
-          err = fusenas::kbit_dequantize_cuda(w, ptr<float>(out), ptr<void>(stream));
+          err = fusenas::kbit_dequantize_cuda(w, ptr<void>(out), static_cast<DType>(dtype),
+                                              ptr<void>(stream));
         }
         check(err, "kbit_dequantize_cuda");
       },
       py::arg("codes"), py::arg("scales"), py::arg("zeros"), py::arg("N"), py::arg("K"),
       py::arg("row_stride"), py::arg("bits"), py::arg("ternary"), py::arg("group_size"),
-      py::arg("out"), py::arg("stream"));
+      py::arg("out"), py::arg("dtype"), py::arg("stream"));
   fusenas::pyext::bind_fused_ops<CudaLaunchers>(m, check);
   m.def("build_info", [] {
     py::dict d;

@@ -6,7 +6,8 @@
 #
 #   bash scripts/gpu_check.sh [tests] [bench] [compute-sanitizer]
 #
-# Stages are time-boxed so one call fits a 10-minute device lease.
+# Stages are time-boxed so one call fits a 10-minute device lease. Optional filters:
+# BENCH_K (pytest -k for the benchmarks), SAN_K and SAN_TIMEOUT (the sanitizer run).
 set -uo pipefail
 OUT="${OUT:-$PWD/gpu_out}"
 mkdir -p "$OUT"
@@ -27,6 +28,10 @@ if [ ! -f "$SITE/fusenas/_C_cuda.stamp" ]; then
     || { tail -60 "$OUT/build.log"; exit 1; }
   echo "built in $(($(date +%s) - start)) s"
   touch "$SITE/fusenas/_C_cuda.stamp"
+else
+  # A warm machine keeps the last build: refresh its Python files (the extensions
+  # are rebuilt only on a fresh machine, so C++ edits need one).
+  cp -r python/fusenas/. "$SITE/fusenas/"
 fi
 export PYTHONPATH="$SITE"
 $PY -m fusenas.info 2>&1 | tee "$OUT/info.txt"
@@ -50,7 +55,7 @@ for stage in $STAGES; do
   compute-sanitizer)
     echo "== compute-sanitizer memcheck on the GPU tests"
     timeout "${SAN_TIMEOUT:-400}" compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
-      $PY -m pytest -m gpu -p no:cacheprovider -q -x --benchmark-skip \
+      $PY -m pytest -m gpu -p no:cacheprovider -q -x --benchmark-skip ${SAN_K:+-k "$SAN_K"} \
       tests/test_kbit_cuda.py tests/test_lowrank_cuda.py tests/test_pc_mixed_cuda.py \
       2>&1 | tee "$OUT/sanitizer.log" | tail -40
     ;;

@@ -12,6 +12,7 @@ cleanly when there is no CUDA device or the extension was not built.
 
 from __future__ import annotations
 
+import importlib
 import itertools
 
 import pytest
@@ -22,6 +23,7 @@ from fusenas.ops import _native, dequantize_weight, kbit_matmul
 from fusenas.ops._reference import kbit_matmul_reference
 
 pytestmark = pytest.mark.gpu  # skipped without a GPU and _C_cuda (conftest.py)
+KBIT_OPS = importlib.import_module("fusenas.ops.kbit_matmul")  # the module, not the function
 
 BITS = [2, 3, 4, 5, 6, 7, 8, "ternary"]
 # K per group size: never a multiple of 128, odd for per-channel scales.
@@ -62,6 +64,15 @@ def _assert_close(actual, expected, dtype, what=""):
     )
 
 
+@pytest.fixture(params=["native kernels", "dequantize + cuBLAS"])
+def cuda_path(request, monkeypatch):
+    """Runs a test once through the native GEMV / GEMM at every M and once through
+    the large-M path (W dequantized into x's dtype, then F.linear) at every M."""
+    min_m = 1 << 62 if request.param == "native kernels" else 1
+    monkeypatch.setattr(KBIT_OPS, "CUDA_DEQUANT_GEMM_MIN_M", min_m)
+    return request.param
+
+
 def _misaligned(t: torch.Tensor, offset: int) -> torch.Tensor:
     """A contiguous copy of t whose data starts `offset` elements into its allocation."""
     buf = torch.empty(t.numel() + offset, dtype=t.dtype, device=t.device)
@@ -73,7 +84,7 @@ def _misaligned(t: torch.Tensor, offset: int) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("m", MS)
 @pytest.mark.parametrize(("bits", "group", "sym"), list(_cases()))
-def test_matmul_cuda_vs_reference_and_cpu(bits, group, sym, m, dtype):
+def test_matmul_cuda_vs_reference_and_cpu(bits, group, sym, m, dtype, cuda_path):
     k = K_FOR_GROUP[group]
     pw_cpu, pw = _make(N, k, bits, group, sym, seed=m * 131 + k)
     g = torch.Generator().manual_seed(m)
@@ -87,7 +98,7 @@ def test_matmul_cuda_vs_reference_and_cpu(bits, group, sym, m, dtype):
     ref = kbit_matmul_reference(
         x, pw.codes, pw.scales, pw.zeros, bias, pw.bits, pw.ternary, pw.group_size
     )
-    what = f"bits={bits} group={group} sym={sym} M={m} {dtype}"
+    what = f"bits={bits} group={group} sym={sym} M={m} {dtype} {cuda_path}"
     _assert_close(y, ref, dtype, f"cuda vs reference, {what}")
     if dtype in CPU_DTYPES:
         y_cpu = kbit_matmul(x_cpu, pw_cpu, bias_cpu)
@@ -108,7 +119,7 @@ def test_matmul_cuda_vs_reference_and_cpu(bits, group, sym, m, dtype):
         (200, 200, None, torch.bfloat16),  # GEMM m and k tails
     ],
 )
-def test_matmul_cuda_shapes(bits, m, k, group, dtype):
+def test_matmul_cuda_shapes(bits, m, k, group, dtype, cuda_path):
     n = 45
     sym = bits == "ternary" or m % 2 == 0
     pw_cpu, pw = _make(n, k, bits, group, sym, seed=k + m)
@@ -119,7 +130,7 @@ def test_matmul_cuda_shapes(bits, m, k, group, dtype):
     ref = kbit_matmul_reference(
         x, pw.codes, pw.scales, pw.zeros, bias, pw.bits, pw.ternary, pw.group_size
     )
-    _assert_close(y, ref, dtype, f"bits={bits} M={m} K={k} group={group}")
+    _assert_close(y, ref, dtype, f"bits={bits} M={m} K={k} group={group} {cuda_path}")
 
 
 @pytest.mark.parametrize("m", [1, 8, 100])
@@ -176,6 +187,20 @@ def test_dequantize_cuda_matches_torch(bits, group, sym, k):
     assert out.is_cuda and out.dtype == torch.float32 and out.shape == (N, k)
     # Same float32 operations as the reference, (q - z) * s: bit-exact.
     torch.testing.assert_close(out.cpu(), fusenas.dequantize(pw_cpu), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize(("bits", "group", "sym", "k"), list(_dequant_cases()))
+def test_dequantize_cuda_16_bit_outputs(bits, group, sym, k, dtype):
+    # The large-M path's dequantize: the float32 values rounded to nearest even,
+    # as .to(dtype) does (16-byte stores when K % 8 == 0, scalar ones otherwise).
+    pw_cpu, pw = _make(N, k, bits, group, sym, seed=k)
+    out = KBIT_OPS._dequantize_cuda(
+        _native.cuda(), pw.codes, pw.scales, pw.zeros, k, pw.bits, pw.ternary, pw.group_size, dtype
+    )
+    assert out.dtype == dtype and out.shape == (N, k)
+    expected = fusenas.dequantize(pw_cpu).to(dtype)
+    torch.testing.assert_close(out.cpu(), expected, rtol=0, atol=0)
 
 
 def test_3d_input_empty_input_and_side_stream():

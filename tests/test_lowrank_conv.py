@@ -869,3 +869,15 @@ def test_native_backward_is_deterministic():
                 assert torch.equal(a, b)
     finally:
         torch.set_num_threads(old)
+
+
+def test_cuda_path_setting(monkeypatch):
+    from fusenas.ops.lowrank_conv_cuda import cuda_path
+
+    monkeypatch.delenv("FUSENAS_LOWRANK_CUDA", raising=False)
+    assert cuda_path() == "cudnn"
+    monkeypatch.setenv("FUSENAS_LOWRANK_CUDA", " Fused ")
+    assert cuda_path() == "fused"
+    monkeypatch.setenv("FUSENAS_LOWRANK_CUDA", "triton")
+    with pytest.raises(ValueError, match="FUSENAS_LOWRANK_CUDA: expected one of cudnn, fused"):
+        cuda_path()

@@ -24,6 +24,29 @@ from fusenas.ops.lowrank_conv import lowrank_conv2d, lowrank_conv2d_reference
 
 pytestmark = pytest.mark.gpu  # skipped without a GPU and _C_cuda (conftest.py)
 
+
+@pytest.fixture(autouse=True)
+def fused_kernels(monkeypatch):
+    """The op's CUDA default is cuDNN (two convs); these tests are about the fused kernels."""
+    monkeypatch.setenv("FUSENAS_LOWRANK_CUDA", "fused")
+
+
+def test_default_cuda_path_is_cudnn_two_convs(monkeypatch):
+    monkeypatch.delenv("FUSENAS_LOWRANK_CUDA")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 9, 9, generator=g).cuda().requires_grad_()
+    w1 = torch.randn(4, 8, 3, 1, generator=g).cuda().requires_grad_()
+    w2 = torch.randn(6, 4, 1, 3, generator=g).cuda().requires_grad_()
+    args = ("spatial", (1, 1), (1, 1), (1, 1))
+    y = lowrank_conv2d(x, w1, w2, None, scheme="spatial", stride=1, padding=1)
+    ref = lowrank_conv2d_reference(x, w1, w2, None, *args)
+    torch.testing.assert_close(y, ref, rtol=1e-6, atol=1e-6)
+    grads = torch.autograd.grad(y.square().sum(), (x, w1, w2))
+    ref_grads = torch.autograd.grad(ref.square().sum(), (x, w1, w2))
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 HAS_CPU_KERNEL = _native.cpu() is not None and hasattr(_native.cpu(), "lowrank_conv2d_cpu")
 # Relative to max |expected|: accumulation order differs from cuDNN; 16-bit
 # results round once (the kernels accumulate in float32).

@@ -85,7 +85,7 @@ struct DequantArgs {
   const uint8_t* codes;
   const float* scales;
   const float* zeros;
-  float* out;
+  void* out;  // (N, K) row-major in DequantArgs::dtype
   int64_t N;
   int64_t row_stride;
   int K;
@@ -93,7 +93,7 @@ struct DequantArgs {
   int groups;
   float zsym;
   bool codes_aligned;
-  bool out_vec4;  // out and K allow float4 stores
+  bool out_vec;  // out and K allow 16-byte stores of a row's octets
 };
 
 // ------------------------------------------------------------- helpers ----
@@ -560,9 +560,38 @@ __global__ void __launch_bounds__(kGemmThreads, 2) kbit_gemm_kernel(const Matmul
 
 constexpr int kDequantThreads = 256;
 
-// One thread per (row, octet of K): consecutive threads write consecutive 32
-// bytes of a row; the 16 threads of a block share its codes through L1.
-template <int BITS>
+// Eight values of a row, stored at out[i .. i+7] in DT: two 16-byte stores for
+// float32, one for the 16-bit types (vec: 16-byte aligned and inside the row).
+template <DType DT>
+__device__ __forceinline__ void store_octet(void* out, int64_t i, const float (&v)[8], bool vec,
+                                            int valid) {
+  if (vec && valid >= 8) {
+    if constexpr (DT == DType::kFloat32) {
+      float4* dst = reinterpret_cast<float4*>(static_cast<float*>(out) + i);
+      dst[0] = make_float4(v[0], v[1], v[2], v[3]);
+      dst[1] = make_float4(v[4], v[5], v[6], v[7]);
+    } else {
+      uint32_t h[8];
+#pragma unroll
+      for (int t = 0; t < 8; ++t) {
+        h[t] = DT == DType::kBFloat16 ? float_to_bf16_bits(v[t]) : float_to_half_bits(v[t]);
+      }
+      *reinterpret_cast<uint4*>(static_cast<uint16_t*>(out) + i) =
+          make_uint4(h[0] | h[1] << 16, h[2] | h[3] << 16, h[4] | h[5] << 16, h[6] | h[7] << 16);
+    }
+    return;
+  }
+#pragma unroll
+  for (int t = 0; t < 8; ++t) {
+    if (t < valid) Act<DT>::store(out, i + t, v[t]);
+  }
+}
+
+// One thread per (row, octet of K): consecutive threads write consecutive 16
+// or 32 bytes of a row; the 16 threads of a block share its codes through L1.
+// Writing the 16-bit dtypes directly halves the bytes of the large-M path
+// (dequantize, then a cuBLAS GEMM; see kbit_matmul.py) against float32 + a cast.
+template <int BITS, DType DT>
 __global__ void __launch_bounds__(kDequantThreads) kbit_dequant_kernel(const DequantArgs a) {
   using O = kbit::OctetView<BITS>;
   constexpr int NP = O::kPlanes;
@@ -591,16 +620,7 @@ __global__ void __launch_bounds__(kDequantThreads) kbit_dequant_kernel(const Deq
     float v[8];
 #pragma unroll
     for (int t = 0; t < 8; ++t) v[t] = (kbit::small_uint_to_float(O::code(w, e0, t)) - z) * s;
-    float* dst = a.out + n * a.K + k0;
-    if (a.out_vec4 && k0 + 8 <= a.K) {
-      reinterpret_cast<float4*>(dst)[0] = make_float4(v[0], v[1], v[2], v[3]);
-      reinterpret_cast<float4*>(dst)[1] = make_float4(v[4], v[5], v[6], v[7]);
-    } else {
-#pragma unroll
-      for (int t = 0; t < 8; ++t) {
-        if (k0 + t < a.K) dst[t] = v[t];
-      }
-    }
+    store_octet<DT>(a.out, n * a.K + k0, v, a.out_vec, a.K - k0);
   }
 }
 
@@ -638,11 +658,21 @@ void launch_matmul(const MatmulArgs& a, cudaStream_t stream) {
 }
 
 template <int BITS>
-void launch_dequant(const DequantArgs& a, cudaStream_t stream) {
+void launch_dequant(const DequantArgs& a, DType dtype, cudaStream_t stream) {
   const int64_t octets = (a.K + 7) / 8;
   const dim3 grid(static_cast<unsigned>((octets + kDequantThreads - 1) / kDequantThreads),
                   static_cast<unsigned>(a.N < 65535 ? a.N : 65535));
-  kbit_dequant_kernel<BITS><<<grid, kDequantThreads, 0, stream>>>(a);
+  switch (dtype) {
+    case DType::kBFloat16:
+      kbit_dequant_kernel<BITS, DType::kBFloat16><<<grid, kDequantThreads, 0, stream>>>(a);
+      break;
+    case DType::kFloat16:
+      kbit_dequant_kernel<BITS, DType::kFloat16><<<grid, kDequantThreads, 0, stream>>>(a);
+      break;
+    default:
+      kbit_dequant_kernel<BITS, DType::kFloat32><<<grid, kDequantThreads, 0, stream>>>(a);
+      break;
+  }
 }
 
 }  // namespace
@@ -707,7 +737,7 @@ int kbit_matmul_cuda(const void* x, int64_t M, int64_t ldx, DType dtype, const K
   return static_cast<int>(cudaGetLastError());
 }
 
-int kbit_dequantize_cuda(const KbitWeight& w, float* out, void* stream) {
+int kbit_dequantize_cuda(const KbitWeight& w, void* out, DType dtype, void* stream) {
   if (w.N <= 0) return static_cast<int>(cudaSuccess);
   if (w.K <= 0 || w.K >= kMaxK || w.bits < 2 || w.bits > 8 || w.group_size <= 0 ||
       w.K % w.group_size != 0)
@@ -724,30 +754,32 @@ int kbit_dequantize_cuda(const KbitWeight& w, float* out, void* stream) {
   a.groups = static_cast<int>(w.K / w.group_size);
   a.zsym = kbit::symmetric_zero(w.bits, w.ternary);
   a.codes_aligned = reinterpret_cast<uintptr_t>(w.codes) % 16 == 0 && w.row_stride % 16 == 0;
-  a.out_vec4 = reinterpret_cast<uintptr_t>(out) % 16 == 0 && w.K % 4 == 0;
+  // A row's octets start 16-byte aligned when the row length in bytes is a multiple of 16.
+  const int64_t esize = dtype == DType::kFloat32 ? 4 : 2;
+  a.out_vec = reinterpret_cast<uintptr_t>(out) % 16 == 0 && (w.K * esize) % 16 == 0;
 
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (w.bits) {
     case 2:
-      launch_dequant<2>(a, s);
+      launch_dequant<2>(a, dtype, s);
       break;
     case 3:
-      launch_dequant<3>(a, s);
+      launch_dequant<3>(a, dtype, s);
       break;
     case 4:
-      launch_dequant<4>(a, s);
+      launch_dequant<4>(a, dtype, s);
       break;
     case 5:
-      launch_dequant<5>(a, s);
+      launch_dequant<5>(a, dtype, s);
       break;
     case 6:
-      launch_dequant<6>(a, s);
+      launch_dequant<6>(a, dtype, s);
       break;
     case 7:
-      launch_dequant<7>(a, s);
+      launch_dequant<7>(a, dtype, s);
       break;
     default:
-      launch_dequant<8>(a, s);
+      launch_dequant<8>(a, dtype, s);
       break;
   }
   return static_cast<int>(cudaGetLastError());

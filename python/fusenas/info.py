@@ -79,8 +79,14 @@ def lowrank_conv2d_paths() -> dict[str, str]:
         why = "torch built without CUDA" if torch.version.cuda is None else "no CUDA device"
         paths["cuda"] = f"unavailable ({why})"
     else:
-        kernel = torch._C._dispatch_has_kernel_for_dispatch_key("fusenas::lowrank_conv2d", "CUDA")
-        paths["cuda"] = "CUDA kernel registered" if kernel else "reference (no CUDA kernel)"
+        from fusenas.ops.lowrank_conv_cuda import cuda_path
+
+        if cuda_path() == "cudnn":
+            paths["cuda"] = "cuDNN two convs (default; FUSENAS_LOWRANK_CUDA=fused: fused kernels)"
+        elif _native.cuda() is None:
+            paths["cuda"] = "reference (fusenas._C_cuda not built)"
+        else:
+            paths["cuda"] = "fused kernels (fusenas._C_cuda; FUSENAS_LOWRANK_CUDA=fused)"
     return paths
 
 

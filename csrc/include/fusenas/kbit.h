@@ -38,7 +38,8 @@ const char* kbit_cpu_isa();
 // Returns a cudaError_t as int (0 = success).
 int kbit_matmul_cuda(const void* x, int64_t M, int64_t ldx, DType dtype, const KbitWeight& w,
                      const void* bias, void* y, int64_t ldy, void* stream);
-int kbit_dequantize_cuda(const KbitWeight& w, float* out, void* stream);
+// Dequantized W (N x K, row-major) in dtype (float32, bfloat16 or float16).
+int kbit_dequantize_cuda(const KbitWeight& w, void* out, DType dtype, void* stream);
 #endif
 
 }  // namespace fusenas

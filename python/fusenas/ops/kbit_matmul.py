@@ -18,6 +18,14 @@ from fusenas.quant.packing import row_bytes
 _DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _CPU_DTYPES = (torch.float32, torch.bfloat16)
 _CUDA_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Rows of x (M) from which the CUDA op dequantizes W into x's dtype and runs
+# cuBLAS (F.linear, tensor cores) instead of the native kernels, at the price
+# of an (N, K) temporary in x's dtype. Measured on an H100 (4-bit, 7B-LLM
+# layer shapes, docs/benchmarks/kbit_cuda.md): the native GEMV wins at M = 1,
+# splits the shapes at M = 8 (its MT = 8 tile), and at M = 16 and above, where
+# it repeats the decode per 8-row tile, it is 1.5x to 10x slower; the SIMT GEMM
+# (M > 64) is 2.5x to 25x slower than this path.
+CUDA_DEQUANT_GEMM_MIN_M = 9
 
 torch.library.define(
     "fusenas::kbit_matmul",
@@ -147,6 +155,9 @@ def _kbit_matmul_cuda(x, codes, scales, zeros, bias, bits, ternary, group_size):
         return kbit_matmul_reference(x, codes, scales, zeros, bias, bits, ternary, group_size)
     n = codes.shape[0]
     m = x.numel() // k
+    if m >= CUDA_DEQUANT_GEMM_MIN_M:
+        w = _dequantize_cuda(ext, codes, scales, zeros, k, bits, ternary, group_size, x.dtype)
+        return torch.nn.functional.linear(x, w, bias)
     y = torch.empty(*x.shape[:-1], n, dtype=x.dtype, device=x.device)
     if m == 0:
         return y
@@ -200,11 +211,18 @@ def _kbit_dequantize_cuda(codes, scales, zeros, in_features, bits, ternary, grou
     if ext is None:
         _native.warn_fallback("kbit_dequantize", "fusenas._C_cuda not built")
         return dequantize_reference(codes, scales, zeros, in_features, bits, ternary, group_size)
-    out = torch.empty(codes.shape[0], in_features, dtype=torch.float32, device=codes.device)
+    return _dequantize_cuda(
+        ext, codes, scales, zeros, in_features, bits, ternary, group_size, torch.float32
+    )
+
+
+def _dequantize_cuda(ext, codes, scales, zeros, in_features, bits, ternary, group_size, dtype):
+    """(N, in_features) dequantized W in dtype (float32, bfloat16 or float16); args checked."""
+    out = torch.empty(codes.shape[0], in_features, dtype=dtype, device=codes.device)
     with torch.cuda.device(codes.device):
         ext.kbit_dequantize_cuda(
             *_weight_args(codes, scales, zeros, in_features, bits, ternary, group_size),
-            out.data_ptr(), torch.cuda.current_stream().cuda_stream,
+            out.data_ptr(), _DTYPE_CODE[dtype], torch.cuda.current_stream().cuda_stream,
         )  # fmt: skip
     return out
 
@@ -263,7 +281,10 @@ def kbit_matmul(
     plain float32 kernel. bfloat16 x (M <= 24) is exact there (codes are small
     integers). Other bfloat16 cases with M >= 2 on those CPUs (larger M, 5- to
     8-bit codes, smaller groups) round the decoded weights to bfloat16, as
-    bfloat16 F.linear does.
+    bfloat16 F.linear does. On CUDA, M >= CUDA_DEQUANT_GEMM_MIN_M dequantizes W
+    into x's dtype (rounding it to 16 bits for 16-bit x) and runs F.linear
+    (cuBLAS, so torch's TF32 settings apply to float32 x); this needs an (N, K)
+    temporary in x's dtype.
     """
     if not isinstance(weight, PackedWeight):
         raise TypeError(

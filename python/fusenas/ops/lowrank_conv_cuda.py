@@ -7,6 +7,11 @@ native call, and shapes the kernels do not cover (float64, tiles too large for
 shared memory, more than 65535 images) run ``lowrank_conv2d_reference`` with a
 one-time warning, as does a build without ``fusenas._C_cuda``.
 
+By default the CUDA op runs the two factors as cuDNN convs (the reference),
+not the fused kernels: on an H100 the fused kernels were slower than cuDNN in
+every benchmarked case (docs/benchmarks/lowrank_cuda.md). FUSENAS_LOWRANK_CUDA
+=fused selects them (read at each call).
+
 The native launch helpers take the extension module as an argument, so the
 tests drive the same code with ``fusenas._C_cuda_emu`` (the kernels' block
 bodies run on the host) on machines without a GPU.
@@ -15,6 +20,7 @@ bodies run on the host) on machines without a GPU.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Sequence
 from types import ModuleType
 
@@ -35,6 +41,19 @@ _DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _SCHEME_CODE = {"channel": 0, "spatial": 1}
 _MAX_IMAGES = 65535  # the kernels put the image index in gridDim.z
 _MAX_DIM = 1 << 22  # channels / rank / rows / columns: 32-bit index math with margin
+
+
+CUDA_PATHS = ("cudnn", "fused")
+
+
+def cuda_path() -> str:
+    """The CUDA path FUSENAS_LOWRANK_CUDA selects: "cudnn" (default) or "fused"."""
+    path = os.environ.get("FUSENAS_LOWRANK_CUDA", "cudnn").strip().lower() or "cudnn"
+    if path not in CUDA_PATHS:
+        raise ValueError(
+            f"FUSENAS_LOWRANK_CUDA: expected one of {', '.join(CUDA_PATHS)}, got {path!r}"
+        )
+    return path
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
@@ -194,6 +213,10 @@ def _lowrank_conv2d_cuda(
     kh, kw = check_lowrank_args(x, w1, w2, bias, scheme, stride, padding, dilation)
     ho, wo = output_size(x.shape, (kh, kw), _pair(stride), _pair(padding), _pair(dilation))
     check_epilogue(residual, activation, x, (x.shape[0], w2.shape[0], ho, wo))
+    if cuda_path() == "cudnn":
+        return lowrank_conv2d_reference(
+            x, w1, w2, bias, scheme, stride, padding, dilation, residual, activation
+        )
     if residual is not None or activation != "none":
         # The CUDA kernel has no epilogue: the conv, then the add and ReLU by torch.
         y = _lowrank_conv2d_cuda(x, w1, w2, bias, scheme, stride, padding, dilation)
@@ -223,6 +246,10 @@ def _lowrank_conv2d_backward_cuda(
     )
     if len(output_mask) != 4:
         raise ValueError(f"output_mask: expected 4 booleans, got {list(output_mask)}")
+    if cuda_path() == "cudnn":
+        return lowrank_conv2d_backward_reference(
+            grad_out, x, w1, w2, scheme, stride, padding, dilation, output_mask, intermediate
+        )
     ext = _native.cuda()
     x = _dense(x)
     problem = lowrank_problem(
