@@ -73,6 +73,7 @@ SHAPES = [  # (M, N, K, group_size)
     (13, 17, 512, 64),
     (33, 65, 640, 128),
     (200, 16, 96, 32),  # few output rows, many x rows: threads split M
+    (5, 203, 4096, 128),  # GEMV: several L2 chunks of rows, K chunks at MT = 4
 ]
 
 

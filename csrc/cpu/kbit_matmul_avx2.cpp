@@ -62,15 +62,23 @@ struct BlockRange {
 // Walks blocks [rg.b_begin, rg.b_end) of rows row[0..R): loads each block's
 // codes and calls step(ih, codes, k, tail) for its halves ih = 2I + H that
 // start before K. Full blocks are unrolled without any bounds test; only the
-// last, partial block of a row carries them (tail = std::true_type).
+// last, partial block of a row carries them (tail = std::true_type). With
+// ahead > 0 each block's lines are also prefetched `ahead` bytes further on.
 template <int BITS, int R, typename Step>
 inline FUSENAS_AVX2_INLINE void walk_halves(const KbitWeight& w, const uint8_t* const* row,
-                                            const BlockRange& rg, Step&& step) {
+                                            const BlockRange& rg, int64_t ahead, Step&& step) {
   const int64_t K = w.K, full = std::min(rg.b_end, K / kbit::kBlock);
   auto block = [&](int64_t b, auto tail) FUSENAS_AVX2_INLINE {
     Codes c[R];
 #pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) c[r] = load_codes<BITS>(row[r] + b * 16 * BITS);
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* codes = row[r] + b * 16 * BITS;
+      c[r] = load_codes<BITS>(codes);
+      // Prefetches never fault, so running past the weight's end is harmless.
+      if (ahead > 0)
+        for (int o = 0; o < 16 * BITS; o += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(codes + ahead + o), _MM_HINT_T1);
+    }
     const int64_t k0 = b * kbit::kBlock;
     static_for<16>([&](auto ih) FUSENAS_AVX2_INLINE {
       const int64_t k = k0 + 8 * decltype(ih)::value;
@@ -86,7 +94,7 @@ inline FUSENAS_AVX2_INLINE void walk_halves(const KbitWeight& w, const uint8_t* 
 // independent chains.
 template <int BITS, int MT, int R, int C>
 void gemv_tile_table(const KbitProblem& p, const KbitWeight& w, int64_t m0, int64_t n0,
-                     const BlockRange& rg) {
+                     const BlockRange& rg, int64_t ahead) {
   __m256 acc[MT][R][C];
 #pragma GCC unroll 8
   for (int m = 0; m < MT; ++m)
@@ -123,7 +131,7 @@ void gemv_tile_table(const KbitProblem& p, const KbitWeight& w, int64_t m0, int6
       for (int m = 0; m < MT; ++m) acc[m][r][chain] = _mm256_fmadd_ps(xv[m], wv, acc[m][r][chain]);
     }
   };
-  walk_halves<BITS, R>(w, row, rg, step);
+  walk_halves<BITS, R>(w, row, rg, ahead, step);
   for (int r = 0; r < R; ++r) {
     const float bias = p.bias ? p.bias[n0 + r] : 0.f;
     for (int m = 0; m < MT; ++m) {
@@ -158,7 +166,7 @@ inline float zero_term(const KbitWeight& w, int64_t n, const float* xsum) {
 // chains of x * q live in registers; acc, touched once per group, in memory.
 template <int BITS, int MT, int R, int C>
 void gemv_tile_factored(const KbitProblem& p, const KbitWeight& w, int64_t m0, int64_t n0,
-                        const BlockRange& rg, const float* xsum) {
+                        const BlockRange& rg, const float* xsum, int64_t ahead) {
   alignas(32) float acc[MT][R][8] = {};
   __m256 qacc[MT][R][C];
 #pragma GCC unroll 8
@@ -208,7 +216,7 @@ void gemv_tile_factored(const KbitProblem& p, const KbitWeight& w, int64_t m0, i
       for (int m = 0; m < MT; ++m) qacc[m][r][chain] = _mm256_fmadd_ps(xv[m], q, qacc[m][r][chain]);
     }
   };
-  walk_halves<BITS, R>(w, row, rg, step);
+  walk_halves<BITS, R>(w, row, rg, ahead, step);
   fold();
   for (int r = 0; r < R; ++r) {
     const float bias = p.bias ? p.bias[n0 + r] : 0.f;
@@ -252,25 +260,38 @@ struct GemvShape {
   static constexpr int C1 = std::min(4, std::max(1, kChains / MT));  // single-row tiles
 };
 
+// How far ahead the first pass over a chunk of rows prefetches their codes
+// (bytes along the thread's rows, which are contiguous), into L2. A row is a
+// short stream (2 KB at K = 4096, 4 bits) that the hardware prefetchers pick
+// up late, page after page: see the measurements in kbit_notes.md.
+constexpr int64_t kPrefetchBytes = 32 << 10;
+// Rows per chunk: every tile of x rows passes over a chunk's codes while they
+// are in L2 (512 KiB on Zen 3), so the codes come from DRAM once for M <= 8.
+constexpr int64_t kChunkCodeBytes = 128 << 10;
+
 // MT rows of x against rows [n_begin, n_end). K is cut into chunks of
 // 8192 / MT elements, so the chunk of x (32 KiB) stays in L1 while every
-// output row streams its codes for that chunk; the codes are still read once.
+// output row streams its codes for that chunk. ahead: prefetch distance
+// (0: the codes are already in cache).
 template <int BITS, int MT>
 void gemv_rows(const KbitProblem& p, const KbitWeight& w, int64_t m0, int64_t n_begin,
-               int64_t n_end, const float* xsum) {
+               int64_t n_end, const float* xsum, int64_t ahead) {
   using S = GemvShape<BITS, MT>;
   constexpr int R = S::R, C = S::C, C1 = S::C1;
   constexpr int64_t kChunkBlocks = 8192 / kbit::kBlock / MT;
   const int64_t nb = kbit::num_blocks(w.K);
+  // A whole number of tiles, so the prefetched block is the one a later tile reads.
+  if (ahead > 0) ahead = std::max<int64_t>(1, ahead / (R * w.row_stride)) * R * w.row_stride;
   for (int64_t b0 = 0; b0 < nb; b0 += kChunkBlocks) {
     const BlockRange rg{b0, std::min(nb, b0 + kChunkBlocks), b0 == 0};
     int64_t n = n_begin;
     if constexpr (S::kTable) {
-      for (; n + R <= n_end; n += R) gemv_tile_table<BITS, MT, R, C>(p, w, m0, n, rg);
-      for (; n < n_end; ++n) gemv_tile_table<BITS, MT, 1, C1>(p, w, m0, n, rg);
+      for (; n + R <= n_end; n += R) gemv_tile_table<BITS, MT, R, C>(p, w, m0, n, rg, ahead);
+      for (; n < n_end; ++n) gemv_tile_table<BITS, MT, 1, C1>(p, w, m0, n, rg, ahead);
     } else {
-      for (; n + R <= n_end; n += R) gemv_tile_factored<BITS, MT, R, C>(p, w, m0, n, rg, xsum);
-      for (; n < n_end; ++n) gemv_tile_factored<BITS, MT, 1, C1>(p, w, m0, n, rg, xsum);
+      for (; n + R <= n_end; n += R)
+        gemv_tile_factored<BITS, MT, R, C>(p, w, m0, n, rg, xsum, ahead);
+      for (; n < n_end; ++n) gemv_tile_factored<BITS, MT, 1, C1>(p, w, m0, n, rg, xsum, ahead);
     }
   }
 }
@@ -290,10 +311,16 @@ void gemv(const KbitProblem& p, const KbitWeight& w, int64_t n_begin, int64_t n_
     for (const float v : xsum)
       if (!std::isfinite(v)) return gemm<BITS>(p, w, n_begin, n_end);
   }
-  int64_t m = 0;
-  for (; m + 4 <= p.M; m += 4) gemv_rows<BITS, 4>(p, w, m, n_begin, n_end, xsum.data());
-  if (p.M - m >= 2) gemv_rows<BITS, 2>(p, w, m, n_begin, n_end, xsum.data()), m += 2;
-  if (p.M - m >= 1) gemv_rows<BITS, 1>(p, w, m, n_begin, n_end, xsum.data()), m += 1;
+  // Chunks of rows, each passed over by every tile of x rows while its codes
+  // are in L2: the first tile streams them from DRAM and prefetches ahead.
+  const int64_t chunk = std::max<int64_t>(2, kChunkCodeBytes / w.row_stride / 2 * 2);
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += chunk) {
+    const int64_t n1 = std::min(n0 + chunk, n_end);
+    int64_t m = 0, ahead = kPrefetchBytes;
+    for (; m + 4 <= p.M; m += 4, ahead = 0) gemv_rows<BITS, 4>(p, w, m, n0, n1, xsum.data(), ahead);
+    if (p.M - m >= 2) gemv_rows<BITS, 2>(p, w, m, n0, n1, xsum.data(), ahead), m += 2, ahead = 0;
+    if (p.M - m >= 1) gemv_rows<BITS, 1>(p, w, m, n0, n1, xsum.data(), ahead);
+  }
 }
 
 // ---------------------------------------------------------------- GEMM ----
