@@ -161,11 +161,16 @@ inline FUSENAS_AVX2_INLINE __m256i codes(const Codes& c) {
   }
 }
 
-// Codes of half H of sub-vector I as floats (conversion path only).
+// Codes of half H of sub-vector I as floats (conversion path; 2- and 3-bit
+// codes are masked out of their nibbles, which the table path need not do).
 template <int BITS, int I, int H>
 inline __m256 codes_ps(const Codes& c) {
-  static_assert(!Spec<BITS>::kTable, "table path decodes through group constants");
-  return _mm256_cvtepi32_ps(codes<BITS, I, H>(c));
+  if constexpr (Spec<BITS>::kTable) {
+    return _mm256_cvtepi32_ps(
+        _mm256_and_si256(codes<BITS, I, H>(c), _mm256_set1_epi32((1 << BITS) - 1)));
+  } else {
+    return _mm256_cvtepi32_ps(codes<BITS, I, H>(c));
+  }
 }
 
 // Per-row, per-group dequantisation constants.

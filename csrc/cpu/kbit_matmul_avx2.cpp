@@ -251,9 +251,14 @@ std::vector<float> group_sums(const KbitProblem& p, const KbitWeight& w) {
 // independent chains; the factored path also holds codes for 4..8 bits and
 // the group fold, so it spills beyond ~4 (measured on Zen 5: 8 chains there
 // cost 10-60%).
+//
+// 2- and 3-bit codes take the table path only with several x rows: one x row
+// leaves vpermps (2 cycles per 8 weights on Zen 3) the bottleneck, and the
+// conversion path was 1.2x (2-bit) to 1.7x (3-bit) faster at M = 1, while at
+// M = 8 the table was 1.1x faster for 2-bit (kbit_notes.md, session 12).
 template <int BITS, int MT>
 struct GemvShape {
-  static constexpr bool kTable = Spec<BITS>::kTable;
+  static constexpr bool kTable = Spec<BITS>::kTable && MT > 1;
   static constexpr int kChains = kTable ? 8 : 4;
   static constexpr int R = MT == 1 || (MT == 2 && kTable) ? 2 : 1;
   static constexpr int C = std::max(1, kChains / (MT * R));
@@ -302,7 +307,7 @@ void gemm(const KbitProblem& p, const KbitWeight& w, int64_t n_begin, int64_t n_
 template <int BITS>
 void gemv(const KbitProblem& p, const KbitWeight& w, int64_t n_begin, int64_t n_end) {
   std::vector<float> xsum;
-  if constexpr (!Spec<BITS>::kTable) {
+  if (!GemvShape<BITS, 4>::kTable || p.M % 2 == 1) {  // some tile converts (factored sums)
     xsum = group_sums(p, w);
     // The factored form computes s * (sum(x q) - z sum(x)): an infinite x gives
     // inf - inf = NaN where the dequantised dot gives +-inf. A non-finite group
