@@ -21,7 +21,7 @@ _CUDA_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Rows of x (M) from which the CUDA op dequantizes W into x's dtype and runs
 # cuBLAS (F.linear, tensor cores) instead of the native kernels, at the price
 # of an (N, K) temporary in x's dtype. Measured on an H100 (4-bit, 7B-LLM
-# layer shapes, docs/benchmarks/kbit_cuda.md): the native GEMV wins at M = 1,
+# layer shapes, docs/benchmarks/cuda.md): the native GEMV wins at M = 1,
 # splits the shapes at M = 8 (its MT = 8 tile), and at M = 16 and above, where
 # it repeats the decode per 8-row tile, it is 1.1x to 11x slower; the SIMT GEMM
 # (M > 64) is 2.5x to 25x slower than this path.

@@ -9,7 +9,7 @@ one-time warning, as does a build without ``fusenas._C_cuda``.
 
 By default the CUDA op runs the two factors as cuDNN convs (the reference),
 not the fused kernels: on an H100 the fused kernels were slower than cuDNN in
-every benchmarked case (docs/benchmarks/lowrank_cuda.md). FUSENAS_LOWRANK_CUDA
+every benchmarked case (docs/benchmarks/cuda.md). FUSENAS_LOWRANK_CUDA
 =fused selects them (read at each call).
 
 The native launch helpers take the extension module as an argument, so the
