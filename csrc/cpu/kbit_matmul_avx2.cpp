@@ -255,7 +255,8 @@ std::vector<float> group_sums(const KbitProblem& p, const KbitWeight& w) {
 // 2- and 3-bit codes take the table path only with several x rows: one x row
 // leaves vpermps (2 cycles per 8 weights on Zen 3) the bottleneck, and the
 // conversion path was 1.2x (2-bit) to 1.7x (3-bit) faster at M = 1, while at
-// M = 8 the table was 1.1x faster for 2-bit (kbit_notes.md, session 12).
+// M = 8 the table was 1.1x faster for 2-bit and 3-bit was within the VM's noise
+// (kbit_notes.md, session 12).
 template <int BITS, int MT>
 struct GemvShape {
   static constexpr bool kTable = Spec<BITS>::kTable && MT > 1;
@@ -306,16 +307,15 @@ void gemm(const KbitProblem& p, const KbitWeight& w, int64_t n_begin, int64_t n_
 
 template <int BITS>
 void gemv(const KbitProblem& p, const KbitWeight& w, int64_t n_begin, int64_t n_end) {
-  std::vector<float> xsum;
-  if (!GemvShape<BITS, 4>::kTable || p.M % 2 == 1) {  // some tile converts (factored sums)
-    xsum = group_sums(p, w);
-    // The factored form computes s * (sum(x q) - z sum(x)): an infinite x gives
-    // inf - inf = NaN where the dequantised dot gives +-inf. A non-finite group
-    // sum (an inf or NaN in x, or a finite overflow) sends the call to the GEMM,
-    // which multiplies x by the decoded weights as the reference does.
-    for (const float v : xsum)
-      if (!std::isfinite(v)) return gemm<BITS>(p, w, n_begin, n_end);
-  }
+  // Group sums of x for the factored tiles (O(M K), against the GEMV's M N K;
+  // taken for every call rather than tracking which tiles will need them).
+  // The factored form computes s * (sum(x q) - z sum(x)): an infinite x gives
+  // inf - inf = NaN where the dequantised dot gives +-inf. A non-finite group
+  // sum (an inf or NaN in x, or a finite overflow) sends the call to the GEMM,
+  // which multiplies x by the decoded weights as the reference does.
+  const std::vector<float> xsum = group_sums(p, w);
+  for (const float v : xsum)
+    if (!std::isfinite(v)) return gemm<BITS>(p, w, n_begin, n_end);
   // Chunks of rows, each passed over by every tile of x rows while its codes
   // are in L2: the first tile streams them from DRAM and prefetches ahead.
   const int64_t chunk = std::max<int64_t>(2, kChunkCodeBytes / w.row_stride / 2 * 2);
