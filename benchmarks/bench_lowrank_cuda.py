@@ -21,7 +21,6 @@ with torch.cuda.synchronize(). Skips without a GPU.
 from __future__ import annotations
 
 import functools
-import os
 
 import pytest
 import torch
@@ -31,10 +30,6 @@ from bench_lowrank import macs, rank_for, shapes
 from fusenas.ops import _native
 from fusenas.ops.lowrank_conv import lowrank_conv2d
 
-# The op's CUDA default is cuDNN (the two convs below); the fusenas variants time
-# the fused kernels.
-os.environ["FUSENAS_LOWRANK_CUDA"] = "fused"
-
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(
@@ -42,6 +37,16 @@ pytestmark = [
         reason="needs a CUDA device and fusenas._C_cuda",
     ),
 ]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fused_kernels():
+    """The op's CUDA default is cuDNN (the two convs below); the fusenas variants
+    time the fused kernels (only while this module runs)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FUSENAS_LOWRANK_CUDA", "fused")
+        yield
+
 
 K = 3
 # The CPU benchmark's grid and rank rule (benchmarks/bench_lowrank.py).

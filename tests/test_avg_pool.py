@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import fusenas.ops.avg_pool as avg_pool_module
 from fusenas.nn.avg_pool import AvgPool2d
 from fusenas.ops.avg_pool import avg_pool2d, avg_pool2d_backward
 
@@ -47,8 +48,11 @@ def _check(device: str, layout, padding, stride, count_include_pad):
     torch.testing.assert_close(gx.cpu(), ref_gx, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("copy_path", [False, True])
 @pytest.mark.parametrize("layout,padding,stride,count_include_pad", CASES)
-def test_matches_torch_on_cpu(layout, padding, stride, count_include_pad):
+def test_matches_torch_on_cpu(layout, padding, stride, count_include_pad, copy_path, monkeypatch):
+    if copy_path:  # run the CUDA workaround (pool an NCHW copy) on the CPU too
+        monkeypatch.setattr(avg_pool_module, "_needs_nchw", lambda x, padding: True)
     _check("cpu", layout, padding, stride, count_include_pad)
 
 

@@ -32,7 +32,14 @@ def fused_kernels(monkeypatch):
 
 
 def test_default_cuda_path_is_cudnn_two_convs(monkeypatch):
+    import fusenas.ops.lowrank_conv_cuda as cuda_ops
+
+    def not_called(*args, **kwargs):
+        raise AssertionError("the default CUDA path ran the fused kernels")
+
     monkeypatch.delenv("FUSENAS_LOWRANK_CUDA")
+    monkeypatch.setattr(cuda_ops, "lowrank_forward_native", not_called)
+    monkeypatch.setattr(cuda_ops, "lowrank_backward_native", not_called)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 8, 9, 9, generator=g).cuda().requires_grad_()
     w1 = torch.randn(4, 8, 3, 1, generator=g).cuda().requires_grad_()
