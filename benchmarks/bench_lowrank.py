@@ -18,9 +18,13 @@ reductions 2x and 6x; FUSENAS_BENCH_FULL=1 adds 3x and the stride-2 downsampling
 Per case: median and min time over FUSENAS_BENCH_SECONDS (default 0.4) of calls, the
 realised fraction of the MAC reduction (dense time / low-rank time) / (dense MACs /
 low-rank MACs) against the faster dense layout, and the peak memory of one call: the
-peak of the bytes torch's CPU allocator holds (profiler memory events; inputs excluded,
-outputs and gradients included) plus, for fusenas, the bytes its kernel allocates
-itself (tile buffers, packed weights: fusenas.ops.lowrank_conv.workspace_bytes).
+growth of live heap bytes during the call, every malloc in the process counted (torch's
+tensors, oneDNN's scratchpad, fusenas' kernel buffers alike; inputs excluded, outputs
+and gradients included) through the LD_PRELOAD shim of heap_peak.py, which the script
+loads by re-executing itself. Where the shim cannot be built (no C compiler, not
+Linux) it falls back to torch's profiler memory events plus, for fusenas,
+fusenas.ops.lowrank_conv.workspace_bytes: that misses oneDNN's scratchpad and can
+count a free twice, and the results' meta says which was used.
 
     flock /tmp/fusenas_bench.lock python benchmarks/bench_lowrank.py --json lowrank.json
     python benchmarks/report_lowrank.py lowrank.json   # -> docs/benchmarks/lowrank.md
@@ -40,6 +44,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+import heap_peak  # benchmarks/heap_peak.py (the script's directory)
 import torch
 import torch.nn.functional as F
 
@@ -222,10 +227,13 @@ def run_case(shape: ConvShape, scheme: str, reduction: int, results: list[Result
                 med, best, calls = time_call(call)
                 for t in leaves:
                     t.grad = None
-                peak = peak_bytes(step)
-                if name == "fusenas":
-                    peak += workspace_bytes(x, w1, w2, scheme=scheme, stride=s, padding=1,
-                                            backward=mode == "fwdbwd")  # fmt: skip
+                if heap_peak.active():
+                    peak = heap_peak.peak_during(step)
+                else:
+                    peak = peak_bytes(step)
+                    if name == "fusenas":
+                        peak += workspace_bytes(x, w1, w2, scheme=scheme, stride=s, padding=1,
+                                                backward=mode == "fwdbwd")  # fmt: skip
                 res = Result(
                     shape.name, shape.net, scheme, reduction, r, name, layout, mode, med * 1e3,
                     best * 1e3, calls, peak / 2**20,
@@ -260,6 +268,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", default="lowrank.json", help="where to write the results")
     args = ap.parse_args()
+    heap_peak.preload_or_fallback()  # may re-execute this script with the shim loaded
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
     ext = _native.cpu()
@@ -285,6 +294,7 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "build_info": {k: str(v) for k, v in info.items()},
         "peak_gflops": peak,
+        "memory": "heap" if heap_peak.active() else "profiler",
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg(),
         "seconds": time.time() - started,

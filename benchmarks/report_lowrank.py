@@ -54,6 +54,24 @@ def best(case: dict, variant: str, mode: str) -> tuple[float, str] | None:
     return min(got) if got else None
 
 
+def memory_method(meta: dict) -> str:
+    """The report's line on how peak memory was measured (the run's meta says which)."""
+    if meta.get("memory") == "heap":
+        return (
+            "- Peak memory: growth of live heap bytes during one call, every malloc in the "
+            "process counted (torch's tensors, oneDNN's scratchpad, fusenas' kernel buffers "
+            "alike; the inputs excluded, output and gradients included), through the "
+            "LD_PRELOAD shim of `benchmarks/heap_peak.py`."
+        )
+    return (
+        "- Peak memory: peak bytes held by torch's CPU allocator during one call "
+        "(profiler memory events; the inputs excluded, output and gradients included) plus, "
+        "for fusenas, the kernel's own buffers (`workspace_bytes`: tile buffers, packed "
+        "weights, per-thread gradient accumulators). This misses oneDNN's scratchpad, and "
+        "the profiler can count a free twice (runs before the heap shim)."
+    )
+
+
 def peak(case: dict, variant: str, mode: str) -> float | None:
     """Largest peak (MiB) over the layouts measured."""
     got = [
@@ -223,10 +241,7 @@ def write_markdown(
         "`python benchmarks/report_lowrank.py docs/benchmarks/lowrank.json --notes "
         "docs/benchmarks/lowrank_notes.md` (plus `--also <more runs' json>` for the last "
         "sections).",
-        "- Peak memory: peak bytes held by torch's CPU allocator during one call "
-        "(profiler memory events; the inputs excluded, output and gradients included) plus, "
-        "for fusenas, the kernel's own buffers (`workspace_bytes`: tile buffers, packed "
-        "weights, per-thread gradient accumulators).",
+        memory_method(meta),
         "- Realised = (dense time / low-rank time) / (dense MACs / low-rank MACs), against the "
         "faster dense layout.",
         "- Ceiling vs two = the faster two-conv time / the time the low-rank FLOPs take at the "

@@ -770,6 +770,22 @@ def test_training_keeps_the_intermediate_only_when_asked(scheme, save):
         _close(a.grad, b.grad, torch.float32)
 
 
+def test_backward_allocates_no_gradient_for_the_kept_intermediate():
+    """t is an output autograd never differentiates: its gradient must not be
+    materialised as a zero tensor of t's size (N x r x Ho x W floats per step)."""
+    w1, w2 = _factors("spatial", 64, 5, 8, 3, 3)
+    x = torch.randn(3, 64, 7, 7, requires_grad=True)
+    y = lowrank_conv2d(x, w1.requires_grad_(), w2.requires_grad_(), scheme="spatial",
+                       padding=1, save_intermediate=True)  # fmt: skip
+    assert "with_intermediate" in y.grad_fn.name()
+    t_bytes = 3 * 5 * 7 * 7 * 4  # no other tensor of the step has this size
+    with torch.profiler.profile(profile_memory=True) as prof:
+        y.sum().backward()
+    sizes = {e.self_cpu_memory_usage for e in prof.events() if e.self_cpu_memory_usage > 0}
+    assert t_bytes not in sizes, sorted(sizes)
+    assert x.grad is not None and w1.grad is not None and w2.grad is not None
+
+
 @pytest.mark.parametrize(
     "c, scheme, kept",
     [(16, "spatial", False), (16, "channel", False), (64, "spatial", True), (32, "channel", True)],

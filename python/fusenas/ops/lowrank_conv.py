@@ -641,6 +641,9 @@ def _setup_context(ctx, inputs, output):
     y, t = output if isinstance(output, tuple) else (output, None)
     if t is not None:
         ctx.mark_non_differentiable(t)
+    # t never receives a gradient; without this autograd would hand _backward a
+    # zero-filled tensor of t's size (N x rank x Ho x W floats) on every call.
+    ctx.set_materialize_grads(False)
     # ReLU's gradient mask comes from the output (y > 0 where the input was > 0).
     ctx.save_for_backward(x, w1, w2, y if relu else None, t)
     ctx.meta = (scheme, stride, padding, dilation, bias is not None, residual is not None, relu)
@@ -648,6 +651,8 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_y, grad_t=None):
+    if grad_y is None:  # nothing downstream used y (grads are not materialized)
+        return (None,) * ctx.n_inputs
     x, w1, w2, y, t = ctx.saved_tensors
     scheme, stride, padding, dilation, has_bias, has_residual, relu = ctx.meta
     if relu:
