@@ -62,6 +62,18 @@ for step in "${steps[@]}"; do
       if [ "$step" = slq3_s1 ]; then what=(slq --set bits=3); else what=(dnq --set budget_bits=3); fi
       fusenas compress "${what[@]}" "${COMMON[@]}" --set init=$BASE/dense.safetensors \
         --set seed=1 --set split_seed=0 --set out_dir="runs/quant_r20/${step%_s1}_s1" ;;
+    slq3_40|dnq3_40|slq3_40_s1|dnq3_40_s1)  # DNQ vs uniform 3-bit from the 40-epoch baseline
+      # (uniform 3-bit loses little from the 10-epoch one, leaving DNQ nothing to win)
+      case "$step" in slq3*) what=(slq --set bits=3) ;; *) what=(dnq --set budget_bits=3) ;; esac
+      seed=0; [ "${step%_s1}" != "$step" ] && seed=1
+      fusenas compress "${what[@]}" "${COMMON[@]}" \
+        --set init=runs/trp_r20_40ep/baseline/dense.safetensors --set seed=$seed --set split_seed=0 \
+        --set out_dir="runs/quant_r20_40ep/$step" ;;
+    paired40)  # DNQ against uniform 3-bit on the same 5,000 test images, per seed
+      for s in "" _s1; do
+        python experiments/paired_accuracy.py runs/quant_r20_40ep/slq3_40$s \
+          runs/quant_r20_40ep/dnq3_40$s --out "docs/dnq_paired_40ep${s:-_s0}.md"
+      done ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
 done
