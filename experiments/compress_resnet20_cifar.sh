@@ -66,7 +66,8 @@ for step in "${steps[@]}"; do
       # (uniform 3-bit loses little from the 10-epoch one, leaving DNQ nothing to win)
       case "$step" in slq3*) what=(slq --set bits=3) ;; *) what=(dnq --set budget_bits=3) ;; esac
       seed=0; [ "${step%_s1}" != "$step" ] && seed=1
-      fusenas compress "${what[@]}" "${COMMON[@]}" \
+      # 1 thread each: session 13 ran the SLQ and DNQ steps side by side on the 2 cores
+      fusenas compress "${what[@]}" "${COMMON[@]}" --set threads=1 \
         --set init=runs/trp_r20_40ep/baseline/dense.safetensors --set seed=$seed --set split_seed=0 \
         --set out_dir="runs/quant_r20_40ep/$step" ;;
     paired40)  # DNQ against uniform 3-bit on the same 5,000 test images, per seed
