@@ -313,18 +313,22 @@ def summary_section(data: dict, stat: str) -> list[str]:
             "issue's setting).",
             "",
         ]
+    lines += [memory_method(meta), ""]
     lines += md_table(["target", "measured", "verdict"], targets(rows))
     lines += [""]
     body = [
         [r["shape"], r["scheme"], f"{r['reduction']}x", str(r["rank"]), _t(r["fwd_fus"]),
          _t(r["fwd_two"]), _f(r["fwd_vs_two"]) + "x",
          _f(r["fwd_realised"] and 100 * r["fwd_realised"], ".0f") + "%",
-         _t(r["fwdbwd_fus"]), _t(r["fwdbwd_two"]), _f(r["fwdbwd_vs_two"]) + "x"]
+         _t(r["fwdbwd_fus"]), _t(r["fwdbwd_two"]), _f(r["fwdbwd_vs_two"]) + "x",
+         f"{_f(r['fwd_peak_fus'], '.1f')} / {_f(r['fwd_peak_two'], '.1f')}",
+         f"{_f(r['fwdbwd_peak_fus'], '.1f')} / {_f(r['fwdbwd_peak_two'], '.1f')}"]
         for r in rows
     ]  # fmt: skip
     lines += md_table(
         ["shape", "scheme", "MAC cut", "rank", "fwd fusenas", "fwd two convs", "fwd vs two",
-         "realised", "fwd+bwd fusenas", "fwd+bwd two convs", "fwd+bwd vs two"],
+         "realised", "fwd+bwd fusenas", "fwd+bwd two convs", "fwd+bwd vs two",
+         "fwd peak MiB fusenas / two", "fwd+bwd peak MiB fusenas / two"],
         body,
     )  # fmt: skip
     return lines
