@@ -61,25 +61,27 @@ def memory_method(meta: dict) -> str:
             "- Peak memory: growth of live heap bytes during one call, every malloc in the "
             "process counted (torch's tensors, oneDNN's scratchpad, fusenas' kernel buffers "
             "alike; the inputs excluded, output and gradients included), through the "
-            "LD_PRELOAD shim of `benchmarks/heap_peak.py`."
+            "LD_PRELOAD shim of `benchmarks/heap_peak.py`; each variant's peak is that of its "
+            "faster layout."
         )
     return (
         "- Peak memory: peak bytes held by torch's CPU allocator during one call "
         "(profiler memory events; the inputs excluded, output and gradients included) plus, "
         "for fusenas, the kernel's own buffers (`workspace_bytes`: tile buffers, packed "
         "weights, per-thread gradient accumulators). This misses oneDNN's scratchpad, and "
-        "the profiler can count a free twice (runs before the heap shim)."
+        "the profiler can count a free twice (runs before the heap shim); each variant's "
+        "peak is that of its faster layout."
     )
 
 
 def peak(case: dict, variant: str, mode: str) -> float | None:
-    """Largest peak (MiB) over the layouts measured."""
+    """Peak (MiB) of the variant's faster layout: the run the time columns compare."""
     got = [
-        case[(variant, layout, mode)][1]
+        case[(variant, layout, mode)]
         for layout in ("nchw", "channels_last")
         if (variant, layout, mode) in case
     ]
-    return max(got) if got else None
+    return min(got)[1] if got else None
 
 
 def derive(cases: dict[CaseKey, dict], peak_gflops: float | None = None) -> list[dict]:
