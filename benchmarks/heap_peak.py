@@ -44,12 +44,15 @@ def _build() -> Path | None:
     out = cache / f"libheap_peak_{digest}.so"
     if out.exists():
         return out
-    cache.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
     cmd = [cc, "-O2", "-shared", "-fPIC", "-o", str(tmp), str(_SOURCE), "-ldl"]
-    if subprocess.run(cmd, capture_output=True).returncode != 0:
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        if subprocess.run(cmd, capture_output=True).returncode != 0:
+            return None
+        os.replace(tmp, out)  # atomic: a concurrent build never sees half a library
+    except OSError:  # unwritable cache, compiler gone: the caller falls back
         return None
-    os.replace(tmp, out)  # atomic: a concurrent build never sees half a library
     return out
 
 
