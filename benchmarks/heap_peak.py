@@ -13,6 +13,7 @@ the caller falls back to another measurement and says so.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import shutil
@@ -25,6 +26,7 @@ _SOURCE = Path(__file__).with_name("heap_peak.c")
 _MARK = "FUSENAS_HEAP_PEAK_EXEC"  # set on the re-executed process: never loop
 
 
+@functools.cache  # the process either has the shim for its whole life or never
 def _lib() -> ctypes.CDLL | None:
     try:
         lib = ctypes.CDLL(None)
