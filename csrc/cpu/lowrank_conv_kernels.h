@@ -5,6 +5,7 @@
 // operand is a list of row offsets into such planes: im2col-free.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 namespace fusenas {
@@ -30,17 +31,32 @@ struct RowGemm {
   bool accumulate;
 };
 
+// IndGemm's and BlockGemm's B operand is packed in column panels: the N / W
+// vectors of columns (W = Kernels::vec_width) in the fewest chunks of at most
+// Kernels::ind_nv, near-equal, the larger first; chunk c covers vectors
+// [panel_start(c), panel_start(c + 1)) and stores its part of B row r (tap
+// r / K, k = r % K) contiguously at B + rows * v0 * W + r * nv * W (rows =
+// taps * K, v0 its first vector, nv its width). A block of rows is then one
+// piece of memory: with B rows N floats apart, 512 columns (2 KB) put every
+// row of a block into the same few L1 sets. static: every translation unit,
+// whatever its -m flags, keeps its own copy (no ODR merge across ISAs).
+static inline int64_t panel_count(int64_t vecs, int64_t most) { return (vecs + most - 1) / most; }
+static inline int64_t panel_start(int64_t vecs, int64_t most, int64_t c) {
+  const int64_t n = std::max<int64_t>(1, panel_count(vecs, most));
+  return c * (vecs / n) + std::min(c, vecs % n);
+}
+
 // Pixel-major GEMM through an indirection buffer (channels_last forward):
-//   C[p][j] = bias[j] + sum_t sum_k ind[t * P + p][k] * B[(t * K + k) * ldb + j]
-// for p < P and j < N (N a multiple of the vector width, ldb >= N, B's and
-// bias's columns up to N readable). Each ind entry points at K contiguous
-// floats: an input pixel's channels, or a row of zeros for padding taps, so
-// every tap of a conv is a row lookup and no input is copied or transposed.
+//   C[p][j] = bias[j] + sum_t sum_k ind[t * P + p][k] * B(t * K + k, j)
+// for p < P and j < N (N a multiple of the vector width, B in column panels
+// as above with zeros past the real columns, bias's columns up to N
+// readable). Each ind entry points at K contiguous floats: an input pixel's
+// channels, or a row of zeros for padding taps, so every tap of a conv is a
+// row lookup and no input is copied or transposed.
 struct IndGemm {
   int64_t P, K, N, taps;
   const float* const* ind;
   const float* B;
-  int64_t ldb;
   const float* bias;  // N entries or null
   float* C;
   int64_t ldc;
@@ -53,7 +69,7 @@ constexpr int64_t kChannelBlock = 16;
 
 // Pixel-major GEMM over rows of pixels (the direct form of IndGemm, for
 // horizontal stride 1): for q < Q rows, o < width pixels and j < N,
-//   C(q, o, j) = bias[j] + sum_t sum_k A_tq(o, k) * B[(t * K + k) * ldb + j]
+//   C(q, o, j) = bias[j] + sum_t sum_k A_tq(o, k) * B(t * K + k, j)  (B in column panels)
 // with A_tq(o, k) = base[t * Q + q][(k / 16) * kbs + o * 16 + k % 16]: each
 // tap of each row is one base pointer, and a pixel's tap reads sit at a fixed
 // distance from its neighbours', so the micro-kernel addresses them as
@@ -67,7 +83,6 @@ struct BlockGemm {
   const float* const* base;
   int64_t kbs;
   const float* B;
-  int64_t ldb;
   const float* bias;  // N entries or null
   float* C;
   int64_t cq, co, cb;
@@ -111,6 +126,7 @@ struct Kernels {
   void (*block_gemm)(const BlockGemm&);
   void (*pair_gemm)(const PairGemm&);
   int vec_width;  // floats per vector of ind_gemm's N dimension
+  int ind_nv;     // most vectors per column panel of IndGemm / BlockGemm B
   Transpose16 transpose16;
   CopyPadRows copy_pad_rows;
   AddRelu add_relu;

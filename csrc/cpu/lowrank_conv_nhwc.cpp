@@ -38,9 +38,6 @@ namespace {
 
 // Output pixels per tile: T (pixels x rank) and the output tile stay in L2.
 constexpr int64_t kTilePixels = 256;
-// Packed factor size (floats) up to which the pixel-major path is used: a
-// chunk of B's columns is re-read for every pixel micro-tile, from L1/L2.
-constexpr int64_t kMaxPackedFloats = 64 * 1024;
 // Most multiply-adds this path may do per output pixel, relative to the plane
 // path's (see nhwc_applies).
 constexpr double kMaxWorkRatio = 1.25;
@@ -135,8 +132,10 @@ bool nhwc_applies(const LowRankConvShape& s, const Strides4& xs, const Strides4&
   if (env != nullptr && std::strcmp(env, "0") == 0) return false;
   const int vec = pick_kernels().vec_width;
   const Plan pl(s, vec, 1);
-  if (!is_channels_last(xs, s.C, s.H, s.W) || !is_channels_last(ys, s.Nout, pl.Ho, pl.Wo) ||
-      pl.taps1 * s.C * pl.rp > kMaxPackedFloats || pl.taps2 * s.rank * pl.np > kMaxPackedFloats)
+  // No limit on the factors' size: IndGemm takes B in L1-sized blocks of
+  // rows. At 128-512 channels this path is 1.0-1.4x faster than the plane
+  // path, forward and forward+backward (in-process A/B, 2 threads, AVX2).
+  if (!is_channels_last(xs, s.C, s.H, s.W) || !is_channels_last(ys, s.Nout, pl.Ho, pl.Wo))
     return false;
   if (env != nullptr && std::strcmp(env, "1") == 0) return true;
   // Multiply-adds per output pixel: this path rounds the rank (first stage) and
@@ -161,8 +160,8 @@ void forward_ind(const float* x, const float* w1, const float* w2, const float* 
                  const LowRankConvShape& s, const Plan& pl, int threads, const float* residual,
                  bool relu, float* t_out) {
   const auto& kern = pick_kernels();
-  const std::vector<float> b1 = pack_factor(w1, s.rank, s.C, pl.taps1, pl.rp);
-  const std::vector<float> b2 = pack_factor(w2, s.Nout, s.rank, pl.taps2, pl.np);
+  const std::vector<float> b1 = pack_factor(w1, s.rank, s.C, pl.taps1, pl.rp, kern);
+  const std::vector<float> b2 = pack_factor(w2, s.Nout, s.rank, pl.taps2, pl.np, kern);
   std::vector<float> bias_p(static_cast<size_t>(pl.np), 0.f);
   if (bias) std::copy(bias, bias + s.Nout, bias_p.begin());
   const std::vector<float> zeros(static_cast<size_t>(std::max(s.C, pl.rp)), 0.f);
@@ -184,8 +183,8 @@ void forward_ind(const float* x, const float* w1, const float* w2, const float* 
         const int64_t rows = std::min(pl.rows_per_tile, total_rows - g0);
         const int64_t P1 = rows * pl.Wt, P2 = rows * pl.Wo;
         fill_first_factor_pointers(s, pl.Ho, pl.Wt, x, g0, rows, st.ind1.data(), zeros.data());
-        kern.ind_gemm({P1, s.C, pl.rp, pl.taps1, st.ind1.data(), b1.data(), pl.rp, nullptr,
-                       st.t.get(), pl.rp});
+        kern.ind_gemm(
+            {P1, s.C, pl.rp, pl.taps1, st.ind1.data(), b1.data(), nullptr, st.t.get(), pl.rp});
         if (t_out)  // kept for the backward: (N, rank, Ho, Wt) float32, a row per tile row
           for (int64_t q = 0; q < rows; ++q) {
             const int64_t n = (g0 + q) / pl.Ho, oh = (g0 + q) % pl.Ho;
@@ -203,7 +202,7 @@ void forward_ind(const float* x, const float* w1, const float* w2, const float* 
           }
         float* yt = y + g0 * pl.Wo * s.Nout;  // the tile's pixels, contiguous
         const bool direct = pl.np == s.Nout;
-        kern.ind_gemm({P2, s.rank, pl.np, pl.taps2, st.ind2.data(), b2.data(), pl.np, bias_p.data(),
+        kern.ind_gemm({P2, s.rank, pl.np, pl.taps2, st.ind2.data(), b2.data(), bias_p.data(),
                        direct ? yt : st.out.get(), direct ? s.Nout : pl.np});
         if (!direct)
           for (int64_t p = 0; p < P2; ++p)
@@ -247,8 +246,8 @@ void forward_block(const float* x, const float* w1, const float* w2, const float
                    bool relu, float* t_out) {
   constexpr int64_t CB = cpu::lowrank::kChannelBlock;
   const auto& kern = pick_kernels();
-  const std::vector<float> b1 = pack_factor(w1, s.rank, s.C, pl.taps1, pl.rp);
-  const std::vector<float> b2 = pack_factor(w2, s.Nout, s.rank, pl.taps2, pl.np);
+  const std::vector<float> b1 = pack_factor(w1, s.rank, s.C, pl.taps1, pl.rp, kern);
+  const std::vector<float> b2 = pack_factor(w2, s.Nout, s.rank, pl.taps2, pl.np, kern);
   std::vector<float> bias_p(static_cast<size_t>(pl.np), 0.f);
   if (bias) std::copy(bias, bias + s.Nout, bias_p.begin());
   const std::vector<float> zeros(static_cast<size_t>(pl.xslot), 0.f);
@@ -308,7 +307,7 @@ void forward_block(const float* x, const float* w1, const float* w2, const float
           }
         }
         float* t = st.t.get();
-        kern.block_gemm({rows, pl.Wt, s.C, pl.rp, pl.taps1, st.base1.data(), xkbs, b1.data(), pl.rp,
+        kern.block_gemm({rows, pl.Wt, s.C, pl.rp, pl.taps1, st.base1.data(), xkbs, b1.data(),
                          nullptr, t + pl.pw2 * CB, pl.trow, CB, tkbs, nullptr, false});
         if (t_out)  // kept for the backward: (N, rank, Ho, Wt) float32, a row per tile row
           for (int64_t q = 0; q < rows; ++q) {
@@ -327,12 +326,11 @@ void forward_block(const float* x, const float* w1, const float* w2, const float
         const float* rt = residual ? residual + g0 * pl.Wo * s.Nout : nullptr;
         if (pl.np == s.Nout) {
           kern.block_gemm({rows, pl.Wo, s.rank, pl.np, pl.taps2, st.base2.data(), tkbs, b2.data(),
-                           pl.np, bias_p.data(), yt, pl.Wo * s.Nout, s.Nout, CB, rt, relu});
+                           bias_p.data(), yt, pl.Wo * s.Nout, s.Nout, CB, rt, relu});
         } else {
           const int64_t P2 = rows * pl.Wo;
           kern.block_gemm({rows, pl.Wo, s.rank, pl.np, pl.taps2, st.base2.data(), tkbs, b2.data(),
-                           pl.np, bias_p.data(), st.out.get(), pl.Wo * pl.np, pl.np, CB, nullptr,
-                           false});
+                           bias_p.data(), st.out.get(), pl.Wo * pl.np, pl.np, CB, nullptr, false});
           for (int64_t p = 0; p < P2; ++p)
             std::memcpy(yt + p * s.Nout, st.out.get() + p * pl.np, sizeof(float) * s.Nout);
           if (residual || relu) kern.add_relu(yt, rt, P2 * s.Nout, relu);

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "cpu/lowrank_conv_kernels.h"
 #include "fusenas/lowrank.h"
 
 namespace fusenas {
@@ -21,17 +22,27 @@ inline Strides4 channels_last_strides(int64_t C, int64_t H, int64_t W) {
   return {H * W * C, 1, W * C, C};
 }
 
-// A factor as an IndGemm or PairGemm operand: w (cols, K, taps) contiguous ->
-// row (tap t, k), column j = w[j][k][t], ldb columns per row (zeros past
-// cols). The forward packs the first factor as (rank x C x taps) and the
-// second as (Nout x rank x taps); the backward packs their transposes.
+// A factor as the B operand of IndGemm / BlockGemm: w (cols, K, taps)
+// contiguous -> row (tap t, k), column j = w[j][k][t], in the column panels
+// of the kernels `kern` (lowrank_conv_kernels.h), n columns (cols rounded up
+// to whole vectors; zeros past cols). The forward packs the first factor as
+// (rank x C x taps) and the second as (Nout x rank x taps); the backward packs
+// their transposes.
 inline std::vector<float> pack_factor(const float* w, int64_t cols, int64_t K, int64_t taps,
-                                      int64_t ldb) {
-  std::vector<float> b(static_cast<size_t>(taps * K * ldb), 0.f);
-  for (int64_t j = 0; j < cols; ++j)
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t t = 0; t < taps; ++t)
-        b[static_cast<size_t>((t * K + k) * ldb + j)] = w[(j * K + k) * taps + t];
+                                      int64_t n, const cpu::lowrank::Kernels& kern) {
+  using cpu::lowrank::panel_count;
+  using cpu::lowrank::panel_start;
+  const int64_t rows = taps * K, W = kern.vec_width, vecs = n / W;
+  std::vector<float> b(static_cast<size_t>(rows * n), 0.f);
+  for (int64_t c = 0, chunks = panel_count(vecs, kern.ind_nv); c < chunks; ++c) {
+    const int64_t j0 = panel_start(vecs, kern.ind_nv, c) * W;
+    const int64_t width = panel_start(vecs, kern.ind_nv, c + 1) * W - j0;
+    float* panel = b.data() + rows * j0;
+    for (int64_t j = j0; j < std::min(cols, j0 + width); ++j)
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t t = 0; t < taps; ++t)
+          panel[(t * K + k) * width + j - j0] = w[(j * K + k) * taps + t];
+  }
   return b;
 }
 
@@ -85,10 +96,9 @@ void fill_first_factor_pointers(const LowRankConvShape& s, int64_t Ho, int64_t W
                                 int64_t g0, int64_t rows, const float** ind, const float* zero);
 
 // Whether the pixel-major path runs (forward and backward alike; ys: y's or
-// grad_out's strides): x and y channels_last-contiguous, both factors small
-// enough to stay in cache, and its multiply-adds (rank rounded up to whole
-// vectors) not far above the plane path's. FUSENAS_LOWRANK_NHWC=0 switches it
-// off, =1 skips the work comparison. The caller also requires float32.
+// grad_out's strides): x and y channels_last-contiguous, and its multiply-adds
+// (rank rounded up to whole vectors) not far above the plane path's. FUSENAS_LOWRANK_NHWC=0
+// switches it off, =1 skips the work comparison. The caller also requires float32.
 bool nhwc_applies(const LowRankConvShape& s, const Strides4& xs, const Strides4& ys);
 
 // y = relu?(conv + bias + residual); residual null or laid out as y; t_out

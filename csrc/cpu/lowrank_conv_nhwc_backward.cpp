@@ -125,11 +125,12 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
   // and, when T is recomputed, the first factor as the forward packs it.
   std::vector<float> b2t, b1t, b1;
   if (want_gt)
-    b2t = pack_factor(swap_first_dims(w2, s.Nout, s.rank, taps2).data(), s.rank, s.Nout, taps2, rp);
+    b2t = pack_factor(swap_first_dims(w2, s.Nout, s.rank, taps2).data(), s.rank, s.Nout, taps2, rp,
+                      kern);
   if (want_gx)
-    b1t = pack_factor(swap_first_dims(w1, s.rank, s.C, taps1).data(), s.C, s.rank, taps1, cp);
+    b1t = pack_factor(swap_first_dims(w1, s.rank, s.C, taps1).data(), s.C, s.rank, taps1, cp, kern);
   const bool recompute = want_w2 && !t_saved;
-  if (recompute) b1 = pack_factor(w1, s.rank, s.C, taps1, rp);
+  if (recompute) b1 = pack_factor(w1, s.rank, s.C, taps1, rp, kern);
   const std::vector<float> zeros(static_cast<size_t>(std::max({s.C, s.Nout, rp, cp})), 0.f);
   const float* zero = zeros.data();
 
@@ -180,8 +181,7 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
         } else {
           ind.resize(static_cast<size_t>(taps1 * rows * Wt));
           fill_first_factor_pointers(s, pl.Ho, Wt, x, g0, rows, ind.data(), zero);
-          kern.ind_gemm(
-              {rows * Wt, s.C, rp, taps1, ind.data(), b1.data(), rp, nullptr, t.get(), rp});
+          kern.ind_gemm({rows * Wt, s.C, rp, taps1, ind.data(), b1.data(), nullptr, t.get(), rp});
         }
         for (int64_t j = 0; j < taps2; ++j) {
           // Output pixel (q, ow) meets T pixel (q, ow sw - pw + j dw) (spatial).
@@ -217,7 +217,7 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
             }
           }
         }
-      kern.ind_gemm({pt, s.Nout, rp, taps2, ind.data(), b2t.data(), rp, nullptr, gt.get(), rp});
+      kern.ind_gemm({pt, s.Nout, rp, taps2, ind.data(), b2t.data(), nullptr, gt.get(), rp});
 
       if (want_w1) {  // grad_w1[t] += X_t^T gT over the own intermediate pixels
         for (int64_t tp = 0; tp < taps1; ++tp) {
@@ -270,7 +270,7 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
               }
             }
         float* out = gx + (segs.front().n * s.H + segs.front().ih_lo) * s.W * s.C;
-        kern.ind_gemm({px, s.rank, cp, taps1, ind.data(), b1t.data(), cp, nullptr,
+        kern.ind_gemm({px, s.rank, cp, taps1, ind.data(), b1t.data(), nullptr,
                        direct_gx ? out : gxt.get(), direct_gx ? s.C : cp});
         if (!direct_gx)
           for (int64_t p = 0; p < px; ++p)
