@@ -456,7 +456,7 @@ def test_channels_last_pixel_major_path_matches_plane_path(isa, monkeypatch):
     auto, nhwc, planes = paths(16, 2, 3)
     assert torch.equal(auto, planes) and not torch.equal(nhwc, planes)
     # Large factors (9 x 256 x 208 packed floats) stay on the pixel-major path: its
-    # GEMM takes them in L1-sized blocks.
+    # GEMM takes them in blocks of rows.
     auto, nhwc, planes = paths(256, 200, 2)
     assert torch.equal(auto, nhwc) and not torch.equal(nhwc, planes)
     _close(nhwc, planes, torch.float32)
@@ -548,13 +548,13 @@ def test_channels_last_pixel_major_backward_matches_reference(isa, scheme, monke
     """channels_last float32 backwards take the pixel-major path like the forward
     (FUSENAS_LOWRANK_NHWC=0 forces the plane path): every gradient mask, from a kept
     intermediate and recomputing it, both paths against the float64 reference. The last
-    shape (136 -> 150 channels, all gradients) has factors far larger than L1: its GEMMs
-    take B in several blocks of rows and in column panels of unequal widths."""
+    shape (240 -> 56 channels, all gradients): the first factor's 9 x 240 B rows exceed
+    one block of IndGemm rows (AVX2 and AVX-512), in column panels of unequal widths."""
     monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
     masks = [[True, True, True, False], [True, False, False, False], [False, True, False, False],
              [False, False, True, False], [False, True, True, False]]  # fmt: skip
     extra = [(3, 16, 8, 8, 20, 32, 3, 1, 1, 1), (5, 32, 7, 7, 16, 16, 3, 1, 1, 1),
-             (2, 136, 6, 5, 70, 150, 3, 1, 1, 1)]  # fmt: skip
+             (2, 240, 5, 4, 40, 56, 3, 1, 1, 1)]  # fmt: skip
     assert len(SHAPES + extra) % len(masks) == 1  # the last shape gets masks[0]
     for i, shape in enumerate(SHAPES + extra):
         x, w1, w2, _, (s, p, d) = _case(shape, scheme, True, torch.float32, seed=i)

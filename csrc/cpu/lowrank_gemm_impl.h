@@ -208,13 +208,14 @@ struct IndMaker {
   }
 };
 
-// B rows (taps x K) are taken in blocks of at most this many bytes per chunk
-// of columns, so the block stays in L1 while every pixel micro-tile of the
-// call passes over it; the partial sums go through C between blocks. Without
-// blocking, a chunk of a large factor (512 channels x 9 taps: 440 KB) is
-// re-read from L2/L3 by every micro-tile (measured 512 ch @7, 1 thread, AVX2:
-// forward 87-108 ms -> 71 ms).
-constexpr int64_t kIndBlockBytes = 12 * 1024;
+// B rows (taps x K) are taken in blocks of at most this many bytes per column
+// panel, the partial sums going through C between blocks, so a panel larger
+// than L2 (512 channels x 9 taps x 4 vectors of 16: 1.2 MB) is not streamed
+// from L3 by every pixel micro-tile. Smaller blocks cost more than they save:
+// each block re-reads every pixel's input rows, which adjacent micro-tiles
+// otherwise share in L1 (AVX2, 1 thread: 12 KB blocks 19-25 ms against 17 ms
+// at 128 ch @28, rank 19; 192 KB and no blocking the same at 128-512 ch).
+constexpr int64_t kIndBlockBytes = 192 * 1024;
 
 // Cfg: kIndNV (most vectors per micro-tile), ind_mr(nv) (pixels for nv vectors,
 // at most kIndMR). Channel chunks outer, then blocks of B rows, pixels inner.
