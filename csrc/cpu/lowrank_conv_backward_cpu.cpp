@@ -432,17 +432,21 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
   auto total = [&](const std::vector<std::vector<float>>& acc, int64_t i) {
     return sum_over_threads(acc, used, i);
   };
-  if (want_w1)  // acc[t][r][c] -> grad_w1[r][c][tap t]
+  if (want_w1) {  // acc[t][r][c] -> grad_w1[r][c][tap t], by every thread
+#pragma omp parallel for num_threads(used) schedule(static)
     for (int64_t r = 0; r < s.rank; ++r)
       for (int64_t c = 0; c < s.C; ++c)
         for (int64_t t = 0; t < taps1; ++t)
           gw1[(r * s.C + c) * taps1 + t] =
               from_f32<T>(total(acc_taps, (t * s.rank + r) * cpad + c));
-  if (want_w2)  // acc[o][j][r] -> grad_w2[o][r][tap j]
+  }
+  if (want_w2) {  // acc[o][j][r] -> grad_w2[o][r][tap j]
+#pragma omp parallel for num_threads(used) schedule(static)
     for (int64_t o = 0; o < s.Nout; ++o)
       for (int64_t r = 0; r < s.rank; ++r)
         for (int64_t j = 0; j < taps2; ++j)
           gw2[(o * s.rank + r) * taps2 + j] = from_f32<T>(total(acc_w2, o * k2p + j * rpad + r));
+  }
 }
 
 }  // namespace
