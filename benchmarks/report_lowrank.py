@@ -308,6 +308,8 @@ def summary_section(data: dict, stat: str) -> list[str]:
         f"{meta.get('cpu', '?')} ({meta['date']}, {meta['seconds']:.0f} s)",
         "",
     ]
+    if meta.get("kernels"):  # runs of an older build, kept for a same-hour comparison
+        lines += [f"Kernels: {meta['kernels']}.", ""]
     if clock != "wall time":
         lines += [
             "Process CPU time does not count the time other jobs hold the core, so these "
