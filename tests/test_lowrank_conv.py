@@ -5,6 +5,7 @@ contracts and bad input."""
 from __future__ import annotations
 
 import itertools
+import weakref
 
 import pytest
 import torch
@@ -791,6 +792,55 @@ def test_backward_allocates_no_gradient_for_the_kept_intermediate():
     sizes = {e.self_cpu_memory_usage for e in prof.events() if e.self_cpu_memory_usage > 0}
     assert t_bytes not in sizes, sorted(sizes)
     assert x.grad is not None and w1.grad is not None and w2.grad is not None
+
+
+@pytest.mark.parametrize("cl", [True, False])
+def test_backward_releases_kept_intermediate_before_grad_x(cl, monkeypatch):
+    """As the two-conv sequence frees its t before grad_x exists, the fused backward
+    computes grad_w2 (the only gradient that reads t) first and drops t: the call that
+    allocates grad_x gets no t, and no reference to t is left by then."""
+    w1, w2 = _factors("channel", 24, 5, 8, 3, 3)
+    x = torch.randn(3, 24, 9, 7)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    leaves = [x.requires_grad_(), w1.requires_grad_(), w2.requires_grad_()]
+    native = torch.ops.fusenas.lowrank_conv2d_backward
+    calls, refs = [], []
+
+    def spy(*args):  # records (mask, t given, whether each earlier t is gone)
+        mask, t = args[8], args[9]
+        calls.append((list(mask), t is not None, [r() is None for r in refs]))
+        if t is not None:
+            refs.append(weakref.ref(t))
+        return native(*args)
+
+    monkeypatch.setattr(torch.ops.fusenas, "lowrank_conv2d_backward", spy)
+    y = lowrank_conv2d(*leaves, scheme="channel", padding=1, save_intermediate=True)
+    assert "with_intermediate" in y.grad_fn.name()
+    y.backward(torch.ones_like(y))
+    assert [c[:2] for c in calls] == [([False, False, True, False], True),
+                                      ([True, True, False, False], False)]  # fmt: skip
+    assert calls[1][2] == [True]  # t was gone when grad_x was computed
+    assert all(t.grad is not None for t in leaves)
+
+
+def test_retained_graph_recomputes_released_intermediate():
+    """retain_graph=True: the second backward finds t released and recomputes it;
+    both give the reference gradients."""
+    x, w1, w2, bias, (s, p, d) = _case(SHAPES[2], "channel", True, torch.float32)
+    leaves = [t.detach().requires_grad_() for t in (x, w1, w2, bias)]
+    y = lowrank_conv2d(*leaves, scheme="channel", stride=s, padding=p, dilation=d,
+                       save_intermediate=True)  # fmt: skip
+    assert "with_intermediate" in y.grad_fn.name()
+    go = torch.randn(y.shape, generator=torch.Generator().manual_seed(5))
+    first = torch.autograd.grad(y, leaves, go, retain_graph=True)
+    second = torch.autograd.grad(y, leaves, go)
+    ref_leaves = [t.detach().double().requires_grad_() for t in (x, w1, w2, bias)]
+    ref = _ref(*ref_leaves, "channel", s, p, d)
+    want = torch.autograd.grad(ref, ref_leaves, go.double())
+    for a, b, w in zip(first, second, want, strict=True):
+        _close(a, w, torch.float32)
+        _close(b, w, torch.float32)
 
 
 @pytest.mark.parametrize(

@@ -645,7 +645,11 @@ def _setup_context(ctx, inputs, output):
     # zero-filled tensor of t's size (N x rank x Ho x W floats) on every call.
     ctx.set_materialize_grads(False)
     # ReLU's gradient mask comes from the output (y > 0 where the input was > 0).
-    ctx.save_for_backward(x, w1, w2, y if relu else None, t)
+    ctx.save_for_backward(x, w1, w2, y if relu else None)
+    # t (non-differentiable, referenced by nothing else once lowrank_conv2d returns)
+    # is held on ctx rather than saved: _backward drops it as soon as grad_w2 is done,
+    # before grad_x is allocated, as the two-conv sequence frees its t.
+    ctx.kept = t
     ctx.meta = (scheme, stride, padding, dilation, bias is not None, residual is not None, relu)
     ctx.n_inputs = len(inputs)
 
@@ -653,7 +657,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_y, grad_t=None):
     if grad_y is None:  # nothing downstream used y (grads are not materialized)
         return (None,) * ctx.n_inputs
-    x, w1, w2, y, t = ctx.saved_tensors
+    x, w1, w2, y = ctx.saved_tensors
     scheme, stride, padding, dilation, has_bias, has_residual, relu = ctx.meta
     if relu:
         grad_y = grad_y * (y > 0)
@@ -661,11 +665,20 @@ def _backward(ctx, grad_y, grad_t=None):
     grad_res = grad_y if has_residual and len(need) > 8 and need[8] else None
     mask = [need[0], need[1], need[2], has_bias and need[3]]
     grads = [None] * 8 + [grad_res, None]
+    geo = (scheme, stride, padding, dilation)
+    bwd = torch.ops.fusenas.lowrank_conv2d_backward
+    # A retained graph's second backward finds no t and recomputes it.
+    t, ctx.kept = ctx.kept, None
+    if t is not None and mask[2] and (mask[0] or mask[1]):
+        # grad_w2, the only gradient that reads t, first; then t is released, so the
+        # peak holds t or grad_x, not both. Two passes over grad_y, the same work.
+        grads[2] = bwd(grad_y, x, w1, w2, *geo, [False, False, True, False], t)[2]
+        t, mask[2] = None, False
     if any(mask):
-        gx, gw1, gw2, gb = torch.ops.fusenas.lowrank_conv2d_backward(
-            grad_y, x, w1, w2, scheme, stride, padding, dilation, mask, t
-        )
-        grads[:4] = [g if m else None for g, m in zip((gx, gw1, gw2, gb), mask, strict=True)]
+        out = bwd(grad_y, x, w1, w2, *geo, mask, t)
+        for i in range(4):
+            if mask[i]:
+                grads[i] = out[i]
     return tuple(grads[: ctx.n_inputs])
 
 
@@ -706,7 +719,9 @@ def lowrank_conv2d(
         activation: "none" or "relu", applied last.
         save_intermediate: when training on CPU with w2 requiring a gradient, True
             keeps the first factor's output t (float32, N x r x Ho x Wo, or x W for
-            "spatial") from the forward for grad_w2, as the two-conv sequence does;
+            "spatial") from the forward for grad_w2, as the two-conv sequence does
+            (and, like it, releases t once grad_w2 is done, before grad_x is
+            allocated; a retained graph's second backward recomputes t);
             False recomputes t in the backward instead (that memory is not held
             between forward and backward, for one more first-factor pass). None
             (default) keeps t when the first factor has at least
