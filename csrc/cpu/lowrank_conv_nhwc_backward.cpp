@@ -10,9 +10,11 @@
 //             transposed to pixels here) or recomputed (IndGemm);
 //   grad_w2 += G^T T (per second-factor tap) and grad_w1 += X^T gT (per
 //             first-factor tap): PairGemms over the pixel pairs where both
-//             operands lie inside the image, into per-thread sums; threads
-//             take fixed sets of tiles, so the sums are the same bits on
-//             every call (at a given thread count);
+//             operands lie inside the image, into one set of sums shared by
+//             the threads: tiles go in rounds of one per thread, and after
+//             each round every thread adds all of its tiles into its own rows
+//             of the sums, in tile order (the same bits on every call, at a
+//             given thread count);
 //   grad_x  of the input rows the tile owns = an IndGemm over gT through the
 //             first factor transposed, written straight into grad_x: every
 //             input row is owned by exactly one tile, so threads never race
@@ -135,168 +137,192 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
   const float* zero = zeros.data();
 
   const int used = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, pl.tiles)));
-  std::vector<std::vector<float>> acc_w1(static_cast<size_t>(used)),
-      acc_w2(static_cast<size_t>(used));
-  const int64_t total_rows = s.N * pl.Ho;
+  // One set of weight-gradient sums for all threads (per-thread sets cost a
+  // copy of the factors per thread: 4.5 MiB each at 512 channels). The tiles
+  // go in rounds of one per thread: each thread computes its tile's T, gT and
+  // grad_x; after a barrier, each adds every tile of the round into its own
+  // slice of the sums (rows of grad_w2 by output channel, of grad_w1 by input
+  // channel); a second barrier keeps the tiles' buffers until all have read
+  // them. Every sum runs over the tiles in order, whichever thread adds it.
+  std::vector<float> acc_w1(want_w1 ? static_cast<size_t>(taps1 * s.C * rp) : 0, 0.f),
+      acc_w2(want_w2 ? static_cast<size_t>(taps2 * s.Nout * rp) : 0, 0.f);
+  struct TileWork {
+    Buffer gt, t;  // the tile's gT (own rows and above) and T (own rows)
+    std::vector<Segment> segs;
+    int64_t g0 = 0, rows = 0;
+    bool valid = false;
+  };
+  std::vector<TileWork*> work(static_cast<size_t>(used), nullptr);
+  const int64_t total_rows = s.N * pl.Ho, rounds = ceil_div(pl.tiles, used);
 #pragma omp parallel num_threads(used)
   {
     const int tid = omp_get_thread_num();
     // gT and T rows are rp floats; the columns past the rank are zero (T: the
     // buffer starts zeroed and only rank columns are written; gT: the packed
     // factor's columns past the rank are zero), which the PairGemms read.
-    Buffer gt(want_gt ? pl.gt_pixels() * rp : 0, false), t(want_w2 ? pl.t_pixels() * rp : 0);
+    TileWork mine{Buffer(want_gt ? pl.gt_pixels() * rp : 0, false),
+                  Buffer(want_w2 ? pl.t_pixels() * rp : 0),
+                  {}};
+    work[static_cast<size_t>(tid)] = &mine;
     Buffer gxt(want_gx && !direct_gx ? pl.gx_pixels(s) * cp : 0, false);
     std::vector<const float*> ind;
     std::vector<const float*> pa(static_cast<size_t>(pl.pair_list())),
         pb(static_cast<size_t>(pl.pair_list()));
-    std::vector<Segment> segs;
-    float* aw1 = nullptr;
-    float* aw2 = nullptr;
-    if (want_w1) {
-      acc_w1[static_cast<size_t>(tid)].assign(static_cast<size_t>(taps1 * s.C * rp), 0.f);
-      aw1 = acc_w1[static_cast<size_t>(tid)].data();
-    }
-    if (want_w2) {
-      acc_w2[static_cast<size_t>(tid)].assign(static_cast<size_t>(taps2 * s.Nout * rp), 0.f);
-      aw2 = acc_w2[static_cast<size_t>(tid)].data();
-    }
-#pragma omp for schedule(static)
-    for (int64_t tile = 0; tile < pl.tiles; ++tile) {
-      const int64_t g0 = tile * pl.rows_per_tile;
-      const int64_t rows = std::min(pl.rows_per_tile, total_rows - g0);
-      tile_segments(s, pl, g0, rows, halo, segs);
-      const Segment& last = segs.back();
-      const int64_t ext_rows = last.ext_start + last.oh_b - last.ext0;
-      const float* g_tile = go + g0 * pl.Wo * s.Nout;  // the tile's grad_out pixels
-
-      if (want_w2) {  // T (own rows, pixel-major) and grad_w2[j] += G^T T_j
-        if (t_saved) {
-          int64_t q = 0;
-          for (const Segment& sg : segs) {
-            const int64_t np = (sg.oh_b - sg.oh_a) * Wt;
-            planes_to_pixels(kern, t_saved + (sg.n * s.rank * pl.Ho + sg.oh_a) * Wt, pl.Ho * Wt, np,
-                             s.rank, t.get() + q * Wt * rp, rp);
-            q += sg.oh_b - sg.oh_a;
-          }
-        } else {
-          ind.resize(static_cast<size_t>(taps1 * rows * Wt));
-          fill_first_factor_pointers(s, pl.Ho, Wt, x, g0, rows, ind.data(), zero);
-          kern.ind_gemm({rows * Wt, s.C, rp, taps1, ind.data(), b1.data(), nullptr, t.get(), rp});
-        }
-        for (int64_t j = 0; j < taps2; ++j) {
-          // Output pixel (q, ow) meets T pixel (q, ow sw - pw + j dw) (spatial).
-          const int64_t first = pl.channel ? 0 : j * s.dw - s.pw, step = pl.channel ? 1 : s.sw;
-          int64_t k = 0;
-          for (int64_t q = 0; q < rows; ++q)
-            k = append_pairs(pa.data(), pb.data(), k, g_tile + q * pl.Wo * s.Nout, s.Nout,
-                             t.get() + q * Wt * rp, first, step, Wt, rp, pl.Wo);
-          kern.pair_gemm({s.Nout, rp, k, pa.data(), pb.data(), aw2 + j * s.Nout * rp, rp});
-        }
-      }
-      if (!want_gt) continue;
-
-      // gT over the segments' intermediate rows [ext0, oh_b): T pixel (oh, wt)
-      // receives from output pixel (oh, ow) with ow sw - pw + j dw = wt.
-      const int64_t pt = ext_rows * Wt;
-      ind.resize(static_cast<size_t>(taps2 * pt));
-      for (const Segment& sg : segs)
-        for (int64_t oh = sg.ext0; oh < sg.oh_b; ++oh) {
-          const float* grow = go + ((sg.n * pl.Ho + oh) * pl.Wo) * s.Nout;
-          for (int64_t j = 0; j < taps2; ++j) {
-            const float** dst = ind.data() + j * pt + ext_row(sg, oh) * Wt;
-            if (pl.channel) {
-              fill_row_pointers(dst, Wt, grow, 0, 1, pl.Wo, s.Nout, true, zero);
-            } else if (s.sw == 1) {
-              fill_row_pointers(dst, Wt, grow, s.pw - j * s.dw, 1, pl.Wo, s.Nout, true, zero);
-            } else {
-              for (int64_t wt = 0; wt < Wt; ++wt) {
-                const int64_t num = wt + s.pw - j * s.dw;
-                const bool ok = num >= 0 && num % s.sw == 0 && num / s.sw < pl.Wo;
-                dst[wt] = ok ? grow + (num / s.sw) * s.Nout : zero;
-              }
+    // This thread's rows of the sums: output channels [o0, o1), input [c0, c1).
+    const int64_t o0 = s.Nout * tid / used, o1 = s.Nout * (tid + 1) / used;
+    const int64_t c0 = s.C * tid / used, c1 = s.C * (tid + 1) / used;
+#pragma omp barrier
+    for (int64_t round = 0; round < rounds; ++round) {
+      const int64_t tile = round * used + tid;
+      mine.valid = tile < pl.tiles;
+      if (mine.valid) {
+        const int64_t g0 = tile * pl.rows_per_tile;
+        const int64_t rows = std::min(pl.rows_per_tile, total_rows - g0);
+        mine.g0 = g0;
+        mine.rows = rows;
+        std::vector<Segment>& segs = mine.segs;
+        tile_segments(s, pl, g0, rows, halo, segs);
+        const Segment& last = segs.back();
+        const int64_t ext_rows = last.ext_start + last.oh_b - last.ext0;
+        if (want_w2) {  // T of the own rows, pixel-major
+          if (t_saved) {
+            int64_t q = 0;
+            for (const Segment& sg : segs) {
+              const int64_t np = (sg.oh_b - sg.oh_a) * Wt;
+              planes_to_pixels(kern, t_saved + (sg.n * s.rank * pl.Ho + sg.oh_a) * Wt, pl.Ho * Wt,
+                               np, s.rank, mine.t.get() + q * Wt * rp, rp);
+              q += sg.oh_b - sg.oh_a;
             }
+          } else {
+            ind.resize(static_cast<size_t>(taps1 * rows * Wt));
+            fill_first_factor_pointers(s, pl.Ho, Wt, x, g0, rows, ind.data(), zero);
+            kern.ind_gemm(
+                {rows * Wt, s.C, rp, taps1, ind.data(), b1.data(), nullptr, mine.t.get(), rp});
           }
         }
-      kern.ind_gemm({pt, s.Nout, rp, taps2, ind.data(), b2t.data(), nullptr, gt.get(), rp});
-
-      if (want_w1) {  // grad_w1[t] += X_t^T gT over the own intermediate pixels
-        for (int64_t tp = 0; tp < taps1; ++tp) {
-          const int64_t i = pl.channel ? tp / s.kw : tp, jj = pl.channel ? tp % s.kw : 0;
-          // T pixel (oh, wt) meets input pixel (oh sh - ph + i dh, wt sw - pw + jj dw)
-          // (channel) or (.., wt) (spatial).
-          const int64_t first = pl.channel ? jj * s.dw - s.pw : 0, step = pl.channel ? s.sw : 1;
-          int64_t k = 0;
-          for (const Segment& sg : segs) {
-            const float* xn = x + sg.n * s.H * s.W * s.C;
-            for (int64_t oh = sg.oh_a; oh < sg.oh_b; ++oh) {
-              const int64_t ih = oh * s.sh - s.ph + i * s.dh;
-              if (ih < 0 || ih >= s.H) continue;
-              k = append_pairs(pb.data(), pa.data(), k, gt.get() + ext_row(sg, oh) * Wt * rp, rp,
-                               xn + ih * s.W * s.C, first, step, s.W, s.C, Wt);
-            }
-          }
-          kern.pair_gemm({s.C, rp, k, pa.data(), pb.data(), aw1 + tp * s.C * rp, rp});
-        }
-      }
-
-      if (want_gx) {
-        // Input pixel (ih, iw), tap (i, jj) reads gT pixel ((ih + ph - i dh) / sh,
-        // (iw + pw - jj dw) / sw) where both divide and land inside (channel),
-        // (.., iw) for spatial. The owned rows of consecutive segments are
-        // consecutive in memory (a segment that ends an image owns its last row).
-        int64_t px = 0;
-        for (const Segment& sg : segs) px += (sg.ih_hi - sg.ih_lo) * s.W;
-        if (px == 0) continue;
-        ind.resize(static_cast<size_t>(taps1 * px));
-        int64_t p0 = 0;
-        for (const Segment& sg : segs)
-          for (int64_t ih = sg.ih_lo; ih < sg.ih_hi; ++ih, p0 += s.W)
-            for (int64_t tp = 0; tp < taps1; ++tp) {
-              const int64_t i = pl.channel ? tp / s.kw : tp, jj = pl.channel ? tp % s.kw : 0;
-              const float** dst = ind.data() + tp * px + p0;
-              const int64_t num = ih + s.ph - i * s.dh;
-              const bool row_ok = num >= 0 && num % s.sh == 0 && num / s.sh < pl.Ho;
-              const float* grow = row_ok ? gt.get() + ext_row(sg, num / s.sh) * Wt * rp : nullptr;
-              if (!pl.channel) {
-                fill_row_pointers(dst, s.W, grow, 0, 1, Wt, rp, row_ok, zero);
-              } else if (s.sw == 1) {
-                fill_row_pointers(dst, s.W, grow, s.pw - jj * s.dw, 1, Wt, rp, row_ok, zero);
-              } else {
-                for (int64_t iw = 0; iw < s.W; ++iw) {
-                  const int64_t nw = iw + s.pw - jj * s.dw;
-                  const bool ok = row_ok && nw >= 0 && nw % s.sw == 0 && nw / s.sw < Wt;
-                  dst[iw] = ok ? grow + (nw / s.sw) * rp : zero;
+        if (want_gt) {
+          // gT over the segments' intermediate rows [ext0, oh_b): T pixel (oh, wt)
+          // receives from output pixel (oh, ow) with ow sw - pw + j dw = wt.
+          const int64_t pt = ext_rows * Wt;
+          ind.resize(static_cast<size_t>(taps2 * pt));
+          for (const Segment& sg : segs)
+            for (int64_t oh = sg.ext0; oh < sg.oh_b; ++oh) {
+              const float* grow = go + ((sg.n * pl.Ho + oh) * pl.Wo) * s.Nout;
+              for (int64_t j = 0; j < taps2; ++j) {
+                const float** dst = ind.data() + j * pt + ext_row(sg, oh) * Wt;
+                if (pl.channel) {
+                  fill_row_pointers(dst, Wt, grow, 0, 1, pl.Wo, s.Nout, true, zero);
+                } else if (s.sw == 1) {
+                  fill_row_pointers(dst, Wt, grow, s.pw - j * s.dw, 1, pl.Wo, s.Nout, true, zero);
+                } else {
+                  for (int64_t wt = 0; wt < Wt; ++wt) {
+                    const int64_t num = wt + s.pw - j * s.dw;
+                    const bool ok = num >= 0 && num % s.sw == 0 && num / s.sw < pl.Wo;
+                    dst[wt] = ok ? grow + (num / s.sw) * s.Nout : zero;
+                  }
                 }
               }
             }
-        float* out = gx + (segs.front().n * s.H + segs.front().ih_lo) * s.W * s.C;
-        kern.ind_gemm({px, s.rank, cp, taps1, ind.data(), b1t.data(), nullptr,
-                       direct_gx ? out : gxt.get(), direct_gx ? s.C : cp});
-        if (!direct_gx)
-          for (int64_t p = 0; p < px; ++p)
-            std::memcpy(out + p * s.C, gxt.get() + p * cp, sizeof(float) * s.C);
+          kern.ind_gemm(
+              {pt, s.Nout, rp, taps2, ind.data(), b2t.data(), nullptr, mine.gt.get(), rp});
+        }
+        if (want_gx) {
+          // Input pixel (ih, iw), tap (i, jj) reads gT pixel ((ih + ph - i dh) / sh,
+          // (iw + pw - jj dw) / sw) where both divide and land inside (channel),
+          // (.., iw) for spatial. The owned rows of consecutive segments are
+          // consecutive in memory (a segment that ends an image owns its last row).
+          int64_t px = 0;
+          for (const Segment& sg : segs) px += (sg.ih_hi - sg.ih_lo) * s.W;
+          if (px > 0) {
+            ind.resize(static_cast<size_t>(taps1 * px));
+            int64_t p0 = 0;
+            for (const Segment& sg : segs)
+              for (int64_t ih = sg.ih_lo; ih < sg.ih_hi; ++ih, p0 += s.W)
+                for (int64_t tp = 0; tp < taps1; ++tp) {
+                  const int64_t i = pl.channel ? tp / s.kw : tp, jj = pl.channel ? tp % s.kw : 0;
+                  const float** dst = ind.data() + tp * px + p0;
+                  const int64_t num = ih + s.ph - i * s.dh;
+                  const bool row_ok = num >= 0 && num % s.sh == 0 && num / s.sh < pl.Ho;
+                  const float* grow =
+                      row_ok ? mine.gt.get() + ext_row(sg, num / s.sh) * Wt * rp : nullptr;
+                  if (!pl.channel) {
+                    fill_row_pointers(dst, s.W, grow, 0, 1, Wt, rp, row_ok, zero);
+                  } else if (s.sw == 1) {
+                    fill_row_pointers(dst, s.W, grow, s.pw - jj * s.dw, 1, Wt, rp, row_ok, zero);
+                  } else {
+                    for (int64_t iw = 0; iw < s.W; ++iw) {
+                      const int64_t nw = iw + s.pw - jj * s.dw;
+                      const bool ok = row_ok && nw >= 0 && nw % s.sw == 0 && nw / s.sw < Wt;
+                      dst[iw] = ok ? grow + (nw / s.sw) * rp : zero;
+                    }
+                  }
+                }
+            float* out = gx + (segs.front().n * s.H + segs.front().ih_lo) * s.W * s.C;
+            kern.ind_gemm({px, s.rank, cp, taps1, ind.data(), b1t.data(), nullptr,
+                           direct_gx ? out : gxt.get(), direct_gx ? s.C : cp});
+            if (!direct_gx)
+              for (int64_t p = 0; p < px; ++p)
+                std::memcpy(out + p * s.C, gxt.get() + p * cp, sizeof(float) * s.C);
+          }
+        }
       }
+#pragma omp barrier
+      // This thread's rows of the sums, over the round's tiles in order.
+      for (int k = 0; k < used; ++k) {
+        const TileWork& w = *work[static_cast<size_t>(k)];
+        if (!w.valid) continue;
+        if (want_w2 && o1 > o0) {                                 // grad_w2[j] += G^T T_j
+          const float* g_tile = go + w.g0 * pl.Wo * s.Nout + o0;  // the tile's grad_out pixels
+          for (int64_t j = 0; j < taps2; ++j) {
+            // Output pixel (q, ow) meets T pixel (q, ow sw - pw + j dw) (spatial).
+            const int64_t first = pl.channel ? 0 : j * s.dw - s.pw, step = pl.channel ? 1 : s.sw;
+            int64_t n = 0;
+            for (int64_t q = 0; q < w.rows; ++q)
+              n = append_pairs(pa.data(), pb.data(), n, g_tile + q * pl.Wo * s.Nout, s.Nout,
+                               w.t.get() + q * Wt * rp, first, step, Wt, rp, pl.Wo);
+            kern.pair_gemm(
+                {o1 - o0, rp, n, pa.data(), pb.data(), acc_w2.data() + (j * s.Nout + o0) * rp, rp});
+          }
+        }
+        if (want_w1 && c1 > c0) {  // grad_w1[t] += X_t^T gT over the own intermediate pixels
+          for (int64_t tp = 0; tp < taps1; ++tp) {
+            const int64_t i = pl.channel ? tp / s.kw : tp, jj = pl.channel ? tp % s.kw : 0;
+            // T pixel (oh, wt) meets input pixel (oh sh - ph + i dh, wt sw - pw + jj dw)
+            // (channel) or (.., wt) (spatial).
+            const int64_t first = pl.channel ? jj * s.dw - s.pw : 0, step = pl.channel ? s.sw : 1;
+            int64_t n = 0;
+            for (const Segment& sg : w.segs) {
+              const float* xn = x + sg.n * s.H * s.W * s.C + c0;
+              for (int64_t oh = sg.oh_a; oh < sg.oh_b; ++oh) {
+                const int64_t ih = oh * s.sh - s.ph + i * s.dh;
+                if (ih < 0 || ih >= s.H) continue;
+                n = append_pairs(pb.data(), pa.data(), n, w.gt.get() + ext_row(sg, oh) * Wt * rp,
+                                 rp, xn + ih * s.W * s.C, first, step, s.W, s.C, Wt);
+              }
+            }
+            kern.pair_gemm(
+                {c1 - c0, rp, n, pa.data(), pb.data(), acc_w1.data() + (tp * s.C + c0) * rp, rp});
+          }
+        }
+      }
+#pragma omp barrier
     }
   }
-  // Per-thread sums: acc_w1[t][c][r] -> grad_w1[r][c][t], acc_w2[j][o][r] -> grad_w2[o][r][j],
-  // by every thread (done by one, this strided pass took 3-5% of the backward
-  // at 512 channels while the other thread waited).
-  auto total = [&](const std::vector<std::vector<float>>& acc, int64_t i) {
-    return sum_over_threads(acc, used, i);
-  };
+  // The sums: acc_w1[t][c][r] -> grad_w1[r][c][t], acc_w2[j][o][r] -> grad_w2[o][r][j].
   if (want_w1) {
 #pragma omp parallel for num_threads(used) schedule(static)
     for (int64_t r = 0; r < s.rank; ++r)
       for (int64_t c = 0; c < s.C; ++c)
         for (int64_t tp = 0; tp < taps1; ++tp)
-          gw1[(r * s.C + c) * taps1 + tp] = total(acc_w1, (tp * s.C + c) * rp + r);
+          gw1[(r * s.C + c) * taps1 + tp] = acc_w1[static_cast<size_t>((tp * s.C + c) * rp + r)];
   }
   if (want_w2) {
 #pragma omp parallel for num_threads(used) schedule(static)
     for (int64_t o = 0; o < s.Nout; ++o)
       for (int64_t r = 0; r < s.rank; ++r)
         for (int64_t j = 0; j < taps2; ++j)
-          gw2[(o * s.rank + r) * taps2 + j] = total(acc_w2, (j * s.Nout + o) * rp + r);
+          gw2[(o * s.rank + r) * taps2 + j] =
+              acc_w2[static_cast<size_t>((j * s.Nout + o) * rp + r)];
   }
 }
 
@@ -310,10 +336,12 @@ int64_t nhwc_backward_workspace_bytes(const LowRankConvShape& s, int num_threads
                                          pl.taps1 * pl.t_pixels()}) +
                            4 * pl.pair_list();
   const int64_t per_thread = (pl.gt_pixels() + pl.t_pixels()) * pl.rp +
-                             (pl.cp != s.C ? pl.gx_pixels(s) * pl.cp : 0) + pointers +
-                             pl.taps1 * s.C * pl.rp + pl.taps2 * s.Nout * pl.rp;
+                             (pl.cp != s.C ? pl.gx_pixels(s) * pl.cp : 0) + pointers;
+  // Packed factors (the transposes, and a temporary of each while packing), the
+  // recomputed first factor, the shared sums and the zero row.
   const int64_t packed = 2 * (pl.taps2 * s.Nout * pl.rp + pl.taps1 * s.rank * pl.cp) +
-                         pl.taps1 * s.C * pl.rp + std::max({s.C, s.Nout, pl.rp, pl.cp});
+                         2 * pl.taps1 * s.C * pl.rp + pl.taps2 * s.Nout * pl.rp +
+                         std::max({s.C, s.Nout, pl.rp, pl.cp});
   return 4 * (used * per_thread + packed);
 }
 
