@@ -122,6 +122,16 @@ LR_INLINE void balanced_chunks(int64_t n, int64_t most, Fn&& fn) {
   }
 }
 
+// fn(v0, nv) for each column panel of an IndGemm / BlockGemm B operand (its
+// vectors [v0, v0 + nv)), in order: the chunks pack_factor laid out.
+template <class Fn>
+LR_INLINE void for_each_panel(int64_t vecs, int64_t most, Fn&& fn) {
+  for (int64_t c = 0, n = panel_count(vecs, most); c < n; ++c) {
+    const int64_t v0 = panel_start(vecs, most, c);
+    fn(v0, static_cast<int>(panel_start(vecs, most, c + 1) - v0));
+  }
+}
+
 // Cfg: kMR (panel rows), nv_for(rows) (vectors for a short panel: fewer accumulator rows leave
 // registers for more pixels, so a 2-row tail panel still has 16 FMAs per k).
 template <class V, class Cfg>
@@ -224,9 +234,7 @@ void ind_gemm(const IndGemm& g) {
   static const MicroTable<IndMicroFn, IndMaker<V>, Cfg::kIndMR, Cfg::kIndNV> table;
   constexpr int W = V::kWidth;
   const int64_t rows = g.taps * g.K, vecs = g.N / W;
-  for (int64_t c = 0, n = panel_count(vecs, Cfg::kIndNV); c < n; ++c) {
-    const int64_t v0 = panel_start(vecs, Cfg::kIndNV, c);
-    const int nv = static_cast<int>(panel_start(vecs, Cfg::kIndNV, c + 1) - v0);
+  for_each_panel(vecs, Cfg::kIndNV, [&](int64_t v0, int nv) {
     const float* panel = g.B + rows * v0 * W;
     const int64_t most = std::max<int64_t>(W, kIndBlockBytes / (nv * W * 4));
     balanced_chunks(rows, most, [&](int64_t r0, int64_t nr) {
@@ -236,7 +244,7 @@ void ind_gemm(const IndGemm& g) {
                                  g.C + p0 * g.ldc + v0 * W, g.ldc, r0 > 0);
       });
     });
-  }
+  });
 }
 
 // BlockGemm micro-tile: MR pixels of one row x NV vectors of output channels
@@ -302,9 +310,7 @@ void block_gemm(const BlockGemm& g) {
   static const MicroTable<BlockMicroFn, BlockMaker<V>, Cfg::kBlockMR, Cfg::kIndNV> table;
   constexpr int W = V::kWidth;
   const int64_t vecs = g.N / W;
-  for (int64_t c = 0, n = panel_count(vecs, Cfg::kIndNV); c < n; ++c) {
-    const int64_t v0 = panel_start(vecs, Cfg::kIndNV, c);
-    const int nv = static_cast<int>(panel_start(vecs, Cfg::kIndNV, c + 1) - v0);
+  for_each_panel(vecs, Cfg::kIndNV, [&](int64_t v0, int nv) {
     const float* panel = g.B + g.taps * g.K * v0 * W;
     for (int64_t q = 0; q < g.Q; ++q)
       balanced_chunks(g.width, Cfg::block_mr(nv), [&](int64_t o0, int rows) {
@@ -313,7 +319,7 @@ void block_gemm(const BlockGemm& g) {
                                    g.bias ? g.bias + v0 * W : nullptr, g.C + at, g.co, g.cb, v0 * W,
                                    g.residual ? g.residual + at : nullptr, g.relu);
       });
-  }
+  });
 }
 
 // PairGemm micro-tile: MR rows of C (a broadcast from each pair's a row) x NV
