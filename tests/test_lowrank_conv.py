@@ -944,6 +944,44 @@ def test_native_backward_is_deterministic():
         torch.set_num_threads(old)
 
 
+@needs_ext
+@pytest.mark.parametrize("isa", _isas())
+def test_pixel_major_backward_weight_sums_over_threads(isa, monkeypatch):
+    """The pixel-major backward over several tiles at 2 threads: small factors sum into
+    one copy per thread (folded at the end), large ones into one set the threads share
+    (rows split between them, tiles in rounds). Both against the float64 reference, from
+    a kept intermediate and recomputing it, and the same bits on every call. 1200 output
+    pixels: three tiles of 512."""
+    monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        # (n, c, h, w, rank, nout, k, stride, padding, dilation): per-thread copies of
+        # 8 -> 8 channel factors are below the rank-6 intermediate; of 128 -> 24 far above.
+        for i, shape in enumerate([(3, 8, 20, 20, 6, 8, 3, 1, 1, 1),
+                                   (3, 128, 20, 20, 4, 24, 3, 1, 1, 1)]):  # fmt: skip
+            for scheme in ("channel", "spatial"):
+                x, w1, w2, _, (s, p, d) = _case(shape, scheme, True, torch.float32, seed=i)
+                geo = (scheme, [s, s], [p, p], [d, d])
+                y, t = lowrank_conv2d_with_intermediate_reference(x, w1, w2, None, *geo)
+                go = torch.randn(y.shape, generator=torch.Generator().manual_seed(i))
+                go = go.contiguous(memory_format=torch.channels_last)
+                mask = [True, True, True, False]
+                want = lowrank_conv2d_backward_reference(
+                    go.double(), x.double(), w1.double(), w2.double(), *geo, mask
+                )
+                for kept in (t, None):
+                    args = (go, x, w1, w2, *geo, mask, kept)
+                    got = torch.ops.fusenas.lowrank_conv2d_backward(*args)
+                    for g_, w_ in zip(got[:3], want[:3], strict=True):
+                        _close(g_, w_, torch.float32)
+                    again = torch.ops.fusenas.lowrank_conv2d_backward(*args)
+                    for a, b in zip(got[:3], again[:3], strict=True):
+                        assert torch.equal(a, b)
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_cuda_path_setting(monkeypatch):
     from fusenas.ops.lowrank_conv_cuda import cuda_path
 

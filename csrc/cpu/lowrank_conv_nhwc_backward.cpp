@@ -10,11 +10,12 @@
 //             transposed to pixels here) or recomputed (IndGemm);
 //   grad_w2 += G^T T (per second-factor tap) and grad_w1 += X^T gT (per
 //             first-factor tap): PairGemms over the pixel pairs where both
-//             operands lie inside the image, into one set of sums shared by
-//             the threads: tiles go in rounds of one per thread, and after
-//             each round every thread adds all of its tiles into its own rows
-//             of the sums, in tile order (the same bits on every call, at a
-//             given thread count);
+//             operands lie inside the image, into per-thread sums where
+//             their copies are small, else into one set shared by the
+//             threads (tiles in rounds of one per thread; after each round
+//             every thread adds all of its tiles into its own rows of the
+//             sums, in tile order); either way the same bits on every call
+//             at a given thread count;
 //   grad_x  of the input rows the tile owns = an IndGemm over gT through the
 //             first factor transposed, written straight into grad_x: every
 //             input row is owned by exactly one tile, so threads never race
@@ -109,6 +110,23 @@ inline int64_t append_pairs(const float** fixed_out, const float** mapped_out, i
 // Row of intermediate row oh of segment sg in the tile's gT buffer.
 inline int64_t ext_row(const Segment& sg, int64_t oh) { return sg.ext_start + oh - sg.ext0; }
 
+// Whether the threads share one set of weight-gradient sums. Private sums
+// (one copy of both factors per thread) need no barriers and run each
+// PairGemm over all rows of the sums: shared ones made the backward 10-25%
+// slower where the factors are small (AVX-512, 2 threads: 16 ch @32 spatial
+// rank 12, 4.3-4.9 -> 5.4-6.2 ms; 64 ch @56 spatial rank 16, 14-16 -> 17-19
+// ms), each thread building every tile's pair lists and running half-height
+// micro-tiles. At 512 channels a copy is 4.5 MiB, more than the rank-r
+// intermediate the two-conv sequence holds; there the shared sums are as fast
+// (512 ch @7 spatial rank 384: 27.3-27.6 against 27.6-28.6 ms). Private sums
+// are taken while the extra copies stay within a quarter of that
+// intermediate (N x rank x Ho x Wo floats).
+bool share_weight_sums(const LowRankConvShape& s, const BackwardPlan& pl, int used) {
+  const int64_t copy = (pl.taps1 * s.C + pl.taps2 * s.Nout) * pl.rp;
+  const int64_t intermediate = s.N * s.rank * pl.Ho * pl.Wo;
+  return (used - 1) * copy * 4 > intermediate;
+}
+
 }  // namespace
 
 void backward_nhwc(const float* go, const float* x, const float* w1, const float* w2, float* gx,
@@ -137,15 +155,18 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
   const float* zero = zeros.data();
 
   const int used = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, pl.tiles)));
-  // One set of weight-gradient sums for all threads (per-thread sets cost a
-  // copy of the factors per thread: 4.5 MiB each at 512 channels). The tiles
-  // go in rounds of one per thread: each thread computes its tile's T, gT and
-  // grad_x; after a barrier, each adds every tile of the round into its own
-  // slice of the sums (rows of grad_w2 by output channel, of grad_w1 by input
-  // channel); a second barrier keeps the tiles' buffers until all have read
-  // them. Every sum runs over the tiles in order, whichever thread adds it.
-  std::vector<float> acc_w1(want_w1 ? static_cast<size_t>(taps1 * s.C * rp) : 0, 0.f),
-      acc_w2(want_w2 ? static_cast<size_t>(taps2 * s.Nout * rp) : 0, 0.f);
+  // The tiles go in rounds of one per thread: each thread computes its tile's
+  // T, gT and grad_x. Private sums: the thread adds its tile into its own
+  // copy, folded in thread order at the end. Shared sums: after a barrier,
+  // each thread adds every tile of the round into its own slice of the one
+  // set (rows of grad_w2 by output channel, of grad_w1 by input channel); a
+  // second barrier keeps the tiles' buffers until all have read them, and
+  // every sum runs over the tiles in order, whichever thread adds it.
+  const bool shared = used > 1 && share_weight_sums(s, pl, used);
+  const int64_t copies = shared ? 1 : used;
+  const int64_t size_w1 = taps1 * s.C * rp, size_w2 = taps2 * s.Nout * rp;
+  std::vector<float> acc_w1(want_w1 ? static_cast<size_t>(copies * size_w1) : 0, 0.f),
+      acc_w2(want_w2 ? static_cast<size_t>(copies * size_w2) : 0, 0.f);
   struct TileWork {
     Buffer gt, t;  // the tile's gT (own rows and above) and T (own rows)
     std::vector<Segment> segs;
@@ -168,9 +189,13 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
     std::vector<const float*> ind;
     std::vector<const float*> pa(static_cast<size_t>(pl.pair_list())),
         pb(static_cast<size_t>(pl.pair_list()));
-    // This thread's rows of the sums: output channels [o0, o1), input [c0, c1).
-    const int64_t o0 = s.Nout * tid / used, o1 = s.Nout * (tid + 1) / used;
-    const int64_t c0 = s.C * tid / used, c1 = s.C * (tid + 1) / used;
+    // This thread's rows of the sums: output channels [o0, o1), input [c0, c1)
+    // (all of its own copy when private).
+    const int64_t o0 = shared ? s.Nout * tid / used : 0;
+    const int64_t o1 = shared ? s.Nout * (tid + 1) / used : s.Nout;
+    const int64_t c0 = shared ? s.C * tid / used : 0, c1 = shared ? s.C * (tid + 1) / used : s.C;
+    float* const sums_w1 = want_w1 ? acc_w1.data() + (shared ? 0 : tid * size_w1) : nullptr;
+    float* const sums_w2 = want_w2 ? acc_w2.data() + (shared ? 0 : tid * size_w2) : nullptr;
 #pragma omp barrier
     for (int64_t round = 0; round < rounds; ++round) {
       const int64_t tile = round * used + tid;
@@ -266,9 +291,12 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
           }
         }
       }
+      if (shared) {
 #pragma omp barrier
-      // This thread's rows of the sums, over the round's tiles in order.
-      for (int k = 0; k < used; ++k) {
+      }
+      // This thread's rows of the sums, over the round's tiles in order (its
+      // own tile only when the sums are private).
+      for (int k = shared ? 0 : tid; k < (shared ? used : tid + 1); ++k) {
         const TileWork& w = *work[static_cast<size_t>(k)];
         if (!w.valid) continue;
         if (want_w2 && o1 > o0) {                                 // grad_w2[j] += G^T T_j
@@ -281,7 +309,7 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
               n = append_pairs(pa.data(), pb.data(), n, g_tile + q * pl.Wo * s.Nout, s.Nout,
                                w.t.get() + q * Wt * rp, first, step, Wt, rp, pl.Wo);
             kern.pair_gemm(
-                {o1 - o0, rp, n, pa.data(), pb.data(), acc_w2.data() + (j * s.Nout + o0) * rp, rp});
+                {o1 - o0, rp, n, pa.data(), pb.data(), sums_w2 + (j * s.Nout + o0) * rp, rp});
           }
         }
         if (want_w1 && c1 > c0) {  // grad_w1[t] += X_t^T gT over the own intermediate pixels
@@ -301,28 +329,35 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
               }
             }
             kern.pair_gemm(
-                {c1 - c0, rp, n, pa.data(), pb.data(), acc_w1.data() + (tp * s.C + c0) * rp, rp});
+                {c1 - c0, rp, n, pa.data(), pb.data(), sums_w1 + (tp * s.C + c0) * rp, rp});
           }
         }
       }
+      if (shared) {
 #pragma omp barrier
+      }
     }
   }
-  // The sums: acc_w1[t][c][r] -> grad_w1[r][c][t], acc_w2[j][o][r] -> grad_w2[o][r][j].
+  // The sums (copies added in thread order): acc_w1[t][c][r] -> grad_w1[r][c][t],
+  // acc_w2[j][o][r] -> grad_w2[o][r][j].
+  auto folded = [copies](const std::vector<float>& acc, int64_t size, int64_t i) {
+    float v = acc[static_cast<size_t>(i)];
+    for (int64_t k = 1; k < copies; ++k) v += acc[static_cast<size_t>(k * size + i)];
+    return v;
+  };
   if (want_w1) {
 #pragma omp parallel for num_threads(used) schedule(static)
     for (int64_t r = 0; r < s.rank; ++r)
       for (int64_t c = 0; c < s.C; ++c)
         for (int64_t tp = 0; tp < taps1; ++tp)
-          gw1[(r * s.C + c) * taps1 + tp] = acc_w1[static_cast<size_t>((tp * s.C + c) * rp + r)];
+          gw1[(r * s.C + c) * taps1 + tp] = folded(acc_w1, size_w1, (tp * s.C + c) * rp + r);
   }
   if (want_w2) {
 #pragma omp parallel for num_threads(used) schedule(static)
     for (int64_t o = 0; o < s.Nout; ++o)
       for (int64_t r = 0; r < s.rank; ++r)
         for (int64_t j = 0; j < taps2; ++j)
-          gw2[(o * s.rank + r) * taps2 + j] =
-              acc_w2[static_cast<size_t>((j * s.Nout + o) * rp + r)];
+          gw2[(o * s.rank + r) * taps2 + j] = folded(acc_w2, size_w2, (j * s.Nout + o) * rp + r);
   }
 }
 
@@ -338,9 +373,11 @@ int64_t nhwc_backward_workspace_bytes(const LowRankConvShape& s, int num_threads
   const int64_t per_thread = (pl.gt_pixels() + pl.t_pixels()) * pl.rp +
                              (pl.cp != s.C ? pl.gx_pixels(s) * pl.cp : 0) + pointers;
   // Packed factors (the transposes, and a temporary of each while packing), the
-  // recomputed first factor, the shared sums and the zero row.
+  // recomputed first factor, the sums (one set, or one per thread) and the zero row.
+  const int64_t copies = used > 1 && share_weight_sums(s, pl, static_cast<int>(used)) ? 1 : used;
   const int64_t packed = 2 * (pl.taps2 * s.Nout * pl.rp + pl.taps1 * s.rank * pl.cp) +
-                         2 * pl.taps1 * s.C * pl.rp + pl.taps2 * s.Nout * pl.rp +
+                         pl.taps1 * s.C * pl.rp +
+                         copies * (pl.taps1 * s.C * pl.rp + pl.taps2 * s.Nout * pl.rp) +
                          std::max({s.C, s.Nout, pl.rp, pl.cp});
   return 4 * (used * per_thread + packed);
 }
