@@ -951,7 +951,8 @@ def test_pixel_major_backward_weight_sums_over_threads(isa, monkeypatch):
     one copy per thread (folded at the end), large ones into one set the threads share
     (rows split between them, tiles in rounds). Both against the float64 reference, from
     a kept intermediate and recomputing it, and the same bits on every call. 1200 output
-    pixels: three tiles of 512."""
+    pixels: three tiles of 512. The last shape's factors (9 x 256 rows of 128 columns)
+    are packed by both threads; its forward is checked too."""
     monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
     old = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -959,11 +960,14 @@ def test_pixel_major_backward_weight_sums_over_threads(isa, monkeypatch):
         # (n, c, h, w, rank, nout, k, stride, padding, dilation): per-thread copies of
         # 8 -> 8 channel factors are below the rank-6 intermediate; of 128 -> 24 far above.
         for i, shape in enumerate([(3, 8, 20, 20, 6, 8, 3, 1, 1, 1),
-                                   (3, 128, 20, 20, 4, 24, 3, 1, 1, 1)]):  # fmt: skip
+                                   (3, 128, 20, 20, 4, 24, 3, 1, 1, 1),
+                                   (2, 256, 12, 12, 120, 64, 3, 1, 1, 1)]):  # fmt: skip
             for scheme in ("channel", "spatial"):
                 x, w1, w2, _, (s, p, d) = _case(shape, scheme, True, torch.float32, seed=i)
                 geo = (scheme, [s, s], [p, p], [d, d])
                 y, t = lowrank_conv2d_with_intermediate_reference(x, w1, w2, None, *geo)
+                fwd = lowrank_conv2d(x, w1, w2, scheme=scheme, stride=s, padding=p, dilation=d)
+                _close(fwd, y, torch.float32)
                 go = torch.randn(y.shape, generator=torch.Generator().manual_seed(i))
                 go = go.contiguous(memory_format=torch.channels_last)
                 mask = [True, True, True, False]
