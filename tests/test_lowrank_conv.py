@@ -986,6 +986,30 @@ def test_pixel_major_backward_weight_sums_over_threads(isa, monkeypatch):
         torch.set_num_threads(old)
 
 
+@needs_ext
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+def test_plane_backward_with_halved_tiles(scheme):
+    """128 channels at 28 x 28 (NCHW, the plane path): a thread's tile buffers at 512
+    pixels exceed 1 MiB, so the backward runs 9-row tiles instead of 18. All gradients
+    against the float64 reference at 2 threads."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x, w1, w2, _, (s, p, d) = _case((4, 128, 28, 28, 8, 128, 3, 1, 1, 1), scheme, False,
+                                        torch.float32)  # fmt: skip
+        geo = (scheme, [s, s], [p, p], [d, d])
+        go = torch.randn(4, 128, 28, 28, generator=torch.Generator().manual_seed(5))
+        mask = [True, True, True, False]
+        want = lowrank_conv2d_backward_reference(
+            go.double(), x.double(), w1.double(), w2.double(), *geo, mask
+        )
+        got = torch.ops.fusenas.lowrank_conv2d_backward(go, x, w1, w2, *geo, mask)
+        for g_, w_ in zip(got[:3], want[:3], strict=True):
+            _close(g_, w_, torch.float32)
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_cuda_path_setting(monkeypatch):
     from fusenas.ops.lowrank_conv_cuda import cuda_path
 

@@ -34,6 +34,17 @@ using namespace lowrank_detail;  // NOLINT: the shared tile helpers
 namespace {
 
 constexpr int64_t kBackwardTilePixels = 512;
+// A thread's tile buffers (planes of x, G, gT, T and the GEMM operands) grow
+// with the channel counts: at 128 channels and 512 pixels they take 2 MiB.
+// Above this many floats (1 MiB) the tile is halved: at 128 ch @28 channel
+// rank 19 that cut the backward's buffers from 4.0 to 2.5 MiB (the step's
+// heap peak was 1.0 MiB above the two convs') at the same time (AVX-512, 2
+// threads, four runs: 15.0-16.5 against 15.1-15.8 ms). Not below kBackwardMinRows rows:
+// each tile recomputes qh_max + 1 rows above it, and 64 ch @56 with 5-row
+// tiles ran 10-15% slower (25.5-26.3 against 22.5-23.0 ms). Halving every
+// tile cost 5-8% at 16-32 channels, whose buffers are far below the limit.
+constexpr int64_t kBackwardThreadFloats = 256 * 1024;
+constexpr int64_t kBackwardMinRows = 8;
 
 // Taps of the first factor that read stride phase (a, b), and their plane
 // offsets (rows, columns); spatial taps are (i, 0).
@@ -257,13 +268,24 @@ struct BackwardLayout {
   }
 };
 
+// The plane backward's tiles: kBackwardTilePixels, halved once where a
+// thread's buffers exceed kBackwardThreadFloats and the halved tile keeps
+// kBackwardMinRows output rows.
+Geometry backward_geometry(const LowRankConvShape& s, int threads) {
+  const int mr = pick_kernels().mr;
+  const Geometry g = make_geometry(s, threads, kBackwardTilePixels);
+  if (BackwardLayout(g).thread_floats(g, mr) <= kBackwardThreadFloats) return g;
+  const Geometry half = make_geometry(s, threads, kBackwardTilePixels / 2);
+  return half.R >= kBackwardMinRows ? half : g;
+}
+
 template <class T>
 void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, const T* w1,
               const T* w2, T* gx, const Strides4& gxs, T* gw1, T* gw2, const LowRankConvShape& s,
               int num_threads, const float* t_saved) {
   const auto& kern = pick_kernels();
   const int threads = resolve_threads(num_threads);
-  const Geometry g = make_geometry(s, threads, kBackwardTilePixels);
+  const Geometry g = backward_geometry(s, threads);
   const bool want_gx = gx != nullptr, want_w1 = gw1 != nullptr, want_w2 = gw2 != nullptr;
   const bool want_gt = want_gx || want_w1;
   const int64_t nb = g.channel ? 1 : s.sw;  // column phases of the intermediate
@@ -459,7 +481,7 @@ int64_t lowrank_conv2d_backward_workspace_bytes(const LowRankConvShape& s, DType
       return nhwc_backward_workspace_bytes(s, num_threads);
   }
   const int threads = resolve_threads(num_threads);
-  const Geometry g = make_geometry(s, threads, kBackwardTilePixels);
+  const Geometry g = backward_geometry(s, threads);
   const int64_t mr = pick_kernels().mr;
   const int64_t used = std::max<int64_t>(1, std::min<int64_t>(threads, s.N * g.ntiles));
   const int64_t kw2 = g.channel ? 1 : s.kw;
