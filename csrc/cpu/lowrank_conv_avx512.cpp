@@ -26,16 +26,20 @@ struct Cfg512 {
   static constexpr int kMR = 6, kNVMax = 8;
   // rows x vectors <= 24 accumulators (+ the B vectors) of the 32 registers.
   static constexpr int nv_for(int rows) { return rows <= 2 ? 8 : rows <= 4 ? 6 : 4; }
-  // IndGemm: pixels x vectors <= 24 accumulators; 12 pixel pointers, some
-  // of them reloaded from the stack (L1) each k, which the load ports absorb.
+  // Rows x vectors <= 24 accumulators.
+  static constexpr int tile_mr(int nv) { return nv <= 2 ? 12 : nv == 3 ? 8 : 6; }
+  // IndGemm: one pixel pointer per row. At 12 x 2 some of the 12 pointers
+  // were reloaded from the stack every k; 10 x 2 keeps them in registers
+  // (64 ch @56 channel rank 29, forward, 2 threads: 10.0-10.2 -> 9.2-9.4 ms;
+  // 8 x 2: 9.7-10.2; 64 ch @8 the same within 2%).
   static constexpr int kIndMR = 12, kIndNV = 4;
-  static constexpr int ind_mr(int nv) { return nv <= 2 ? 12 : nv == 3 ? 8 : 6; }
+  static constexpr int ind_mr(int nv) { return nv == 2 ? 10 : tile_mr(nv); }
   // BlockGemm: no pixel pointers, so one vector takes 16 pixels.
   static constexpr int kBlockMR = 16;
-  static constexpr int block_mr(int nv) { return nv == 1 ? 16 : ind_mr(nv); }
+  static constexpr int block_mr(int nv) { return nv == 1 ? 16 : tile_mr(nv); }
   // PairGemm: two pointers per pair, so one vector takes 16 rows (17 registers).
   static constexpr int kPairMR = 16;
-  static constexpr int pair_mr(int nv) { return nv == 1 ? 16 : ind_mr(nv); }
+  static constexpr int pair_mr(int nv) { return nv == 1 ? 16 : tile_mr(nv); }
 };
 
 // 16 x 16: 4 x 4 transposes inside each 128-bit lane (unpack ps / pd), then a
