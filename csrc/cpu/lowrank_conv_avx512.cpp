@@ -28,12 +28,13 @@ struct Cfg512 {
   static constexpr int nv_for(int rows) { return rows <= 2 ? 8 : rows <= 4 ? 6 : 4; }
   // Rows x vectors <= 24 accumulators.
   static constexpr int tile_mr(int nv) { return nv <= 2 ? 12 : nv == 3 ? 8 : 6; }
-  // IndGemm: one pixel pointer per row. At 12 x 2 some of the 12 pointers
-  // were reloaded from the stack every k; 10 x 2 keeps them in registers
-  // (64 ch @56 channel rank 29, forward, 2 threads: 10.0-10.2 -> 9.2-9.4 ms;
-  // 8 x 2: 9.7-10.2; 64 ch @8 the same within 2%).
-  static constexpr int kIndMR = 12, kIndNV = 4;
-  static constexpr int ind_mr(int nv) { return nv == 2 ? 10 : tile_mr(nv); }
+  // IndGemm: one pixel pointer per row. At 12 rows some of the 12 pointers
+  // were reloaded from the stack every k; 10 keeps them in registers. Forward,
+  // 2 threads: 64 ch @56 channel rank 29 (10 x 2) 10.0-10.6 -> 9.2-9.9 ms (8 x 2:
+  // 9.7-10.2), spatial rank 16 (10 x 1) 4.14-4.56 -> 4.09-4.16 ms (1 thread:
+  // 8.8-9.2 -> 8.3-8.7); 64 ch @8 the same within 3%.
+  static constexpr int kIndMR = 10, kIndNV = 4;
+  static constexpr int ind_mr(int nv) { return nv <= 2 ? 10 : tile_mr(nv); }
   // BlockGemm: no pixel pointers, so one vector takes 16 pixels.
   static constexpr int kBlockMR = 16;
   static constexpr int block_mr(int nv) { return nv == 1 ? 16 : tile_mr(nv); }
