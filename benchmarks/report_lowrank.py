@@ -231,7 +231,12 @@ def write_markdown(
         "by side in one run.",
         "",
         f"- Run: {meta['date']}, fusenas {meta['fusenas']} (commit {_commit()} of the report; "
-        f"see git log for the benchmarked tree), torch {meta['torch']}, "
+        + (
+            f"kernels: {meta['kernels']}), "
+            if meta.get("kernels")
+            else "see git log for the benchmarked tree), "
+        )
+        + f"torch {meta['torch']}, "
         f"{meta['build_info'].get('lowrank_isa', '?')} kernels, "
         f"{grid}, {meta['seconds']:.0f} s.",
         f"- Load average before / after the run: {load(meta['loadavg_before'])} / "
