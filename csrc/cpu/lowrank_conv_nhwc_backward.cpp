@@ -163,10 +163,13 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
   // second barrier keeps the tiles' buffers until all have read them, and
   // every sum runs over the tiles in order, whichever thread adds it.
   const bool shared = used > 1 && share_weight_sums(s, pl, used);
-  const int64_t copies = shared ? 1 : used;
-  const int64_t size_w1 = taps1 * s.C * rp, size_w2 = taps2 * s.Nout * rp;
-  std::vector<float> acc_w1(want_w1 ? static_cast<size_t>(copies * size_w1) : 0, 0.f),
-      acc_w2(want_w2 ? static_cast<size_t>(copies * size_w2) : 0, 0.f);
+  const int copies = shared ? 1 : used;
+  std::vector<std::vector<float>> acc_w1(
+      static_cast<size_t>(copies),
+      std::vector<float>(want_w1 ? static_cast<size_t>(taps1 * s.C * rp) : 0, 0.f));
+  std::vector<std::vector<float>> acc_w2(
+      static_cast<size_t>(copies),
+      std::vector<float>(want_w2 ? static_cast<size_t>(taps2 * s.Nout * rp) : 0, 0.f));
   struct TileWork {
     Buffer gt, t;  // the tile's gT (own rows and above) and T (own rows)
     std::vector<Segment> segs;
@@ -194,8 +197,8 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
     const int64_t o0 = shared ? s.Nout * tid / used : 0;
     const int64_t o1 = shared ? s.Nout * (tid + 1) / used : s.Nout;
     const int64_t c0 = shared ? s.C * tid / used : 0, c1 = shared ? s.C * (tid + 1) / used : s.C;
-    float* const sums_w1 = want_w1 ? acc_w1.data() + (shared ? 0 : tid * size_w1) : nullptr;
-    float* const sums_w2 = want_w2 ? acc_w2.data() + (shared ? 0 : tid * size_w2) : nullptr;
+    float* const sums_w1 = acc_w1[shared ? 0 : static_cast<size_t>(tid)].data();
+    float* const sums_w2 = acc_w2[shared ? 0 : static_cast<size_t>(tid)].data();
 #pragma omp barrier
     for (int64_t round = 0; round < rounds; ++round) {
       const int64_t tile = round * used + tid;
@@ -340,24 +343,21 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
   }
   // The sums (copies added in thread order): acc_w1[t][c][r] -> grad_w1[r][c][t],
   // acc_w2[j][o][r] -> grad_w2[o][r][j].
-  auto folded = [copies](const std::vector<float>& acc, int64_t size, int64_t i) {
-    float v = acc[static_cast<size_t>(i)];
-    for (int64_t k = 1; k < copies; ++k) v += acc[static_cast<size_t>(k * size + i)];
-    return v;
-  };
   if (want_w1) {
 #pragma omp parallel for num_threads(used) schedule(static)
     for (int64_t r = 0; r < s.rank; ++r)
       for (int64_t c = 0; c < s.C; ++c)
         for (int64_t tp = 0; tp < taps1; ++tp)
-          gw1[(r * s.C + c) * taps1 + tp] = folded(acc_w1, size_w1, (tp * s.C + c) * rp + r);
+          gw1[(r * s.C + c) * taps1 + tp] =
+              sum_over_threads(acc_w1, copies, (tp * s.C + c) * rp + r);
   }
   if (want_w2) {
 #pragma omp parallel for num_threads(used) schedule(static)
     for (int64_t o = 0; o < s.Nout; ++o)
       for (int64_t r = 0; r < s.rank; ++r)
         for (int64_t j = 0; j < taps2; ++j)
-          gw2[(o * s.rank + r) * taps2 + j] = folded(acc_w2, size_w2, (j * s.Nout + o) * rp + r);
+          gw2[(o * s.rank + r) * taps2 + j] =
+              sum_over_threads(acc_w2, copies, (j * s.Nout + o) * rp + r);
   }
 }
 
