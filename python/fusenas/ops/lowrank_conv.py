@@ -671,7 +671,10 @@ def _backward(ctx, grad_y, grad_t=None):
     t, ctx.kept = ctx.kept, None
     if t is not None and mask[2] and (mask[0] or mask[1]):
         # grad_w2, the only gradient that reads t, first; then t is released, so the
-        # peak holds t or grad_x, not both. Two passes over grad_y, the same work.
+        # peak holds t or grad_x, not both. The same multiply-adds, but grad_y is read
+        # twice: 6% more kernel time at 64 ch @56 spatial rank 48 (21.7 -> 6.0 + 17.0
+        # ms, AVX-512); one pass kept fwd+bwd memory within the two convs in 12 of the
+        # benchmark's 28 cases, two passes in 27 (docs/benchmarks/lowrank_notes.md).
         grads[2] = bwd(grad_y, x, w1, w2, *geo, [False, False, True, False], t)[2]
         t, mask[2] = None, False
     if any(mask):
