@@ -1010,6 +1010,35 @@ def test_plane_backward_with_halved_tiles(scheme):
         torch.set_num_threads(old)
 
 
+@needs_ext
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+@pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("rank", [4, 7, 16])
+def test_plane_backward_grad_w2_orientations(scheme, isa, rank, monkeypatch):
+    """The plane backward computes grad_w2 rank by Nout (ranks 4 and 7 into 32
+    outputs: fewer multiply-adds than padding the rank to a vector) or Nout by
+    padded rank (rank 16). Both against the float64 reference, stride 1 and 2,
+    2 threads, NCHW (the plane path)."""
+    monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for stride in (1, 2):
+            x, w1, w2, _, (s, p, d) = _case((3, 8, 13, 11, rank, 32, 3, stride, 1, 1), scheme,
+                                            False, torch.float32)  # fmt: skip
+            geo = (scheme, [s, s], [p, p], [d, d])
+            y = lowrank_conv2d(x, w1, w2, None, scheme=scheme, stride=s, padding=p, dilation=d)
+            go = torch.randn(y.shape, generator=torch.Generator().manual_seed(7))
+            mask = [False, False, True, False]
+            want = lowrank_conv2d_backward_reference(
+                go.double(), x.double(), w1.double(), w2.double(), *geo, mask
+            )
+            got = torch.ops.fusenas.lowrank_conv2d_backward(go, x, w1, w2, *geo, mask)
+            _close(got[2], want[2], torch.float32)
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_cuda_path_setting(monkeypatch):
     from fusenas.ops.lowrank_conv_cuda import cuda_path
 
