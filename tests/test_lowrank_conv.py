@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import fusenas.ops.lowrank_conv as lowrank_conv_module
 from fusenas.ops import _native, lowrank_conv2d
 from fusenas.ops.lowrank_conv import (
     KEEP_INTERMEDIATE_MIN_DEPTH,
@@ -97,6 +98,11 @@ def _close(actual, expected, dtype):
     expected = expected.to(torch.float64)
     tol = (1e-4 if dtype == torch.float32 else 3e-2) * max(expected.abs().max().item(), 1.0)
     torch.testing.assert_close(actual.to(torch.float64), expected, rtol=0, atol=tol)
+
+
+def _kept(y):
+    """Whether the forward kept the intermediate t for the backward (before it runs)."""
+    return getattr(y.grad_fn, "kept", None) is not None
 
 
 @needs_ext
@@ -769,13 +775,51 @@ def test_training_keeps_the_intermediate_only_when_asked(scheme, save):
     leaves = [t.clone().requires_grad_() for t in (x, w1, w2, bias)]
     y = lowrank_conv2d(*leaves, scheme=scheme, stride=s, padding=p, dilation=d,
                        save_intermediate=save)  # fmt: skip
-    name = y.grad_fn.name()
-    assert ("with_intermediate" in name) == save, name
+    assert _kept(y) == save
     y.square().sum().backward()
     ref = [t.double().requires_grad_() for t in (x, w1, w2, bias)]
     _ref(*ref, scheme, s, p, d).square().sum().backward()
     for a, b in zip(leaves, ref, strict=True):
         _close(a.grad, b.grad, torch.float32)
+
+
+@needs_ext
+@pytest.mark.parametrize("save", [True, False])
+@pytest.mark.parametrize("cl", [True, False])
+def test_eager_training_path_matches_registered_op(save, cl):
+    """Eager CPU training calls run the kernels behind _EagerCPUTraining, not the
+    dispatcher; outputs and every gradient (residual + ReLU epilogue included)
+    must equal the registered op's, whose autograd the same _backward drives."""
+    x, w1, w2, bias, (s, p, d) = _case(SHAPES[2], "channel", cl, torch.float32)
+    geo = ("channel", [s, s], [p, p], [d, d])
+    y0 = lowrank_conv2d(x, w1, w2, bias, scheme="channel", stride=s, padding=p, dilation=d)
+    res = torch.randn(y0.shape).contiguous(memory_format=_format(x))
+    go = torch.randn(y0.shape, generator=torch.Generator().manual_seed(3))
+
+    def run(fn):
+        leaves = [t.detach().clone().requires_grad_() for t in (x, w1, w2, bias, res)]
+        y = fn(*leaves)
+        y.backward(go)
+        return y, [t.grad for t in leaves]
+
+    def eager(x, w1, w2, bias, res):
+        y = lowrank_conv2d(x, w1, w2, bias, scheme="channel", stride=s, padding=p, dilation=d,
+                           residual=res, activation="relu", save_intermediate=save)  # fmt: skip
+        assert "EagerCPUTraining" in type(y.grad_fn).__name__
+        assert _kept(y) == save
+        return y
+
+    def registered(x, w1, w2, bias, res):
+        op = torch.ops.fusenas.lowrank_conv2d_with_intermediate if save else None
+        if op is None:
+            return torch.ops.fusenas.lowrank_conv2d(x, w1, w2, bias, *geo, res, "relu")
+        return op(x, w1, w2, bias, *geo, res, "relu")[0]
+
+    y_e, g_e = run(eager)
+    y_r, g_r = run(registered)
+    torch.testing.assert_close(y_e, y_r, rtol=0, atol=0)
+    for a, b in zip(g_e, g_r, strict=True):
+        _close(a, b.double(), torch.float32)  # threads may split the sums differently
 
 
 def test_backward_allocates_no_gradient_for_the_kept_intermediate():
@@ -785,7 +829,7 @@ def test_backward_allocates_no_gradient_for_the_kept_intermediate():
     x = torch.randn(3, 64, 7, 7, requires_grad=True)
     y = lowrank_conv2d(x, w1.requires_grad_(), w2.requires_grad_(), scheme="spatial",
                        padding=1, save_intermediate=True)  # fmt: skip
-    assert "with_intermediate" in y.grad_fn.name()
+    assert _kept(y)
     t_bytes = 3 * 5 * 7 * 7 * 4  # no other tensor of the step has this size
     with torch.profiler.profile(profile_memory=True) as prof:
         y.sum().backward()
@@ -814,9 +858,12 @@ def test_backward_releases_kept_intermediate_before_grad_x(cl, monkeypatch):
             refs.append(weakref.ref(t))
         return native(*args)
 
+    # Eager CPU calls reach the CPU kernel directly (_EagerCPUTraining), others
+    # through torch.ops: spy on both.
     monkeypatch.setattr(torch.ops.fusenas, "lowrank_conv2d_backward", spy)
+    monkeypatch.setattr(lowrank_conv_module, "_lowrank_conv2d_backward_cpu", spy)
     y = lowrank_conv2d(*leaves, scheme="channel", padding=1, save_intermediate=True)
-    assert "with_intermediate" in y.grad_fn.name()
+    assert _kept(y)
     y.backward(torch.ones_like(y))
     assert [c[:2] for c in calls] == [([False, False, True, False], True),
                                       ([True, True, False, False], False)]  # fmt: skip
@@ -831,7 +878,7 @@ def test_retained_graph_recomputes_released_intermediate():
     leaves = [t.detach().requires_grad_() for t in (x, w1, w2, bias)]
     y = lowrank_conv2d(*leaves, scheme="channel", stride=s, padding=p, dilation=d,
                        save_intermediate=True)  # fmt: skip
-    assert "with_intermediate" in y.grad_fn.name()
+    assert _kept(y)
     go = torch.randn(y.shape, generator=torch.Generator().manual_seed(5))
     first = torch.autograd.grad(y, leaves, go, retain_graph=True)
     second = torch.autograd.grad(y, leaves, go)
@@ -851,7 +898,7 @@ def test_intermediate_kept_by_default_only_when_costly_to_recompute(c, scheme, k
     w1, w2 = _factors(scheme, c, 4, 8, 3, 3)
     x = torch.randn(2, c, 6, 6)
     y = lowrank_conv2d(x, w1, w2.requires_grad_(), scheme=scheme, padding=1)
-    assert ("with_intermediate" in y.grad_fn.name()) == kept
+    assert _kept(y) == kept
     assert (c * (9 if scheme == "channel" else 3) >= KEEP_INTERMEDIATE_MIN_DEPTH) == kept
 
 
@@ -860,9 +907,9 @@ def test_frozen_w2_keeps_nothing_even_when_asked():
     w1.requires_grad_()  # w2 frozen: grad_w2 is not wanted, t would be dead weight
     kw = {"scheme": "channel", "stride": s, "padding": p, "dilation": d, "save_intermediate": True}
     y = lowrank_conv2d(x, w1, w2, bias, **kw)
-    assert "with_intermediate" not in y.grad_fn.name()
+    assert not _kept(y)
     y = lowrank_conv2d(x, w1, w2.requires_grad_(), bias, **kw)  # the same call, w2 trained
-    assert "with_intermediate" in y.grad_fn.name()
+    assert _kept(y)
 
 
 @pytest.mark.parametrize(
@@ -886,7 +933,7 @@ def test_kept_intermediate_opcheck_and_compile(scheme, shape, cl):
     def f(x, w1, w2, bias):
         y = lowrank_conv2d(x, w1, w2, bias, scheme=scheme, stride=s, padding=p, dilation=d,
                            save_intermediate=True)  # fmt: skip
-        assert torch.compiler.is_compiling() or "with_intermediate" in y.grad_fn.name()
+        assert torch.compiler.is_compiling() or _kept(y)
         return torch.relu(y).sum()
 
     a = [t.detach().clone().requires_grad_() for t in (x, w1, w2, bias)]

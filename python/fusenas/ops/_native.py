@@ -50,3 +50,23 @@ def warn_fallback(op: str, reason: str) -> None:
         warnings.warn(
             f"fusenas.{op}: using the pure-torch reference ({reason})", RuntimeWarning, stacklevel=3
         )
+
+
+def eager_cpu(tensors) -> bool:
+    """Whether plain CPU tensors (None entries ignored) are used in eager mode.
+
+    Then an op may run its CPU kernels behind a plain torch.autograd.Function
+    instead of the dispatcher: the Python round trips of a custom op with
+    autograd cost 60-150 us per forward + backward. Not while tracing or
+    compiling, under torch.func transforms (they wrap tensors without changing
+    their type; a torch without this private check counts as inside one), for
+    tensor subclasses or other devices.
+    """
+    import torch
+
+    functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    if functorch_active is None or functorch_active() or torch.compiler.is_compiling():
+        return False
+    # is_cpu, not device.type: this runs per layer call, and building the
+    # device object costs about 0.3 us a tensor.
+    return all(t is None or (type(t) is torch.Tensor and t.is_cpu) for t in tensors)

@@ -610,17 +610,9 @@ class _EagerCpu(torch.autograd.Function):
 
 
 def _eager_cpu_fast_path(tensors: Sequence[torch.Tensor | None]) -> bool:
-    if torch.compiler.is_compiling():
-        return False
-    functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
-    if functorch_active is not None and functorch_active():
-        return False
     ext = _native.cpu()
-    if ext is None or not hasattr(ext, "pc_mixed_forward_cpu"):
+    if ext is None or not hasattr(ext, "pc_mixed_forward_cpu") or not _native.eager_cpu(tensors):
         return False
-    for t in tensors:
-        if t is not None and (type(t) is not torch.Tensor or t.device.type != "cpu"):
-            return False
     x = tensors[0]
     return x.dtype == torch.float32 and x.dim() == 4 and x.shape[2] * x.shape[3] < _MAX_NATIVE_PLANE
 
