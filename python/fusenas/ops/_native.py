@@ -57,7 +57,7 @@ def eager_cpu(tensors) -> bool:
 
     Then an op may run its CPU kernels behind a plain torch.autograd.Function
     instead of the dispatcher: the Python round trips of a custom op with
-    autograd cost 60-150 us per forward + backward. Not while tracing or
+    autograd cost 80-150 us per forward + backward. Not while tracing or
     compiling, under torch.func transforms (they wrap tensors without changing
     their type; a torch without this private check counts as inside one), for
     tensor subclasses or other devices.
