@@ -802,12 +802,14 @@ def lowrank_conv2d(
     return torch.ops.fusenas.lowrank_conv2d.default(*args)
 
 
-# Multiply-adds of the first factor per value of its output above which the
+# Multiply-adds of the first factor per value of its output from which the
 # backward reads the kept intermediate rather than recomputing it (2 threads,
-# N = 128, keep vs recompute per training step: C x kh 48 (16 ch spatial) keeps
-# 12% slower, 144 (16 ch 3x3) even, 192 (64 ch spatial) 9% faster, 2304
-# (256 ch 3x3) 20% faster).
-KEEP_INTERMEDIATE_MIN_DEPTH = 160
+# N = 128, keep vs recompute per training step. Zen 5: C x kh 48 (16 ch spatial)
+# keeps 12% slower, 144 (16 ch 3x3) even, 192 (64 ch spatial) 9% faster, 2304
+# (256 ch 3x3) 20% faster. Zen 4, after the plane backward's grad_w2 by rank
+# (session 16): 48 5-10% slower, 144 3-5% faster at ranks 7 (both layouts) and
+# 11% at rank 16 (channels_last), 96 (32 ch spatial) 0-8% faster: so from 144.)
+KEEP_INTERMEDIATE_MIN_DEPTH = 144
 
 
 def _eager_inference(*tensors: torch.Tensor | None) -> bool:
