@@ -405,7 +405,7 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
         // Over the output columns only: G is zero on the others.
         grid_pixels(rows, g.Wq, {0, g.Wo}, lay.w2_cols(), kpix, krows);
         const int64_t kv = static_cast<int64_t>(kpix.size());
-        if (lay.w2_by_rank) {  // Gt columns past Nout hold stale floats: unused sums
+        if (lay.w2_by_rank) {  // Gt columns past Nout stay zero (w2b starts zeroed)
           planes_to_pixels(kern, G.get() + row0, gplane, P, s.Nout, w2b.get(), lay.npad);
           const int64_t arows = round_up(s.rank, kern.mr);
           for (int64_t j = 0; j < taps2; ++j) {
