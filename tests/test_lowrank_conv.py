@@ -1086,6 +1086,40 @@ def test_plane_backward_grad_w2_orientations(scheme, isa, rank, monkeypatch):
         torch.set_num_threads(old)
 
 
+@needs_ext
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+@pytest.mark.parametrize("isa", _isas())
+def test_pixel_major_weight_gradients_in_both_orientations(scheme, isa, monkeypatch):
+    """The pixel-major backward's weight-gradient PairGemms run channels x padded rank,
+    or rank x channels where the rank pads to a vector and the channels do not (ranks
+    5 and 12 with 16 and 32 channels; rank 16 and 24 channels keep the first form).
+    channels_last float32 at 2 threads (private sums), strides 1 and 2, against the
+    float64 reference."""
+    monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
+    monkeypatch.setenv("FUSENAS_LOWRANK_NHWC", "1")
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        # Batches large enough that the sums stay private (share_weight_sums).
+        for n, c, r, nout, stride in ((6, 16, 5, 32, 1), (16, 32, 12, 16, 2), (6, 16, 16, 32, 1),
+                                      (6, 24, 5, 32, 1), (6, 16, 12, 24, 1)):  # fmt: skip
+            x, w1, w2, _, (s, p, d) = _case((n, c, 24, 23, r, nout, 3, stride, 1, 1), scheme,
+                                            True, torch.float32)  # fmt: skip
+            geo = (scheme, [s, s], [p, p], [d, d])
+            y = lowrank_conv2d(x, w1, w2, None, scheme=scheme, stride=s, padding=p, dilation=d)
+            go = torch.randn(y.shape, generator=torch.Generator().manual_seed(9))
+            go = go.contiguous(memory_format=torch.channels_last)
+            mask = [False, True, True, False]
+            want = lowrank_conv2d_backward_reference(
+                go.double(), x.double(), w1.double(), w2.double(), *geo, mask
+            )
+            got = torch.ops.fusenas.lowrank_conv2d_backward(go, x, w1, w2, *geo, mask)
+            _close(got[1], want[1], torch.float32)
+            _close(got[2], want[2], torch.float32)
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_cuda_path_setting(monkeypatch):
     from fusenas.ops.lowrank_conv_cuda import cuda_path
 
