@@ -366,8 +366,9 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
       }
     }
   }
-  // The sums (copies added in thread order): acc_w1[t][c][r] -> grad_w1[r][c][t],
-  // acc_w2[j][o][r] -> grad_w2[o][r][j].
+  // The sums (copies added in thread order): acc_w1[t][c][r] (by rank:
+  // [t][r][c]) -> grad_w1[r][c][t], acc_w2[j][o][r] (by rank: [j][r][o]) ->
+  // grad_w2[o][r][j].
   if (want_w1) {
 #pragma omp parallel for num_threads(used) schedule(static)
     for (int64_t r = 0; r < s.rank; ++r)
