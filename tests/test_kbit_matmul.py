@@ -184,6 +184,21 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(compiled(x), f(x))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated")
+def test_jit_trace_records_the_registered_op():
+    """The eager shortcut (kernel called without the dispatcher) steps aside under
+    torch.jit.trace: the trace holds fusenas::kbit_matmul, not a baked-in result."""
+    pw = quantize_weight(torch.randn(16, 256), 4, 128)
+
+    def f(x):
+        return kbit_matmul(x, pw)
+
+    traced = torch.jit.trace(f, (torch.randn(3, 256),))
+    assert "fusenas::kbit_matmul" in [n.kind() for n in traced.graph.nodes()]
+    other = torch.randn(3, 256)
+    torch.testing.assert_close(traced(other), f(other))
+
+
 # ------------------------------------------------------------ bad input ----
 
 

@@ -822,6 +822,24 @@ def test_eager_training_path_matches_registered_op(save, cl):
         _close(a, b.double(), torch.float32)  # threads may split the sums differently
 
 
+@needs_ext
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated")
+def test_jit_trace_records_the_registered_op():
+    """Under torch.jit.trace the eager shortcuts step aside: the trace must hold
+    fusenas::lowrank_conv2d (a kernel called behind its back would be baked into the
+    trace as a constant) and give the op's result on another input."""
+    w1, w2 = _factors("channel", 8, 4, 8, 3, 3)
+
+    def f(x):
+        return lowrank_conv2d(x, w1, w2, scheme="channel", padding=1)
+
+    with torch.no_grad():
+        traced = torch.jit.trace(f, (torch.randn(2, 8, 6, 6),))
+        assert "fusenas::lowrank_conv2d" in [n.kind() for n in traced.graph.nodes()]
+        other = torch.randn(2, 8, 6, 6)
+        torch.testing.assert_close(traced(other), f(other))
+
+
 def test_backward_allocates_no_gradient_for_the_kept_intermediate():
     """t is an output autograd never differentiates: its gradient must not be
     materialised as a zero tensor of t's size (N x r x Ho x W floats per step)."""

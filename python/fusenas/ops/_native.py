@@ -52,21 +52,28 @@ def warn_fallback(op: str, reason: str) -> None:
         )
 
 
-def eager_cpu(tensors) -> bool:
-    """Whether plain CPU tensors (None entries ignored) are used in eager mode.
-
-    Then an op may run its CPU kernels behind a plain torch.autograd.Function
-    instead of the dispatcher: the Python round trips of a custom op with
-    autograd cost 80-150 us per forward + backward. Not while tracing or
-    compiling, under torch.func transforms (they wrap tensors without changing
-    their type; a torch without this private check counts as inside one), for
-    tensor subclasses or other devices.
-    """
+def eager_mode() -> bool:
+    """Whether ops may call their kernels directly, skipping the dispatcher (whose
+    Python round trips cost 10 us a call, 80-150 us per forward + backward with
+    autograd): not while tracing (torch.jit.trace: the trace must record the
+    registered op, or it would bake the result in as a constant) or compiling, and
+    not under torch.func transforms (they wrap tensors without changing their type;
+    a torch without this private check counts as inside one)."""
     import torch
 
     functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
-    if functorch_active is None or functorch_active() or torch.compiler.is_compiling():
+    if functorch_active is None or functorch_active():
         return False
+    return not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+
+
+def eager_cpu(tensors) -> bool:
+    """eager_mode() with plain CPU tensors (None entries ignored): then an op may run
+    its CPU kernels directly, or behind a plain torch.autograd.Function."""
+    import torch
+
     # is_cpu, not device.type: this runs per layer call, and building the
     # device object costs about 0.3 us a tensor.
-    return all(t is None or (type(t) is torch.Tensor and t.is_cpu) for t in tensors)
+    return eager_mode() and all(
+        t is None or (type(t) is torch.Tensor and t.is_cpu) for t in tensors
+    )

@@ -310,7 +310,7 @@ def _eager_inference(x: torch.Tensor) -> bool:
     return (
         type(x) is torch.Tensor
         and not (x.requires_grad and torch.is_grad_enabled())
-        and not torch.compiler.is_compiling()
+        and _native.eager_mode()
     )
 
 

@@ -779,19 +779,16 @@ def lowrank_conv2d(
     if residual is not None or activation != "none":
         args = (*args, residual, activation)
     if _eager_inference(x, w1, w2, bias, residual):
-        # No autograd, not tracing: skip the dispatcher's Python round trips.
+        # No autograd, not tracing or compiling: skip the dispatcher's Python round trips.
         return _lowrank_conv2d_cpu(*args)
-    if save_intermediate is None:
+    # t is worth keeping only for a CPU call whose w2 needs a gradient (checked first:
+    # under torch.jit.trace the shapes below are traced values).
+    keep = x.device.type == "cpu" and torch.is_grad_enabled() and w2.requires_grad
+    if keep and save_intermediate is None:
         save_intermediate = w1.dim() == 4 and (
             w1.shape[1] * w1.shape[2] * w1.shape[3] >= KEEP_INTERMEDIATE_MIN_DEPTH
         )
-    keep = bool(
-        save_intermediate
-        and x.device.type == "cpu"
-        and torch.is_grad_enabled()
-        and isinstance(w2, torch.Tensor)
-        and w2.requires_grad
-    )
+    keep = bool(keep and save_intermediate)
     if _native.eager_cpu((x, w1, w2, bias, residual)):
         if len(args) == 8:
             args = (*args, None, "none")
