@@ -185,6 +185,7 @@ def test_torch_compile_fullgraph():
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated")
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # the shape checks
 def test_jit_trace_records_the_registered_op():
     """The eager shortcut (kernel called without the dispatcher) steps aside under
     torch.jit.trace: the trace holds fusenas::kbit_matmul, not a baked-in result."""
