@@ -778,7 +778,8 @@ def lowrank_conv2d(
     args = (x, w1, w2, bias, scheme, list(stride), list(padding), list(dilation))
     if residual is not None or activation != "none":
         args = (*args, residual, activation)
-    if _eager_inference(x, w1, w2, bias, residual):
+    eager = _native.eager_cpu((x, w1, w2, bias, residual))
+    if eager and not _needs_grad(x, w1, w2, bias, residual):
         # No autograd, not tracing or compiling: skip the dispatcher's Python round trips.
         return _lowrank_conv2d_cpu(*args)
     # t is worth keeping only for a CPU call whose w2 needs a gradient (checked first:
@@ -789,7 +790,7 @@ def lowrank_conv2d(
             w1.shape[1] * w1.shape[2] * w1.shape[3] >= KEEP_INTERMEDIATE_MIN_DEPTH
         )
     keep = bool(keep and save_intermediate)
-    if _native.eager_cpu((x, w1, w2, bias, residual)):
+    if eager:
         if len(args) == 8:
             args = (*args, None, "none")
         out = _EagerCPUTraining.apply(*args, keep)
@@ -809,12 +810,9 @@ def lowrank_conv2d(
 KEEP_INTERMEDIATE_MIN_DEPTH = 144
 
 
-def _eager_inference(*tensors: torch.Tensor | None) -> bool:
-    grad = torch.is_grad_enabled()
-    for t in tensors:
-        if t is not None and grad and t.requires_grad:
-            return False
-    return _native.eager_cpu(tensors)
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd will record a call on these tensors."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def workspace_bytes(
