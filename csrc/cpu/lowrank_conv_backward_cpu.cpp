@@ -259,8 +259,8 @@ inline void pack_pixel_panels(const float* src, int64_t ld, int64_t m,
 // acc_j (rank x Npad) += T_j (rank x pixels, packed) . Gt (pixels x Npad),
 // with G transposed once instead of the intermediate once per tap. Training
 // step, NCHW, 2 threads, Zen 4, min of alternating processes: 16 ch @32
-// spatial rank 4 6.8-7.5 -> 5.6-6.2 ms, 32 ch @16 spatial rank 8 3.7-3.8 ->
-// 3.5-3.9 ms, 256 ch @14 channel rank 38 22.4-23.0 -> 21.5-23.2 ms; forced on
+// spatial rank 4 6.8-7.5 -> 5.6-6.2 ms, 32 ch @16 spatial rank 8 3.7-4.3 ->
+// 3.5-4.2 ms, 256 ch @14 channel rank 38 22.4-23.0 -> 21.5-23.2 ms; forced on
 // a rank of whole vectors (128 ch @28 spatial rank 96) it was slower (67-68
 // against 68-77 ms), which the multiply-add count rules out.
 struct BackwardLayout {

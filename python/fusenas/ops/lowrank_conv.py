@@ -805,7 +805,7 @@ def lowrank_conv2d(
 # N = 128, keep vs recompute per training step. Zen 5: C x kh 48 (16 ch spatial)
 # keeps 12% slower, 144 (16 ch 3x3) even, 192 (64 ch spatial) 9% faster, 2304
 # (256 ch 3x3) 20% faster. Zen 4, after the plane backward's grad_w2 by rank
-# (session 16): 48 5-10% slower, 144 3-5% faster at ranks 7 (both layouts) and
+# (session 16): 48 3-15% slower, 144 2-5% faster at ranks 7 (both layouts) and
 # 11% at rank 16 (channels_last), 96 (32 ch spatial) 0-8% faster: so from 144.)
 KEEP_INTERMEDIATE_MIN_DEPTH = 144
 
