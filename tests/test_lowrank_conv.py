@@ -126,7 +126,8 @@ def test_native_forward_matches_reference(isa, scheme, dtype, monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_native_backward_matches_reference(isa, scheme, dtype, monkeypatch):
     monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
-    masks = [[True] * 4, [True, False, False, False], [False, True, True, False]]
+    masks = [[True] * 4, [True, False, False, False], [False, True, True, False],
+             [False, False, True, True]]  # fmt: skip
     for i, (shape, cl) in enumerate(itertools.product(SHAPES, [False, True])):
         x, w1, w2, bias, (s, p, d) = _case(shape, scheme, cl, dtype, seed=i)
         y = _ref(x.double(), w1.double(), w2.double(), None, scheme, s, p, d)
@@ -558,8 +559,8 @@ def test_channels_last_pixel_major_backward_matches_reference(isa, scheme, monke
     shape (240 -> 56 channels, all gradients): the first factor's 9 x 240 B rows exceed
     one block of IndGemm rows (AVX2 and AVX-512), in column panels of unequal widths."""
     monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
-    masks = [[True, True, True, False], [True, False, False, False], [False, True, False, False],
-             [False, False, True, False], [False, True, True, False]]  # fmt: skip
+    masks = [[True, True, True, True], [True, False, False, True], [False, True, False, False],
+             [False, False, True, True], [False, True, True, False]]  # fmt: skip
     extra = [(3, 16, 8, 8, 20, 32, 3, 1, 1, 1), (5, 32, 7, 7, 16, 16, 3, 1, 1, 1),
              (2, 240, 5, 4, 40, 56, 3, 1, 1, 1)]  # fmt: skip
     assert len(SHAPES + extra) % len(masks) == 1  # the last shape gets masks[0]
@@ -581,6 +582,40 @@ def test_channels_last_pixel_major_backward_matches_reference(isa, scheme, monke
                     _close(g_, w_, torch.float32)
             if mask[0]:
                 assert got[0].is_contiguous(memory_format=torch.channels_last)
+
+
+@needs_ext
+@pytest.mark.parametrize("isa", _isas())
+def test_bias_gradient_summed_in_the_kernel(isa, monkeypatch):
+    """grad_bias comes from the backward kernel's tiles of grad_out (both paths, both
+    layouts, bfloat16, several tiles and threads) and equals grad_out's sum; requested
+    alone, or on an empty batch, it is torch's sum."""
+    monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for scheme, cl, env, dtype in [
+            ("channel", False, "0", torch.float32), ("spatial", True, "0", torch.float32),
+            ("channel", True, "1", torch.float32), ("spatial", True, "1", torch.float32),
+            ("channel", False, "0", torch.bfloat16), ("spatial", True, "0", torch.bfloat16),
+        ]:  # fmt: skip
+            monkeypatch.setenv("FUSENAS_LOWRANK_NHWC", env)
+            x, w1, w2, _, (s, p, d) = _case((5, 16, 23, 21, 6, 16, 3, 1, 1, 1), scheme, cl, dtype)
+            geo = (scheme, [s, s], [p, p], [d, d])
+            go = torch.randn(5, 16, 23, 21, generator=torch.Generator().manual_seed(3))
+            go = go.to(dtype).contiguous(memory_format=_format(x))
+            want = go.double().sum(dim=(0, 2, 3))
+            for mask in ([True, False, False, True], [False, False, True, True],
+                         [False, True, False, True], [False, False, False, True]):  # fmt: skip
+                gb = torch.ops.fusenas.lowrank_conv2d_backward(go, x, w1, w2, *geo, mask)[3]
+                assert gb.dtype == dtype and gb.shape == (16,)
+                _close(gb, want, dtype)
+        empty = torch.ops.fusenas.lowrank_conv2d_backward(
+            go[:0], x[:0], w1, w2, *geo, [True, False, False, True]
+        )
+        assert torch.equal(empty[3], torch.zeros(16, dtype=go.dtype))
+    finally:
+        torch.set_num_threads(old)
 
 
 @needs_ext

@@ -313,8 +313,8 @@ Geometry backward_geometry(const LowRankConvShape& s, int threads) {
 
 template <class T>
 void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, const T* w1,
-              const T* w2, T* gx, const Strides4& gxs, T* gw1, T* gw2, const LowRankConvShape& s,
-              int num_threads, const float* t_saved) {
+              const T* w2, T* gx, const Strides4& gxs, T* gw1, T* gw2, T* gb,
+              const LowRankConvShape& s, int num_threads, const float* t_saved) {
   const auto& kern = pick_kernels();
   const int threads = resolve_threads(num_threads);
   const Geometry g = backward_geometry(s, threads);
@@ -364,6 +364,7 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
   const int64_t items = s.N * g.ntiles;
   const int used = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, items)));
   std::vector<std::vector<float>> acc_w2(used), acc_taps(used);
+  BiasSums bias(gb != nullptr, used, s.Nout);
   // Intermediate offset of each second-factor tap (grad_w2 operand Tt).
   const int64_t taps2 = lay.taps2, rpad = lay.rpad, k2p = lay.k2p;
   std::vector<int64_t> tap2_off(static_cast<size_t>(taps2));
@@ -402,6 +403,9 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
       const int64_t P = round_up(rows * g.Wq, kPixelAlign);
       const int64_t qown = tile + 1 < g.ntiles ? rows : ceil_div(Hp - oh0 * s.sh, s.sh);
       pack_grad_out(kern, go, gs, n, oh0, rows, g, grid_rows, G.get(), gplane, front);
+      if (bias.wanted())  // the tile's own rows (columns past Wo are zero)
+        for (int64_t o = 0; o < s.Nout; ++o)
+          bias.add_plane(tid, o, G.get() + o * gplane + row0, rows * g.Wq);
       if (want_w1 || recompute) pack_input(kern, x, xs, n, oh0, rows + g.qh_max, g, xp.get());
       if (want_w2) {  // the intermediate (kept or recomputed), then grad_w2 += G . T^T
         if (t_saved) {
@@ -525,6 +529,7 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
           gw2[(o * s.rank + r) * taps2 + j] = from_f32<T>(total(
               acc_w2, lay.w2_by_rank ? (j * s.rank + r) * lay.npad + o : o * k2p + j * rpad + r));
   }
+  if (bias.wanted()) bias.store(gb);
 }
 
 }  // namespace
@@ -553,23 +558,26 @@ void lowrank_conv2d_backward_cpu(const void* grad_out, const Strides4& gs, const
                                  const Strides4& xs, const void* w1, const void* w2, void* grad_x,
                                  const Strides4& gxs, void* grad_w1, void* grad_w2,
                                  const LowRankConvShape& s, DType dtype, int num_threads,
-                                 const float* intermediate) {
+                                 const float* intermediate, void* grad_bias) {
   if (dtype == DType::kBFloat16) {
     using T = uint16_t;
     backward(static_cast<const T*>(grad_out), gs, static_cast<const T*>(x), xs,
              static_cast<const T*>(w1), static_cast<const T*>(w2), static_cast<T*>(grad_x), gxs,
-             static_cast<T*>(grad_w1), static_cast<T*>(grad_w2), s, num_threads, intermediate);
+             static_cast<T*>(grad_w1), static_cast<T*>(grad_w2), static_cast<T*>(grad_bias), s,
+             num_threads, intermediate);
   } else if (nhwc_applies(s, xs, gs) &&
              (grad_x == nullptr || is_channels_last(gxs, s.C, s.H, s.W))) {
     backward_nhwc(static_cast<const float*>(grad_out), static_cast<const float*>(x),
                   static_cast<const float*>(w1), static_cast<const float*>(w2),
                   static_cast<float*>(grad_x), static_cast<float*>(grad_w1),
-                  static_cast<float*>(grad_w2), s, num_threads, intermediate);
+                  static_cast<float*>(grad_w2), static_cast<float*>(grad_bias), s, num_threads,
+                  intermediate);
   } else {
     using T = float;
     backward(static_cast<const T*>(grad_out), gs, static_cast<const T*>(x), xs,
              static_cast<const T*>(w1), static_cast<const T*>(w2), static_cast<T*>(grad_x), gxs,
-             static_cast<T*>(grad_w1), static_cast<T*>(grad_w2), s, num_threads, intermediate);
+             static_cast<T*>(grad_w1), static_cast<T*>(grad_w2), static_cast<T*>(grad_bias), s,
+             num_threads, intermediate);
   }
 }
 

@@ -122,8 +122,8 @@ int64_t nhwc_workspace_bytes(const LowRankConvShape& s, int num_threads);
 // nhwc_applies(s, xs, gs) holds and grad_x (when wanted) is channels_last
 // too. Arguments as lowrank_conv2d_backward_cpu's, float32.
 void backward_nhwc(const float* grad_out, const float* x, const float* w1, const float* w2,
-                   float* grad_x, float* grad_w1, float* grad_w2, const LowRankConvShape& s,
-                   int num_threads, const float* t_saved);
+                   float* grad_x, float* grad_w1, float* grad_w2, float* grad_bias,
+                   const LowRankConvShape& s, int num_threads, const float* t_saved);
 
 int64_t nhwc_backward_workspace_bytes(const LowRankConvShape& s, int num_threads);
 

@@ -130,7 +130,7 @@ bool share_weight_sums(const LowRankConvShape& s, const BackwardPlan& pl, int us
 }  // namespace
 
 void backward_nhwc(const float* go, const float* x, const float* w1, const float* w2, float* gx,
-                   float* gw1, float* gw2, const LowRankConvShape& s, int num_threads,
+                   float* gw1, float* gw2, float* gb, const LowRankConvShape& s, int num_threads,
                    const float* t_saved) {
   const auto& kern = pick_kernels();
   const int threads = resolve_threads(num_threads);
@@ -190,6 +190,7 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
     bool valid = false;
   };
   std::vector<TileWork*> work(static_cast<size_t>(used), nullptr);
+  BiasSums bias(gb != nullptr, used, s.Nout);
   const int64_t total_rows = s.N * pl.Ho, rounds = ceil_div(pl.tiles, used);
 #pragma omp parallel num_threads(used)
   {
@@ -202,6 +203,7 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
                   {}};
     work[static_cast<size_t>(tid)] = &mine;
     Buffer gxt(want_gx && !direct_gx ? pl.gx_pixels(s) * cp : 0, false);
+    std::vector<float> bias_tile(bias.wanted() ? static_cast<size_t>(s.Nout) : 0);
     std::vector<const float*> ind;
     std::vector<const float*> pa(static_cast<size_t>(pl.pair_list())),
         pb(static_cast<size_t>(pl.pair_list()));
@@ -267,6 +269,8 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
           kern.ind_gemm(
               {pt, s.Nout, rp, taps2, ind.data(), b2t.data(), nullptr, mine.gt.get(), rp});
         }
+        if (bias.wanted())  // the tile's grad_out rows, just read by gT (in cache)
+          bias.add_pixels(tid, go + g0 * pl.Wo * s.Nout, rows * pl.Wo, s.Nout, bias_tile.data());
         if (want_gx) {
           // Input pixel (ih, iw), tap (i, jj) reads gT pixel ((ih + ph - i dh) / sh,
           // (iw + pw - jj dw) / sw) where both divide and land inside (channel),
@@ -386,6 +390,7 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
               acc_w2, copies,
               w2_by_rank ? (j * s.rank + r) * s.Nout + o : (j * s.Nout + o) * rp + r);
   }
+  if (bias.wanted()) bias.store(gb);
 }
 
 int64_t nhwc_backward_workspace_bytes(const LowRankConvShape& s, int num_threads) {

@@ -475,6 +475,50 @@ inline float sum_over_threads(const std::vector<std::vector<float>>& acc, int us
   return v;
 }
 
+// The bias gradient: the sum of grad_out over the batch and the pixels, added
+// up tile by tile from the grad_out the backward reads anyway, not by a torch
+// sum that reads it from memory again (training step, 2 threads, Zen 4, min
+// of alternating processes: 16 ch @32 spatial rank 4, NCHW, 6.21 -> 5.99 ms;
+// 32 ch @16 channel rank 14, channels_last, 5.38 -> 5.19; 64 ch @56 channel
+// rank 10, NCHW, 32.5 -> 31.9). Float partial sums within a tile, double across
+// tiles, folded in thread order at the end (the same bits at a given thread
+// count).
+struct BiasSums {
+  std::vector<std::vector<double>> per_thread;
+  BiasSums(bool want, int threads, int64_t nout)
+      : per_thread(want ? static_cast<size_t>(threads) : 0,
+                   std::vector<double>(static_cast<size_t>(nout), 0.0)) {}
+  bool wanted() const { return !per_thread.empty(); }
+  // Channel o += the n floats at p (plane rows; zero padding included).
+  void add_plane(int tid, int64_t o, const float* p, int64_t n) {
+    float lane[16] = {};  // 16 independent sums: vectorised without reassociation
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+      for (int l = 0; l < 16; ++l) lane[l] += p[i + l];
+    float v = 0.f;
+    for (; i < n; ++i) v += p[i];
+    for (int l = 0; l < 16; ++l) v += lane[l];
+    per_thread[static_cast<size_t>(tid)][static_cast<size_t>(o)] += v;
+  }
+  // Channels [0, nout) += the pixel-major rows at p (pixels rows nout apart).
+  void add_pixels(int tid, const float* p, int64_t pixels, int64_t nout, float* scratch) {
+    std::fill(scratch, scratch + nout, 0.f);
+    for (int64_t q = 0; q < pixels; ++q)
+      for (int64_t o = 0; o < nout; ++o) scratch[o] += p[q * nout + o];
+    double* acc = per_thread[static_cast<size_t>(tid)].data();
+    for (int64_t o = 0; o < nout; ++o) acc[o] += scratch[o];
+  }
+  template <class T>
+  void store(T* grad_bias) const {
+    const size_t nout = per_thread.front().size();
+    for (size_t o = 0; o < nout; ++o) {
+      double v = 0.0;
+      for (const auto& t : per_thread) v += t[o];
+      grad_bias[o] = from_f32<T>(static_cast<float>(v));
+    }
+  }
+};
+
 inline int resolve_threads(int num_threads) {
   return num_threads > 0 ? num_threads : omp_get_max_threads();
 }

@@ -45,12 +45,14 @@ void lowrank_conv2d_cpu(const void* x, const Strides4& xs, const void* w1, const
 // Gradients of x (strides gxs), w1 and w2 (contiguous) from grad_out (strides
 // gs); a null output pointer skips that gradient. grad_w2 needs the rank-r
 // intermediate: read from `intermediate` (as lowrank_conv2d_cpu wrote it)
-// or, when that is null, recomputed per tile.
+// or, when that is null, recomputed per tile. grad_bias (Nout, x's dtype),
+// when not null, gets grad_out summed over the batch and the pixels; it needs
+// at least one of the other gradients (their pass is where grad_out is read).
 void lowrank_conv2d_backward_cpu(const void* grad_out, const Strides4& gs, const void* x,
                                  const Strides4& xs, const void* w1, const void* w2, void* grad_x,
                                  const Strides4& gxs, void* grad_w1, void* grad_w2,
                                  const LowRankConvShape& s, DType dtype, int num_threads,
-                                 const float* intermediate = nullptr);
+                                 const float* intermediate = nullptr, void* grad_bias = nullptr);
 
 // Bytes of the kernels' own buffers (per-thread tiles, packed weights,
 // gradient accumulators) outside the tensors: what they add to peak memory.

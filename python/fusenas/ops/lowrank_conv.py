@@ -470,7 +470,12 @@ def _lowrank_conv2d_backward_cpu(
     gw1 = torch.empty(w1.shape, dtype=x.dtype) if want_w1 else x.new_empty(0)
     gw2 = torch.empty(w2.shape, dtype=x.dtype) if want_w2 else x.new_empty(0)
     gb = x.new_empty(0)
-    if want_b:
+    # The kernel sums grad_bias from the tiles of grad_out it reads for the other
+    # gradients; alone (or on an empty batch) it is torch's sum.
+    bias_in_kernel = want_b and (want_x or want_w1 or want_w2) and x.shape[0] > 0
+    if bias_in_kernel:
+        gb = torch.empty(w2.shape[0], dtype=x.dtype)
+    elif want_b:
         gb = grad_out.sum(dim=(0, 2, 3), dtype=torch.float32).to(x.dtype)
     if not (want_x or want_w1 or want_w2):
         return gx, gw1, gw2, gb
@@ -487,6 +492,7 @@ def _lowrank_conv2d_backward_cpu(
         gw1.data_ptr() if want_w1 else 0, gw2.data_ptr() if want_w2 else 0,
         *_geometry(x, w1, w2, scheme, stride, padding, dilation, kh, kw),
         _DTYPE_CODE[x.dtype], torch.get_num_threads(), 0 if t is None else t.data_ptr(),
+        gb.data_ptr() if bias_in_kernel else 0,
     )  # fmt: skip
     return gx, gw1, gw2, gb
 
