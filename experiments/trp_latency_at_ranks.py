@@ -108,19 +108,18 @@ def main() -> None:
     times = time_interleaved(nets, inputs, args.rounds, args.calls)
     med = {k: statistics.median(v) for k, v in times.items()}
     low_ = {k: min(v) for k, v in times.items()}  # the least disturbed round
-    rows, lines = (
-        [],
-        [
-            f"ResNet-20 at the ranks of `{args.ranks.name}` ({len(ranks)} decomposed convs), "
-            f"random weights; both networks deployed (optimize_for_inference); "
-            f"{args.threads} threads; median (and min) of {args.rounds} interleaved rounds of "
-            f"{args.calls} calls; MACs {macs['dense'] / 1e6:.1f}M dense, {macs['trp'] / 1e6:.1f}M TRP "
-            f"({macs['dense'] / macs['trp']:.2f}x fewer).",
-            "",
-            "| batch | layout | dense (ms) | TRP (ms) | speed-up | min dense / TRP (ms) | speed-up |",
-            "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
-        ],
-    )
+    dense_m, trp_m = macs["dense"] / 1e6, macs["trp"] / 1e6
+    rows: list[dict] = []
+    lines = [
+        f"ResNet-20 at the ranks of `{args.ranks.name}` ({len(ranks)} decomposed convs), "
+        "random weights; both networks deployed (optimize_for_inference); "
+        f"{args.threads} threads; median (and min) of {args.rounds} interleaved rounds of "
+        f"{args.calls} calls; MACs {dense_m:.1f}M dense, {trp_m:.1f}M TRP "
+        f"({dense_m / trp_m:.2f}x fewer).",
+        "",
+        "| batch | layout | dense (ms) | TRP (ms) | speed-up | min dense / TRP (ms) | speed-up |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for batch, layout in inputs:
         d, t = med[("dense", (batch, layout))], med[("trp", (batch, layout))]
         dm, tm = low_[("dense", (batch, layout))], low_[("trp", (batch, layout))]
