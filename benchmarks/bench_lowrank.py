@@ -15,7 +15,9 @@ of ImageNet ResNet-18/50 (C 64, 128, 256, 512 at 56, 28, 14, 7 px, batch 32; the
 convs of ResNet-50's bottlenecks have the same 3x3 shapes). The quick default grid takes
 reductions 2x and 6x; FUSENAS_BENCH_FULL=1 adds 3x and the stride-2 downsampling convs.
 
-Per case: median and min time over FUSENAS_BENCH_SECONDS (default 0.4) of calls, the
+Per case: median and min time over FUSENAS_BENCH_SECONDS (default 0.4) of calls, taken in
+FUSENAS_BENCH_ROUNDS (default 4) rounds that visit every variant and layout of the case in
+turn (so a slow phase of a shared machine hits them alike), the
 realised fraction of the MAC reduction (dense time / low-rank time) / (dense MACs /
 low-rank MACs) against the faster dense layout, and the peak memory of one call: the
 growth of live heap bytes during the call, every malloc in the process counted (torch's
@@ -43,12 +45,14 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import heap_peak  # benchmarks/heap_peak.py (the script's directory)
 import torch
 import torch.nn.functional as F
 
 import fusenas
+from fusenas._atomic import atomic_write_bytes
 from fusenas.info import cpu_model
 from fusenas.ops import _native, lowrank_conv2d
 from fusenas.ops.lowrank_conv import workspace_bytes
@@ -58,6 +62,7 @@ FULL = os.environ.get("FUSENAS_BENCH_FULL", "0") == "1"
 BUDGET_S = float(os.environ.get("FUSENAS_BENCH_SECONDS", "0.4"))
 COMPILE = os.environ.get("FUSENAS_BENCH_COMPILE", "1") == "1"
 ONLY = os.environ.get("FUSENAS_BENCH_ONLY", "")  # run only shapes whose name contains this
+ROUNDS = max(1, int(os.environ.get("FUSENAS_BENCH_ROUNDS", "4")))
 
 
 @dataclass(frozen=True)
@@ -103,22 +108,28 @@ def macs(scheme: str, c: int, n: int, r: int, ho: int, wo: int, batch: int) -> i
     return per_pixel * ho * wo * batch
 
 
-def time_call(fn: Callable[[], object]) -> tuple[float, float, int]:
-    """(median, min) seconds of fn over about BUDGET_S, after two warm-up calls.
+def time_interleaved(fns: list[Callable[[], object]]) -> list[tuple[float, float, int]]:
+    """(median, min, calls) seconds of each fn: about BUDGET_S of calls each, in ROUNDS
+    rounds that visit every fn in turn (at least 2 calls per round), after one warm-up
+    call each. Timed back to back instead, one variant could take a slow phase of a
+    shared machine alone and the ratios between variants would move with it.
 
     One thread: process CPU time (immune to the time other jobs take the core away
     on a shared machine); more threads: wall time.
     """
     clock = time.process_time if THREADS == 1 else time.perf_counter
-    fn()
-    fn()
-    samples: list[float] = []
-    start = time.perf_counter()
-    while time.perf_counter() - start < BUDGET_S or len(samples) < 5:
-        t0 = clock()
+    for fn in fns:
         fn()
-        samples.append(clock() - t0)
-    return statistics.median(samples), min(samples), len(samples)
+    samples: list[list[float]] = [[] for _ in fns]
+    for _ in range(ROUNDS):
+        for fn, got in zip(fns, samples, strict=True):
+            start, n = time.perf_counter(), 0
+            while time.perf_counter() - start < BUDGET_S / ROUNDS or n < 2:
+                t0 = clock()
+                fn()
+                got.append(clock() - t0)
+                n += 1
+    return [(statistics.median(got), min(got), len(got)) for got in samples]
 
 
 def peak_bytes(fn: Callable[[], object]) -> int:
@@ -189,6 +200,8 @@ def run_case(shape: ConvShape, scheme: str, reduction: int, results: list[Result
         torch._dynamo.reset()
         compiled = torch.compile(two_conv, backend="inductor")
 
+    # Every variant x layout x mode of the case first, then timed together.
+    entries: list[tuple[str, str, str, torch.Tensor, Callable, Callable, list]] = []
     for layout in ("nchw", "channels_last"):
         fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
         x = torch.randn(shape.batch, c, px, px, generator=g).contiguous(memory_format=fmt)
@@ -224,27 +237,31 @@ def run_case(shape: ConvShape, scheme: str, reduction: int, results: list[Result
                         t.grad = None
                     step()
 
-                med, best, calls = time_call(call)
-                for t in leaves:
-                    t.grad = None
-                if heap_peak.active():
-                    peak = heap_peak.peak_during(step)
-                else:
-                    peak = peak_bytes(step)
-                    if name == "fusenas":
-                        peak += workspace_bytes(x, w1, w2, scheme=scheme, stride=s, padding=1,
-                                                backward=mode == "fwdbwd")  # fmt: skip
-                res = Result(
-                    shape.name, shape.net, scheme, reduction, r, name, layout, mode, med * 1e3,
-                    best * 1e3, calls, peak / 2**20,
-                    dense_macs if name == "dense" else lr_macs, dense_macs,
-                )  # fmt: skip
-                results.append(res)
-                print(
-                    f"{shape.name:32s} {scheme:8s} {reduction}x r={r:<4d} {name:17s} "
-                    f"{layout:13s} {mode:6s} {med * 1e3:9.3f} ms  peak {peak / 2**20:8.1f} MiB",
-                    flush=True,
-                )
+                entries.append((layout, name, mode, x, call, step, leaves))
+    timings = time_interleaved([e[4] for e in entries])
+    for (layout, name, mode, x, _, step, leaves), (med, best, calls) in zip(
+        entries, timings, strict=True
+    ):
+        for t in leaves:
+            t.grad = None
+        if heap_peak.active():
+            peak = heap_peak.peak_during(step)
+        else:
+            peak = peak_bytes(step)
+            if name == "fusenas":
+                peak += workspace_bytes(x, w1, w2, scheme=scheme, stride=s, padding=1,
+                                        backward=mode == "fwdbwd")  # fmt: skip
+        res = Result(
+            shape.name, shape.net, scheme, reduction, r, name, layout, mode, med * 1e3,
+            best * 1e3, calls, peak / 2**20,
+            dense_macs if name == "dense" else lr_macs, dense_macs,
+        )  # fmt: skip
+        results.append(res)
+        print(
+            f"{shape.name:32s} {scheme:8s} {reduction}x r={r:<4d} {name:17s} "
+            f"{layout:13s} {mode:6s} {med * 1e3:9.3f} ms  peak {peak / 2**20:8.1f} MiB",
+            flush=True,
+        )
 
 
 def peak_gflops() -> float:
@@ -290,6 +307,7 @@ def main() -> None:
         "clock": "process CPU time" if THREADS == 1 else "wall time",
         "full": FULL,
         "budget_s": BUDGET_S,
+        "rounds": ROUNDS,
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "build_info": {k: str(v) for k, v in info.items()},
@@ -300,8 +318,8 @@ def main() -> None:
         "seconds": time.time() - started,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    with open(args.json, "w") as f:
-        json.dump({"meta": meta, "results": [asdict(r) for r in results]}, f, indent=1)
+    data = {"meta": meta, "results": [asdict(r) for r in results]}
+    atomic_write_bytes(Path(args.json), json.dumps(data, indent=1).encode())
     print(f"wrote {args.json} ({len(results)} rows, {meta['seconds']:.0f} s)")
 
 
