@@ -45,7 +45,6 @@ processes, and with 1 thread it equals the wall time of an idle machine).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -59,6 +58,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fusenas
+from fusenas._atomic import write_json_atomic
 from fusenas.info import cpu_model
 from fusenas.ops import PC_DARTS_PRIMITIVES, _native, pc_mixed_op
 
@@ -377,9 +377,9 @@ def main(argv: list[str] | None = None) -> int:
         memory += m
     env["load_after"] = _load()
     env["seconds"] = round(time.time() - t0, 1)
-    with open(args.json, "w") as f:
-        rows = [asdict(r) for r in results]
-        json.dump({"environment": env, "results": rows, "saved_for_backward": memory}, f, indent=1)
+    rows = [asdict(r) for r in results]
+    data = {"environment": env, "results": rows, "saved_for_backward": memory}
+    write_json_atomic(args.json, data)
     print(f"wrote {args.json} ({len(results)} rows, {env['seconds']} s)")
     return 0
 

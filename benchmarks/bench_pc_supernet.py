@@ -35,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+from fusenas._atomic import write_json_atomic, write_text_atomic
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -177,11 +179,11 @@ def main() -> None:
                 runs[variant].append(json.loads(out.stdout.strip().splitlines()[-1]))
                 print(f"  {runs[variant][-1]['step_s']:.2f} s/step", file=sys.stderr)
         results += [_merge(r) for r in runs.values()]
-    Path(args.json).write_text(json.dumps(results, indent=1))
+    write_json_atomic(args.json, results)
     table = _render(results)
     print(table)
     if args.md:
-        Path(args.md).write_text(table)
+        write_text_atomic(args.md, table)
 
 
 if __name__ == "__main__":

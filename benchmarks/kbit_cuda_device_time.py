@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import json
 import math
 import statistics
 import time
@@ -34,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 import fusenas
+from fusenas._atomic import write_json_atomic, write_text_atomic
 from fusenas.ops import kbit_matmul
 
 KBIT_OPS = importlib.import_module("fusenas.ops.kbit_matmul")
@@ -134,8 +134,8 @@ def main() -> None:
     meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
                 cuda=torch.version.cuda, calls=CALLS, repeats=REPEATS,
                 cold_bytes=COLD_BYTES)  # fmt: skip
-    args.out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
-    args.out.with_suffix(".md").write_text(table + "\n")
+    write_json_atomic(args.out.with_suffix(".json"), dict(meta=meta, rows=rows))
+    write_text_atomic(args.out.with_suffix(".md"), table + "\n")
 
 
 def _table(rows: list[dict]) -> str:

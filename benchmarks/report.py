@@ -19,6 +19,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from fusenas._atomic import save_figure_atomic, write_text_atomic
+
 ROOT = Path(__file__).resolve().parent.parent
 DTYPE_SHORT = {"float32": "f32", "bfloat16": "bf16"}
 ALT_ORDER = ["linear", "int8pack", "int4pack", "bnb_nf4"]
@@ -470,7 +472,7 @@ def write_markdown(ix: Index, data: dict, dram: dict, stat: str, png: Path, md: 
 
     text = "\n".join(L).rstrip() + "\n"
     md.parent.mkdir(parents=True, exist_ok=True)
-    md.write_text(text)
+    write_text_atomic(md, text)
     return text
 
 
@@ -539,7 +541,7 @@ def write_plot(ix: Index, dram: dict, png: Path) -> None:
 
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=110)
+    save_figure_atomic(fig, png, dpi=110)
     plt.close(fig)
 
 

@@ -18,6 +18,8 @@ import json
 import statistics
 from pathlib import Path
 
+from fusenas._atomic import write_text_atomic
+
 
 def _load_benchmarks(path: Path) -> tuple[dict, list[dict]]:
     data = json.loads(path.read_text())
@@ -152,9 +154,7 @@ def main() -> None:
         parts.append(kbit_section(a.kbit, a.kbit_before))
     if a.lowrank:
         parts.append(lowrank_section(a.lowrank))
-    tmp = a.out.with_suffix(a.out.suffix + ".tmp")
-    tmp.write_text("\n\n".join(parts) + "\n")
-    tmp.replace(a.out)  # atomic: a reader never sees half a report
+    write_text_atomic(a.out, "\n\n".join(parts) + "\n")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import subprocess
 from collections import defaultdict
 from pathlib import Path
 
+from fusenas._atomic import save_figure_atomic, write_text_atomic
+
 CaseKey = tuple[str, str, int]  # shape, scheme, reduction
 
 
@@ -219,13 +221,19 @@ def write_plot(rows: list[dict], png: Path) -> bool:
     ax.set_title("fusenas.lowrank_conv2d vs two torch convs (2 threads, float32)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(png, dpi=110)
+    save_figure_atomic(fig, png, dpi=110)
     plt.close(fig)
     return True
 
 
 def write_markdown(
-    data: dict, rows: list[dict], stat: str, md: Path, png: Path | None, extras: list[dict]
+    data: dict,
+    rows: list[dict],
+    stat: str,
+    md: Path,
+    png: Path | None,
+    extras: list[dict],
+    notes: str = "",
 ) -> None:
     meta = data["meta"]
     grid = "full grid" if meta["full"] else "quick grid (FUSENAS_BENCH_FULL=1 for the full grid)"
@@ -313,7 +321,7 @@ def write_markdown(
         lines += ["", f"![speed-ups]({png.name})"]
     for extra in extras:
         lines += ["", *summary_section(extra, stat)]
-    md.write_text("\n".join(lines) + "\n")
+    write_text_atomic(md, "\n".join(lines) + "\n" + notes)
 
 
 def summary_section(data: dict, stat: str) -> list[str]:
@@ -372,9 +380,9 @@ def main() -> None:
     png = out / "lowrank.png"
     md = out / "lowrank.md"
     extras = [json.loads(Path(p).read_text()) for p in args.also]
-    write_markdown(data, rows, args.stat, md, png if write_plot(rows, png) else None, extras)
-    if args.notes:
-        md.write_text(md.read_text() + "\n" + Path(args.notes).read_text())
+    notes = "\n" + Path(args.notes).read_text() if args.notes else ""
+    write_markdown(data, rows, args.stat, md, png if write_plot(rows, png) else None, extras,
+                   notes)  # fmt: skip
     print(f"wrote {md}")
 
 

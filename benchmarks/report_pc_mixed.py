@@ -17,6 +17,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from fusenas._atomic import write_text_atomic
+
 IMPLS = ("eager", "compile", "fused")
 TARGET_EAGER, TARGET_COMPILE = 3.0, 1.3
 
@@ -198,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         lines += ["Not measured in this report (pass --supernet).", ""]
     else:
         lines += supernet_section(args.supernet)
-    args.out.write_text("\n".join(lines))
+    write_text_atomic(args.out, "\n".join(lines))
     print(f"wrote {args.out}")
     return 0
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from results_io import publish, write_json  # experiments/results_io.py
 
+from fusenas._atomic import save_figure_atomic
 from fusenas.search import latency
 from fusenas.search.config import SearchConfig
 from fusenas.search.nb201_table import Nb201Table
@@ -93,7 +94,7 @@ def main() -> None:
         ax.annotate(f"w={r['latency_weight']}", (r["measured_ms"], r["nb201_test_acc"]))
     ax.set_xlabel(f"measured latency, batch {args.batch}, 2 threads (ms)")
     ax.set_ylabel("NAS-Bench-201 CIFAR-10 test accuracy (%)")
-    fig.savefig(out / "tradeoff.png", dpi=110, bbox_inches="tight")
+    save_figure_atomic(fig, out / "tradeoff.png", dpi=110, bbox_inches="tight")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from results_io import publish  # experiments/results_io.py (the script's directory)
 
+from fusenas._atomic import save_figure_atomic
 from fusenas.search.config import SearchConfig
 from fusenas.search.nb201_table import Nb201Table
 from fusenas.search.pcdarts import run_search
@@ -50,7 +51,7 @@ def plot(curves: dict[int, list[float]], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure_atomic(fig, path, dpi=120)
     plt.close(fig)
 
 

@@ -134,6 +134,29 @@ def test_failed_write_leaves_old_file(packed_model, packed_file):
     assert len(list(packed_file.parent.iterdir())) == 1
 
 
+def test_atomic_text_and_figure_writers(tmp_path):
+    """Reports and plots go through the same temp-file-and-rename as checkpoints: the
+    result is complete, no temp file stays, and a failed render leaves the old file."""
+    from fusenas._atomic import save_figure_atomic, write_text_atomic
+
+    path = write_text_atomic(tmp_path / "r.md", "# report\n")
+    assert path.read_text() == "# report\n"
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    png = save_figure_atomic(fig, tmp_path / "p.png", dpi=50)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    before = png.read_bytes()
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        save_figure_atomic(fig, png, dpi=50, not_an_option=1)  # savefig rejects it
+    plt.close(fig)
+    assert png.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.png", "r.md"]
+
+
 def test_bad_save_arguments(packed_model, tmp_path):
     with pytest.raises(TypeError, match="model"):
         save_packed("model", tmp_path / "a.safetensors")

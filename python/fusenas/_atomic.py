@@ -46,3 +46,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """json.dumps ``obj`` (indented) to ``path`` atomically."""
     return atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode())
+
+
+def save_figure_atomic(fig: Any, path: str | os.PathLike, **savefig_kwargs: Any) -> Path:
+    """A matplotlib figure rendered in memory (format from the suffix), then written atomically."""
+    import io
+
+    buf = io.BytesIO()
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    fig.savefig(buf, format=fmt, **savefig_kwargs)
+    return atomic_write_bytes(path, buf.getvalue())

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from fusenas._atomic import write_text_atomic
 from fusenas.data.datasets import ImageDataset, load_splits
 from fusenas.models import small_cnn_for
 from fusenas.quant.convert import QuantConfig, quantize_
@@ -101,13 +102,14 @@ def run_demo(
         torch.set_num_threads(threads_before)
     table = format_table(rows, threads, group_size)
     log(table)
-    (out / "results.md").write_text(
+    write_text_atomic(
+        out / "results.md",
         "# fusenas demo: k-bit post-training quantization of a small CNN on digits\n\n"
         f"{len(train)} train / {len(test)} test images, seed {seed}, {epochs} epochs, "
         f"torch {torch.__version__}, {threads} threads, group size "
         f"{group_size or 'per-channel'} (per-channel where it does not divide K).\n\n"
         + table
-        + "\n"
+        + "\n",
     )
     log(f"wrote {out / 'results.md'} and the fp32 / 4-bit models to {out}/")
     return rows

@@ -17,17 +17,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from fusenas._atomic import atomic_write_bytes  # noqa: E402
+from fusenas._atomic import save_figure_atomic  # noqa: E402
 from fusenas.search.spaces.nb201 import NB201_PRIMITIVES, parse_arch_str  # noqa: E402
 
 
 def _save(fig: Any, path: Path) -> None:
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    save_figure_atomic(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def _arrow(color: str, style: str) -> dict[str, Any]:
