@@ -20,11 +20,11 @@ import copy
 import json
 import re
 import statistics
-import time
 from pathlib import Path
 
 import torch
 from results_io import publish  # experiments/results_io.py (the script's directory)
+from trp_runs import time_interleaved
 
 from fusenas.compress.decompose import DecomposeConfig, decompose_
 from fusenas.models.resnet_cifar import resnet20
@@ -62,21 +62,6 @@ def build(ranks: dict[str, tuple[str, int]]) -> tuple[torch.nn.Module, torch.nn.
         if not decompose_(low, cfg):
             raise ValueError(f"layer {name!r} is not a decomposable conv of ResNet-20")
     return dense, low
-
-
-@torch.no_grad()
-def time_interleaved(nets: dict, inputs: dict, rounds: int, calls: int) -> dict:
-    """{(net, input): [ms per call, one per round]}, round-robin over every pair."""
-    times: dict = {}
-    for _ in range(rounds):
-        for name, net in nets.items():
-            for key, x in inputs.items():
-                net(x)  # warm: allocator, thread pool
-                t0 = time.perf_counter()
-                for _ in range(calls):
-                    net(x)
-                times.setdefault((name, key), []).append((time.perf_counter() - t0) / calls * 1e3)
-    return times
 
 
 def main() -> None:

@@ -1,9 +1,11 @@
 """Loads a finished ``fusenas compress baseline`` run and a ``fusenas compress trp`` run
-for the side-by-side TRP experiments (trp_speed.py, trp_layer_latency.py)."""
+for the side-by-side TRP experiments (trp_speed.py, trp_layer_latency.py), and times
+networks side by side (also trp_latency_at_ranks.py)."""
 
 from __future__ import annotations
 
 import argparse
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,3 +67,18 @@ def load_for_timing(args: argparse.Namespace) -> tuple[TrpRuns, str]:
         else "glibc malloc at its defaults."
     )
     return load_trp_runs(args.baseline, args.trp), note
+
+
+@torch.no_grad()
+def time_interleaved(nets: dict, inputs: dict, rounds: int, calls: int) -> dict:
+    """{(net, input): [ms per call, one per round]}, round-robin over every pair."""
+    times: dict = {}
+    for _ in range(rounds):
+        for name, net in nets.items():
+            for key, x in inputs.items():
+                net(x)  # warm: allocator, thread pool
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    net(x)
+                times.setdefault((name, key), []).append((time.perf_counter() - t0) / calls * 1e3)
+    return times

@@ -17,30 +17,14 @@ from __future__ import annotations
 
 import copy
 import statistics
-import time
 
 import torch
 from results_io import publish  # experiments/results_io.py (the script's directory)
-from trp_runs import load_for_timing, timing_parser
+from trp_runs import load_for_timing, time_interleaved, timing_parser
 
 from fusenas.data.batches import evaluate
 from fusenas.nn import optimize_for_inference
 from fusenas.profiling import count_macs, count_params
-
-
-@torch.no_grad()
-def _time_interleaved(nets: dict, inputs: dict, rounds: int, calls: int) -> dict:
-    """{(net, input): [ms per call, one per round]}, round-robin over every pair."""
-    times: dict = {}
-    for _ in range(rounds):
-        for name, net in nets.items():
-            for key, x in inputs.items():
-                net(x)  # warm: allocator, thread pool
-                t0 = time.perf_counter()
-                for _ in range(calls):
-                    net(x)
-                times.setdefault((name, key), []).append((time.perf_counter() - t0) / calls * 1e3)
-    return times
 
 
 def main() -> None:
@@ -73,7 +57,7 @@ def main() -> None:
         ("b1", "NCHW"): x[:1].contiguous(),
         ("b64", "NCHW"): x.contiguous(),
     }
-    times = _time_interleaved(timed, inputs, args.rounds, calls=5)
+    times = time_interleaved(timed, inputs, args.rounds, calls=5)
     med = {key: statistics.median(v) for key, v in times.items()}
     lines = [
         f"Test split: {len(test)} held-out CIFAR-10 training images; latency: median over "
