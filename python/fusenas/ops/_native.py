@@ -69,11 +69,14 @@ def eager_mode() -> bool:
 
 def eager_cpu(tensors) -> bool:
     """eager_mode() with plain CPU tensors (None entries ignored): then an op may run
-    its CPU kernels directly, or behind a plain torch.autograd.Function."""
+    its CPU kernels directly, or behind a plain torch.autograd.Function.
+
+    Plain means torch.Tensor or nn.Parameter (a module's weights: its
+    __torch_function__ is disabled, so it behaves as a tensor); any other subclass
+    (fake, functional, distributed tensors) takes the registered op."""
     import torch
 
     # is_cpu, not device.type: this runs per layer call, and building the
     # device object costs about 0.3 us a tensor.
-    return eager_mode() and all(
-        t is None or (type(t) is torch.Tensor and t.is_cpu) for t in tensors
-    )
+    plain = (torch.Tensor, torch.nn.Parameter)
+    return eager_mode() and all(t is None or (type(t) in plain and t.is_cpu) for t in tensors)
