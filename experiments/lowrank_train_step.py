@@ -15,11 +15,18 @@ the table gives each variant's median over the rounds.
 
     python experiments/lowrank_train_step.py runs/trp_r20_40ep/baseline \\
         runs/trp_r20_40ep/trp_e099 --out docs/lowrank_train_step.md
+
+Without the run directories (they are not in the repository), ``--ranks`` rebuilds the
+exported network from a run's per-layer ranks with random weights and input, as
+trp_latency_at_ranks.py does (step time depends on the ranks, not on the values):
+
+    python experiments/lowrank_train_step.py --ranks docs/trp_r20_layer_latency.json
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from pathlib import Path
@@ -27,6 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from results_io import publish  # experiments/results_io.py (the script's directory)
+from trp_latency_at_ranks import build, read_ranks
 
 from fusenas.compress.config import CompressConfig
 from fusenas.compress.driver import load_split, load_trained
@@ -72,20 +80,33 @@ def set_save(model: torch.nn.Module, save: bool | None) -> torch.nn.Module:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("baseline", type=Path)
-    ap.add_argument("trp", type=Path)
+    ap.add_argument("baseline", type=Path, nargs="?", help="a `compress baseline` run")
+    ap.add_argument("trp", type=Path, nargs="?", help="a `compress trp` run")
+    ap.add_argument("--ranks", type=Path, help="instead of the runs: a trp_layer_latency.py JSON")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    if (args.ranks is None) == (args.baseline is None or args.trp is None):
+        ap.error("give either the baseline and trp run directories or --ranks")
     torch.set_num_threads(2)
-    base_cfg = load_config(CompressConfig, args.baseline / "config.yaml")
-    train, test = load_split(base_cfg)
-    c, k = test.x.shape[1], len(test.classes)
-    dense = load_trained(args.baseline, base_cfg, c, k)
+    if args.ranks is not None:
+        dense, low = build(read_ranks(args.ranks))
+        x = torch.rand(args.batch, 3, 32, 32)
+        y = torch.randint(0, 10, (args.batch,), generator=torch.Generator().manual_seed(0))
 
-    def trp() -> torch.nn.Module:  # a fresh copy of the exported network
-        return load_model(args.trp / "compressed.safetensors")[0]
+        def trp() -> torch.nn.Module:  # a fresh copy of the rebuilt network
+            return copy.deepcopy(low)
+    else:
+        base_cfg = load_config(CompressConfig, args.baseline / "config.yaml")
+        train, test = load_split(base_cfg)
+        c, k = test.x.shape[1], len(test.classes)
+        dense = load_trained(args.baseline, base_cfg, c, k)
+        x = train.x[: args.batch].float() / 255.0
+        y = torch.as_tensor(train.y[: args.batch]).long()
+
+        def trp() -> torch.nn.Module:  # a fresh copy of the exported network
+            return load_model(args.trp / "compressed.safetensors")[0]
 
     variants = {
         "dense baseline (torch convs)": dense,
@@ -94,8 +115,7 @@ def main() -> None:
         "TRP, fused (always recompute t)": set_save(trp(), False),
         "TRP, two torch convs per layer": swap_two_convs(trp()),
     }
-    x = (train.x[: args.batch].float() / 255.0).contiguous(memory_format=torch.channels_last)
-    y = torch.as_tensor(train.y[: args.batch]).long()
+    x = x.contiguous(memory_format=torch.channels_last)
 
     def step(net: torch.nn.Module) -> None:
         net.zero_grad(set_to_none=True)
