@@ -134,9 +134,10 @@ def test_failed_write_leaves_old_file(packed_model, packed_file):
     assert len(list(packed_file.parent.iterdir())) == 1
 
 
-def test_atomic_text_and_figure_writers(tmp_path):
+def test_atomic_text_and_figure_writers(tmp_path, monkeypatch):
     """Reports and plots go through the same temp-file-and-rename as checkpoints: the
-    result is complete, no temp file stays, and a failed render leaves the old file."""
+    result is complete, no temp file stays, and a render that fails half-way (bytes
+    already written) leaves the old file whole."""
     from fusenas._atomic import save_figure_atomic, write_text_atomic
 
     path = write_text_atomic(tmp_path / "r.md", "# report\n")
@@ -150,8 +151,17 @@ def test_atomic_text_and_figure_writers(tmp_path):
     png = save_figure_atomic(fig, tmp_path / "p.png", dpi=50)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     before = png.read_bytes()
-    with pytest.raises(TypeError, match="unexpected keyword"):
-        save_figure_atomic(fig, png, dpi=50, not_an_option=1)  # savefig rejects it
+
+    def fails_half_way(target, **kwargs):  # writes part of an image, then fails
+        if hasattr(target, "write"):
+            target.write(b"\x89PNG partial")
+        else:
+            Path(target).write_bytes(b"\x89PNG partial")
+        raise RuntimeError("render failed")
+
+    monkeypatch.setattr(fig, "savefig", fails_half_way)
+    with pytest.raises(RuntimeError, match="render failed"):
+        save_figure_atomic(fig, png, dpi=50)
     plt.close(fig)
     assert png.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.png", "r.md"]
