@@ -67,16 +67,18 @@ def eager_mode() -> bool:
     return not torch.compiler.is_compiling() and not torch.jit.is_tracing()
 
 
-def eager_cpu(tensors) -> bool:
-    """eager_mode() with plain CPU tensors (None entries ignored): then an op may run
-    its CPU kernels directly, or behind a plain torch.autograd.Function.
-
-    Plain means torch.Tensor or nn.Parameter (a module's weights: its
-    __torch_function__ is disabled, so it behaves as a tensor); any other subclass
-    (fake, functional, distributed tensors) takes the registered op."""
+def is_plain(t) -> bool:
+    """torch.Tensor or nn.Parameter (a module's weights: its __torch_function__ is
+    disabled, so it behaves as a tensor). Any other subclass (fake, functional,
+    distributed tensors) must take the registered op."""
     import torch
 
+    return type(t) is torch.Tensor or type(t) is torch.nn.Parameter
+
+
+def eager_cpu(tensors) -> bool:
+    """eager_mode() with plain CPU tensors (is_plain; None entries ignored): then an op
+    may run its CPU kernels directly, or behind a plain torch.autograd.Function."""
     # is_cpu, not device.type: this runs per layer call, and building the
     # device object costs about 0.3 us a tensor.
-    plain = (torch.Tensor, torch.nn.Parameter)
-    return eager_mode() and all(t is None or (type(t) in plain and t.is_cpu) for t in tensors)
+    return eager_mode() and all(t is None or (is_plain(t) and t.is_cpu) for t in tensors)

@@ -308,7 +308,7 @@ def kbit_matmul(
 
 def _eager_inference(x: torch.Tensor) -> bool:
     return (
-        type(x) is torch.Tensor
+        _native.is_plain(x)
         and not (x.requires_grad and torch.is_grad_enabled())
         and _native.eager_mode()
     )
