@@ -269,7 +269,7 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
           kern.ind_gemm(
               {pt, s.Nout, rp, taps2, ind.data(), b2t.data(), nullptr, mine.gt.get(), rp});
         }
-        if (bias.wanted())  // the tile's grad_out rows, just read by gT (in cache)
+        if (bias.wanted())  // the tile's grad_out rows (in cache when gT just read them)
           bias.add_pixels(tid, go + g0 * pl.Wo * s.Nout, rows * pl.Wo, s.Nout, bias_tile.data());
         if (want_gx) {
           // Input pixel (ih, iw), tap (i, jj) reads gT pixel ((ih + ph - i dh) / sh,
