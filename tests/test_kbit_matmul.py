@@ -3,6 +3,7 @@ reference against a naive loop, torch.library contracts, and bad input."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -312,6 +313,30 @@ def test_code_kernels(bits, dtype):
         # float32 x: two bfloat16 terms (16 significant bits); bfloat16: the output
         # rounding (and, on the GEMM, the weights' rounding to bfloat16).
         assert err < (5e-5 if dtype == torch.float32 else 8e-3), (m, n, k, g, sym, err)
+
+
+@needs_ext
+@pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("m", [5, 40])
+def test_bfloat16_output_is_the_rounded_sum(isa, bits, m, monkeypatch):
+    """Every bfloat16 path rounds its float32 sums to nearest even, as torch does,
+    whether the kernels write bfloat16 themselves (the kernels on codes) or a
+    float32 copy is converted: integer weights (scale 1) and integer x keep every
+    product and sum exact in float32, so only the output rounding is left.
+    K = 1408 is 11 blocks: the GEMM on codes sums it in two k-chunks; sums up to
+    a few thousand have 8-bit mantissas with ties to round."""
+    _use_isa(monkeypatch, isa)
+    torch.manual_seed(5)
+    n, k = 70, 1408
+    pw = quantize_weight(torch.randn(n, k), bits, 128)
+    pw = dataclasses.replace(pw, scales=torch.ones_like(pw.scales))
+    x = torch.randint(-3, 4, (m, k)).bfloat16()
+    bias = torch.randint(-50, 50, (n,)).bfloat16()
+    exact = x.double() @ fusenas.dequantize(pw).double().T + bias.double()
+    assert exact.abs().max() < 2**24  # every partial sum exact in float32
+    y = kbit_matmul(x, pw, bias)
+    assert torch.equal(y, exact.float().bfloat16())
 
 
 @needs_ext

@@ -46,11 +46,43 @@ inline __m512i code_table(float zc) {
 
 constexpr int kMr = 12;  // x rows per micro-kernel tile
 
+// 16 float32 -> bfloat16 bits, rounded to nearest even with NaN kept quiet,
+// bit for bit as float_to_bf16_bits (common/dtype_convert.h). Not vcvtneps2bf16:
+// it treats denormal inputs as zero.
+inline __m256i to_bf16_bits(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd));
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  const __m512i quiet = _mm512_or_si512(u, _mm512_set1_epi32(0x400000));
+  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_mask_mov_epi32(rounded, nan, quiet), 16));
+}
+
+// The C tile of store_c_tile, plus the bias, written as bfloat16 to Y (row
+// stride ldy): the last k-chunk converts in registers, so no float32 copy of
+// the output is written and converted afterwards.
+template <int MR>
+FUSENAS_ALWAYS_INLINE inline void store_c_tile_bf16(const __m512 (&c0)[MR], const __m512 (&c1)[MR],
+                                                    uint16_t* Y, int64_t ldy, __mmask16 m0,
+                                                    __mmask16 m1, const float* bias_or_null) {
+  __m512 bb0 = _mm512_setzero_ps(), bb1 = _mm512_setzero_ps();
+  if (bias_or_null) {
+    bb0 = _mm512_maskz_loadu_ps(m0, bias_or_null);
+    bb1 = _mm512_maskz_loadu_ps(m1, bias_or_null + 16);
+  }
+  FUSENAS_UNROLL for (int i = 0; i < MR; ++i) {
+    _mm256_mask_storeu_epi16(Y + i * ldy, m0, to_bf16_bits(_mm512_add_ps(c0[i], bb0)));
+    _mm256_mask_storeu_epi16(Y + i * ldy + 16, m1, to_bf16_bits(_mm512_add_ps(c1[i], bb1)));
+  }
+}
+
 // C[MR x 32] (+)= A[MR x 2*pairs] * B; B holds, per k-pair, 16 columns x 2 k
-// interleaved (32 bf16) for columns 0..15, then the same for 16..31.
+// interleaved (32 bf16) for columns 0..15, then the same for 16..31. With Y
+// (the last k-chunk of a bfloat16 output), C + bias goes to Y instead of C.
 template <int MR>
 void micro_kernel(const uint16_t* A, int64_t lda, const uint16_t* B, int64_t pairs, float* C,
-                  int64_t ldc, __mmask16 m0, __mmask16 m1, bool first, const float* bias) {
+                  int64_t ldc, __mmask16 m0, __mmask16 m1, bool first, const float* bias,
+                  uint16_t* Y, int64_t ldy) {
   __m512 c0[MR], c1[MR];
   load_c_tile<MR>(c0, c1, C, ldc, m0, m1, first);
   for (int64_t q = 0; q < pairs; ++q) {
@@ -64,11 +96,14 @@ void micro_kernel(const uint16_t* A, int64_t lda, const uint16_t* B, int64_t pai
       c1[i] = _mm512_dpbf16_ps(c1[i], a, b1);
     }
   }
-  store_c_tile<MR>(c0, c1, C, ldc, m0, m1, bias);
+  if (Y)
+    store_c_tile_bf16<MR>(c0, c1, Y, ldy, m0, m1, bias);
+  else
+    store_c_tile<MR>(c0, c1, C, ldc, m0, m1, bias);
 }
 
 using MicroKernel = void (*)(const uint16_t*, int64_t, const uint16_t*, int64_t, float*, int64_t,
-                             __mmask16, __mmask16, bool, const float*);
+                             __mmask16, __mmask16, bool, const float*, uint16_t*, int64_t);
 
 // micro_kernel<1..kMr>, indexed by MR - 1.
 template <int... Is>

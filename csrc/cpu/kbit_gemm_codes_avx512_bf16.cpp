@@ -17,7 +17,7 @@
 
 #include <algorithm>
 #include <cstring>
-#include <vector>
+#include <memory>
 
 #include "cpu/kbit_bf16_micro_avx512.h"
 #include "cpu/kbit_decode_avx512.h"
@@ -101,12 +101,18 @@ template <int BITS>
 void gemm(const KbitGemvBf16Problem& p, const KbitWeight& w, int64_t n_begin, int64_t n_end) {
   static constexpr auto kernels = micro_kernels();
   constexpr int64_t kPanels = kNc / kNr;
-  // The block of panels (256 KB) and one panel's row-major scratch (64 KB):
-  // on the heap, not on an OpenMP worker's stack.
-  std::vector<uint32_t> buf((kPanels + 1) * kPanelWords);
-  uint32_t* block = buf.data();
-  uint32_t* rows_buf = block + kPanels * kPanelWords;
   const int64_t nb = kbit::num_blocks(w.K);
+  const bool chunked = nb > kKcBlocks;
+  // The block of panels (256 KB), one panel's row-major scratch (64 KB) and,
+  // for a bfloat16 output over several k-chunks, the float32 partial sums of
+  // the block's columns (M x kNc): on the heap, not on an OpenMP worker's
+  // stack, and left uninitialised (every word is written before it is read).
+  const int64_t part_floats = p.ybf && chunked ? p.M * kNc : 0;
+  const std::unique_ptr<uint32_t[]> buf(
+      new uint32_t[(kPanels + 1) * kPanelWords + part_floats]);
+  uint32_t* block = buf.get();
+  uint32_t* rows_buf = block + kPanels * kPanelWords;
+  float* part = reinterpret_cast<float*>(rows_buf + kPanelWords);
   const int64_t groups = w.K / w.group_size;
   // Groups are whole blocks or the whole row (kbit_codes_bf16_applies).
   const int64_t blocks_per_group = groups == 1 ? nb : w.group_size / kbit::kBlock;
@@ -128,10 +134,12 @@ void gemm(const KbitGemvBf16Problem& p, const KbitWeight& w, int64_t n_begin, in
           const int64_t n0 = nc0 + j * kNr;
           const int rows = static_cast<int>(std::min<int64_t>(kNr, nc - j * kNr));
           const __mmask16 m0 = tail_mask(rows), m1 = tail_mask(std::max(0, rows - 16));
+          float* c = !p.ybf ? p.y + m * p.ldy + n0 : chunked ? part + m * kNc + j * kNr : nullptr;
+          const int64_t ldc = p.ybf ? kNc : p.ldy;
           kernels[mr - 1](p.xhi + m * p.ldx + b0 * kbit::kBlock, p.ldx,
-                          reinterpret_cast<const uint16_t*>(block + j * kPanelWords), pairs,
-                          p.y + m * p.ldy + n0, p.ldy, m0, m1, first,
-                          (last && p.bias) ? p.bias + n0 : nullptr);
+                          reinterpret_cast<const uint16_t*>(block + j * kPanelWords), pairs, c, ldc,
+                          m0, m1, first, (last && p.bias) ? p.bias + n0 : nullptr,
+                          p.ybf && last ? p.ybf + m * p.ldy + n0 : nullptr, p.ldy);
         }
       }
     }

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "common/dtype_convert.h"
 #include "cpu/kbit_bf16_micro_avx512.h"
 #include "cpu/kbit_decode_avx512.h"
 #include "cpu/kbit_kernels.h"
@@ -126,7 +127,11 @@ void gemv_tile(const KbitGemvBf16Problem& p, const KbitWeight& w, __m512i table,
         const float* xs = p.xsum + (m0 + m) * groups;
         for (int64_t q = 0; q < groups; ++q) corr += scale_row[r][q] * zrow[q] * xs[q];
       }
-      p.y[(m0 + m) * p.ldy + n0 + r] = _mm512_reduce_add_ps(tot[m][r]) - corr + bias;
+      const float v = _mm512_reduce_add_ps(tot[m][r]) - corr + bias;
+      if (p.ybf)
+        p.ybf[(m0 + m) * p.ldy + n0 + r] = float_to_bf16_bits(v);
+      else
+        p.y[(m0 + m) * p.ldy + n0 + r] = v;
     }
   }
 }
@@ -196,8 +201,9 @@ inline __m512i interleave(__m512i a, __m512i b) {
 }  // namespace
 
 void kbit_gemv_bf16_prepare(const void* x, int64_t M, int64_t ldx, bool float32_x, int64_t K,
-                            int64_t group_size, uint16_t* hi, uint16_t* lo, float* xsum) {
-  const int64_t nb = kbit::num_blocks(K), Kp = nb * kbit::kBlock;
+                            int64_t group_size, uint16_t* hi, uint16_t* lo, int64_t ldh,
+                            float* xsum) {
+  const int64_t nb = kbit::num_blocks(K);
   const int64_t esize = float32_x ? 4 : 2;
   // Groups are whole blocks or the whole row (kbit_codes_bf16_applies).
   const int64_t groups = K / group_size;
@@ -212,7 +218,7 @@ void kbit_gemv_bf16_prepare(const void* x, int64_t M, int64_t ldx, bool float32_
         const int64_t k0 = b * kbit::kBlock + 16 * t, k1 = k0 + 64;
         const __m512 va = load16(xr + k0 * esize, K - k0, float32_x);
         const __m512 vb = load16(xr + k1 * esize, K - k1, float32_x);
-        const int64_t pos = m * Kp + b * kbit::kBlock + 32 * t;
+        const int64_t pos = m * ldh + b * kbit::kBlock + 32 * t;
         if (float32_x) {
           __m512i ha, la, hb, lb;
           split_terms(va, ha, la);

@@ -46,7 +46,8 @@ struct KbitGemvBf16Problem {
   int64_t ldx;        // >= num_blocks(K) * 128
   const float* xsum;  // M x groups: sums of x per group (asymmetric codes; GEMV), else null
   const float* bias;  // N or null
-  float* y;           // M x N, row stride ldy
+  float* y;           // M x N float32, row stride ldy (when ybf is null)
+  uint16_t* ybf;      // or M x N bfloat16 bits, row stride ldy (rounded to nearest even)
   int64_t ldy;
 };
 
@@ -89,10 +90,20 @@ void kbit_gemm_codes_avx512_bf16(const KbitGemvBf16Problem& p, const KbitWeight&
                                  int64_t n_end);
 // Lays out M rows of x (float32, or bfloat16 bits when !float32_x; row stride
 // ldx) for the kernels on integer codes: hi and lo (float32 only) get M rows
-// of num_blocks(K) * 128 terms; xsum (or null) the M x (K / group_size) group
-// sums.
+// of num_blocks(K) * 128 terms at row stride ldh (kbit_bf16_x_stride); xsum
+// (or null) the M x (K / group_size) group sums.
 void kbit_gemv_bf16_prepare(const void* x, int64_t M, int64_t ldx, bool float32_x, int64_t K,
-                            int64_t group_size, uint16_t* hi, uint16_t* lo, float* xsum);
+                            int64_t group_size, uint16_t* hi, uint16_t* lo, int64_t ldh,
+                            float* xsum);
+
+// Row stride (elements) of the bfloat16 copies of x the AVX512-BF16 kernels
+// read: whole 128-element blocks plus one 64-byte line. The GEMM micro-kernel
+// broadcasts from 12 x rows at once; at a power-of-two stride (8 KB at
+// K = 4096) those rows share one set of the 8-way L1 and evict each other
+// every pair step. With the extra line they fall in 12 different sets:
+// 4096 x 4096, 2 threads, M = 512 42.0-43.0 -> 39.1-39.3 ms, M = 128
+// 11.2-11.5 -> 10.3-10.7 ms.
+inline int64_t kbit_bf16_x_stride(int64_t K) { return kbit::num_blocks(K) * kbit::kBlock + 32; }
 
 // Calls fn(std::integral_constant<int, B>{}) with B = bits (2..8), so each
 // kernel is instantiated per bit width behind one switch.

@@ -131,7 +131,7 @@ void gemm(const KbitProblemBf16& p, const KbitWeight& w, int64_t n_begin, int64_
       for (int64_t m = 0; m < p.M; m += kMr) {
         const int mr = static_cast<int>(std::min<int64_t>(kMr, p.M - m));
         kernels[mr - 1](p.x + m * p.ldx + kc0, p.ldx, bp, pairs, p.y + m * p.ldy + n0, p.ldy, m0,
-                        m1, first, bias);
+                        m1, first, bias, nullptr, 0);
       }
     }
   }

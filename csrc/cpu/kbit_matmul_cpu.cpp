@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "common/dtype_convert.h"
@@ -90,28 +91,41 @@ std::vector<float> bias_to_float(const uint16_t* bias, int64_t n) {
   return out;
 }
 
-// M x N float32 results (row stride N) -> bfloat16 y (row stride ldy).
-void store_bf16(const std::vector<float>& yf, int64_t M, int64_t N, uint16_t* y, int64_t ldy) {
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t n = 0; n < N; ++n) y[m * ldy + n] = float_to_bf16_bits(yf[m * N + n]);
+// Rows [m0, m1) x columns [n0, n1) of float32 results (row stride N) ->
+// bfloat16 y (row stride ldy); each thread converts its own share.
+void store_bf16(const float* yf, int64_t N, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
+                uint16_t* y, int64_t ldy) {
+  for (int64_t m = m0; m < m1; ++m)
+    for (int64_t n = n0; n < n1; ++n) y[m * ldy + n] = float_to_bf16_bits(yf[m * N + n]);
+}
+
+// Scratch the kernels write in full before reading: not zero-filled (a
+// per-call memset of megabytes ran on one thread while the others waited).
+template <typename T>
+std::unique_ptr<T[]> uninitialized(int64_t n) {
+  return std::unique_ptr<T[]>(new T[static_cast<size_t>(std::max<int64_t>(n, 1))]);
 }
 
 // bfloat16 activations on AVX512-BF16 CPUs (M >= 2): x stays bfloat16, padded
-// with zeros to whole 128-element blocks so the kernel's loads need no masks.
+// with zeros to whole 128-element blocks so the kernel's loads need no masks
+// (rows kbit_bf16_x_stride apart).
 void bf16_avx512(const uint16_t* x, int64_t M, int64_t ldx, const KbitWeight& w,
                  const uint16_t* bias, uint16_t* y, int64_t ldy, int num_threads) {
-  const int64_t K = w.K, N = w.N, Kp = kbit::num_blocks(K) * kbit::kBlock;
-  std::vector<uint16_t> xp(static_cast<size_t>(M * Kp), 0);
-  for (int64_t m = 0; m < M; ++m) std::memcpy(&xp[m * Kp], x + m * ldx, sizeof(uint16_t) * K);
-  std::vector<float> yf(static_cast<size_t>(M * N));
+  const int64_t K = w.K, N = w.N, Kp = cpu::kbit_bf16_x_stride(K);
+  const auto xp = uninitialized<uint16_t>(M * Kp);
+  for (int64_t m = 0; m < M; ++m) {
+    std::memcpy(&xp[m * Kp], x + m * ldx, sizeof(uint16_t) * K);
+    std::memset(&xp[m * Kp + K], 0, sizeof(uint16_t) * (Kp - K));
+  }
+  const auto yf = uninitialized<float>(M * N);
   const std::vector<float> bf = bias_to_float(bias, N);
   parallel_work(
       M, N, M * N * w.K, num_threads, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-        const cpu::KbitProblemBf16 p{xp.data() + m0 * Kp, m1 - m0, Kp, bias ? bf.data() : nullptr,
-                                     yf.data() + m0 * N,  N};
+        const cpu::KbitProblemBf16 p{xp.get() + m0 * Kp, m1 - m0, Kp, bias ? bf.data() : nullptr,
+                                     yf.get() + m0 * N,  N};
         cpu::kbit_matmul_avx512_bf16(p, w, n0, n1);
+        store_bf16(yf.get(), N, m0, m1, n0, n1, y, ldy);
       });
-  store_bf16(yf, M, N, y, ldy);
 }
 
 // 2-, 3-, 4-bit or ternary codes on AVX512-BF16 CPUs (kbit_codes_bf16_applies):
@@ -124,44 +138,42 @@ void bf16_avx512(const uint16_t* x, int64_t M, int64_t ldx, const KbitWeight& w,
 bool codes_bf16(const void* x, int64_t M, int64_t ldx, DType dtype, const KbitWeight& w,
                 const void* bias, void* y, int64_t ldy, int num_threads) {
   const int64_t K = w.K, N = w.N;
-  const int64_t Kp = kbit::num_blocks(K) * kbit::kBlock;
+  const int64_t Kp = cpu::kbit_bf16_x_stride(K);
   const int64_t groups = K / w.group_size;
   const bool split = dtype == DType::kFloat32;
   const bool gemv = split || M <= cpu::kGemvCodesMaxMBf16;
   // Only the GEMV needs x's group sums: the GEMM folds zero points into its tables.
   const bool sums = gemv && w.zeros;
-  std::vector<uint16_t> hi(static_cast<size_t>(M * Kp)), lo(split ? hi.size() : 0);
+  // prepare writes every term the kernels read (the line past each row is never read).
+  const auto hi = uninitialized<uint16_t>(M * Kp);
+  const auto lo = uninitialized<uint16_t>(split ? M * Kp : 0);
   std::vector<float> xsum(sums ? static_cast<size_t>(M * groups) : 0);
-  cpu::kbit_gemv_bf16_prepare(x, M, ldx, split, K, w.group_size, hi.data(),
-                              split ? lo.data() : nullptr, sums ? xsum.data() : nullptr);
+  cpu::kbit_gemv_bf16_prepare(x, M, ldx, split, K, w.group_size, hi.get(),
+                              split ? lo.get() : nullptr, Kp, sums ? xsum.data() : nullptr);
   for (const float v : xsum)
     if (!std::isfinite(v)) return false;
   const std::vector<float> bf =
       split ? std::vector<float>() : bias_to_float(static_cast<const uint16_t*>(bias), N);
   const float* b = split ? static_cast<const float*>(bias) : (bias ? bf.data() : nullptr);
-  std::vector<float> yf;
-  float* yo = static_cast<float*>(y);
-  int64_t ldo = ldy;
-  if (!split) {
-    yf.resize(static_cast<size_t>(M * N));
-    yo = yf.data();
-    ldo = N;
-  }
+  // float32 x gives float32 y; bfloat16 x gives bfloat16 y, which the kernels
+  // round and write themselves.
+  float* yf = split ? static_cast<float*>(y) : nullptr;
+  uint16_t* yb = split ? nullptr : static_cast<uint16_t*>(y);
   parallel_work(M, N, M * N * K, num_threads, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-    const cpu::KbitGemvBf16Problem p{hi.data() + m0 * Kp,
-                                     split ? lo.data() + m0 * Kp : nullptr,
+    const cpu::KbitGemvBf16Problem p{hi.get() + m0 * Kp,
+                                     split ? lo.get() + m0 * Kp : nullptr,
                                      m1 - m0,
                                      Kp,
                                      sums ? xsum.data() + m0 * groups : nullptr,
                                      b,
-                                     yo + m0 * ldo,
-                                     ldo};
+                                     yf ? yf + m0 * ldy : nullptr,
+                                     yb ? yb + m0 * ldy : nullptr,
+                                     ldy};
     if (gemv)
       cpu::kbit_gemv_avx512_bf16(p, w, n0, n1);
     else
       cpu::kbit_gemm_codes_avx512_bf16(p, w, n0, n1);
   });
-  if (!split) store_bf16(yf, M, N, static_cast<uint16_t*>(y), ldy);
   return true;
 }
 
@@ -170,7 +182,8 @@ bool codes_bf16(const void* x, int64_t M, int64_t ldx, DType dtype, const KbitWe
 void kbit_matmul_cpu(const void* x, int64_t M, int64_t ldx, DType dtype, const KbitWeight& w,
                      const void* bias, void* y, int64_t ldy, int num_threads) {
   const int64_t K = w.K, N = w.N;
-  std::vector<float> xbuf, ybuf, bbuf;
+  std::unique_ptr<float[]> xbuf, ybuf;
+  std::vector<float> bbuf;
   if (cpu::use_avx512_bf16() && cpu::kbit_codes_bf16_applies(w, M, dtype == DType::kFloat32) &&
       codes_bf16(x, M, ldx, dtype, w, bias, y, ldy, num_threads))
     return;
@@ -182,12 +195,12 @@ void kbit_matmul_cpu(const void* x, int64_t M, int64_t ldx, DType dtype, const K
   cpu::KbitProblem p{static_cast<const float*>(x), M,  ldx, static_cast<const float*>(bias),
                      static_cast<float*>(y),       ldy};
   if (dtype == DType::kBFloat16) {
-    xbuf.resize(static_cast<size_t>(M * K));
+    xbuf = uninitialized<float>(M * K);
     const uint16_t* xs = static_cast<const uint16_t*>(x);
     for (int64_t m = 0; m < M; ++m)
       for (int64_t k = 0; k < K; ++k) xbuf[m * K + k] = bf16_bits_to_float(xs[m * ldx + k]);
-    ybuf.resize(static_cast<size_t>(M * N));
-    p = {xbuf.data(), M, K, nullptr, ybuf.data(), N};
+    ybuf = uninitialized<float>(M * N);
+    p = {xbuf.get(), M, K, nullptr, ybuf.get(), N};
     bbuf = bias_to_float(static_cast<const uint16_t*>(bias), N);
     if (bias) p.bias = bbuf.data();
   }
@@ -197,8 +210,9 @@ void kbit_matmul_cpu(const void* x, int64_t M, int64_t ldx, DType dtype, const K
                   const cpu::KbitProblem sub{p.x + m0 * p.ldx, m1 - m0,          p.ldx,
                                              p.bias,           p.y + m0 * p.ldy, p.ldy};
                   kernel(sub, w, n0, n1);
+                  if (ybuf)
+                    store_bf16(ybuf.get(), N, m0, m1, n0, n1, static_cast<uint16_t*>(y), ldy);
                 });
-  if (dtype == DType::kBFloat16) store_bf16(ybuf, M, N, static_cast<uint16_t*>(y), ldy);
 }
 
 void kbit_dequantize_cpu(const KbitWeight& w, float* out, int num_threads) {
