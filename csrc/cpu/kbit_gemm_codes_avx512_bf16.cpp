@@ -108,8 +108,7 @@ void gemm(const KbitGemvBf16Problem& p, const KbitWeight& w, int64_t n_begin, in
   // the block's columns (M x kNc): on the heap, not on an OpenMP worker's
   // stack, and left uninitialised (every word is written before it is read).
   const int64_t part_floats = p.ybf && chunked ? p.M * kNc : 0;
-  const std::unique_ptr<uint32_t[]> buf(
-      new uint32_t[(kPanels + 1) * kPanelWords + part_floats]);
+  const std::unique_ptr<uint32_t[]> buf(new uint32_t[(kPanels + 1) * kPanelWords + part_floats]);
   uint32_t* block = buf.get();
   uint32_t* rows_buf = block + kPanels * kPanelWords;
   float* part = reinterpret_cast<float*>(rows_buf + kPanelWords);

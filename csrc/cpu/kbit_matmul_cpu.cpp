@@ -119,13 +119,13 @@ void bf16_avx512(const uint16_t* x, int64_t M, int64_t ldx, const KbitWeight& w,
   }
   const auto yf = uninitialized<float>(M * N);
   const std::vector<float> bf = bias_to_float(bias, N);
-  parallel_work(
-      M, N, M * N * w.K, num_threads, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-        const cpu::KbitProblemBf16 p{xp.get() + m0 * Kp, m1 - m0, Kp, bias ? bf.data() : nullptr,
-                                     yf.get() + m0 * N,  N};
-        cpu::kbit_matmul_avx512_bf16(p, w, n0, n1);
-        store_bf16(yf.get(), N, m0, m1, n0, n1, y, ldy);
-      });
+  parallel_work(M, N, M * N * w.K, num_threads,
+                [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+                  const cpu::KbitProblemBf16 p{xp.get() + m0 * Kp,         m1 - m0,           Kp,
+                                               bias ? bf.data() : nullptr, yf.get() + m0 * N, N};
+                  cpu::kbit_matmul_avx512_bf16(p, w, n0, n1);
+                  store_bf16(yf.get(), N, m0, m1, n0, n1, y, ldy);
+                });
 }
 
 // 2-, 3-, 4-bit or ternary codes on AVX512-BF16 CPUs (kbit_codes_bf16_applies):
