@@ -43,18 +43,21 @@ constexpr int64_t kNc = 128;
 constexpr int64_t kKcBlocks = 8;
 constexpr int64_t kKcPairs = kKcBlocks * kbit::kBlock / 2;  // 512
 constexpr int64_t kPanelWords = kKcPairs * kNr;             // one panel, 32-bit pairs
+// Row stride of the row-major scratch: the transpose reads 16 rows at once,
+// which at 2 KB apart would fall in two sets of the L1.
+constexpr int64_t kRowsStride = kKcPairs + 16;
 
 // Weights of rows [n0, n0 + rows) x blocks [b0, b0 + nblk) as bfloat16 pairs,
 // k-pair major as the micro-kernel reads them: bp[p * 32 + c] holds the pair
 // p (decoder order) of row n0 + c; rows past `rows` are zero. rows_buf:
-// kNr x kKcPairs scratch.
+// kNr rows of kRowsStride words, scratch.
 template <int BITS>
 void weight_panel(const KbitWeight& w, int64_t n0, int rows, int64_t b0, int64_t nblk,
                   int64_t blocks_per_group, uint32_t* rows_buf, uint32_t* bp) {
   const int64_t groups = w.K / w.group_size;
   const float zc = kbit::symmetric_zero(w.bits, w.ternary);
   for (int r = 0; r < kNr; ++r) {
-    uint32_t* dst = rows_buf + r * kKcPairs;
+    uint32_t* dst = rows_buf + r * kRowsStride;
     if (r >= rows) {
       std::memset(dst, 0, sizeof(uint32_t) * kKcPairs);
       continue;
@@ -93,8 +96,8 @@ void weight_panel(const KbitWeight& w, int64_t n0, int rows, int64_t b0, int64_t
   const int64_t pairs = nblk * kbit::kBlock / 2;
   for (int64_t p = 0; p < pairs; p += 16)
     FUSENAS_UNROLL for (int h = 0; h < 2; ++h)
-        transpose16(reinterpret_cast<const float*>(rows_buf + h * 16 * kKcPairs + p), kKcPairs,
-                    reinterpret_cast<float*>(bp + p * kNr + h * 16), kNr);
+        transpose16(reinterpret_cast<const float*>(rows_buf + h * 16 * kRowsStride + p),
+                    kRowsStride, reinterpret_cast<float*>(bp + p * kNr + h * 16), kNr);
 }
 
 template <int BITS>
@@ -108,10 +111,11 @@ void gemm(const KbitGemvBf16Problem& p, const KbitWeight& w, int64_t n_begin, in
   // the block's columns (M x kNc): on the heap, not on an OpenMP worker's
   // stack, and left uninitialised (every word is written before it is read).
   const int64_t part_floats = p.ybf && chunked ? p.M * kNc : 0;
-  const std::unique_ptr<uint32_t[]> buf(new uint32_t[(kPanels + 1) * kPanelWords + part_floats]);
+  const std::unique_ptr<uint32_t[]> buf(
+      new uint32_t[kPanels * kPanelWords + kNr * kRowsStride + part_floats]);
   uint32_t* block = buf.get();
   uint32_t* rows_buf = block + kPanels * kPanelWords;
-  float* part = reinterpret_cast<float*>(rows_buf + kPanelWords);
+  float* part = reinterpret_cast<float*>(rows_buf + kNr * kRowsStride);
   const int64_t groups = w.K / w.group_size;
   // Groups are whole blocks or the whole row (kbit_codes_bf16_applies).
   const int64_t blocks_per_group = groups == 1 ? nb : w.group_size / kbit::kBlock;
