@@ -26,6 +26,7 @@
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "cpu/kbit_decode_avx2.h"
@@ -449,34 +450,44 @@ constexpr std::array<MicroKernel, sizeof...(Is)> micro_table(std::integer_sequen
   return {&micro_kernel<Is + 1, FULL>...};
 }
 
+// x in blocks of kMc rows, K chunks inside, each block's chunk packed once for
+// all panels (as kbit_matmul_avx512.cpp; L2 is 512 KB on the AVX2 parts).
+constexpr int64_t kMc = 192;
+
 template <int BITS>
 void gemm(const KbitProblem& p, const KbitWeight& w, int64_t n_begin, int64_t n_end) {
   alignas(32) float rows_buf[kNr * kKc];  // decoded panel, n-major
   alignas(32) float b_buf[kKc * kNr];     // the same, k-major
   static constexpr auto kFull = micro_table<true>(std::make_integer_sequence<int, kMr>{});
   static constexpr auto kPart = micro_table<false>(std::make_integer_sequence<int, kMr>{});
-  for (int64_t n0 = n_begin; n0 < n_end; n0 += kNr) {
-    const int rows = static_cast<int>(std::min<int64_t>(kNr, n_end - n0));
-    const auto& kernels = rows == kNr ? kFull : kPart;
+  constexpr int64_t lda = x_pack_stride(kKc);
+  const std::unique_ptr<float[]> xpack(new float[std::min(kMc, p.M) * lda]);
+  for (int64_t mb = 0; mb < p.M; mb += kMc) {
+    const int64_t mrows = std::min(kMc, p.M - mb);
     for (int64_t kc0 = 0; kc0 < w.K; kc0 += kKc) {
       const int64_t kc = std::min<int64_t>(kKc, w.K - kc0);
       const int64_t kc_blocks = (kc + kbit::kBlock - 1) / kbit::kBlock * kbit::kBlock;
-      for (int r = 0; r < kNr; ++r) {
-        if (r < rows)
-          decode_row<BITS>(w, n0 + r, kc0, kc_blocks, rows_buf + r * kKc, true);
-        else
-          std::memset(rows_buf + r * kKc, 0, sizeof(float) * kc_blocks);
-      }
-      for (int64_t kk = 0; kk < kc; kk += 8) {
-        transpose8(rows_buf + kk, kKc, b_buf + kk * kNr, kNr);
-        transpose8(rows_buf + 8 * kKc + kk, kKc, b_buf + kk * kNr + 8, kNr);
-      }
+      pack_x_block(p.x, p.ldx, mb, mrows, kc0, kc, xpack.get(), lda);
       const bool first = kc0 == 0, last = kc0 + kKc >= w.K;
-      const float* bias = (last && p.bias) ? p.bias + n0 : nullptr;
-      for (int64_t m = 0; m < p.M; m += kMr) {
-        const int mr = static_cast<int>(std::min<int64_t>(kMr, p.M - m));
-        kernels[mr - 1](p.x + m * p.ldx + kc0, p.ldx, b_buf, kc, p.y + m * p.ldy + n0, p.ldy, rows,
-                        first, bias);
+      for (int64_t n0 = n_begin; n0 < n_end; n0 += kNr) {
+        const int rows = static_cast<int>(std::min<int64_t>(kNr, n_end - n0));
+        const auto& kernels = rows == kNr ? kFull : kPart;
+        for (int r = 0; r < kNr; ++r) {
+          if (r < rows)
+            decode_row<BITS>(w, n0 + r, kc0, kc_blocks, rows_buf + r * kKc, true);
+          else
+            std::memset(rows_buf + r * kKc, 0, sizeof(float) * kc_blocks);
+        }
+        for (int64_t kk = 0; kk < kc; kk += 8) {
+          transpose8(rows_buf + kk, kKc, b_buf + kk * kNr, kNr);
+          transpose8(rows_buf + 8 * kKc + kk, kKc, b_buf + kk * kNr + 8, kNr);
+        }
+        const float* bias = (last && p.bias) ? p.bias + n0 : nullptr;
+        for (int64_t m = 0; m < mrows; m += kMr) {
+          const int mr = static_cast<int>(std::min<int64_t>(kMr, mrows - m));
+          kernels[mr - 1](xpack.get() + m * lda, lda, b_buf, kc, p.y + (mb + m) * p.ldy + n0, p.ldy,
+                          rows, first, bias);
+        }
       }
     }
   }

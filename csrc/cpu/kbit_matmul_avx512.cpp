@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <memory>
 
 #include "cpu/kbit_decode_avx512.h"
 #include "cpu/kbit_kernels.h"
@@ -120,26 +121,40 @@ constexpr std::array<MicroKernel, sizeof...(Is)> micro_table(std::integer_sequen
   return {&micro_kernel<Is + 1>...};
 }
 
+// x in blocks of kMc rows, K chunks inside: each block's chunk is packed once
+// (pack_x_block: kMc x kKc floats, in L2), then every 32-row weight panel of
+// the thread is decoded for that chunk and run against the block's tiles.
+// Panels outer instead (every chunk of a panel, then the next panel) re-read
+// all of x for every panel, from L3 at M >= 128. A block re-decodes the
+// panels, so blocks are large: one block up to M = 384.
+constexpr int64_t kMc = 384;
+
 template <int BITS>
 void gemm(const KbitProblem& p, const KbitWeight& w, int64_t n_begin, int64_t n_end) {
   alignas(64) float rows_buf[kNr * kKc];  // decoded panel, n-major
   alignas(64) float b_buf[kKc * kNr];     // the same, k-major
   static constexpr auto kernels = micro_table(std::make_integer_sequence<int, kMr>{});
-  for (int64_t n0 = n_begin; n0 < n_end; n0 += kNr) {
-    const int rows = static_cast<int>(std::min<int64_t>(kNr, n_end - n0));
-    const __mmask16 m0 = tail_mask(rows), m1 = tail_mask(std::max(0, rows - 16));
+  constexpr int64_t lda = x_pack_stride(kKc);
+  const std::unique_ptr<float[]> xpack(new float[std::min(kMc, p.M) * lda]);
+  for (int64_t mb = 0; mb < p.M; mb += kMc) {
+    const int64_t mrows = std::min(kMc, p.M - mb);
     for (int64_t kc0 = 0; kc0 < w.K; kc0 += kKc) {
       const int64_t kc = std::min<int64_t>(kKc, w.K - kc0);
-      decode_panel<BITS>(w, n0, rows, kc0, (kc + 127) / 128 * 128, rows_buf);
-      for (int64_t kk = 0; kk < kc; kk += 16)
-        FUSENAS_UNROLL for (int h = 0; h < 2; ++h)
-            transpose16(rows_buf + h * 16 * kKc + kk, kKc, b_buf + kk * kNr + h * 16, kNr);
+      pack_x_block(p.x, p.ldx, mb, mrows, kc0, kc, xpack.get(), lda);
       const bool first = kc0 == 0, last = kc0 + kKc >= w.K;
-      const float* bias = (last && p.bias) ? p.bias + n0 : nullptr;
-      for (int64_t m = 0; m < p.M; m += kMr) {
-        const int mr = static_cast<int>(std::min<int64_t>(kMr, p.M - m));
-        kernels[mr - 1](p.x + m * p.ldx + kc0, p.ldx, b_buf, kc, p.y + m * p.ldy + n0, p.ldy, m0,
-                        m1, first, bias);
+      for (int64_t n0 = n_begin; n0 < n_end; n0 += kNr) {
+        const int rows = static_cast<int>(std::min<int64_t>(kNr, n_end - n0));
+        const __mmask16 m0 = tail_mask(rows), m1 = tail_mask(std::max(0, rows - 16));
+        decode_panel<BITS>(w, n0, rows, kc0, (kc + 127) / 128 * 128, rows_buf);
+        for (int64_t kk = 0; kk < kc; kk += 16)
+          FUSENAS_UNROLL for (int h = 0; h < 2; ++h)
+              transpose16(rows_buf + h * 16 * kKc + kk, kKc, b_buf + kk * kNr + h * 16, kNr);
+        const float* bias = (last && p.bias) ? p.bias + n0 : nullptr;
+        for (int64_t m = 0; m < mrows; m += kMr) {
+          const int mr = static_cast<int>(std::min<int64_t>(kMr, mrows - m));
+          kernels[mr - 1](xpack.get() + m * lda, lda, b_buf, kc, p.y + (mb + m) * p.ldy + n0, p.ldy,
+                          m0, m1, first, bias);
+        }
       }
     }
   }
