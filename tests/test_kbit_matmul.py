@@ -340,6 +340,22 @@ def test_bfloat16_output_is_the_rounded_sum(isa, bits, m, monkeypatch):
 
 
 @needs_ext
+def test_inputs_past_the_cached_scratch():
+    """The front end keeps each thread's copies of x (up to 16 MB) for its next
+    calls; a larger x gets memory of its own. Both give the right product, and a
+    smaller call after the large one reuses the cached buffer correctly."""
+    torch.manual_seed(9)
+    pw = quantize_weight(torch.randn(24, 4096), 4, 128)
+    w = fusenas.dequantize(pw)
+    for m in (2100, 40):  # 2100 x 4128 bfloat16 terms: 17 MB
+        x = torch.randn(m, 4096).bfloat16()
+        y = kbit_matmul(x, pw)
+        ref = x.float() @ w.bfloat16().float().T
+        err = (y.float() - ref).abs().max() / ref.abs().max()
+        assert err < 8e-3, (m, err)
+
+
+@needs_ext
 @pytest.mark.parametrize("isa", _isas())
 @pytest.mark.parametrize("bits", [2, 4, 8])
 @pytest.mark.parametrize("symmetric", [True, False])

@@ -17,12 +17,12 @@
 
 #include <algorithm>
 #include <cstring>
-#include <memory>
 
 #include "cpu/kbit_bf16_micro_avx512.h"
 #include "cpu/kbit_decode_avx512.h"
 #include "cpu/kbit_kernels.h"
 #include "cpu/kbit_panel_avx512.h"
+#include "cpu/thread_scratch.h"
 
 namespace fusenas {
 namespace cpu {
@@ -111,9 +111,10 @@ void gemm(const KbitGemvBf16Problem& p, const KbitWeight& w, int64_t n_begin, in
   // the block's columns (M x kNc): on the heap, not on an OpenMP worker's
   // stack, and left uninitialised (every word is written before it is read).
   const int64_t part_floats = p.ybf && chunked ? p.M * kNc : 0;
-  const std::unique_ptr<uint32_t[]> buf(
-      new uint32_t[kPanels * kPanelWords + kNr * kRowsStride + part_floats]);
-  uint32_t* block = buf.get();
+  const ThreadScratch buf(
+      ScratchSlot::kKernel,
+      sizeof(uint32_t) * (kPanels * kPanelWords + kNr * kRowsStride + part_floats));
+  uint32_t* block = buf.as<uint32_t>();
   uint32_t* rows_buf = block + kPanels * kPanelWords;
   float* part = reinterpret_cast<float*>(rows_buf + kNr * kRowsStride);
   const int64_t groups = w.K / w.group_size;

@@ -26,11 +26,11 @@
 #include <array>
 #include <cmath>
 #include <cstring>
-#include <memory>
 #include <vector>
 
 #include "cpu/kbit_decode_avx2.h"
 #include "cpu/kbit_kernels.h"
+#include "cpu/thread_scratch.h"
 
 namespace fusenas {
 namespace cpu {
@@ -461,13 +461,14 @@ void gemm(const KbitProblem& p, const KbitWeight& w, int64_t n_begin, int64_t n_
   static constexpr auto kFull = micro_table<true>(std::make_integer_sequence<int, kMr>{});
   static constexpr auto kPart = micro_table<false>(std::make_integer_sequence<int, kMr>{});
   constexpr int64_t lda = x_pack_stride(kKc);
-  const std::unique_ptr<float[]> xpack(new float[std::min(kMc, p.M) * lda]);
+  const ThreadScratch xs(ScratchSlot::kKernel, sizeof(float) * std::min(kMc, p.M) * lda);
+  float* xpack = xs.as<float>();
   for (int64_t mb = 0; mb < p.M; mb += kMc) {
     const int64_t mrows = std::min(kMc, p.M - mb);
     for (int64_t kc0 = 0; kc0 < w.K; kc0 += kKc) {
       const int64_t kc = std::min<int64_t>(kKc, w.K - kc0);
       const int64_t kc_blocks = (kc + kbit::kBlock - 1) / kbit::kBlock * kbit::kBlock;
-      pack_x_block(p.x, p.ldx, mb, mrows, kc0, kc, xpack.get(), lda);
+      pack_x_block(p.x, p.ldx, mb, mrows, kc0, kc, xpack, lda);
       const bool first = kc0 == 0, last = kc0 + kKc >= w.K;
       for (int64_t n0 = n_begin; n0 < n_end; n0 += kNr) {
         const int rows = static_cast<int>(std::min<int64_t>(kNr, n_end - n0));
@@ -485,8 +486,8 @@ void gemm(const KbitProblem& p, const KbitWeight& w, int64_t n_begin, int64_t n_
         const float* bias = (last && p.bias) ? p.bias + n0 : nullptr;
         for (int64_t m = 0; m < mrows; m += kMr) {
           const int mr = static_cast<int>(std::min<int64_t>(kMr, mrows - m));
-          kernels[mr - 1](xpack.get() + m * lda, lda, b_buf, kc, p.y + (mb + m) * p.ldy + n0, p.ldy,
-                          rows, first, bias);
+          kernels[mr - 1](xpack + m * lda, lda, b_buf, kc, p.y + (mb + m) * p.ldy + n0, p.ldy, rows,
+                          first, bias);
         }
       }
     }

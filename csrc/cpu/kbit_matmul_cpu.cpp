@@ -6,13 +6,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <memory>
 #include <vector>
 
 #include "common/dtype_convert.h"
 #include "common/kbit_layout.h"
 #include "cpu/cpu_dispatch.h"
 #include "cpu/kbit_kernels.h"
+#include "cpu/thread_scratch.h"
 #include "fusenas/kbit.h"
 
 namespace fusenas {
@@ -99,11 +99,11 @@ void store_bf16(const float* yf, int64_t N, int64_t m0, int64_t m1, int64_t n0, 
     for (int64_t n = n0; n < n1; ++n) y[m * ldy + n] = float_to_bf16_bits(yf[m * N + n]);
 }
 
-// Scratch the kernels write in full before reading: not zero-filled (a
-// per-call memset of megabytes ran on one thread while the others waited).
+// n elements of T in the calling thread's scratch for `slot`: not zero-filled
+// (the kernels write before they read) and not freshly mapped on every call.
 template <typename T>
-std::unique_ptr<T[]> uninitialized(int64_t n) {
-  return std::unique_ptr<T[]>(new T[static_cast<size_t>(std::max<int64_t>(n, 1))]);
+cpu::ThreadScratch scratch(cpu::ScratchSlot slot, int64_t n) {
+  return cpu::ThreadScratch(slot, sizeof(T) * static_cast<size_t>(std::max<int64_t>(n, 1)));
 }
 
 // bfloat16 activations on AVX512-BF16 CPUs (M >= 2): x stays bfloat16, padded
@@ -112,19 +112,21 @@ std::unique_ptr<T[]> uninitialized(int64_t n) {
 void bf16_avx512(const uint16_t* x, int64_t M, int64_t ldx, const KbitWeight& w,
                  const uint16_t* bias, uint16_t* y, int64_t ldy, int num_threads) {
   const int64_t K = w.K, N = w.N, Kp = cpu::kbit_bf16_x_stride(K);
-  const auto xp = uninitialized<uint16_t>(M * Kp);
+  const auto xs = scratch<uint16_t>(cpu::ScratchSlot::kInput, M * Kp);
+  uint16_t* xp = xs.as<uint16_t>();
   for (int64_t m = 0; m < M; ++m) {
-    std::memcpy(&xp[m * Kp], x + m * ldx, sizeof(uint16_t) * K);
-    std::memset(&xp[m * Kp + K], 0, sizeof(uint16_t) * (Kp - K));
+    std::memcpy(xp + m * Kp, x + m * ldx, sizeof(uint16_t) * K);
+    std::memset(xp + m * Kp + K, 0, sizeof(uint16_t) * (Kp - K));
   }
-  const auto yf = uninitialized<float>(M * N);
+  const auto ys = scratch<float>(cpu::ScratchSlot::kOutput, M * N);
+  float* yf = ys.as<float>();
   const std::vector<float> bf = bias_to_float(bias, N);
   parallel_work(M, N, M * N * w.K, num_threads,
                 [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-                  const cpu::KbitProblemBf16 p{xp.get() + m0 * Kp,         m1 - m0,           Kp,
-                                               bias ? bf.data() : nullptr, yf.get() + m0 * N, N};
+                  const cpu::KbitProblemBf16 p{
+                      xp + m0 * Kp, m1 - m0, Kp, bias ? bf.data() : nullptr, yf + m0 * N, N};
                   cpu::kbit_matmul_avx512_bf16(p, w, n0, n1);
-                  store_bf16(yf.get(), N, m0, m1, n0, n1, y, ldy);
+                  store_bf16(yf, N, m0, m1, n0, n1, y, ldy);
                 });
 }
 
@@ -145,11 +147,13 @@ bool codes_bf16(const void* x, int64_t M, int64_t ldx, DType dtype, const KbitWe
   // Only the GEMV needs x's group sums: the GEMM folds zero points into its tables.
   const bool sums = gemv && w.zeros;
   // prepare writes every term the kernels read (the line past each row is never read).
-  const auto hi = uninitialized<uint16_t>(M * Kp);
-  const auto lo = uninitialized<uint16_t>(split ? M * Kp : 0);
+  const auto his = scratch<uint16_t>(cpu::ScratchSlot::kInput, M * Kp);
+  const auto los = scratch<uint16_t>(cpu::ScratchSlot::kInput2, split ? M * Kp : 0);
+  uint16_t* hi = his.as<uint16_t>();
+  uint16_t* lo = split ? los.as<uint16_t>() : nullptr;
   std::vector<float> xsum(sums ? static_cast<size_t>(M * groups) : 0);
-  cpu::kbit_gemv_bf16_prepare(x, M, ldx, split, K, w.group_size, hi.get(),
-                              split ? lo.get() : nullptr, Kp, sums ? xsum.data() : nullptr);
+  cpu::kbit_gemv_bf16_prepare(x, M, ldx, split, K, w.group_size, hi, lo, Kp,
+                              sums ? xsum.data() : nullptr);
   for (const float v : xsum)
     if (!std::isfinite(v)) return false;
   const std::vector<float> bf =
@@ -160,8 +164,8 @@ bool codes_bf16(const void* x, int64_t M, int64_t ldx, DType dtype, const KbitWe
   float* yf = split ? static_cast<float*>(y) : nullptr;
   uint16_t* yb = split ? nullptr : static_cast<uint16_t*>(y);
   parallel_work(M, N, M * N * K, num_threads, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-    const cpu::KbitGemvBf16Problem p{hi.get() + m0 * Kp,
-                                     split ? lo.get() + m0 * Kp : nullptr,
+    const cpu::KbitGemvBf16Problem p{hi + m0 * Kp,
+                                     split ? lo + m0 * Kp : nullptr,
                                      m1 - m0,
                                      Kp,
                                      sums ? xsum.data() + m0 * groups : nullptr,
@@ -182,7 +186,6 @@ bool codes_bf16(const void* x, int64_t M, int64_t ldx, DType dtype, const KbitWe
 void kbit_matmul_cpu(const void* x, int64_t M, int64_t ldx, DType dtype, const KbitWeight& w,
                      const void* bias, void* y, int64_t ldy, int num_threads) {
   const int64_t K = w.K, N = w.N;
-  std::unique_ptr<float[]> xbuf, ybuf;
   std::vector<float> bbuf;
   if (cpu::use_avx512_bf16() && cpu::kbit_codes_bf16_applies(w, M, dtype == DType::kFloat32) &&
       codes_bf16(x, M, ldx, dtype, w, bias, y, ldy, num_threads))
@@ -194,13 +197,17 @@ void kbit_matmul_cpu(const void* x, int64_t M, int64_t ldx, DType dtype, const K
   }
   cpu::KbitProblem p{static_cast<const float*>(x), M,  ldx, static_cast<const float*>(bias),
                      static_cast<float*>(y),       ldy};
-  if (dtype == DType::kBFloat16) {
-    xbuf = uninitialized<float>(M * K);
-    const uint16_t* xs = static_cast<const uint16_t*>(x);
+  // bfloat16 x: float32 copies of x and of the results.
+  const bool bf16 = dtype == DType::kBFloat16;
+  const auto xs = scratch<float>(cpu::ScratchSlot::kInput, bf16 ? M * K : 0);
+  const auto ys = scratch<float>(cpu::ScratchSlot::kOutput, bf16 ? M * N : 0);
+  float* ybuf = bf16 ? ys.as<float>() : nullptr;
+  if (bf16) {
+    float* xbuf = xs.as<float>();
+    const uint16_t* xb = static_cast<const uint16_t*>(x);
     for (int64_t m = 0; m < M; ++m)
-      for (int64_t k = 0; k < K; ++k) xbuf[m * K + k] = bf16_bits_to_float(xs[m * ldx + k]);
-    ybuf = uninitialized<float>(M * N);
-    p = {xbuf.get(), M, K, nullptr, ybuf.get(), N};
+      for (int64_t k = 0; k < K; ++k) xbuf[m * K + k] = bf16_bits_to_float(xb[m * ldx + k]);
+    p = {xbuf, M, K, nullptr, ybuf, N};
     bbuf = bias_to_float(static_cast<const uint16_t*>(bias), N);
     if (bias) p.bias = bbuf.data();
   }
@@ -210,8 +217,7 @@ void kbit_matmul_cpu(const void* x, int64_t M, int64_t ldx, DType dtype, const K
                   const cpu::KbitProblem sub{p.x + m0 * p.ldx, m1 - m0,          p.ldx,
                                              p.bias,           p.y + m0 * p.ldy, p.ldy};
                   kernel(sub, w, n0, n1);
-                  if (ybuf)
-                    store_bf16(ybuf.get(), N, m0, m1, n0, n1, static_cast<uint16_t*>(y), ldy);
+                  if (ybuf) store_bf16(ybuf, N, m0, m1, n0, n1, static_cast<uint16_t*>(y), ldy);
                 });
 }
 
