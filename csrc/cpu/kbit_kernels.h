@@ -5,7 +5,6 @@
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 #include <type_traits>
 
 #include "common/static_dispatch.h"
@@ -116,24 +115,6 @@ inline void with_bits(int bits, Fn&& fn) {
 // Rows each thread takes are a multiple of this, so the wide kernels' row tiles
 // never straddle two threads.
 constexpr int64_t kRowAlign = 32;
-
-// The float32 GEMMs' x operand, one block of rows and one chunk of K at a time
-// (GotoBLAS's packed A, untransposed): rows [m0, m0 + rows) x columns [k0, k0 +
-// kc) of x (row stride ldx) copied to dst at row stride ld_pack (x_pack_stride).
-// The chunk then stays in L2 for every weight panel of the thread; read in
-// place, all of x came from L3 for every 32-row panel at M >= 128 (2 MB at
-// M = 128, K = 4096).
-inline void pack_x_block(const float* x, int64_t ldx, int64_t m0, int64_t rows, int64_t k0,
-                         int64_t kc, float* dst, int64_t ld_pack) {
-  for (int64_t m = 0; m < rows; ++m)
-    std::memcpy(dst + m * ld_pack, x + (m0 + m) * ldx + k0, sizeof(float) * kc);
-}
-
-// Row stride of a packed block for chunks of at most kc_max floats: one extra
-// 64-byte line, so the micro-kernel's rows (broadcast from together) fall in
-// different L1 sets; at a power-of-two stride they share one and evict each
-// other (the bfloat16 kernels' copies of x are laid out the same way).
-constexpr int64_t x_pack_stride(int64_t kc_max) { return (kc_max + 15) / 16 * 16 + 16; }
 
 }  // namespace cpu
 }  // namespace fusenas

@@ -30,7 +30,6 @@
 
 #include "cpu/kbit_decode_avx2.h"
 #include "cpu/kbit_kernels.h"
-#include "cpu/thread_scratch.h"
 
 namespace fusenas {
 namespace cpu {
@@ -450,45 +449,34 @@ constexpr std::array<MicroKernel, sizeof...(Is)> micro_table(std::integer_sequen
   return {&micro_kernel<Is + 1, FULL>...};
 }
 
-// x in blocks of kMc rows, K chunks inside, each block's chunk packed once for
-// all panels (as kbit_matmul_avx512.cpp; L2 is 512 KB on the AVX2 parts).
-constexpr int64_t kMc = 192;
-
 template <int BITS>
 void gemm(const KbitProblem& p, const KbitWeight& w, int64_t n_begin, int64_t n_end) {
   alignas(32) float rows_buf[kNr * kKc];  // decoded panel, n-major
   alignas(32) float b_buf[kKc * kNr];     // the same, k-major
   static constexpr auto kFull = micro_table<true>(std::make_integer_sequence<int, kMr>{});
   static constexpr auto kPart = micro_table<false>(std::make_integer_sequence<int, kMr>{});
-  constexpr int64_t lda = x_pack_stride(kKc);
-  const ThreadScratch xs(ScratchSlot::kKernel, sizeof(float) * std::min(kMc, p.M) * lda);
-  float* xpack = xs.as<float>();
-  for (int64_t mb = 0; mb < p.M; mb += kMc) {
-    const int64_t mrows = std::min(kMc, p.M - mb);
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += kNr) {
+    const int rows = static_cast<int>(std::min<int64_t>(kNr, n_end - n0));
+    const auto& kernels = rows == kNr ? kFull : kPart;
     for (int64_t kc0 = 0; kc0 < w.K; kc0 += kKc) {
       const int64_t kc = std::min<int64_t>(kKc, w.K - kc0);
       const int64_t kc_blocks = (kc + kbit::kBlock - 1) / kbit::kBlock * kbit::kBlock;
-      pack_x_block(p.x, p.ldx, mb, mrows, kc0, kc, xpack, lda);
+      for (int r = 0; r < kNr; ++r) {
+        if (r < rows)
+          decode_row<BITS>(w, n0 + r, kc0, kc_blocks, rows_buf + r * kKc, true);
+        else
+          std::memset(rows_buf + r * kKc, 0, sizeof(float) * kc_blocks);
+      }
+      for (int64_t kk = 0; kk < kc; kk += 8) {
+        transpose8(rows_buf + kk, kKc, b_buf + kk * kNr, kNr);
+        transpose8(rows_buf + 8 * kKc + kk, kKc, b_buf + kk * kNr + 8, kNr);
+      }
       const bool first = kc0 == 0, last = kc0 + kKc >= w.K;
-      for (int64_t n0 = n_begin; n0 < n_end; n0 += kNr) {
-        const int rows = static_cast<int>(std::min<int64_t>(kNr, n_end - n0));
-        const auto& kernels = rows == kNr ? kFull : kPart;
-        for (int r = 0; r < kNr; ++r) {
-          if (r < rows)
-            decode_row<BITS>(w, n0 + r, kc0, kc_blocks, rows_buf + r * kKc, true);
-          else
-            std::memset(rows_buf + r * kKc, 0, sizeof(float) * kc_blocks);
-        }
-        for (int64_t kk = 0; kk < kc; kk += 8) {
-          transpose8(rows_buf + kk, kKc, b_buf + kk * kNr, kNr);
-          transpose8(rows_buf + 8 * kKc + kk, kKc, b_buf + kk * kNr + 8, kNr);
-        }
-        const float* bias = (last && p.bias) ? p.bias + n0 : nullptr;
-        for (int64_t m = 0; m < mrows; m += kMr) {
-          const int mr = static_cast<int>(std::min<int64_t>(kMr, mrows - m));
-          kernels[mr - 1](xpack + m * lda, lda, b_buf, kc, p.y + (mb + m) * p.ldy + n0, p.ldy, rows,
-                          first, bias);
-        }
+      const float* bias = (last && p.bias) ? p.bias + n0 : nullptr;
+      for (int64_t m = 0; m < p.M; m += kMr) {
+        const int mr = static_cast<int>(std::min<int64_t>(kMr, p.M - m));
+        kernels[mr - 1](p.x + m * p.ldx + kc0, p.ldx, b_buf, kc, p.y + m * p.ldy + n0, p.ldy, rows,
+                        first, bias);
       }
     }
   }
