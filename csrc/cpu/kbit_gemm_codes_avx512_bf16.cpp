@@ -108,8 +108,8 @@ void gemm(const KbitGemvBf16Problem& p, const KbitWeight& w, int64_t n_begin, in
   const bool chunked = nb > kKcBlocks;
   // The block of panels (256 KB), one panel's row-major scratch (64 KB) and,
   // for a bfloat16 output over several k-chunks, the float32 partial sums of
-  // the block's columns (M x kNc): on the heap, not on an OpenMP worker's
-  // stack, and left uninitialised (every word is written before it is read).
+  // the block's columns (M x kNc): the thread's scratch (thread_scratch.h),
+  // not its stack; every word is written before it is read.
   const int64_t part_floats = p.ybf && chunked ? p.M * kNc : 0;
   const ThreadScratch buf(
       ScratchSlot::kKernel,
