@@ -96,14 +96,26 @@ void kbit_gemv_bf16_prepare(const void* x, int64_t M, int64_t ldx, bool float32_
                             int64_t group_size, uint16_t* hi, uint16_t* lo, int64_t ldh,
                             float* xsum);
 
+// Row stride, in elements of T, for rows of n elements that a kernel reads
+// several at once (the GEMM micro-kernels broadcast from 12 x rows, the panel
+// transpose loads 16 rows): n rounded up to an odd number of 64-byte lines. At
+// a power-of-two stride (8 KB: 4096 bfloat16) the rows share one set of the
+// 8-way L1 and evict each other at every k step; an odd number of lines puts
+// up to 64 consecutive rows in different sets. bfloat16 GEMM on codes, 4096 x
+// 4096, 2 threads: M = 512 42.0-43.0 -> 39.1-39.3 ms, M = 128 11.2-11.5 ->
+// 10.3-10.7 ms.
+template <typename T>
+constexpr int64_t odd_line_stride(int64_t n) {
+  constexpr int64_t line = 64 / sizeof(T);
+  const int64_t lines = (n + line - 1) / line;
+  return (lines | 1) * line;
+}
+
 // Row stride (elements) of the bfloat16 copies of x the AVX512-BF16 kernels
-// read: whole 128-element blocks plus one 64-byte line. The GEMM micro-kernel
-// broadcasts from 12 x rows at once; at a power-of-two stride (8 KB at
-// K = 4096) those rows share one set of the 8-way L1 and evict each other
-// every pair step. With the extra line they fall in 12 different sets:
-// 4096 x 4096, 2 threads, M = 512 42.0-43.0 -> 39.1-39.3 ms, M = 128
-// 11.2-11.5 -> 10.3-10.7 ms.
-inline int64_t kbit_bf16_x_stride(int64_t K) { return kbit::num_blocks(K) * kbit::kBlock + 32; }
+// read: whole 128-element blocks, at an odd_line_stride.
+inline int64_t kbit_bf16_x_stride(int64_t K) {
+  return odd_line_stride<uint16_t>(kbit::num_blocks(K) * kbit::kBlock);
+}
 
 // Calls fn(std::integral_constant<int, B>{}) with B = bits (2..8), so each
 // kernel is instantiated per bit width behind one switch.

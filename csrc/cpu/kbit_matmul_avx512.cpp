@@ -123,7 +123,7 @@ constexpr std::array<MicroKernel, sizeof...(Is)> micro_table(std::integer_sequen
 
 // The GEMM's x operand, one block of rows and one chunk of K at a time
 // (GotoBLAS's packed A, untransposed): rows [m0, m0 + rows) x columns [k0, k0 +
-// kc) of x (row stride ldx) copied to dst at row stride ld_pack (x_pack_stride).
+// kc) of x (row stride ldx) copied to dst at row stride ld_pack (odd_line_stride).
 // The chunk then stays in L2 for every weight panel of the thread; read in
 // place, all of x came from L3 for every 32-row panel at M >= 128 (2 MB at
 // M = 128, K = 4096).
@@ -132,13 +132,6 @@ inline void pack_x_block(const float* x, int64_t ldx, int64_t m0, int64_t rows, 
   for (int64_t m = 0; m < rows; ++m)
     std::memcpy(dst + m * ld_pack, x + (m0 + m) * ldx + k0, sizeof(float) * kc);
 }
-
-// Row stride of a packed block for chunks of at most kc_max floats: one extra
-// 64-byte line, so the micro-kernel's rows (broadcast from together) fall in
-// different L1 sets; at a power-of-two stride they share one and evict each
-// other (the bfloat16 kernels' copies of x are laid out the same way; the AVX2 GEMM's 6-row tiles
-// fit one set's 8 ways).
-constexpr int64_t x_pack_stride(int64_t kc_max) { return (kc_max + 15) / 16 * 16 + 16; }
 
 // Decodes the 32-row panel at n0 (`rows` valid) for K in [kc0, kc0 + kc) and
 // runs it against x rows [0, mrows) (x at column kc0, row stride ldx), adding
@@ -189,7 +182,7 @@ void gemm(const KbitProblem& p, const KbitWeight& w, int64_t n_begin, int64_t n_
     }
     return;
   }
-  constexpr int64_t lda = x_pack_stride(kKc);
+  constexpr int64_t lda = odd_line_stride<float>(kKc);
   const ThreadScratch xs(ScratchSlot::kKernel, sizeof(float) * std::min(kMc, p.M) * lda);
   float* xpack = xs.as<float>();
   for (int64_t mb = 0; mb < p.M; mb += kMc) {
