@@ -1,7 +1,7 @@
 #include "cpu/thread_scratch.h"
 
-#include <cstdint>
-#include <vector>
+#include <cstdlib>
+#include <new>
 
 namespace fusenas {
 namespace cpu {
@@ -10,26 +10,35 @@ namespace {
 
 constexpr size_t kAlign = 64;
 
-// The 64-byte-aligned start of a block of at least `bytes` usable bytes.
-void* aligned_in(unsigned char* base) {
-  const auto addr = reinterpret_cast<std::uintptr_t>(base);
-  return base + ((kAlign - addr % kAlign) % kAlign);
+// `bytes` (rounded up to whole lines, as aligned_alloc requires), 64-byte aligned.
+ThreadScratch::Memory allocate(size_t bytes) {
+  ThreadScratch::Memory m(std::aligned_alloc(kAlign, (bytes + kAlign - 1) / kAlign * kAlign),
+                          &std::free);
+  if (!m) throw std::bad_alloc();
+  return m;
 }
 
 }  // namespace
 
 ThreadScratch::ThreadScratch(ScratchSlot slot, size_t bytes) {
   if (bytes > kMaxCachedBytes) {
-    own_.reset(new unsigned char[bytes + kAlign]);
-    ptr_ = aligned_in(own_.get());
+    own_ = allocate(bytes);
+    ptr_ = own_.get();
     return;
   }
-  thread_local std::vector<unsigned char> cached[static_cast<int>(ScratchSlot::kCount)];
-  std::vector<unsigned char>& buf = cached[static_cast<int>(slot)];
-  // Grown without copying the old contents (they are not kept) and with
-  // headroom, so a slowly growing size does not reallocate every call.
-  if (buf.size() < bytes + kAlign) buf = std::vector<unsigned char>(bytes + bytes / 4 + kAlign);
-  ptr_ = aligned_in(buf.data());
+  struct Cached {
+    Memory mem{nullptr, &std::free};
+    size_t size = 0;
+  };
+  thread_local Cached cached[static_cast<int>(ScratchSlot::kCount)];
+  Cached& c = cached[static_cast<int>(slot)];
+  // Replaced without copying (the contents are not kept), with headroom so a
+  // slowly growing size does not reallocate on every call.
+  if (c.size < bytes) {
+    c.size = bytes + bytes / 4;
+    c.mem = allocate(c.size);
+  }
+  ptr_ = c.mem.get();
 }
 
 }  // namespace cpu

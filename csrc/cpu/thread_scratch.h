@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdlib>
 #include <memory>
 
 namespace fusenas {
@@ -23,6 +24,7 @@ enum class ScratchSlot { kInput, kInput2, kOutput, kKernel, kCount };
 class ThreadScratch {
  public:
   static constexpr size_t kMaxCachedBytes = size_t{16} << 20;
+  using Memory = std::unique_ptr<void, void (*)(void*)>;
   ThreadScratch(ScratchSlot slot, size_t bytes);
   template <typename T>
   T* as() const {
@@ -30,7 +32,7 @@ class ThreadScratch {
   }
 
  private:
-  std::unique_ptr<unsigned char[]> own_;
+  Memory own_{nullptr, &std::free};
   void* ptr_;
 };
 
