@@ -18,6 +18,7 @@ struct V256 {
   static LR_INLINE reg bcast(const float* p) { return _mm256_broadcast_ss(p); }
   static LR_INLINE reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
   static LR_INLINE reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
+  static LR_INLINE reg sub(reg a, reg b) { return _mm256_sub_ps(a, b); }
   static LR_INLINE reg max(reg a, reg b) { return _mm256_max_ps(a, b); }
 };
 

@@ -19,6 +19,7 @@ struct V512 {
   static LR_INLINE reg bcast(const float* p) { return _mm512_set1_ps(*p); }
   static LR_INLINE reg fmadd(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
   static LR_INLINE reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
+  static LR_INLINE reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
   static LR_INLINE reg max(reg a, reg b) { return _mm512_max_ps(a, b); }
 };
 

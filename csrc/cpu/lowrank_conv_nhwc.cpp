@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "cpu/lowrank_conv_tiles.h"
@@ -155,13 +156,148 @@ bool nhwc_applies(const LowRankConvShape& s, const Strides4& xs, const Strides4&
 
 namespace {
 
+// A tile computed at np columns (whole vectors) into y's pixels of Nout < np
+// columns, then the residual + ReLU epilogue.
+void store_padded_tile(const cpu::lowrank::Kernels& kern, const float* out, int64_t pixels,
+                       int64_t np, int64_t nout, float* y, const float* residual, bool relu) {
+  for (int64_t p = 0; p < pixels; ++p)
+    std::memcpy(y + p * nout, out + p * np, sizeof(float) * nout);
+  if (residual || relu) kern.add_relu(y, residual, pixels * nout, relu);
+}
+
+// The spatial scheme's second factor (1 x 3, stride and dilation 1) by
+// Winograd F(4, 3) along each T row (kernels: WinogradIn / WinogradOut): 6
+// multiply-adds per 4 output pixels and channel pair instead of 12, so the
+// factor's GEMM work halves and the forward's falls by a quarter at C = Nout.
+// Per chunk of T rows: U = B^T over each group of 6 T pixels (6 matrices of
+// groups x rank), then, for each block of at most 64 output channels, one
+// IndGemm per xi into M (6 x groups x 64 floats, in L1/L2) and A^T of M
+// straight into the output rows with bias, residual and ReLU. The transformed
+// factor (G w2, 6 taps) is packed per channel block, each a whole IndGemm B.
+// Rounding: the transforms' constants (up to 8 in A^T, 5 in B^T) add a few
+// units in the last place of float32 per value.
+class RowWinograd {
+ public:
+  // FUSENAS_LOWRANK_WINOGRAD=0 switches it off, =1 on at any rank.
+  static bool applies(const LowRankConvShape& s) {
+    if (s.scheme != LowRankScheme::kSpatial || s.kw != 3 || s.sw != 1 || s.dw != 1) return false;
+    const char* env = std::getenv("FUSENAS_LOWRANK_WINOGRAD");
+    if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+    if (env != nullptr && std::strcmp(env, "1") == 0) return true;
+    // Below rank 16 the transforms and the short GEMMs (K = rank) cost what
+    // the halved multiply-adds save (forward, 2 threads, channels_last,
+    // Winograd / direct time: 16 ch @32 rank 12 1.10, rank 4 1.01; 32 ch @16
+    // rank 8 1.00; rank 16-384 at 8-56 px 0.81-0.97).
+    return s.rank >= kMinRank;
+  }
+
+  RowWinograd(const float* w2, const LowRankConvShape& s, const PixelMajorPlan& pl, int64_t np,
+              const cpu::lowrank::Kernels& kern)
+      : rank_(s.rank), rp_(pl.rp), np_(np), Wo_(pl.Wo), pw_(s.pw) {
+    cols_ = std::min<int64_t>(np, kColumnBlock);
+    col_blocks_ = ceil_div(np, cols_);
+    per_row_ = ceil_div(Wo_, 4);
+    rows_ = std::max<int64_t>(1, kGroups / per_row_);
+    groups_ = rows_ * per_row_;
+    b_stride_ = rank_ * cols_;
+    if (w2 == nullptr) return;  // sizes only (workspace_bytes)
+    // (G w2)_xi[n][k] from the 3 taps of w2[n][k][:], in double.
+    constexpr double G[6][3] = {{0.25, 0, 0},
+                                {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                                {0, 0, 1}};
+    std::vector<float> gw(static_cast<size_t>(6 * s.Nout * rank_));
+    for (int xi = 0; xi < 6; ++xi)
+      for (int64_t i = 0; i < s.Nout * rank_; ++i) {
+        const float* w = w2 + i * 3;
+        gw[static_cast<size_t>(xi * s.Nout * rank_ + i)] =
+            static_cast<float>(G[xi][0] * w[0] + G[xi][1] * w[1] + G[xi][2] * w[2]);
+      }
+    b_.assign(static_cast<size_t>(col_blocks_ * 6 * b_stride_), 0.f);
+    for (int64_t cb = 0; cb < col_blocks_; ++cb) {
+      const int64_t j0 = cb * cols_, n = std::min(cols_, np - j0);
+      const int64_t real = std::max<int64_t>(0, std::min(n, s.Nout - j0));
+      for (int xi = 0; xi < 6; ++xi) {
+        const std::vector<float> packed =
+            pack_factor(gw.data() + (xi * s.Nout + j0) * rank_, real, rank_, 1, n, kern);
+        std::copy(packed.begin(), packed.end(), b_.begin() + (cb * 6 + xi) * b_stride_);
+      }
+    }
+  }
+
+  // Per-thread buffers: pixel pointers of a chunk's rows, U, M and the GEMM's
+  // row pointers into U (fixed, so built once).
+  struct Scratch {
+    std::vector<const float*> pix, ind;
+    Buffer u{0, false}, m{0, false};
+  };
+  Scratch scratch() const {
+    Scratch sc{std::vector<const float*>(static_cast<size_t>(rows_ * (4 * per_row_ + 2))),
+               std::vector<const float*>(static_cast<size_t>(6 * groups_)),
+               Buffer(6 * groups_ * rp_, false), Buffer(6 * groups_ * cols_, false)};
+    for (int64_t xi = 0; xi < 6; ++xi)
+      for (int64_t g = 0; g < groups_; ++g)
+        sc.ind[static_cast<size_t>(xi * groups_ + g)] = sc.u.get() + (xi * groups_ + g) * rp_;
+    return sc;
+  }
+  int64_t packed_floats() const { return col_blocks_ * 6 * b_stride_; }
+  int64_t scratch_floats() const {
+    return 6 * groups_ * (rp_ + cols_) + rows_ * (4 * per_row_ + 2) * 2 + 6 * groups_ * 2;
+  }
+
+  // y rows q < rows (output pixel (q, ow) at y + (q Wo + ow) ldy, residual laid
+  // out as y) from T: pixel(q, p) -> T pixel p (-pw <= p < Wt + 2) of row q or a
+  // zero row, its channel c at (c / 16) cblock + c % 16.
+  template <class Pixel>
+  void run(const cpu::lowrank::Kernels& kern, Scratch& sc, int64_t rows, Pixel pixel,
+           int64_t cblock, const float* bias, float* y, int64_t ldy, const float* residual,
+           bool relu) const {
+    const int64_t span = 4 * per_row_ + 2;
+    for (int64_t q0 = 0; q0 < rows; q0 += rows_) {
+      const int64_t nq = std::min(rows_, rows - q0), P = nq * per_row_;
+      for (int64_t q = 0; q < nq; ++q) {
+        const float** pix = sc.pix.data() + q * span;
+        for (int64_t i = 0; i < span; ++i) pix[i] = pixel(q0 + q, i - pw_);
+        kern.winograd_in(pix, per_row_, rp_, cblock, sc.u.get() + q * per_row_ * rp_, rp_,
+                         groups_ * rp_);
+      }
+      for (int64_t cb = 0; cb < col_blocks_; ++cb) {
+        const int64_t j0 = cb * cols_, n = std::min(cols_, np_ - j0);
+        for (int64_t xi = 0; xi < 6; ++xi)
+          kern.ind_gemm({P, rank_, n, 1, sc.ind.data() + xi * groups_,
+                         b_.data() + (cb * 6 + xi) * b_stride_, nullptr,
+                         sc.m.get() + xi * groups_ * cols_, cols_});
+        for (int64_t q = 0; q < nq; ++q) {
+          const int64_t at = (q0 + q) * Wo_ * ldy + j0;
+          kern.winograd_out(sc.m.get() + q * per_row_ * cols_, groups_ * cols_, cols_, per_row_, n,
+                            bias + j0, y + at, ldy, Wo_, residual ? residual + at : nullptr, relu);
+        }
+      }
+    }
+  }
+
+ private:
+  // Output channels per GEMM block (one AVX-512 column panel) and groups of 4
+  // output pixels per chunk of rows: M (6 x 64 x 64 floats) stays in L2 with U.
+  static constexpr int64_t kColumnBlock = 64, kGroups = 64;
+  static constexpr int64_t kMinRank = 16;
+  int64_t rank_, rp_, np_, Wo_, pw_;
+  int64_t cols_ = 0, col_blocks_ = 0, per_row_ = 0, rows_ = 0, groups_ = 0, b_stride_ = 0;
+  std::vector<float> b_;
+};
+
 // The IndGemm form: a pointer per pixel and tap (any stride).
 void forward_ind(const float* x, const float* w1, const float* w2, const float* bias, float* y,
                  const LowRankConvShape& s, const Plan& pl, int threads, const float* residual,
                  bool relu, float* t_out) {
   const auto& kern = pick_kernels();
   const std::vector<float> b1 = pack_factor(w1, s.rank, s.C, pl.taps1, pl.rp, kern);
-  const std::vector<float> b2 = pack_factor(w2, s.Nout, s.rank, pl.taps2, pl.np, kern);
+  std::optional<RowWinograd> wino;
+  if (RowWinograd::applies(s)) wino.emplace(w2, s, pl, pl.np, kern);
+  const std::vector<float> b2 =
+      wino ? std::vector<float>() : pack_factor(w2, s.Nout, s.rank, pl.taps2, pl.np, kern);
   std::vector<float> bias_p(static_cast<size_t>(pl.np), 0.f);
   if (bias) std::copy(bias, bias + s.Nout, bias_p.begin());
   const std::vector<float> zeros(static_cast<size_t>(std::max(s.C, pl.rp)), 0.f);
@@ -169,14 +305,17 @@ void forward_ind(const float* x, const float* w1, const float* w2, const float* 
   struct State {
     Buffer t, out;
     std::vector<const float*> ind1, ind2;
+    RowWinograd::Scratch wino;
   };
   parallel_items(
       pl.tiles, threads,
       [&] {
-        return State{Buffer(pl.p1_max() * pl.rp, false),
-                     Buffer(pl.np != s.Nout ? pl.p2_max() * pl.np : 0, false),
-                     std::vector<const float*>(static_cast<size_t>(pl.taps1 * pl.p1_max())),
-                     std::vector<const float*>(static_cast<size_t>(pl.taps2 * pl.p2_max()))};
+        return State{
+            Buffer(pl.p1_max() * pl.rp, false),
+            Buffer(pl.np != s.Nout ? pl.p2_max() * pl.np : 0, false),
+            std::vector<const float*>(static_cast<size_t>(pl.taps1 * pl.p1_max())),
+            std::vector<const float*>(wino ? 0 : static_cast<size_t>(pl.taps2 * pl.p2_max())),
+            wino ? wino->scratch() : RowWinograd::Scratch()};
       },
       [&](State& st, int64_t tile) {
         const int64_t g0 = tile * pl.rows_per_tile;
@@ -191,6 +330,23 @@ void forward_ind(const float* x, const float* w1, const float* w2, const float* 
             pixels_to_planes(kern, st.t.get() + q * pl.Wt * pl.rp, pl.rp, pl.Wt, s.rank,
                              t_out + (n * s.rank * pl.Ho + oh) * pl.Wt, pl.Ho * pl.Wt);
           }
+        float* yt = y + g0 * pl.Wo * s.Nout;  // the tile's pixels, contiguous
+        const bool direct = pl.np == s.Nout;
+        if (wino) {
+          const float* t = st.t.get();
+          wino->run(
+              kern, st.wino, rows,
+              [&](int64_t q, int64_t p) {
+                return p >= 0 && p < pl.Wt ? t + (q * pl.Wt + p) * pl.rp : zeros.data();
+              },
+              cpu::lowrank::kChannelBlock, bias_p.data(), direct ? yt : st.out.get(),
+              direct ? s.Nout : pl.np,
+              direct && residual ? residual + g0 * pl.Wo * s.Nout : nullptr, direct && relu);
+          if (!direct)
+            store_padded_tile(kern, st.out.get(), rows * pl.Wo, pl.np, s.Nout, yt,
+                              residual ? residual + g0 * pl.Wo * s.Nout : nullptr, relu);
+          return;
+        }
         // Second factor: output pixel (q, ow), tap jj reads T pixel (q, ow) for
         // the channel scheme, (q, ow sw - pw + jj dw) for spatial.
         for (int64_t q = 0; q < rows; ++q)
@@ -200,15 +356,13 @@ void forward_ind(const float* x, const float* w1, const float* w2, const float* 
                               pl.channel ? 0 : jj * s.dw - s.pw, pl.channel ? 1 : s.sw, pl.Wt,
                               pl.rp, true, zeros.data());
           }
-        float* yt = y + g0 * pl.Wo * s.Nout;  // the tile's pixels, contiguous
-        const bool direct = pl.np == s.Nout;
         kern.ind_gemm({P2, s.rank, pl.np, pl.taps2, st.ind2.data(), b2.data(), bias_p.data(),
                        direct ? yt : st.out.get(), direct ? s.Nout : pl.np});
+        const float* rt = residual ? residual + g0 * pl.Wo * s.Nout : nullptr;
         if (!direct)
-          for (int64_t p = 0; p < P2; ++p)
-            std::memcpy(yt + p * s.Nout, st.out.get() + p * pl.np, sizeof(float) * s.Nout);
-        if (residual || relu)
-          kern.add_relu(yt, residual ? residual + g0 * pl.Wo * s.Nout : nullptr, P2 * s.Nout, relu);
+          store_padded_tile(kern, st.out.get(), P2, pl.np, s.Nout, yt, rt, relu);
+        else if (residual || relu)
+          kern.add_relu(yt, rt, P2 * s.Nout, relu);
       });
 }
 
@@ -247,16 +401,22 @@ void forward_block(const float* x, const float* w1, const float* w2, const float
   constexpr int64_t CB = cpu::lowrank::kChannelBlock;
   const auto& kern = pick_kernels();
   const std::vector<float> b1 = pack_factor(w1, s.rank, s.C, pl.taps1, pl.rp, kern);
-  const std::vector<float> b2 = pack_factor(w2, s.Nout, s.rank, pl.taps2, pl.np, kern);
+  std::optional<RowWinograd> wino;
+  if (RowWinograd::applies(s)) wino.emplace(w2, s, pl, pl.np, kern);
+  const std::vector<float> b2 =
+      wino ? std::vector<float>() : pack_factor(w2, s.Nout, s.rank, pl.taps2, pl.np, kern);
   std::vector<float> bias_p(static_cast<size_t>(pl.np), 0.f);
   if (bias) std::copy(bias, bias + s.Nout, bias_p.begin());
-  const std::vector<float> zeros(static_cast<size_t>(pl.xslot), 0.f);
+  // Zero rows: x's padding rows (xslot floats) and T pixels past a row's
+  // padding for the Winograd windows (a T row's channel blocks, trow floats).
+  const std::vector<float> zeros(static_cast<size_t>(std::max(pl.xslot, pl.trow)), 0.f);
   const int64_t total_rows = s.N * pl.Ho;
   const int64_t xkbs = pl.Wp * CB, tkbs = pl.Wtp * CB;
   const int64_t kw1 = pl.channel ? s.kw : 1;
   struct State {
     Buffer t, out, xin;
     std::vector<const float*> base1, base2;
+    RowWinograd::Scratch wino;
   };
   parallel_items(
       pl.tiles, threads,
@@ -266,7 +426,8 @@ void forward_block(const float* x, const float* w1, const float* w2, const float
                  Buffer(pl.np != s.Nout ? pl.p2_max() * pl.np : 0, false),
                  Buffer(pl.xslots * pl.xslot, false),
                  std::vector<const float*>(static_cast<size_t>(pl.taps1 * pl.rows_per_tile)),
-                 std::vector<const float*>(static_cast<size_t>(pl.taps2 * pl.rows_per_tile))};
+                 std::vector<const float*>(static_cast<size_t>(pl.taps2 * pl.rows_per_tile)),
+                 wino ? wino->scratch() : RowWinograd::Scratch()};
         for (int64_t b = 0; b < pl.rows_per_tile * pl.trow; b += tkbs) {
           std::memset(st.t.get() + b, 0, sizeof(float) * pl.pw2 * CB);
           std::memset(st.t.get() + b + (pl.pw2 + pl.Wt) * CB, 0, sizeof(float) * pl.pw2 * CB);
@@ -317,23 +478,35 @@ void forward_block(const float* x, const float* w1, const float* w2, const float
                                std::min(CB, s.rank - c0),
                                t_out + ((n * s.rank + c0) * pl.Ho + oh) * pl.Wt, pl.Ho * pl.Wt);
           }
+        float* yt = y + g0 * pl.Wo * s.Nout;  // the tile's pixels, contiguous
+        const float* rt = residual ? residual + g0 * pl.Wo * s.Nout : nullptr;
+        const bool direct = pl.np == s.Nout;
+        if (wino) {
+          // T pixel p of row q at padded pixel pw2 + p; the zero row past the padding.
+          wino->run(
+              kern, st.wino, rows,
+              [&](int64_t q, int64_t p) {
+                return p >= -pl.pw2 && p < pl.Wt + pl.pw2 ? t + q * pl.trow + (pl.pw2 + p) * CB
+                                                          : zeros.data();
+              },
+              tkbs, bias_p.data(), direct ? yt : st.out.get(), direct ? s.Nout : pl.np,
+              direct ? rt : nullptr, direct && relu);
+          if (!direct)
+            store_padded_tile(kern, st.out.get(), rows * pl.Wo, pl.np, s.Nout, yt, rt, relu);
+          return;
+        }
         // Second factor: tap jj of output pixel ow reads T pixel ow + jj dw of
         // the padded row (ow - pw + jj dw of the unpadded one).
         for (int64_t q = 0; q < rows; ++q)
           for (int64_t jj = 0; jj < pl.taps2; ++jj)
             st.base2[static_cast<size_t>(jj * rows + q)] = t + q * pl.trow + jj * s.dw * CB;
-        float* yt = y + g0 * pl.Wo * s.Nout;  // the tile's pixels, contiguous
-        const float* rt = residual ? residual + g0 * pl.Wo * s.Nout : nullptr;
-        if (pl.np == s.Nout) {
+        if (direct) {
           kern.block_gemm({rows, pl.Wo, s.rank, pl.np, pl.taps2, st.base2.data(), tkbs, b2.data(),
                            bias_p.data(), yt, pl.Wo * s.Nout, s.Nout, CB, rt, relu});
         } else {
-          const int64_t P2 = rows * pl.Wo;
           kern.block_gemm({rows, pl.Wo, s.rank, pl.np, pl.taps2, st.base2.data(), tkbs, b2.data(),
                            bias_p.data(), st.out.get(), pl.Wo * pl.np, pl.np, CB, nullptr, false});
-          for (int64_t p = 0; p < P2; ++p)
-            std::memcpy(yt + p * s.Nout, st.out.get() + p * pl.np, sizeof(float) * s.Nout);
-          if (residual || relu) kern.add_relu(yt, rt, P2 * s.Nout, relu);
+          store_padded_tile(kern, st.out.get(), rows * pl.Wo, pl.np, s.Nout, yt, rt, relu);
         }
       });
 }
@@ -355,8 +528,14 @@ int64_t nhwc_workspace_bytes(const LowRankConvShape& s, int num_threads) {
   const int threads = resolve_threads(num_threads);
   const Plan pl(s, pick_kernels().vec_width, threads);
   const int64_t used = std::max<int64_t>(1, std::min<int64_t>(threads, pl.tiles));
-  const int64_t packed = pl.taps1 * s.C * pl.rp + pl.taps2 * s.rank * pl.np + pl.np;
-  return 4 * (used * pl.thread_floats(s) + packed + std::max(s.C, pl.rp));
+  int64_t packed = pl.taps1 * s.C * pl.rp + pl.taps2 * s.rank * pl.np + pl.np;
+  int64_t per_thread = pl.thread_floats(s);
+  if (RowWinograd::applies(s)) {
+    const RowWinograd wino(nullptr, s, pl, pl.np, pick_kernels());
+    packed += wino.packed_floats() - pl.taps2 * s.rank * pl.np;
+    per_thread += wino.scratch_floats();
+  }
+  return 4 * (used * per_thread + packed + std::max({s.C, pl.rp, pl.block ? pl.trow : 0}));
 }
 
 }  // namespace lowrank_detail

@@ -29,6 +29,10 @@ struct VScalar {
     for (int i = 0; i < 4; ++i) a.v[i] += b.v[i];
     return a;
   }
+  static LR_INLINE reg sub(reg a, reg b) {
+    for (int i = 0; i < 4; ++i) a.v[i] -= b.v[i];
+    return a;
+  }
   static LR_INLINE reg max(reg a, reg b) {
     for (int i = 0; i < 4; ++i) a.v[i] = a.v[i] > b.v[i] ? a.v[i] : b.v[i];
     return a;

@@ -4,7 +4,7 @@
 // never merge at link time.
 //
 // V provides: reg, kWidth, zero(), loadu(p), storeu(p, v), bcast(p),
-// fmadd(a, b, c) = a*b + c, add(a, b), max(a, b).
+// fmadd(a, b, c) = a*b + c, add(a, b), sub(a, b) = a - b, max(a, b).
 // Register blocking: a RowGemm micro-tile is MR rows x NV vectors of pixels
 // held in registers for the whole K loop (the B row is loaded once per k and
 // reused MR times, the A value broadcast once and reused NV times). The
@@ -409,12 +409,80 @@ void add_relu(float* __restrict y, const float* __restrict r, int64_t n, bool re
   }
 }
 
+// Winograd F(4, 3) transforms (Lavin and Gray's B^T and A^T; see WinogradIn,
+// WinogradOut), one vector of channels at a time: a handful of adds and FMAs
+// per value, against the 6 x K multiply-adds per group of the GEMMs between.
+template <class V>
+void winograd_in(const float* const* pix, int64_t groups, int64_t K, int64_t cblock, float* u,
+                 int64_t ldu, int64_t xs) {
+  using R = typename V::reg;
+  constexpr int W = V::kWidth;
+  static const float k2 = 2.f, km2 = -2.f, k4 = 4.f, km4 = -4.f, km5 = -5.f;
+  const R c2 = V::bcast(&k2), cm2 = V::bcast(&km2), c4 = V::bcast(&k4), cm4 = V::bcast(&km4),
+          cm5 = V::bcast(&km5);
+  for (int64_t g = 0; g < groups; ++g) {
+    const float* const* d = pix + 4 * g;
+    float* ug = u + g * ldu;
+    for (int64_t c = 0; c < K; c += W) {
+      const int64_t off = (c / kChannelBlock) * cblock + c % kChannelBlock;
+      const R d0 = V::loadu(d[0] + off), d1 = V::loadu(d[1] + off), d2 = V::loadu(d[2] + off);
+      const R d3 = V::loadu(d[3] + off), d4 = V::loadu(d[4] + off), d5 = V::loadu(d[5] + off);
+      const R d31 = V::sub(d3, d1), d42 = V::sub(d4, d2);
+      V::storeu(ug + c, V::fmadd(cm5, d2, V::fmadd(c4, d0, d4)));
+      V::storeu(ug + xs + c, V::fmadd(cm4, V::add(d1, d2), V::add(d3, d4)));
+      V::storeu(ug + 2 * xs + c, V::fmadd(c4, V::sub(d1, d2), V::sub(d4, d3)));
+      V::storeu(ug + 3 * xs + c, V::fmadd(c2, d31, d42));
+      V::storeu(ug + 4 * xs + c, V::fmadd(cm2, d31, d42));
+      V::storeu(ug + 5 * xs + c, V::fmadd(cm5, d3, V::fmadd(c4, d1, d5)));
+    }
+  }
+}
+
+template <class V>
+void winograd_out(const float* m, int64_t xs, int64_t ldm, int64_t groups, int64_t N,
+                  const float* bias, float* y, int64_t ldy, int64_t pixels, const float* r,
+                  bool relu) {
+  using R = typename V::reg;
+  constexpr int W = V::kWidth;
+  static const float k2 = 2.f, k4 = 4.f, k8 = 8.f;
+  const R c2 = V::bcast(&k2), c4 = V::bcast(&k4), c8 = V::bcast(&k8);
+  for (int64_t g = 0; g < groups; ++g) {
+    const float* mg = m + g * ldm;
+    const int64_t p0 = 4 * g, n = std::min<int64_t>(4, pixels - p0);
+    for (int64_t j = 0; j < N; j += W) {
+      const R m0 = V::loadu(mg + j), m1 = V::loadu(mg + xs + j), m2 = V::loadu(mg + 2 * xs + j);
+      const R m3 = V::loadu(mg + 3 * xs + j), m4 = V::loadu(mg + 4 * xs + j);
+      const R m5 = V::loadu(mg + 5 * xs + j);
+      const R a = V::add(m1, m2), b = V::sub(m1, m2), c = V::add(m3, m4), d = V::sub(m3, m4);
+      const R bj = bias ? V::loadu(bias + j) : V::zero();
+      R out[4] = {V::add(V::add(m0, bj), V::add(a, c)), V::add(V::fmadd(c2, d, b), bj),
+                  V::add(V::fmadd(c4, c, a), bj), V::add(V::fmadd(c8, d, b), V::add(m5, bj))};
+      for (int64_t i = 0; i < n; ++i) {
+        float* yp = y + (p0 + i) * ldy + j;
+        R v = out[i];
+        if (r) v = V::add(v, V::loadu(r + (p0 + i) * ldy + j));
+        if (relu) v = V::max(V::zero(), v);  // NaN stays NaN, as in block_micro_fn
+        V::storeu(yp, v);
+      }
+    }
+  }
+}
+
 template <class V, class Cfg>
 const Kernels& make_kernels(const char* name) {
-  static const Kernels k{
-      Cfg::kMR,  &row_gemm<V, Cfg>, &ind_gemm<V, Cfg>, &block_gemm<V, Cfg>, &pair_gemm<V, Cfg>,
-      V::kWidth, Cfg::kIndNV,       &transpose16,      &copy_pad_rows,      &add_relu,
-      name};
+  static const Kernels k{Cfg::kMR,
+                         &row_gemm<V, Cfg>,
+                         &ind_gemm<V, Cfg>,
+                         &block_gemm<V, Cfg>,
+                         &pair_gemm<V, Cfg>,
+                         V::kWidth,
+                         Cfg::kIndNV,
+                         &transpose16,
+                         &copy_pad_rows,
+                         &add_relu,
+                         &winograd_in<V>,
+                         &winograd_out<V>,
+                         name};
   return k;
 }
 
