@@ -502,45 +502,49 @@ def test_direct_form_vertical_stride_and_image_spanning_tiles(isa, scheme, monke
 
 @needs_ext
 @pytest.mark.parametrize("isa", _isas())
-def test_spatial_second_factor_by_winograd(isa, monkeypatch):
-    """channels_last float32 spatial layers (horizontal stride and dilation 1, rank >= 16)
-    run their 1 x 3 factor by Winograd F(4, 3): output widths of every remainder mod 4,
-    paddings 0-2, both forms of the first factor (16-24 and 40-48 channels), Nout past
-    a 64-channel block and not whole vectors, tiles of more rows than one Winograd chunk,
-    residual + ReLU; against the float64 reference, and not the same bits as the direct
-    form (FUSENAS_LOWRANK_WINOGRAD=0), so the transform really ran."""
+def test_spatial_factors_by_winograd(isa, monkeypatch):
+    """channels_last float32 spatial layers (stride and dilation 1, rank >= 16) run their
+    1 x 3 factor by Winograd F(4, 3) along rows and, where C is whole vectors up to 256,
+    their 3 x 1 factor along columns: output sizes of every remainder mod 4, paddings
+    0-2, both forms of the pixel-major forward (16-32 and 40-256 channels), Nout past a
+    64-channel block and not whole vectors, tiles spanning small images, rows wider than
+    one chunk, residual + ReLU; against the float64 reference, and not the same bits as
+    the direct form (FUSENAS_LOWRANK_WINOGRAD=0), so the transforms really ran: y for the
+    row factor, the kept intermediate for the column factor."""
     monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
     monkeypatch.setenv("FUSENAS_LOWRANK_NHWC", "1")
+    vec = {"scalar": 4, "avx2": 8, "avx512": 16}[isa]
     g = torch.Generator().manual_seed(11)
     # (N, C, H, W, rank, Nout, padding)
-    cases = [
-        (3, 16, 6, 13, 16, 16, 1),
-        (2, 24, 5, 10, 20, 17, 0),
-        (2, 16, 4, 9, 18, 32, 2),
-        (2, 48, 7, 7, 24, 80, 1),
-        (2, 40, 3, 12, 16, 33, 1),
-        (8, 16, 200, 2, 16, 16, 1),
-    ]
+    cases = [(3, 16, 6, 13, 16, 16, 1), (2, 24, 5, 10, 20, 17, 0), (2, 16, 4, 9, 18, 32, 2),
+             (2, 48, 7, 7, 24, 80, 1), (2, 40, 3, 12, 16, 33, 1), (8, 16, 200, 2, 16, 16, 1),
+             (16, 32, 5, 6, 16, 32, 1), (4, 64, 9, 9, 20, 64, 0), (2, 256, 5, 5, 32, 16, 1),
+             (1, 16, 6, 70, 16, 16, 1)]  # fmt: skip
     for n, c, h, w, r, nout, pad in cases:
         x = torch.randn(n, c, h, w, generator=g).contiguous(memory_format=torch.channels_last)
         w1, w2 = _factors("spatial", c, r, nout, 3, 3, seed=c + r)
         bias = torch.randn(nout, generator=g)
+        geo = ([1, 1], [pad, pad], [1, 1])
         y0 = lowrank_conv2d_reference(x.double(), w1.double(), w2.double(), bias.double(),
-                                      "spatial", (1, 1), (pad, pad), (1, 1))  # fmt: skip
+                                      "spatial", *geo)  # fmt: skip
+        t0 = _first_factor(x.double(), w1.double(), "spatial", 1, pad, 1)
         res = torch.randn(y0.shape, generator=g).contiguous(memory_format=torch.channels_last)
         winograd = []
         for residual, act in ((None, "none"), (res, "relu")):
             want = y0 if residual is None else torch.relu(y0 + res.double())
-            out = {}
+            out, kept = {}, {}
             for env in ("1", "0"):
                 monkeypatch.setenv("FUSENAS_LOWRANK_WINOGRAD", env)
-                out[env] = lowrank_conv2d(x, w1, w2, bias, scheme="spatial", padding=pad,
-                                          residual=residual, activation=act)  # fmt: skip
+                out[env], kept[env] = torch.ops.fusenas.lowrank_conv2d_with_intermediate(
+                    x, w1, w2, bias, "spatial", *geo, residual, act
+                )
                 assert out[env].is_contiguous(memory_format=torch.channels_last)
                 _close(out[env], want, torch.float32)
+                _close(kept[env], t0, torch.float32)
             assert not torch.equal(out["1"], out["0"])
+            assert torch.equal(kept["1"], kept["0"]) == (c % vec != 0 or c > 256)
             winograd.append(out["1"])
-        # Rank >= 16: the default rule takes it too.
+        # Rank >= 16: the default rule takes them too.
         monkeypatch.delenv("FUSENAS_LOWRANK_WINOGRAD")
         assert torch.equal(lowrank_conv2d(x, w1, w2, bias, scheme="spatial", padding=pad),
                            winograd[0])  # fmt: skip

@@ -119,21 +119,35 @@ using CopyPadRows = void (*)(const float* src, int64_t lds, int64_t rows, int64_
 // epilogue, run on output rows while they are still in cache.
 using AddRelu = void (*)(float* y, const float* r, int64_t n, bool relu);
 
-// Winograd F(4, 3) along a row of pixels (the horizontal factor of the spatial
-// scheme, stride and dilation 1): 4 outputs of a 3-tap correlation from 6
-// products per channel pair instead of 12, y = A^T [(G w) . (B^T d)].
-// WinogradIn: for g < groups, the 6 input pixels d_i = pix[4 g + i] (channel c
-// of a pixel at d_i[(c / 16) * cblock + c % 16]; zero rows for padding) give
-// u[xi * xs + g * ldu + c] = (B^T d)_xi for xi < 6, c < K (K a multiple of the
-// vector width). Between the two, one GEMM per xi: M_xi = U_xi (G w)_xi.
-using WinogradIn = void (*)(const float* const* pix, int64_t groups, int64_t K, int64_t cblock,
-                            float* u, int64_t ldu, int64_t xs);
-// WinogradOut: y[(4 g + i) * ldy + j] = relu?(bias[j] + (A^T M)_i + r[...]) for
-// output pixels 4 g + i < pixels, j < N (a multiple of the vector width), from
-// M_xi[g][j] at m[xi * xs + g * ldm + j]; bias and r (laid out as y) may be null.
-using WinogradOut = void (*)(const float* m, int64_t xs, int64_t ldm, int64_t groups, int64_t N,
-                             const float* bias, float* y, int64_t ldy, int64_t pixels,
-                             const float* r, bool relu);
+// Winograd F(4, 3) for a 3-tap correlation along a row or a column of pixels
+// (the spatial scheme's factors at stride and dilation 1): 4 outputs from 6
+// products per channel pair instead of 12, y = A^T [(G w) . (B^T d)]
+// (Lavin and Gray's matrices). Between the two transforms, one GEMM per
+// transformed point xi < 6: M_xi = U_xi (G w)_xi.
+// WinogradIn, for g < groups: the 6 inputs d_i = pix[g * pstep + i] + g * gstride
+// (channel c at d_i[(c / 16) * cblock + c % 16]; zero rows for padding) give
+// u[xi * xs + g * ldu + c] = (B^T d)_xi for c < K (a multiple of the vector
+// width). Along a row: pstep 4 (overlapping windows of a pixel list), gstride
+// 0; along a column: 6 row pointers, pstep 0, gstride a pixel's stride.
+struct WinogradIn {
+  const float* const* pix;
+  int64_t pstep, gstride, groups, K, cblock;
+  float* u;
+  int64_t ldu, xs;
+};
+// WinogradOut, for g < groups and outputs i < min(4, outputs - g * ostep):
+// y[g * ygs + i * ldy + (j / 16) * cblock + j % 16] = relu?(bias[j] + (A^T M)_i
+// + r[same offset]) for j < N (a multiple of the vector width), from M_xi[g][j]
+// at m[xi * xs + g * ldm + j]; bias and r may be null.
+struct WinogradOut {
+  const float* m;
+  int64_t xs, ldm, groups, N;
+  const float* bias;
+  float* y;
+  int64_t ygs, ldy, cblock, outputs, ostep;
+  const float* r;
+  bool relu;
+};
 
 struct Kernels {
   int mr;  // panel height of RowGemm::A
@@ -146,8 +160,8 @@ struct Kernels {
   Transpose16 transpose16;
   CopyPadRows copy_pad_rows;
   AddRelu add_relu;
-  WinogradIn winograd_in;
-  WinogradOut winograd_out;
+  void (*winograd_in)(const WinogradIn&);
+  void (*winograd_out)(const WinogradOut&);
   const char* name;
 };
 

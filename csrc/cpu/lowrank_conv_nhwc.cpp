@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "cpu/lowrank_conv_tiles.h"
+#include "cpu/lowrank_winograd.h"
 
 namespace fusenas {
 namespace lowrank_detail {
@@ -55,9 +56,21 @@ struct Plan : PixelMajorPlan {
   bool block;
   bool x_direct;  // x's rows are one block already (C = 16, no horizontal padding)
   int64_t pw1, pw2, Wp, xslot, xslots, Wtp, trow;
+  // The first factor by Winograd along columns (ColumnWinograd): tiles are
+  // then whole groups of 4 output rows of one image, `gpi` per image and
+  // `gpt` per tile.
+  bool col_wino;
+  int64_t gpi = 0, gpt = 0;
   Plan(const LowRankConvShape& s, int vec, int threads)
       : PixelMajorPlan(s, vec, threads, kTilePixels), np(round_up(s.Nout, vec)) {
     constexpr int64_t CB = cpu::lowrank::kChannelBlock;
+    col_wino = ColumnWinograd::applies(s, vec);
+    if (col_wino) {
+      gpi = ceil_div(Ho, 4);
+      gpt = std::max<int64_t>(1, rows_per_tile / 4);
+      rows_per_tile = 4 * gpt;
+      tiles = ceil_div(s.N * gpi, gpt);
+    }
     // At 64-256 channels the per-tile copies into blocks cost more than the
     // pointers they save (same-process A/B, batch 32-128: 0.90-0.98x of the
     // indirect form for 64 ch @56 / @8, 128 ch @28, 256 ch @14, spatial).
@@ -70,9 +83,25 @@ struct Plan : PixelMajorPlan {
     // Each image a tile touches needs its rows' input rows: at most
     // (rows - 1) sh + (kh - 1) dh + 1 for each of the images a tile's rows span.
     const int64_t images = std::min(rows_per_tile, ceil_div(rows_per_tile - 1, Ho) + 1);
-    xslots = x_direct ? 0 : rows_per_tile * s.sh + images * ((s.kh - 1) * s.dh + 1);
+    xslots = x_direct || col_wino ? 0 : rows_per_tile * s.sh + images * ((s.kh - 1) * s.dh + 1);
     Wtp = Wt + 2 * pw2;
     trow = ceil_div(rp, CB) * Wtp * CB;
+  }
+  // Tile `tile`'s global output rows [g0, g0 + rows) and, for col_wino, its
+  // row groups [G0, G1).
+  void tile_span(int64_t tile, int64_t total_rows, int64_t& g0, int64_t& rows, int64_t& G0,
+                 int64_t& G1) const {
+    if (!col_wino) {
+      g0 = tile * rows_per_tile;
+      rows = std::min(rows_per_tile, total_rows - g0);
+      return;
+    }
+    G0 = tile * gpt;
+    G1 = std::min(G0 + gpt, total_rows / Ho * gpi);
+    auto row_of = [&](int64_t G) { return G / gpi * Ho + std::min(Ho, 4 * (G % gpi)); };
+    g0 = row_of(G0);
+    const int64_t last = G1 - 1;
+    rows = last / gpi * Ho + std::min(Ho, 4 * (last % gpi) + 4) - g0;
   }
   int64_t p1_max() const { return rows_per_tile * Wt; }
   int64_t p2_max() const { return rows_per_tile * Wo; }
@@ -165,147 +194,29 @@ void store_padded_tile(const cpu::lowrank::Kernels& kern, const float* out, int6
   if (residual || relu) kern.add_relu(y, residual, pixels * nout, relu);
 }
 
-// The spatial scheme's second factor (1 x 3, stride and dilation 1) by
-// Winograd F(4, 3) along each T row (kernels: WinogradIn / WinogradOut): 6
-// multiply-adds per 4 output pixels and channel pair instead of 12, so the
-// factor's GEMM work halves and the forward's falls by a quarter at C = Nout.
-// Per chunk of T rows: U = B^T over each group of 6 T pixels (6 matrices of
-// groups x rank), then, for each block of at most 64 output channels, one
-// IndGemm per xi into M (6 x groups x 64 floats, in L1/L2) and A^T of M
-// straight into the output rows with bias, residual and ReLU. The transformed
-// factor (G w2, 6 taps) is packed per channel block, each a whole IndGemm B.
-// Rounding: the transforms' constants (up to 8 in A^T, 5 in B^T) add a few
-// units in the last place of float32 per value.
-class RowWinograd {
- public:
-  // FUSENAS_LOWRANK_WINOGRAD=0 switches it off, =1 on at any rank.
-  static bool applies(const LowRankConvShape& s) {
-    if (s.scheme != LowRankScheme::kSpatial || s.kw != 3 || s.sw != 1 || s.dw != 1) return false;
-    const char* env = std::getenv("FUSENAS_LOWRANK_WINOGRAD");
-    if (env != nullptr && std::strcmp(env, "0") == 0) return false;
-    if (env != nullptr && std::strcmp(env, "1") == 0) return true;
-    // Below rank 16 the transforms and the short GEMMs (K = rank) cost what
-    // the halved multiply-adds save (forward, 2 threads, channels_last,
-    // Winograd / direct time: 16 ch @32 rank 12 1.10, rank 4 1.01; 32 ch @16
-    // rank 8 1.00; rank 16-384 at 8-56 px 0.81-0.97).
-    return s.rank >= kMinRank;
-  }
-
-  RowWinograd(const float* w2, const LowRankConvShape& s, const PixelMajorPlan& pl, int64_t np,
-              const cpu::lowrank::Kernels& kern)
-      : rank_(s.rank), rp_(pl.rp), np_(np), Wo_(pl.Wo), pw_(s.pw) {
-    cols_ = std::min<int64_t>(np, kColumnBlock);
-    col_blocks_ = ceil_div(np, cols_);
-    per_row_ = ceil_div(Wo_, 4);
-    rows_ = std::max<int64_t>(1, kGroups / per_row_);
-    groups_ = rows_ * per_row_;
-    b_stride_ = rank_ * cols_;
-    if (w2 == nullptr) return;  // sizes only (workspace_bytes)
-    // (G w2)_xi[n][k] from the 3 taps of w2[n][k][:], in double.
-    constexpr double G[6][3] = {{0.25, 0, 0},
-                                {-1.0 / 6, -1.0 / 6, -1.0 / 6},
-                                {-1.0 / 6, 1.0 / 6, -1.0 / 6},
-                                {1.0 / 24, 1.0 / 12, 1.0 / 6},
-                                {1.0 / 24, -1.0 / 12, 1.0 / 6},
-                                {0, 0, 1}};
-    std::vector<float> gw(static_cast<size_t>(6 * s.Nout * rank_));
-    for (int xi = 0; xi < 6; ++xi)
-      for (int64_t i = 0; i < s.Nout * rank_; ++i) {
-        const float* w = w2 + i * 3;
-        gw[static_cast<size_t>(xi * s.Nout * rank_ + i)] =
-            static_cast<float>(G[xi][0] * w[0] + G[xi][1] * w[1] + G[xi][2] * w[2]);
-      }
-    b_.assign(static_cast<size_t>(col_blocks_ * 6 * b_stride_), 0.f);
-    for (int64_t cb = 0; cb < col_blocks_; ++cb) {
-      const int64_t j0 = cb * cols_, n = std::min(cols_, np - j0);
-      const int64_t real = std::max<int64_t>(0, std::min(n, s.Nout - j0));
-      for (int xi = 0; xi < 6; ++xi) {
-        const std::vector<float> packed =
-            pack_factor(gw.data() + (xi * s.Nout + j0) * rank_, real, rank_, 1, n, kern);
-        std::copy(packed.begin(), packed.end(), b_.begin() + (cb * 6 + xi) * b_stride_);
-      }
-    }
-  }
-
-  // Per-thread buffers: pixel pointers of a chunk's rows, U, M and the GEMM's
-  // row pointers into U (fixed, so built once).
-  struct Scratch {
-    std::vector<const float*> pix, ind;
-    Buffer u{0, false}, m{0, false};
-  };
-  Scratch scratch() const {
-    Scratch sc{std::vector<const float*>(static_cast<size_t>(rows_ * (4 * per_row_ + 2))),
-               std::vector<const float*>(static_cast<size_t>(6 * groups_)),
-               Buffer(6 * groups_ * rp_, false), Buffer(6 * groups_ * cols_, false)};
-    for (int64_t xi = 0; xi < 6; ++xi)
-      for (int64_t g = 0; g < groups_; ++g)
-        sc.ind[static_cast<size_t>(xi * groups_ + g)] = sc.u.get() + (xi * groups_ + g) * rp_;
-    return sc;
-  }
-  int64_t packed_floats() const { return col_blocks_ * 6 * b_stride_; }
-  int64_t scratch_floats() const {
-    return 6 * groups_ * (rp_ + cols_) + rows_ * (4 * per_row_ + 2) * 2 + 6 * groups_ * 2;
-  }
-
-  // y rows q < rows (output pixel (q, ow) at y + (q Wo + ow) ldy, residual laid
-  // out as y) from T: pixel(q, p) -> T pixel p (-pw <= p < Wt + 2) of row q or a
-  // zero row, its channel c at (c / 16) cblock + c % 16.
-  template <class Pixel>
-  void run(const cpu::lowrank::Kernels& kern, Scratch& sc, int64_t rows, Pixel pixel,
-           int64_t cblock, const float* bias, float* y, int64_t ldy, const float* residual,
-           bool relu) const {
-    const int64_t span = 4 * per_row_ + 2;
-    for (int64_t q0 = 0; q0 < rows; q0 += rows_) {
-      const int64_t nq = std::min(rows_, rows - q0), P = nq * per_row_;
-      for (int64_t q = 0; q < nq; ++q) {
-        const float** pix = sc.pix.data() + q * span;
-        for (int64_t i = 0; i < span; ++i) pix[i] = pixel(q0 + q, i - pw_);
-        kern.winograd_in(pix, per_row_, rp_, cblock, sc.u.get() + q * per_row_ * rp_, rp_,
-                         groups_ * rp_);
-      }
-      for (int64_t cb = 0; cb < col_blocks_; ++cb) {
-        const int64_t j0 = cb * cols_, n = std::min(cols_, np_ - j0);
-        for (int64_t xi = 0; xi < 6; ++xi)
-          kern.ind_gemm({P, rank_, n, 1, sc.ind.data() + xi * groups_,
-                         b_.data() + (cb * 6 + xi) * b_stride_, nullptr,
-                         sc.m.get() + xi * groups_ * cols_, cols_});
-        for (int64_t q = 0; q < nq; ++q) {
-          const int64_t at = (q0 + q) * Wo_ * ldy + j0;
-          kern.winograd_out(sc.m.get() + q * per_row_ * cols_, groups_ * cols_, cols_, per_row_, n,
-                            bias + j0, y + at, ldy, Wo_, residual ? residual + at : nullptr, relu);
-        }
-      }
-    }
-  }
-
- private:
-  // Output channels per GEMM block (one AVX-512 column panel) and groups of 4
-  // output pixels per chunk of rows: M (6 x 64 x 64 floats) stays in L2 with U.
-  static constexpr int64_t kColumnBlock = 64, kGroups = 64;
-  static constexpr int64_t kMinRank = 16;
-  int64_t rank_, rp_, np_, Wo_, pw_;
-  int64_t cols_ = 0, col_blocks_ = 0, per_row_ = 0, rows_ = 0, groups_ = 0, b_stride_ = 0;
-  std::vector<float> b_;
-};
-
 // The IndGemm form: a pointer per pixel and tap (any stride).
 void forward_ind(const float* x, const float* w1, const float* w2, const float* bias, float* y,
                  const LowRankConvShape& s, const Plan& pl, int threads, const float* residual,
                  bool relu, float* t_out) {
   const auto& kern = pick_kernels();
-  const std::vector<float> b1 = pack_factor(w1, s.rank, s.C, pl.taps1, pl.rp, kern);
+  std::optional<ColumnWinograd> col;
+  if (pl.col_wino) col.emplace(w1, s, pl, kern);
+  const std::vector<float> b1 =
+      col ? std::vector<float>() : pack_factor(w1, s.rank, s.C, pl.taps1, pl.rp, kern);
   std::optional<RowWinograd> wino;
   if (RowWinograd::applies(s)) wino.emplace(w2, s, pl, pl.np, kern);
   const std::vector<float> b2 =
       wino ? std::vector<float>() : pack_factor(w2, s.Nout, s.rank, pl.taps2, pl.np, kern);
   std::vector<float> bias_p(static_cast<size_t>(pl.np), 0.f);
   if (bias) std::copy(bias, bias + s.Nout, bias_p.begin());
-  const std::vector<float> zeros(static_cast<size_t>(std::max(s.C, pl.rp)), 0.f);
+  // Zero rows: a padding tap's pixel, or a whole padding row of x (ColumnWinograd).
+  const std::vector<float> zeros(static_cast<size_t>(std::max({s.C, pl.rp, col ? s.W * s.C : 0})),
+                                 0.f);
   const int64_t total_rows = s.N * pl.Ho;
   struct State {
     Buffer t, out;
     std::vector<const float*> ind1, ind2;
-    RowWinograd::Scratch wino;
+    WinogradScratch wino, cwino;
   };
   parallel_items(
       pl.tiles, threads,
@@ -313,17 +224,23 @@ void forward_ind(const float* x, const float* w1, const float* w2, const float* 
         return State{
             Buffer(pl.p1_max() * pl.rp, false),
             Buffer(pl.np != s.Nout ? pl.p2_max() * pl.np : 0, false),
-            std::vector<const float*>(static_cast<size_t>(pl.taps1 * pl.p1_max())),
+            std::vector<const float*>(col ? 0 : static_cast<size_t>(pl.taps1 * pl.p1_max())),
             std::vector<const float*>(wino ? 0 : static_cast<size_t>(pl.taps2 * pl.p2_max())),
-            wino ? wino->scratch() : RowWinograd::Scratch()};
+            wino ? wino->scratch() : WinogradScratch(),
+            col ? col->scratch() : WinogradScratch()};
       },
       [&](State& st, int64_t tile) {
-        const int64_t g0 = tile * pl.rows_per_tile;
-        const int64_t rows = std::min(pl.rows_per_tile, total_rows - g0);
+        int64_t g0, rows, G0 = 0, G1 = 0;
+        pl.tile_span(tile, total_rows, g0, rows, G0, G1);
         const int64_t P1 = rows * pl.Wt, P2 = rows * pl.Wo;
-        fill_first_factor_pointers(s, pl.Ho, pl.Wt, x, g0, rows, st.ind1.data(), zeros.data());
-        kern.ind_gemm(
-            {P1, s.C, pl.rp, pl.taps1, st.ind1.data(), b1.data(), nullptr, st.t.get(), pl.rp});
+        if (col) {
+          col->run(kern, st.cwino, x, G0, G1, g0, st.t.get(), pl.Wt * pl.rp, pl.rp,
+                   cpu::lowrank::kChannelBlock, zeros.data());
+        } else {
+          fill_first_factor_pointers(s, pl.Ho, pl.Wt, x, g0, rows, st.ind1.data(), zeros.data());
+          kern.ind_gemm(
+              {P1, s.C, pl.rp, pl.taps1, st.ind1.data(), b1.data(), nullptr, st.t.get(), pl.rp});
+        }
         if (t_out)  // kept for the backward: (N, rank, Ho, Wt) float32, a row per tile row
           for (int64_t q = 0; q < rows; ++q) {
             const int64_t n = (g0 + q) / pl.Ho, oh = (g0 + q) % pl.Ho;
@@ -400,23 +317,27 @@ void forward_block(const float* x, const float* w1, const float* w2, const float
                    bool relu, float* t_out) {
   constexpr int64_t CB = cpu::lowrank::kChannelBlock;
   const auto& kern = pick_kernels();
-  const std::vector<float> b1 = pack_factor(w1, s.rank, s.C, pl.taps1, pl.rp, kern);
+  std::optional<ColumnWinograd> col;
+  if (pl.col_wino) col.emplace(w1, s, pl, kern);
+  const std::vector<float> b1 =
+      col ? std::vector<float>() : pack_factor(w1, s.rank, s.C, pl.taps1, pl.rp, kern);
   std::optional<RowWinograd> wino;
   if (RowWinograd::applies(s)) wino.emplace(w2, s, pl, pl.np, kern);
   const std::vector<float> b2 =
       wino ? std::vector<float>() : pack_factor(w2, s.Nout, s.rank, pl.taps2, pl.np, kern);
   std::vector<float> bias_p(static_cast<size_t>(pl.np), 0.f);
   if (bias) std::copy(bias, bias + s.Nout, bias_p.begin());
-  // Zero rows: x's padding rows (xslot floats) and T pixels past a row's
-  // padding for the Winograd windows (a T row's channel blocks, trow floats).
-  const std::vector<float> zeros(static_cast<size_t>(std::max(pl.xslot, pl.trow)), 0.f);
+  // Zero rows: x's padding rows (xslot floats, or W C for ColumnWinograd) and T
+  // pixels past a row's padding for RowWinograd (a T row's blocks, trow floats).
+  const std::vector<float> zeros(static_cast<size_t>(std::max({pl.xslot, pl.trow, s.W * s.C})),
+                                 0.f);
   const int64_t total_rows = s.N * pl.Ho;
   const int64_t xkbs = pl.Wp * CB, tkbs = pl.Wtp * CB;
   const int64_t kw1 = pl.channel ? s.kw : 1;
   struct State {
     Buffer t, out, xin;
     std::vector<const float*> base1, base2;
-    RowWinograd::Scratch wino;
+    WinogradScratch wino, cwino;
   };
   parallel_items(
       pl.tiles, threads,
@@ -427,7 +348,8 @@ void forward_block(const float* x, const float* w1, const float* w2, const float
                  Buffer(pl.xslots * pl.xslot, false),
                  std::vector<const float*>(static_cast<size_t>(pl.taps1 * pl.rows_per_tile)),
                  std::vector<const float*>(static_cast<size_t>(pl.taps2 * pl.rows_per_tile)),
-                 wino ? wino->scratch() : RowWinograd::Scratch()};
+                 wino ? wino->scratch() : WinogradScratch(),
+                 col ? col->scratch() : WinogradScratch()};
         for (int64_t b = 0; b < pl.rows_per_tile * pl.trow; b += tkbs) {
           std::memset(st.t.get() + b, 0, sizeof(float) * pl.pw2 * CB);
           std::memset(st.t.get() + b + (pl.pw2 + pl.Wt) * CB, 0, sizeof(float) * pl.pw2 * CB);
@@ -435,12 +357,15 @@ void forward_block(const float* x, const float* w1, const float* w2, const float
         return st;
       },
       [&](State& st, int64_t tile) {
-        const int64_t g0 = tile * pl.rows_per_tile;
-        const int64_t rows = std::min(pl.rows_per_tile, total_rows - g0);
-        // First factor's row pointers; the input rows of each image the tile
-        // touches are copied once (a contiguous range per image).
+        int64_t g0, rows, G0 = 0, G1 = 0;
+        pl.tile_span(tile, total_rows, g0, rows, G0, G1);
+        float* t = st.t.get();
+        if (col)
+          col->run(kern, st.cwino, x, G0, G1, g0, t + pl.pw2 * CB, pl.trow, CB, tkbs, zeros.data());
+        // Else the first factor's row pointers; the input rows of each image the
+        // tile touches are copied once (a contiguous range per image).
         int64_t used = 0, img = -1, ih_lo = 0, slot0 = 0;
-        for (int64_t q = 0; q < rows; ++q) {
+        for (int64_t q = 0; !col && q < rows; ++q) {
           const int64_t n = (g0 + q) / pl.Ho, oh = (g0 + q) % pl.Ho;
           if (!pl.x_direct && n != img) {
             const int64_t last = std::min(rows - 1, (n + 1) * pl.Ho - 1 - g0);
@@ -467,9 +392,9 @@ void forward_block(const float* x, const float* w1, const float* w2, const float
                   inside ? row + jj * s.dw * CB : row;
           }
         }
-        float* t = st.t.get();
-        kern.block_gemm({rows, pl.Wt, s.C, pl.rp, pl.taps1, st.base1.data(), xkbs, b1.data(),
-                         nullptr, t + pl.pw2 * CB, pl.trow, CB, tkbs, nullptr, false});
+        if (!col)
+          kern.block_gemm({rows, pl.Wt, s.C, pl.rp, pl.taps1, st.base1.data(), xkbs, b1.data(),
+                           nullptr, t + pl.pw2 * CB, pl.trow, CB, tkbs, nullptr, false});
         if (t_out)  // kept for the backward: (N, rank, Ho, Wt) float32, a row per tile row
           for (int64_t q = 0; q < rows; ++q) {
             const int64_t n = (g0 + q) / pl.Ho, oh = (g0 + q) % pl.Ho;
@@ -535,7 +460,14 @@ int64_t nhwc_workspace_bytes(const LowRankConvShape& s, int num_threads) {
     packed += wino.packed_floats() - pl.taps2 * s.rank * pl.np;
     per_thread += wino.scratch_floats();
   }
-  return 4 * (used * per_thread + packed + std::max({s.C, pl.rp, pl.block ? pl.trow : 0}));
+  if (pl.col_wino) {
+    const ColumnWinograd col(nullptr, s, pl, pick_kernels());
+    packed += col.packed_floats() - pl.taps1 * s.C * pl.rp;
+    per_thread += col.scratch_floats();
+  }
+  const int64_t zeros = std::max(
+      {s.C, pl.rp, pl.block ? std::max(pl.xslot, pl.trow) : 0, pl.col_wino ? s.W * s.C : 0});
+  return 4 * (used * per_thread + packed + zeros);
 }
 
 }  // namespace lowrank_detail

@@ -409,22 +409,23 @@ void add_relu(float* __restrict y, const float* __restrict r, int64_t n, bool re
   }
 }
 
-// Winograd F(4, 3) transforms (Lavin and Gray's B^T and A^T; see WinogradIn,
-// WinogradOut), one vector of channels at a time: a handful of adds and FMAs
-// per value, against the 6 x K multiply-adds per group of the GEMMs between.
+// Winograd F(4, 3) transforms (lowrank_conv_kernels.h), one vector of
+// channels at a time: a handful of adds and FMAs per value, against the
+// 6 x K multiply-adds per group of the GEMMs between them.
 template <class V>
-void winograd_in(const float* const* pix, int64_t groups, int64_t K, int64_t cblock, float* u,
-                 int64_t ldu, int64_t xs) {
+void winograd_in(const WinogradIn& a) {
   using R = typename V::reg;
   constexpr int W = V::kWidth;
   static const float k2 = 2.f, km2 = -2.f, k4 = 4.f, km4 = -4.f, km5 = -5.f;
   const R c2 = V::bcast(&k2), cm2 = V::bcast(&km2), c4 = V::bcast(&k4), cm4 = V::bcast(&km4),
           cm5 = V::bcast(&km5);
-  for (int64_t g = 0; g < groups; ++g) {
-    const float* const* d = pix + 4 * g;
-    float* ug = u + g * ldu;
-    for (int64_t c = 0; c < K; c += W) {
-      const int64_t off = (c / kChannelBlock) * cblock + c % kChannelBlock;
+  const int64_t xs = a.xs;
+  for (int64_t g = 0; g < a.groups; ++g) {
+    const float* const* d = a.pix + g * a.pstep;
+    const int64_t shift = g * a.gstride;
+    float* ug = a.u + g * a.ldu;
+    for (int64_t c = 0; c < a.K; c += W) {
+      const int64_t off = shift + (c / kChannelBlock) * a.cblock + c % kChannelBlock;
       const R d0 = V::loadu(d[0] + off), d1 = V::loadu(d[1] + off), d2 = V::loadu(d[2] + off);
       const R d3 = V::loadu(d[3] + off), d4 = V::loadu(d[4] + off), d5 = V::loadu(d[5] + off);
       const R d31 = V::sub(d3, d1), d42 = V::sub(d4, d2);
@@ -439,30 +440,33 @@ void winograd_in(const float* const* pix, int64_t groups, int64_t K, int64_t cbl
 }
 
 template <class V>
-void winograd_out(const float* m, int64_t xs, int64_t ldm, int64_t groups, int64_t N,
-                  const float* bias, float* y, int64_t ldy, int64_t pixels, const float* r,
-                  bool relu) {
+void winograd_out(const WinogradOut& a) {
   using R = typename V::reg;
   constexpr int W = V::kWidth;
   static const float k2 = 2.f, k4 = 4.f, k8 = 8.f;
   const R c2 = V::bcast(&k2), c4 = V::bcast(&k4), c8 = V::bcast(&k8);
-  for (int64_t g = 0; g < groups; ++g) {
-    const float* mg = m + g * ldm;
-    const int64_t p0 = 4 * g, n = std::min<int64_t>(4, pixels - p0);
-    for (int64_t j = 0; j < N; j += W) {
+  const int64_t xs = a.xs;
+  for (int64_t g = 0; g < a.groups; ++g) {
+    const float* mg = a.m + g * a.ldm;
+    const int64_t n = std::min<int64_t>(4, a.outputs - g * a.ostep);
+    float* yg = a.y + g * a.ygs;
+    const float* rg = a.r ? a.r + g * a.ygs : nullptr;
+    for (int64_t j = 0; j < a.N; j += W) {
       const R m0 = V::loadu(mg + j), m1 = V::loadu(mg + xs + j), m2 = V::loadu(mg + 2 * xs + j);
       const R m3 = V::loadu(mg + 3 * xs + j), m4 = V::loadu(mg + 4 * xs + j);
       const R m5 = V::loadu(mg + 5 * xs + j);
-      const R a = V::add(m1, m2), b = V::sub(m1, m2), c = V::add(m3, m4), d = V::sub(m3, m4);
-      const R bj = bias ? V::loadu(bias + j) : V::zero();
-      R out[4] = {V::add(V::add(m0, bj), V::add(a, c)), V::add(V::fmadd(c2, d, b), bj),
-                  V::add(V::fmadd(c4, c, a), bj), V::add(V::fmadd(c8, d, b), V::add(m5, bj))};
+      const R s12 = V::add(m1, m2), d12 = V::sub(m1, m2), s34 = V::add(m3, m4);
+      const R d34 = V::sub(m3, m4);
+      const R bj = a.bias ? V::loadu(a.bias + j) : V::zero();
+      const R out[4] = {V::add(V::add(m0, bj), V::add(s12, s34)),
+                        V::add(V::fmadd(c2, d34, d12), bj), V::add(V::fmadd(c4, s34, s12), bj),
+                        V::add(V::fmadd(c8, d34, d12), V::add(m5, bj))};
+      const int64_t off = (j / kChannelBlock) * a.cblock + j % kChannelBlock;
       for (int64_t i = 0; i < n; ++i) {
-        float* yp = y + (p0 + i) * ldy + j;
         R v = out[i];
-        if (r) v = V::add(v, V::loadu(r + (p0 + i) * ldy + j));
-        if (relu) v = V::max(V::zero(), v);  // NaN stays NaN, as in block_micro_fn
-        V::storeu(yp, v);
+        if (rg) v = V::add(v, V::loadu(rg + i * a.ldy + off));
+        if (a.relu) v = V::max(V::zero(), v);  // NaN stays NaN, as in block_micro_fn
+        V::storeu(yg + i * a.ldy + off, v);
       }
     }
   }

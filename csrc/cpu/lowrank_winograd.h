@@ -1,0 +1,270 @@
+// Winograd F(4, 3) for the spatial scheme's two factors in the pixel-major
+// forward (lowrank_conv_nhwc.cpp): the k x 1 factor along columns and the
+// 1 x k factor along rows, each with k = 3, stride and dilation 1. Each
+// computes 4 outputs from 6 products per channel pair instead of 12, so the
+// multiply-adds of a factor halve. Per chunk of pixels: U = B^T over windows of
+// 6 inputs (6 matrices, pixels x channels), then for each block of at most 64
+// output channels one IndGemm per transformed point xi into M (6 x pixels x 64
+// floats, in L2), and A^T of M straight into the destination rows. Rounding:
+// the transforms' constants (up to 8 in A^T, 5 in B^T) add a few units in the
+// last place of float32 per value (measured: max error 9e-7 of the output's
+// scale against 5e-7 for the direct form).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "cpu/lowrank_conv_nhwc.h"
+#include "cpu/lowrank_conv_tiles.h"
+
+namespace fusenas {
+namespace lowrank_detail {
+
+// FUSENAS_LOWRANK_WINOGRAD=0 switches both off, =1 on at any rank; by default
+// from rank 16: below it the transforms and the short GEMMs cost what the
+// halved multiply-adds save (forward, 2 threads, channels_last, Winograd /
+// direct time of the row factor: 16 ch @32 rank 12 1.10, rank 4 1.01; 32 ch
+// @16 rank 8 1.00; rank 16-384 at 8-56 px 0.81-0.97).
+inline bool winograd_wanted(const LowRankConvShape& s) {
+  if (s.scheme != LowRankScheme::kSpatial) return false;
+  const char* env = std::getenv("FUSENAS_LOWRANK_WINOGRAD");
+  if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+  if (env != nullptr && std::strcmp(env, "1") == 0) return true;
+  return s.rank >= 16;
+}
+
+// A 3-tap factor w (cols x K x 3, contiguous) as the 6 GEMM operands
+// (G w)_xi, each packed as an IndGemm B of K rows, per block of at most 64 of
+// the n columns (whole vectors; zeros past cols).
+class WinogradFactor {
+ public:
+  static constexpr int64_t kBlock = 64;  // one AVX-512 column panel
+
+  // w null: sizes only (workspace_bytes).
+  WinogradFactor(const float* w, int64_t cols, int64_t K, int64_t n,
+                 const cpu::lowrank::Kernels& kern)
+      : K_(K),
+        n_(n),
+        block_(std::min(n, kBlock)),
+        blocks_(ceil_div(n, block_)),
+        stride_(K * block_) {
+    if (w == nullptr) return;
+    constexpr double G[6][3] = {{0.25, 0, 0},
+                                {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                                {0, 0, 1}};
+    std::vector<float> gw(static_cast<size_t>(6 * cols * K));
+    for (int xi = 0; xi < 6; ++xi)
+      for (int64_t i = 0; i < cols * K; ++i) {
+        const float* t = w + i * 3;
+        gw[static_cast<size_t>(xi * cols * K + i)] =
+            static_cast<float>(G[xi][0] * t[0] + G[xi][1] * t[1] + G[xi][2] * t[2]);
+      }
+    b_.assign(static_cast<size_t>(blocks_ * 6 * stride_), 0.f);
+    for (int64_t cb = 0; cb < blocks_; ++cb) {
+      const int64_t j0 = cb * block_, nb = std::min(block_, n - j0);
+      const int64_t real = std::max<int64_t>(0, std::min(nb, cols - j0));
+      for (int xi = 0; xi < 6; ++xi) {
+        const std::vector<float> packed =
+            pack_factor(gw.data() + (xi * cols + j0) * K, real, K, 1, nb, kern);
+        std::copy(packed.begin(), packed.end(), b_.begin() + (cb * 6 + xi) * stride_);
+      }
+    }
+  }
+  int64_t block() const { return block_; }
+  int64_t packed_floats() const { return blocks_ * 6 * stride_; }
+
+  // For each column block j0 (nb columns): M_xi = U_xi (G w)_xi over P rows
+  // (U row p of point xi at ind[xi * ind_stride + p]) into m[xi * xs + p *
+  // block() + j], then done(j0, nb).
+  template <class Done>
+  void gemms(const cpu::lowrank::Kernels& kern, const float* const* ind, int64_t ind_stride,
+             int64_t P, float* m, int64_t xs, Done&& done) const {
+    for (int64_t cb = 0; cb < blocks_; ++cb) {
+      const int64_t j0 = cb * block_, nb = std::min(block_, n_ - j0);
+      for (int64_t xi = 0; xi < 6; ++xi)
+        kern.ind_gemm({P, K_, nb, 1, ind + xi * ind_stride, b_.data() + (cb * 6 + xi) * stride_,
+                       nullptr, m + xi * xs, block_});
+      done(j0, nb);
+    }
+  }
+
+ private:
+  int64_t K_, n_, block_, blocks_, stride_;
+  std::vector<float> b_;
+};
+
+// Per-thread buffers of one direction: input pointers, U (6 x rows x K), M
+// (6 x rows x block) and the GEMMs' row pointers into U (fixed: built once).
+struct WinogradScratch {
+  std::vector<const float*> pix, ind;
+  Buffer u{0, false}, m{0, false};
+  WinogradScratch() = default;
+  WinogradScratch(int64_t pointers, int64_t rows, int64_t K, int64_t block)
+      : pix(static_cast<size_t>(pointers)),
+        ind(static_cast<size_t>(6 * rows)),
+        u(6 * rows * K, false),
+        m(6 * rows * block, false) {
+    for (int64_t xi = 0; xi < 6; ++xi)
+      for (int64_t p = 0; p < rows; ++p)
+        ind[static_cast<size_t>(xi * rows + p)] = u.get() + (xi * rows + p) * K;
+  }
+  static int64_t floats(int64_t pointers, int64_t rows, int64_t K, int64_t block) {
+    return 2 * pointers + 12 * rows + 6 * rows * (K + block);
+  }
+};
+
+// The 1 x 3 factor (T -> y) along each row of T.
+class RowWinograd {
+ public:
+  static bool applies(const LowRankConvShape& s) {
+    return winograd_wanted(s) && s.kw == 3 && s.sw == 1 && s.dw == 1;
+  }
+
+  RowWinograd(const float* w2, const LowRankConvShape& s, const PixelMajorPlan& pl, int64_t np,
+              const cpu::lowrank::Kernels& kern)
+      : factor_(w2, s.Nout, s.rank, np, kern),
+        rp_(pl.rp),
+        Wo_(pl.Wo),
+        pw_(s.pw),
+        per_row_(ceil_div(pl.Wo, 4)),
+        rows_(std::max<int64_t>(1, kGroups / per_row_)),
+        groups_(rows_ * per_row_) {}
+
+  int64_t packed_floats() const { return factor_.packed_floats(); }
+  WinogradScratch scratch() const {
+    return WinogradScratch(rows_ * span(), groups_, rp_, factor_.block());
+  }
+  int64_t scratch_floats() const {
+    return WinogradScratch::floats(rows_ * span(), groups_, rp_, factor_.block());
+  }
+
+  // y rows q < rows (output pixel (q, ow) at y + (q Wo + ow) ldy, residual laid
+  // out as y) from T: pixel(q, p) -> T pixel p (-pw <= p < Wo + 2 - pw) of row
+  // q or a zero row, its channel c at (c / 16) cblock + c % 16.
+  template <class Pixel>
+  void run(const cpu::lowrank::Kernels& kern, WinogradScratch& sc, int64_t rows, Pixel pixel,
+           int64_t cblock, const float* bias, float* y, int64_t ldy, const float* residual,
+           bool relu) const {
+    const int64_t span = this->span(), ub = factor_.block();
+    for (int64_t q0 = 0; q0 < rows; q0 += rows_) {
+      const int64_t nq = std::min(rows_, rows - q0);
+      for (int64_t q = 0; q < nq; ++q) {
+        const float** pix = sc.pix.data() + q * span;
+        for (int64_t i = 0; i < span; ++i) pix[i] = pixel(q0 + q, i - pw_);
+        kern.winograd_in({pix, 4, 0, per_row_, rp_, cblock, sc.u.get() + q * per_row_ * rp_, rp_,
+                          groups_ * rp_});
+      }
+      factor_.gemms(
+          kern, sc.ind.data(), groups_, nq * per_row_, sc.m.get(), groups_ * ub,
+          [&](int64_t j0, int64_t nb) {
+            for (int64_t q = 0; q < nq; ++q) {
+              const int64_t at = (q0 + q) * Wo_ * ldy + j0;
+              kern.winograd_out({sc.m.get() + q * per_row_ * ub, groups_ * ub, ub, per_row_, nb,
+                                 bias + j0, y + at, 4 * ldy, ldy, cpu::lowrank::kChannelBlock, Wo_,
+                                 4, residual ? residual + at : nullptr, relu});
+            }
+          });
+    }
+  }
+
+ private:
+  // Groups of 4 output pixels per chunk of rows: with 64-column blocks M (6 x
+  // 64 x 64 floats) stays in L2 with U.
+  static constexpr int64_t kGroups = 64;
+  int64_t span() const { return 4 * per_row_ + 2; }
+  WinogradFactor factor_;
+  int64_t rp_, Wo_, pw_, per_row_, rows_, groups_;
+};
+
+// The 3 x 1 factor (x -> T) along each column of x: groups of 4 T rows of
+// one image from 6 input rows, the chunk's pixels the GEMM rows. x is read in
+// place (channels_last: a pixel's C channels contiguous), so C must be whole
+// vectors; C <= 256 keeps U (6 x pixels x C) in L2.
+class ColumnWinograd {
+ public:
+  static bool applies(const LowRankConvShape& s, int vec) {
+    return winograd_wanted(s) && s.kh == 3 && s.sh == 1 && s.dh == 1 && s.C % vec == 0 &&
+           s.C <= kMaxChannels;
+  }
+
+  ColumnWinograd(const float* w1, const LowRankConvShape& s, const PixelMajorPlan& pl,
+                 const cpu::lowrank::Kernels& kern)
+      : factor_(w1, s.rank, s.C, pl.rp, kern),
+        C_(s.C),
+        H_(s.H),
+        W_(s.W),
+        ph_(s.ph),
+        Ho_(pl.Ho),
+        pixels_(std::max<int64_t>(16, std::min<int64_t>(kPixels, (kPixels * 64) / s.C))) {}
+
+  int64_t packed_floats() const { return factor_.packed_floats(); }
+  WinogradScratch scratch() const { return WinogradScratch(6, pixels_, C_, factor_.block()); }
+  int64_t scratch_floats() const {
+    return WinogradScratch::floats(6, pixels_, C_, factor_.block());
+  }
+
+  // T rows of the row groups [G0, G1) (group G: image G / gpi, rows 4 (G % gpi)
+  // + i < Ho), T row q (global row g0 + q) pixel w at t + q ldt + w pt, its
+  // channel c at (c / 16) cblock + c % 16; zeros: W C zero floats.
+  void run(const cpu::lowrank::Kernels& kern, WinogradScratch& sc, const float* x, int64_t G0,
+           int64_t G1, int64_t g0, float* t, int64_t ldt, int64_t pt, int64_t cblock,
+           const float* zeros) const {
+    const int64_t gpi = ceil_div(Ho_, 4), ub = factor_.block();
+    struct Segment {
+      int64_t q, rows, w0, nw, p;
+    };
+    Segment segs[kPixels];
+    int64_t nseg = 0, used = 0;
+    auto flush = [&] {
+      factor_.gemms(
+          kern, sc.ind.data(), pixels_, used, sc.m.get(), pixels_ * ub,
+          [&](int64_t j0, int64_t nb) {
+            for (int64_t i = 0; i < nseg; ++i) {
+              const Segment& sg = segs[i];
+              kern.winograd_out({sc.m.get() + sg.p * ub, pixels_ * ub, ub, sg.nw, nb, nullptr,
+                                 t + sg.q * ldt + sg.w0 * pt + (j0 / 16) * cblock, pt, ldt, cblock,
+                                 sg.rows, 0, nullptr, false});
+            }
+          });
+      nseg = used = 0;
+    };
+    for (int64_t G = G0; G < G1; ++G) {
+      const int64_t n = G / gpi, oh0 = 4 * (G % gpi);
+      const float* rows[6];
+      for (int64_t i = 0; i < 6; ++i) {
+        const int64_t ih = oh0 - ph_ + i;
+        rows[i] = ih >= 0 && ih < H_ ? x + (n * H_ + ih) * W_ * C_ : zeros;
+      }
+      const int64_t q = n * Ho_ + oh0 - g0, valid = std::min<int64_t>(4, Ho_ - oh0);
+      for (int64_t w0 = 0; w0 < W_;) {
+        if (used == pixels_) flush();
+        const int64_t nw = std::min(W_ - w0, pixels_ - used);
+        const float** pix = sc.pix.data();
+        for (int64_t i = 0; i < 6; ++i) pix[i] = rows[i] + w0 * C_;
+        kern.winograd_in({pix, 0, C_, nw, C_, cpu::lowrank::kChannelBlock, sc.u.get() + used * C_,
+                          C_, pixels_ * C_});
+        segs[nseg++] = {q, valid, w0, nw, used};
+        used += nw;
+        w0 += nw;
+      }
+    }
+    if (used > 0) flush();
+  }
+
+ private:
+  static constexpr int64_t kMaxChannels = 256;
+  // GEMM rows (pixels) per chunk: 64 at 64 channels and below, fewer above so
+  // U stays at 6 x 64 x 64 floats (96 KB).
+  static constexpr int64_t kPixels = 64;
+  WinogradFactor factor_;
+  int64_t C_, H_, W_, ph_, Ho_, pixels_;
+};
+
+}  // namespace lowrank_detail
+}  // namespace fusenas
