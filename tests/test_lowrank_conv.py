@@ -551,6 +551,53 @@ def test_spatial_factors_by_winograd(isa, monkeypatch):
 
 
 @needs_ext
+@pytest.mark.parametrize("isa", _isas())
+def test_channel_first_factor_by_winograd(isa, monkeypatch):
+    """channels_last float32 channel-scheme layers (horizontal stride and dilation 1, C
+    whole vectors up to 256) run their k x 3 factor by Winograd F(4, 3) along rows, the
+    k input rows as one GEMM: any vertical stride, dilation and padding, output widths of
+    every remainder mod 4, ranks from 1, both forms of the forward; against the float64
+    reference, and the kept intermediate not the same bits as the direct form's (it is,
+    where C is not whole vectors)."""
+    monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
+    monkeypatch.setenv("FUSENAS_LOWRANK_NHWC", "1")
+    vec = {"scalar": 4, "avx2": 8, "avx512": 16}[isa]
+    g = torch.Generator().manual_seed(12)
+    # (N, C, H, W, rank, Nout, stride, padding, dilation), each (vertical, horizontal)
+    cases = [(3, 16, 6, 13, 7, 16, (1, 1), (1, 1), (1, 1)),
+             (2, 32, 9, 10, 20, 17, (2, 1), (1, 0), (1, 1)),
+             (2, 48, 7, 7, 5, 80, (1, 1), (2, 2), (2, 1)),
+             (2, 64, 8, 12, 1, 64, (3, 1), (0, 1), (1, 1)),
+             (4, 24, 5, 9, 16, 16, (1, 1), (1, 1), (1, 1)),
+             (1, 256, 4, 6, 40, 24, (1, 1), (1, 1), (1, 1))]  # fmt: skip
+    for n, c, h, w, r, nout, st, pad, dil in cases:
+        x = torch.randn(n, c, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+        w1, w2 = _factors("channel", c, r, nout, 3, 3, seed=c + r)
+        bias = torch.randn(nout, generator=g)
+        geo = (list(st), list(pad), list(dil))
+        y0 = lowrank_conv2d_reference(x.double(), w1.double(), w2.double(), bias.double(),
+                                      "channel", *geo)  # fmt: skip
+        t0 = F.conv2d(x.double(), w1.double(), None, st, pad, dil)
+        res = torch.randn(y0.shape, generator=g).contiguous(memory_format=torch.channels_last)
+        want = torch.relu(y0 + res.double())
+        out, kept = {}, {}
+        for env in ("1", "0"):
+            monkeypatch.setenv("FUSENAS_LOWRANK_WINOGRAD", env)
+            out[env], kept[env] = torch.ops.fusenas.lowrank_conv2d_with_intermediate(
+                x, w1, w2, bias, "channel", *geo, res, "relu"
+            )
+            assert out[env].is_contiguous(memory_format=torch.channels_last)
+            _close(out[env], want, torch.float32)
+            _close(kept[env], t0, torch.float32)
+        assert torch.equal(kept["1"], kept["0"]) == (c % vec != 0)
+        monkeypatch.delenv("FUSENAS_LOWRANK_WINOGRAD")  # by default from rank 4
+        auto = torch.ops.fusenas.lowrank_conv2d_with_intermediate(
+            x, w1, w2, bias, "channel", *geo, res, "relu"
+        )[1]
+        assert torch.equal(auto, kept["1" if r >= 4 else "0"])
+
+
+@needs_ext
 def test_workspace_bytes_follow_the_path(monkeypatch):
     """workspace_bytes reports the buffers of the path a call takes: channels_last float32
     forwards and backwards size the pixel-major path's, everything else the plane path's

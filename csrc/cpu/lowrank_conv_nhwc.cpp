@@ -61,10 +61,14 @@ struct Plan : PixelMajorPlan {
   // `gpt` per tile.
   bool col_wino;
   int64_t gpi = 0, gpt = 0;
+  // The channel scheme's first factor by Winograd along rows (any vertical
+  // stride: the tiles stay as they are).
+  bool row_wino;
   Plan(const LowRankConvShape& s, int vec, int threads)
       : PixelMajorPlan(s, vec, threads, kTilePixels), np(round_up(s.Nout, vec)) {
     constexpr int64_t CB = cpu::lowrank::kChannelBlock;
     col_wino = ColumnWinograd::applies(s, vec);
+    row_wino = first_factor_row_winograd_applies(s, vec);
     if (col_wino) {
       gpi = ceil_div(Ho, 4);
       gpt = std::max<int64_t>(1, rows_per_tile / 4);
@@ -83,7 +87,9 @@ struct Plan : PixelMajorPlan {
     // Each image a tile touches needs its rows' input rows: at most
     // (rows - 1) sh + (kh - 1) dh + 1 for each of the images a tile's rows span.
     const int64_t images = std::min(rows_per_tile, ceil_div(rows_per_tile - 1, Ho) + 1);
-    xslots = x_direct || col_wino ? 0 : rows_per_tile * s.sh + images * ((s.kh - 1) * s.dh + 1);
+    xslots = x_direct || col_wino || row_wino
+                 ? 0
+                 : rows_per_tile * s.sh + images * ((s.kh - 1) * s.dh + 1);
     Wtp = Wt + 2 * pw2;
     trow = ceil_div(rp, CB) * Wtp * CB;
   }
@@ -194,29 +200,67 @@ void store_padded_tile(const cpu::lowrank::Kernels& kern, const float* out, int6
   if (residual || relu) kern.add_relu(y, residual, pixels * nout, relu);
 }
 
+// The Winograd forms a layer's factors take (lowrank_winograd.h), each
+// empty where the direct form runs: the first factor along columns (spatial)
+// or rows (channel scheme), the second along rows (spatial).
+struct TileWinograd {
+  std::optional<ColumnWinograd> col;
+  std::optional<RowWinograd> first_row, second;
+  TileWinograd(const float* w1, const float* w2, const LowRankConvShape& s, const Plan& pl,
+               const cpu::lowrank::Kernels& kern) {
+    if (pl.col_wino) col.emplace(w1, s, pl, kern);
+    if (pl.row_wino) first_row.emplace(first_factor_winograd(w1, s, pl, kern));
+    if (row_winograd_applies(s)) second.emplace(second_factor_winograd(w2, s, pl, pl.np, kern));
+  }
+  bool first() const { return col || first_row; }
+  WinogradScratch first_scratch() const {
+    return col ? col->scratch() : first_row ? first_row->scratch() : WinogradScratch();
+  }
+  WinogradScratch second_scratch() const { return second ? second->scratch() : WinogradScratch(); }
+
+  // T rows [g0, g0 + rows) of the tile (row groups [G0, G1) for col) from x:
+  // T row q at t + q ldt, pixel stride pt, channel block stride tcb; zeros: a
+  // zero input row (W C floats).
+  void first_factor(const cpu::lowrank::Kernels& kern, WinogradScratch& sc, const float* x,
+                    const LowRankConvShape& s, int64_t Ho, int64_t g0, int64_t rows, int64_t G0,
+                    int64_t G1, float* t, int64_t ldt, int64_t pt, int64_t tcb,
+                    const float* zeros) const {
+    if (col) {
+      col->run(kern, sc, x, G0, G1, g0, t, ldt, pt, tcb, zeros);
+      return;
+    }
+    first_row->run(
+        kern, sc, rows,
+        [&](int64_t q, int64_t i, int64_t p) {
+          const int64_t n = (g0 + q) / Ho, ih = (g0 + q) % Ho * s.sh - s.ph + i * s.dh;
+          return ih >= 0 && ih < s.H && p >= 0 && p < s.W ? x + ((n * s.H + ih) * s.W + p) * s.C
+                                                          : zeros;
+        },
+        cpu::lowrank::kChannelBlock, nullptr, [&](int64_t q) { return t + q * ldt; }, pt, tcb,
+        [](int64_t) -> const float* { return nullptr; }, false);
+  }
+};
+
 // The IndGemm form: a pointer per pixel and tap (any stride).
 void forward_ind(const float* x, const float* w1, const float* w2, const float* bias, float* y,
                  const LowRankConvShape& s, const Plan& pl, int threads, const float* residual,
                  bool relu, float* t_out) {
   const auto& kern = pick_kernels();
-  std::optional<ColumnWinograd> col;
-  if (pl.col_wino) col.emplace(w1, s, pl, kern);
+  const TileWinograd tw(w1, w2, s, pl, kern);
   const std::vector<float> b1 =
-      col ? std::vector<float>() : pack_factor(w1, s.rank, s.C, pl.taps1, pl.rp, kern);
-  std::optional<RowWinograd> wino;
-  if (RowWinograd::applies(s)) wino.emplace(w2, s, pl, pl.np, kern);
+      tw.first() ? std::vector<float>() : pack_factor(w1, s.rank, s.C, pl.taps1, pl.rp, kern);
   const std::vector<float> b2 =
-      wino ? std::vector<float>() : pack_factor(w2, s.Nout, s.rank, pl.taps2, pl.np, kern);
+      tw.second ? std::vector<float>() : pack_factor(w2, s.Nout, s.rank, pl.taps2, pl.np, kern);
   std::vector<float> bias_p(static_cast<size_t>(pl.np), 0.f);
   if (bias) std::copy(bias, bias + s.Nout, bias_p.begin());
   // Zero rows: a padding tap's pixel, or a whole padding row of x (ColumnWinograd).
-  const std::vector<float> zeros(static_cast<size_t>(std::max({s.C, pl.rp, col ? s.W * s.C : 0})),
-                                 0.f);
+  const std::vector<float> zeros(
+      static_cast<size_t>(std::max({s.C, pl.rp, tw.col ? s.W * s.C : 0})), 0.f);
   const int64_t total_rows = s.N * pl.Ho;
   struct State {
     Buffer t, out;
     std::vector<const float*> ind1, ind2;
-    WinogradScratch wino, cwino;
+    WinogradScratch first, second;
   };
   parallel_items(
       pl.tiles, threads,
@@ -224,18 +268,18 @@ void forward_ind(const float* x, const float* w1, const float* w2, const float* 
         return State{
             Buffer(pl.p1_max() * pl.rp, false),
             Buffer(pl.np != s.Nout ? pl.p2_max() * pl.np : 0, false),
-            std::vector<const float*>(col ? 0 : static_cast<size_t>(pl.taps1 * pl.p1_max())),
-            std::vector<const float*>(wino ? 0 : static_cast<size_t>(pl.taps2 * pl.p2_max())),
-            wino ? wino->scratch() : WinogradScratch(),
-            col ? col->scratch() : WinogradScratch()};
+            std::vector<const float*>(tw.first() ? 0 : static_cast<size_t>(pl.taps1 * pl.p1_max())),
+            std::vector<const float*>(tw.second ? 0 : static_cast<size_t>(pl.taps2 * pl.p2_max())),
+            tw.first_scratch(),
+            tw.second_scratch()};
       },
       [&](State& st, int64_t tile) {
         int64_t g0, rows, G0 = 0, G1 = 0;
         pl.tile_span(tile, total_rows, g0, rows, G0, G1);
         const int64_t P1 = rows * pl.Wt, P2 = rows * pl.Wo;
-        if (col) {
-          col->run(kern, st.cwino, x, G0, G1, g0, st.t.get(), pl.Wt * pl.rp, pl.rp,
-                   cpu::lowrank::kChannelBlock, zeros.data());
+        if (tw.first()) {
+          tw.first_factor(kern, st.first, x, s, pl.Ho, g0, rows, G0, G1, st.t.get(), pl.Wt * pl.rp,
+                          pl.rp, cpu::lowrank::kChannelBlock, zeros.data());
         } else {
           fill_first_factor_pointers(s, pl.Ho, pl.Wt, x, g0, rows, st.ind1.data(), zeros.data());
           kern.ind_gemm(
@@ -249,16 +293,19 @@ void forward_ind(const float* x, const float* w1, const float* w2, const float* 
           }
         float* yt = y + g0 * pl.Wo * s.Nout;  // the tile's pixels, contiguous
         const bool direct = pl.np == s.Nout;
-        if (wino) {
+        if (tw.second) {
           const float* t = st.t.get();
-          wino->run(
-              kern, st.wino, rows,
-              [&](int64_t q, int64_t p) {
+          float* dst = direct ? yt : st.out.get();
+          const int64_t ldy = direct ? s.Nout : pl.np;
+          const float* rt = direct && residual ? residual + g0 * pl.Wo * s.Nout : nullptr;
+          tw.second->run(
+              kern, st.second, rows,
+              [&](int64_t q, int64_t, int64_t p) {
                 return p >= 0 && p < pl.Wt ? t + (q * pl.Wt + p) * pl.rp : zeros.data();
               },
-              cpu::lowrank::kChannelBlock, bias_p.data(), direct ? yt : st.out.get(),
-              direct ? s.Nout : pl.np,
-              direct && residual ? residual + g0 * pl.Wo * s.Nout : nullptr, direct && relu);
+              cpu::lowrank::kChannelBlock, bias_p.data(),
+              [&](int64_t q) { return dst + q * pl.Wo * ldy; }, ldy, cpu::lowrank::kChannelBlock,
+              [&](int64_t q) { return rt ? rt + q * pl.Wo * ldy : nullptr; }, direct && relu);
           if (!direct)
             store_padded_tile(kern, st.out.get(), rows * pl.Wo, pl.np, s.Nout, yt,
                               residual ? residual + g0 * pl.Wo * s.Nout : nullptr, relu);
@@ -317,14 +364,11 @@ void forward_block(const float* x, const float* w1, const float* w2, const float
                    bool relu, float* t_out) {
   constexpr int64_t CB = cpu::lowrank::kChannelBlock;
   const auto& kern = pick_kernels();
-  std::optional<ColumnWinograd> col;
-  if (pl.col_wino) col.emplace(w1, s, pl, kern);
+  const TileWinograd tw(w1, w2, s, pl, kern);
   const std::vector<float> b1 =
-      col ? std::vector<float>() : pack_factor(w1, s.rank, s.C, pl.taps1, pl.rp, kern);
-  std::optional<RowWinograd> wino;
-  if (RowWinograd::applies(s)) wino.emplace(w2, s, pl, pl.np, kern);
+      tw.first() ? std::vector<float>() : pack_factor(w1, s.rank, s.C, pl.taps1, pl.rp, kern);
   const std::vector<float> b2 =
-      wino ? std::vector<float>() : pack_factor(w2, s.Nout, s.rank, pl.taps2, pl.np, kern);
+      tw.second ? std::vector<float>() : pack_factor(w2, s.Nout, s.rank, pl.taps2, pl.np, kern);
   std::vector<float> bias_p(static_cast<size_t>(pl.np), 0.f);
   if (bias) std::copy(bias, bias + s.Nout, bias_p.begin());
   // Zero rows: x's padding rows (xslot floats, or W C for ColumnWinograd) and T
@@ -337,7 +381,7 @@ void forward_block(const float* x, const float* w1, const float* w2, const float
   struct State {
     Buffer t, out, xin;
     std::vector<const float*> base1, base2;
-    WinogradScratch wino, cwino;
+    WinogradScratch first, second;
   };
   parallel_items(
       pl.tiles, threads,
@@ -348,8 +392,8 @@ void forward_block(const float* x, const float* w1, const float* w2, const float
                  Buffer(pl.xslots * pl.xslot, false),
                  std::vector<const float*>(static_cast<size_t>(pl.taps1 * pl.rows_per_tile)),
                  std::vector<const float*>(static_cast<size_t>(pl.taps2 * pl.rows_per_tile)),
-                 wino ? wino->scratch() : WinogradScratch(),
-                 col ? col->scratch() : WinogradScratch()};
+                 tw.first_scratch(),
+                 tw.second_scratch()};
         for (int64_t b = 0; b < pl.rows_per_tile * pl.trow; b += tkbs) {
           std::memset(st.t.get() + b, 0, sizeof(float) * pl.pw2 * CB);
           std::memset(st.t.get() + b + (pl.pw2 + pl.Wt) * CB, 0, sizeof(float) * pl.pw2 * CB);
@@ -360,12 +404,13 @@ void forward_block(const float* x, const float* w1, const float* w2, const float
         int64_t g0, rows, G0 = 0, G1 = 0;
         pl.tile_span(tile, total_rows, g0, rows, G0, G1);
         float* t = st.t.get();
-        if (col)
-          col->run(kern, st.cwino, x, G0, G1, g0, t + pl.pw2 * CB, pl.trow, CB, tkbs, zeros.data());
-        // Else the first factor's row pointers; the input rows of each image the
+        if (tw.first())
+          tw.first_factor(kern, st.first, x, s, pl.Ho, g0, rows, G0, G1, t + pl.pw2 * CB, pl.trow,
+                          CB, tkbs, zeros.data());  // Else the first factor's row pointers; the
+                                                    // input rows of each image the
         // tile touches are copied once (a contiguous range per image).
         int64_t used = 0, img = -1, ih_lo = 0, slot0 = 0;
-        for (int64_t q = 0; !col && q < rows; ++q) {
+        for (int64_t q = 0; !tw.first() && q < rows; ++q) {
           const int64_t n = (g0 + q) / pl.Ho, oh = (g0 + q) % pl.Ho;
           if (!pl.x_direct && n != img) {
             const int64_t last = std::min(rows - 1, (n + 1) * pl.Ho - 1 - g0);
@@ -392,7 +437,7 @@ void forward_block(const float* x, const float* w1, const float* w2, const float
                   inside ? row + jj * s.dw * CB : row;
           }
         }
-        if (!col)
+        if (!tw.first())
           kern.block_gemm({rows, pl.Wt, s.C, pl.rp, pl.taps1, st.base1.data(), xkbs, b1.data(),
                            nullptr, t + pl.pw2 * CB, pl.trow, CB, tkbs, nullptr, false});
         if (t_out)  // kept for the backward: (N, rank, Ho, Wt) float32, a row per tile row
@@ -406,16 +451,19 @@ void forward_block(const float* x, const float* w1, const float* w2, const float
         float* yt = y + g0 * pl.Wo * s.Nout;  // the tile's pixels, contiguous
         const float* rt = residual ? residual + g0 * pl.Wo * s.Nout : nullptr;
         const bool direct = pl.np == s.Nout;
-        if (wino) {
+        if (tw.second) {
           // T pixel p of row q at padded pixel pw2 + p; the zero row past the padding.
-          wino->run(
-              kern, st.wino, rows,
-              [&](int64_t q, int64_t p) {
+          float* dst = direct ? yt : st.out.get();
+          const int64_t ldy = direct ? s.Nout : pl.np;
+          const float* r = direct ? rt : nullptr;
+          tw.second->run(
+              kern, st.second, rows,
+              [&](int64_t q, int64_t, int64_t p) {
                 return p >= -pl.pw2 && p < pl.Wt + pl.pw2 ? t + q * pl.trow + (pl.pw2 + p) * CB
                                                           : zeros.data();
               },
-              tkbs, bias_p.data(), direct ? yt : st.out.get(), direct ? s.Nout : pl.np,
-              direct ? rt : nullptr, direct && relu);
+              tkbs, bias_p.data(), [&](int64_t q) { return dst + q * pl.Wo * ldy; }, ldy, CB,
+              [&](int64_t q) { return r ? r + q * pl.Wo * ldy : nullptr; }, direct && relu);
           if (!direct)
             store_padded_tile(kern, st.out.get(), rows * pl.Wo, pl.np, s.Nout, yt, rt, relu);
           return;
@@ -455,15 +503,21 @@ int64_t nhwc_workspace_bytes(const LowRankConvShape& s, int num_threads) {
   const int64_t used = std::max<int64_t>(1, std::min<int64_t>(threads, pl.tiles));
   int64_t packed = pl.taps1 * s.C * pl.rp + pl.taps2 * s.rank * pl.np + pl.np;
   int64_t per_thread = pl.thread_floats(s);
-  if (RowWinograd::applies(s)) {
-    const RowWinograd wino(nullptr, s, pl, pl.np, pick_kernels());
+  const auto& kern = pick_kernels();
+  if (row_winograd_applies(s)) {
+    const RowWinograd wino = second_factor_winograd(nullptr, s, pl, pl.np, kern);
     packed += wino.packed_floats() - pl.taps2 * s.rank * pl.np;
     per_thread += wino.scratch_floats();
   }
   if (pl.col_wino) {
-    const ColumnWinograd col(nullptr, s, pl, pick_kernels());
+    const ColumnWinograd col(nullptr, s, pl, kern);
     packed += col.packed_floats() - pl.taps1 * s.C * pl.rp;
     per_thread += col.scratch_floats();
+  }
+  if (pl.row_wino) {
+    const RowWinograd row = first_factor_winograd(nullptr, s, pl, kern);
+    packed += row.packed_floats() - pl.taps1 * s.C * pl.rp;
+    per_thread += row.scratch_floats();
   }
   const int64_t zeros = std::max(
       {s.C, pl.rp, pl.block ? std::max(pl.xslot, pl.trow) : 0, pl.col_wino ? s.W * s.C : 0});

@@ -23,17 +23,18 @@
 namespace fusenas {
 namespace lowrank_detail {
 
-// FUSENAS_LOWRANK_WINOGRAD=0 switches both off, =1 on at any rank; by default
-// from rank 16: below it the transforms and the short GEMMs cost what the
-// halved multiply-adds save (forward, 2 threads, channels_last, Winograd /
-// direct time of the row factor: 16 ch @32 rank 12 1.10, rank 4 1.01; 32 ch
-// @16 rank 8 1.00; rank 16-384 at 8-56 px 0.81-0.97).
-inline bool winograd_wanted(const LowRankConvShape& s) {
-  if (s.scheme != LowRankScheme::kSpatial) return false;
+// Whether a layer's factors may run by Winograd: FUSENAS_LOWRANK_WINOGRAD=0
+// switches it off, =1 on at any rank, else from rank `min_rank` (each use
+// measured its own). At 512 channels the transformed factors (twice the
+// direct ones' 3 taps) pushed the forward's peak memory past the two-conv
+// sequence's (spatial, 7 px, rank 128: 6.8 against 5.4 MiB) for no measurable
+// gain (0.99-1.08x), so C and Nout stop at 256.
+inline bool winograd_wanted(const LowRankConvShape& s, int64_t min_rank) {
+  if (s.C > 256 || s.Nout > 256) return false;
   const char* env = std::getenv("FUSENAS_LOWRANK_WINOGRAD");
   if (env != nullptr && std::strcmp(env, "0") == 0) return false;
   if (env != nullptr && std::strcmp(env, "1") == 0) return true;
-  return s.rank >= 16;
+  return s.rank >= min_rank;
 }
 
 // A 3-tap factor w (cols x K x 3, contiguous) as the 6 GEMM operands
@@ -119,78 +120,134 @@ struct WinogradScratch {
   }
 };
 
-// The 1 x 3 factor (T -> y) along each row of T.
+// A 3-tap correlation along rows, summed over `taps` input rows per output
+// row: the spatial scheme's 1 x 3 factor (T -> y, one input row) and the
+// channel scheme's 3 x 3 factor (x -> T, kh input rows; the vertical taps are
+// GEMM rows, so any vertical stride or dilation). U holds each input row's
+// transform side by side (`kin` channels each), so one GEMM per point
+// reduces over all of them: K = taps x kin (or the factor's own K for one row).
 class RowWinograd {
  public:
-  static bool applies(const LowRankConvShape& s) {
-    return winograd_wanted(s) && s.kw == 3 && s.sw == 1 && s.dw == 1;
-  }
-
-  RowWinograd(const float* w2, const LowRankConvShape& s, const PixelMajorPlan& pl, int64_t np,
-              const cpu::lowrank::Kernels& kern)
-      : factor_(w2, s.Nout, s.rank, np, kern),
-        rp_(pl.rp),
-        Wo_(pl.Wo),
-        pw_(s.pw),
-        per_row_(ceil_div(pl.Wo, 4)),
-        rows_(std::max<int64_t>(1, kGroups / per_row_)),
+  // w: (cols, K, 3) contiguous, K = the GEMM's reduction; kin: channels read
+  // per input row (whole vectors, >= K / taps); wout: output pixels per row;
+  // pad: the row's left padding.
+  RowWinograd(const float* w, int64_t cols, int64_t K, int64_t n, int64_t taps, int64_t kin,
+              int64_t wout, int64_t pad, const cpu::lowrank::Kernels& kern)
+      : factor_(w, cols, K, n, kern),
+        taps_(taps),
+        kin_(kin),
+        ldu_(taps * kin),
+        wout_(wout),
+        pad_(pad),
+        per_row_(ceil_div(wout, 4)),
+        rows_(std::max<int64_t>(1, groups_for(ldu_) / per_row_)),
         groups_(rows_ * per_row_) {}
 
   int64_t packed_floats() const { return factor_.packed_floats(); }
   WinogradScratch scratch() const {
-    return WinogradScratch(rows_ * span(), groups_, rp_, factor_.block());
+    return WinogradScratch(rows_ * taps_ * span(), groups_, ldu_, factor_.block());
   }
   int64_t scratch_floats() const {
-    return WinogradScratch::floats(rows_ * span(), groups_, rp_, factor_.block());
+    return WinogradScratch::floats(rows_ * taps_ * span(), groups_, ldu_, factor_.block());
   }
 
-  // y rows q < rows (output pixel (q, ow) at y + (q Wo + ow) ldy, residual laid
-  // out as y) from T: pixel(q, p) -> T pixel p (-pw <= p < Wo + 2 - pw) of row
-  // q or a zero row, its channel c at (c / 16) cblock + c % 16.
-  template <class Pixel>
+  // Output rows q < rows: pixel(q, i, p) -> input row i's pixel p (-pad <= p <
+  // 4 ceil(wout / 4) + 2 - pad) or a zero row, its channel c at (c / 16)
+  // cblock + c % 16; out(q) -> output row q, pixel o at out(q) + o ops,
+  // channel j at (j / 16) ocb + j % 16; res(q): the residual laid out the same
+  // (or null); bias and res added and relu applied as the rows are stored.
+  template <class Pixel, class Out, class Res>
   void run(const cpu::lowrank::Kernels& kern, WinogradScratch& sc, int64_t rows, Pixel pixel,
-           int64_t cblock, const float* bias, float* y, int64_t ldy, const float* residual,
+           int64_t cblock, const float* bias, Out out, int64_t ops, int64_t ocb, Res res,
            bool relu) const {
     const int64_t span = this->span(), ub = factor_.block();
     for (int64_t q0 = 0; q0 < rows; q0 += rows_) {
       const int64_t nq = std::min(rows_, rows - q0);
-      for (int64_t q = 0; q < nq; ++q) {
-        const float** pix = sc.pix.data() + q * span;
-        for (int64_t i = 0; i < span; ++i) pix[i] = pixel(q0 + q, i - pw_);
-        kern.winograd_in({pix, 4, 0, per_row_, rp_, cblock, sc.u.get() + q * per_row_ * rp_, rp_,
-                          groups_ * rp_});
-      }
+      for (int64_t q = 0; q < nq; ++q)
+        for (int64_t i = 0; i < taps_; ++i) {
+          const float** pix = sc.pix.data() + (q * taps_ + i) * span;
+          for (int64_t k = 0; k < span; ++k) pix[k] = pixel(q0 + q, i, k - pad_);
+          kern.winograd_in({pix, 4, 0, per_row_, kin_, cblock,
+                            sc.u.get() + q * per_row_ * ldu_ + i * kin_, ldu_, groups_ * ldu_});
+        }
       factor_.gemms(
           kern, sc.ind.data(), groups_, nq * per_row_, sc.m.get(), groups_ * ub,
           [&](int64_t j0, int64_t nb) {
+            const int64_t at = (j0 / cpu::lowrank::kChannelBlock) * ocb;
             for (int64_t q = 0; q < nq; ++q) {
-              const int64_t at = (q0 + q) * Wo_ * ldy + j0;
+              const float* r = res(q0 + q);
               kern.winograd_out({sc.m.get() + q * per_row_ * ub, groups_ * ub, ub, per_row_, nb,
-                                 bias + j0, y + at, 4 * ldy, ldy, cpu::lowrank::kChannelBlock, Wo_,
-                                 4, residual ? residual + at : nullptr, relu});
+                                 bias ? bias + j0 : nullptr, out(q0 + q) + at, 4 * ops, ops, ocb,
+                                 wout_, 4, r ? r + at : nullptr, relu});
             }
           });
     }
   }
 
  private:
-  // Groups of 4 output pixels per chunk of rows: with 64-column blocks M (6 x
-  // 64 x 64 floats) stays in L2 with U.
-  static constexpr int64_t kGroups = 64;
+  // Groups of 4 output pixels per chunk of rows: 64, fewer for long U rows
+  // (the channel scheme's 3 C), so U (6 x groups x ldu floats) stays within
+  // 384 KB and M (6 x groups x 64) in L2 with it.
+  static int64_t groups_for(int64_t ldu) {
+    return std::max<int64_t>(8, std::min<int64_t>(64, 16384 / ldu));
+  }
   int64_t span() const { return 4 * per_row_ + 2; }
   WinogradFactor factor_;
-  int64_t rp_, Wo_, pw_, per_row_, rows_, groups_;
+  int64_t taps_, kin_, ldu_, wout_, pad_, per_row_, rows_, groups_;
 };
+
+// The spatial scheme's 1 x 3 factor (T -> y) as a RowWinograd.
+// Below rank 16 its transforms and short GEMMs (K = rank) cost what the halved
+// multiply-adds save (forward, 2 threads, channels_last, Winograd / direct
+// time: 16 ch @32 rank 12 1.10, rank 4 1.01; 32 ch @16 rank 8 1.00; rank
+// 16-384 at 8-56 px 0.81-0.97).
+inline bool row_winograd_applies(const LowRankConvShape& s) {
+  return s.scheme == LowRankScheme::kSpatial && winograd_wanted(s, 16) && s.kw == 3 && s.sw == 1 &&
+         s.dw == 1;
+}
+inline RowWinograd second_factor_winograd(const float* w2, const LowRankConvShape& s,
+                                          const PixelMajorPlan& pl, int64_t np,
+                                          const cpu::lowrank::Kernels& kern) {
+  return RowWinograd(w2, s.Nout, s.rank, np, 1, pl.rp, pl.Wo, s.pw, kern);
+}
+
+// The channel scheme's kh x 3 factor (x -> T) as a RowWinograd over the kh
+// input rows of each T row, x read in place (C whole vectors). Its GEMM
+// reduces over kh C, so low ranks gain too (forward, 2 threads, channels_last,
+// direct / Winograd time: 32 ch @16 rank 14 1.30, rank 5 1.06; 64 ch @8 rank
+// 29 1.45, rank 10 1.24; 128 ch @28 rank 58 1.52, rank 19 1.09; 256 ch @14
+// 1.25-1.32; 64 ch @56 rank 10 0.99), but not rank 2 (16 ch @32: 0.84).
+inline bool first_factor_row_winograd_applies(const LowRankConvShape& s, int vec) {
+  return s.scheme == LowRankScheme::kChannel && winograd_wanted(s, 4) && s.kw == 3 && s.sw == 1 &&
+         s.dw == 1 && s.C % vec == 0;
+}
+// w1: (rank, C, kh, 3), null for sizes only.
+inline RowWinograd first_factor_winograd(const float* w1, const LowRankConvShape& s,
+                                         const PixelMajorPlan& pl,
+                                         const cpu::lowrank::Kernels& kern) {
+  std::vector<float> w;  // (rank, kh, C, 3): U's row holds input row i's C channels at i C
+  if (w1 != nullptr) {
+    w.resize(static_cast<size_t>(s.rank * s.kh * s.C * 3));
+    for (int64_t r = 0; r < s.rank; ++r)
+      for (int64_t c = 0; c < s.C; ++c)
+        for (int64_t i = 0; i < s.kh; ++i)
+          std::copy_n(w1 + ((r * s.C + c) * s.kh + i) * 3, 3,
+                      w.begin() + ((r * s.kh + i) * s.C + c) * 3);
+  }
+  return RowWinograd(w1 ? w.data() : nullptr, s.rank, s.kh * s.C, pl.rp, s.kh, s.C, pl.Wo, s.pw,
+                     kern);
+}
 
 // The 3 x 1 factor (x -> T) along each column of x: groups of 4 T rows of
 // one image from 6 input rows, the chunk's pixels the GEMM rows. x is read in
 // place (channels_last: a pixel's C channels contiguous), so C must be whole
-// vectors; C <= 256 keeps U (6 x pixels x C) in L2.
+// vectors. At 512 channels its 16-pixel chunks were slower than the direct form
+// (rank 384: 0.71x); winograd_wanted stops at 256.
 class ColumnWinograd {
  public:
   static bool applies(const LowRankConvShape& s, int vec) {
-    return winograd_wanted(s) && s.kh == 3 && s.sh == 1 && s.dh == 1 && s.C % vec == 0 &&
-           s.C <= kMaxChannels;
+    return s.scheme == LowRankScheme::kSpatial && winograd_wanted(s, 16) && s.kh == 3 &&
+           s.sh == 1 && s.dh == 1 && s.C % vec == 0;
   }
 
   ColumnWinograd(const float* w1, const LowRankConvShape& s, const PixelMajorPlan& pl,
@@ -258,7 +315,6 @@ class ColumnWinograd {
   }
 
  private:
-  static constexpr int64_t kMaxChannels = 256;
   // GEMM rows (pixels) per chunk: 64 at 64 channels and below, fewer above so
   // U stays at 6 x 64 x 64 floats (96 KB).
   static constexpr int64_t kPixels = 64;
