@@ -529,7 +529,6 @@ def test_spatial_factors_by_winograd(isa, monkeypatch):
                                       "spatial", *geo)  # fmt: skip
         t0 = _first_factor(x.double(), w1.double(), "spatial", 1, pad, 1)
         res = torch.randn(y0.shape, generator=g).contiguous(memory_format=torch.channels_last)
-        winograd = []
         for residual, act in ((None, "none"), (res, "relu")):
             want = y0 if residual is None else torch.relu(y0 + res.double())
             out, kept = {}, {}
@@ -543,11 +542,6 @@ def test_spatial_factors_by_winograd(isa, monkeypatch):
                 _close(kept[env], t0, torch.float32)
             assert not torch.equal(out["1"], out["0"])
             assert torch.equal(kept["1"], kept["0"]) == (c % vec != 0 or c > 256)
-            winograd.append(out["1"])
-        # Rank >= 16: the default rule takes them too.
-        monkeypatch.delenv("FUSENAS_LOWRANK_WINOGRAD")
-        assert torch.equal(lowrank_conv2d(x, w1, w2, bias, scheme="spatial", padding=pad),
-                           winograd[0])  # fmt: skip
 
 
 @needs_ext
@@ -590,11 +584,39 @@ def test_channel_first_factor_by_winograd(isa, monkeypatch):
             _close(out[env], want, torch.float32)
             _close(kept[env], t0, torch.float32)
         assert torch.equal(kept["1"], kept["0"]) == (c % vec != 0)
-        monkeypatch.delenv("FUSENAS_LOWRANK_WINOGRAD")  # by default from rank 4
-        auto = torch.ops.fusenas.lowrank_conv2d_with_intermediate(
-            x, w1, w2, bias, "channel", *geo, res, "relu"
-        )[1]
-        assert torch.equal(auto, kept["1" if r >= 4 else "0"])
+
+
+@needs_ext
+def test_winograd_default_rule(monkeypatch):
+    """By default the Winograd forms run from rank 16 (spatial) or 4 (channel) where the
+    path's buffers stay within the intermediate the two-conv sequence would hold; the
+    same bits as when forced (FUSENAS_LOWRANK_WINOGRAD=1) where they run, as the direct
+    form's (=0) where they do not."""
+
+    def outputs(scheme, n, r):
+        x = torch.randn(n, 64, 8, 8, generator=torch.Generator().manual_seed(n + r))
+        x = x.contiguous(memory_format=torch.channels_last)
+        w1, w2 = _factors(scheme, 64, r, 64, 3, 3, seed=r)
+        out = {}
+        for env in (None, "1", "0"):
+            if env is None:
+                monkeypatch.delenv("FUSENAS_LOWRANK_WINOGRAD", raising=False)
+            else:
+                monkeypatch.setenv("FUSENAS_LOWRANK_WINOGRAD", env)
+            out[env] = torch.ops.fusenas.lowrank_conv2d_with_intermediate(
+                x, w1, w2, None, scheme, [1, 1], [1, 1], [1, 1], None, "none"
+            )
+        for a, b in zip(out["1"], out["0"], strict=True):
+            assert not torch.equal(a, b)
+        return out
+
+    monkeypatch.setenv("FUSENAS_LOWRANK_NHWC", "1")
+    for scheme, n, r, runs in (("spatial", 128, 16, True), ("spatial", 128, 12, False),
+                               ("spatial", 1, 16, False), ("channel", 128, 10, True),
+                               ("channel", 128, 3, False), ("channel", 2, 10, False)):  # fmt: skip
+        out = outputs(scheme, n, r)
+        for a, b in zip(out[None], out["1" if runs else "0"], strict=True):
+            assert torch.equal(a, b), (scheme, n, r)
 
 
 @needs_ext

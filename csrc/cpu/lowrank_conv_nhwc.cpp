@@ -62,13 +62,30 @@ struct Plan : PixelMajorPlan {
   bool col_wino;
   int64_t gpi = 0, gpt = 0;
   // The channel scheme's first factor by Winograd along rows (any vertical
-  // stride: the tiles stay as they are).
-  bool row_wino;
+  // stride: the tiles stay as they are), and the spatial second factor.
+  bool row_wino, second_wino;
   Plan(const LowRankConvShape& s, int vec, int threads)
       : PixelMajorPlan(s, vec, threads, kTilePixels), np(round_up(s.Nout, vec)) {
     constexpr int64_t CB = cpu::lowrank::kChannelBlock;
     col_wino = ColumnWinograd::applies(s, vec);
     row_wino = first_factor_row_winograd_applies(s, vec);
+    second_wino = row_winograd_applies(s);
+    // The Winograd forms hold transformed factors twice the direct ones' size
+    // and per-thread transforms; the two-conv sequence holds the intermediate,
+    // which this path never writes. All of this path's buffers are kept within
+    // that intermediate, with the largest Winograd chunks that fit (else the
+    // direct forms), so the fused forward's peak stays below the pair's
+    // (without this rule: 64 ch @8 channel rank 10 at batch 128, 2.7 against
+    // 2.4 MiB; 256 ch @14 rank 38 at batch 32, 8.1 against 7.1).
+    if ((col_wino || row_wino || second_wino) && !winograd_forced()) {
+      const int64_t used = std::min<int64_t>(threads, tiles);
+      const int64_t direct = taps1 * s.C * rp + taps2 * s.rank * np +
+                             used * rows_per_tile * (Wt * rp + 2 * (taps1 * Wt + taps2 * Wo));
+      const int64_t intermediate = s.N * s.rank * Ho * Wo;
+      for (wino_cap = 64; wino_cap >= 8; wino_cap /= 2)
+        if (direct + winograd_extra_floats(s, used) <= intermediate) break;
+      if (wino_cap < 8) col_wino = row_wino = second_wino = false;
+    }
     if (col_wino) {
       gpi = ceil_div(Ho, 4);
       gpt = std::max<int64_t>(1, rows_per_tile / 4);
@@ -108,6 +125,25 @@ struct Plan : PixelMajorPlan {
     g0 = row_of(G0);
     const int64_t last = G1 - 1;
     rows = last / gpi * Ho + std::min(Ho, 4 * (last % gpi) + 4) - g0;
+  }
+  // Floats the Winograd forms add to the direct forms' packed factors and
+  // per-thread buffers (`threads` of them).
+  int64_t winograd_extra_floats(const LowRankConvShape& s, int64_t threads) const {
+    const auto& kern = pick_kernels();
+    int64_t extra = 0;
+    if (second_wino) {
+      const RowWinograd w = second_factor_winograd(nullptr, s, *this, np, kern);
+      extra += w.packed_floats() - taps2 * s.rank * np + threads * w.scratch_floats();
+    }
+    if (col_wino) {
+      const ColumnWinograd w(nullptr, s, *this, kern);
+      extra += w.packed_floats() - taps1 * s.C * rp + threads * w.scratch_floats();
+    }
+    if (row_wino) {
+      const RowWinograd w = first_factor_winograd(nullptr, s, *this, kern);
+      extra += w.packed_floats() - taps1 * s.C * rp + threads * w.scratch_floats();
+    }
+    return extra;
   }
   int64_t p1_max() const { return rows_per_tile * Wt; }
   int64_t p2_max() const { return rows_per_tile * Wo; }
@@ -210,7 +246,7 @@ struct TileWinograd {
                const cpu::lowrank::Kernels& kern) {
     if (pl.col_wino) col.emplace(w1, s, pl, kern);
     if (pl.row_wino) first_row.emplace(first_factor_winograd(w1, s, pl, kern));
-    if (row_winograd_applies(s)) second.emplace(second_factor_winograd(w2, s, pl, pl.np, kern));
+    if (pl.second_wino) second.emplace(second_factor_winograd(w2, s, pl, pl.np, kern));
   }
   bool first() const { return col || first_row; }
   WinogradScratch first_scratch() const {
@@ -503,22 +539,7 @@ int64_t nhwc_workspace_bytes(const LowRankConvShape& s, int num_threads) {
   const int64_t used = std::max<int64_t>(1, std::min<int64_t>(threads, pl.tiles));
   int64_t packed = pl.taps1 * s.C * pl.rp + pl.taps2 * s.rank * pl.np + pl.np;
   int64_t per_thread = pl.thread_floats(s);
-  const auto& kern = pick_kernels();
-  if (row_winograd_applies(s)) {
-    const RowWinograd wino = second_factor_winograd(nullptr, s, pl, pl.np, kern);
-    packed += wino.packed_floats() - pl.taps2 * s.rank * pl.np;
-    per_thread += wino.scratch_floats();
-  }
-  if (pl.col_wino) {
-    const ColumnWinograd col(nullptr, s, pl, kern);
-    packed += col.packed_floats() - pl.taps1 * s.C * pl.rp;
-    per_thread += col.scratch_floats();
-  }
-  if (pl.row_wino) {
-    const RowWinograd row = first_factor_winograd(nullptr, s, pl, kern);
-    packed += row.packed_floats() - pl.taps1 * s.C * pl.rp;
-    per_thread += row.scratch_floats();
-  }
+  packed += pl.winograd_extra_floats(s, used);
   const int64_t zeros = std::max(
       {s.C, pl.rp, pl.block ? std::max(pl.xslot, pl.trow) : 0, pl.col_wino ? s.W * s.C : 0});
   return 4 * (used * per_thread + packed + zeros);

@@ -93,6 +93,7 @@ struct PixelMajorPlan {
   int64_t taps1, taps2;  // taps of each factor
   int64_t rp;            // rank rounded up to the vector width
   int64_t rows_per_tile, tiles;
+  int64_t wino_cap = 64;  // most GEMM rows per Winograd chunk (lowrank_winograd.h)
   PixelMajorPlan(const LowRankConvShape& s, int vec, int threads, int64_t tile_pixels);
 };
 

@@ -24,11 +24,15 @@ namespace fusenas {
 namespace lowrank_detail {
 
 // Whether a layer's factors may run by Winograd: FUSENAS_LOWRANK_WINOGRAD=0
-// switches it off, =1 on at any rank, else from rank `min_rank` (each use
-// measured its own). At 512 channels the transformed factors (twice the
-// direct ones' 3 taps) pushed the forward's peak memory past the two-conv
+// switches it off, =1 on at any rank and size of batch (the tests' small
+// shapes), else from rank `min_rank` (each use measured its own). At 512 channels the transformed
+// factors (twice the direct ones' 3 taps) pushed the forward's peak memory past the two-conv
 // sequence's (spatial, 7 px, rank 128: 6.8 against 5.4 MiB) for no measurable
 // gain (0.99-1.08x), so C and Nout stop at 256.
+inline bool winograd_forced() {
+  const char* env = std::getenv("FUSENAS_LOWRANK_WINOGRAD");
+  return env != nullptr && std::strcmp(env, "1") == 0;
+}
 inline bool winograd_wanted(const LowRankConvShape& s, int64_t min_rank) {
   if (s.C > 256 || s.Nout > 256) return false;
   const char* env = std::getenv("FUSENAS_LOWRANK_WINOGRAD");
@@ -100,6 +104,15 @@ class WinogradFactor {
   std::vector<float> b_;
 };
 
+// GEMM rows (groups or pixels) per chunk for U rows of `ldu` floats and M
+// blocks of `block`: U and M (6 x rows x (ldu + block) floats) within 384 KB,
+// 8 to `cap` rows (the plan's cap, 64 unless memory is short: PixelMajorPlan).
+// Larger chunks reuse each packed block over more rows (128 ch @28 channel
+// rank 58: 8 rows 5-10% slower than 42).
+inline int64_t winograd_chunk(int64_t ldu, int64_t block, int64_t cap) {
+  return std::clamp<int64_t>(98304 / (6 * (ldu + block)), 8, std::max<int64_t>(8, cap));
+}
+
 // Per-thread buffers of one direction: input pointers, U (6 x rows x K), M
 // (6 x rows x block) and the GEMMs' row pointers into U (fixed: built once).
 struct WinogradScratch {
@@ -132,7 +145,7 @@ class RowWinograd {
   // per input row (whole vectors, >= K / taps); wout: output pixels per row;
   // pad: the row's left padding.
   RowWinograd(const float* w, int64_t cols, int64_t K, int64_t n, int64_t taps, int64_t kin,
-              int64_t wout, int64_t pad, const cpu::lowrank::Kernels& kern)
+              int64_t wout, int64_t pad, int64_t cap, const cpu::lowrank::Kernels& kern)
       : factor_(w, cols, K, n, kern),
         taps_(taps),
         kin_(kin),
@@ -140,7 +153,7 @@ class RowWinograd {
         wout_(wout),
         pad_(pad),
         per_row_(ceil_div(wout, 4)),
-        rows_(std::max<int64_t>(1, groups_for(ldu_) / per_row_)),
+        rows_(std::max<int64_t>(1, winograd_chunk(ldu_, factor_.block(), cap) / per_row_)),
         groups_(rows_ * per_row_) {}
 
   int64_t packed_floats() const { return factor_.packed_floats(); }
@@ -185,12 +198,6 @@ class RowWinograd {
   }
 
  private:
-  // Groups of 4 output pixels per chunk of rows: 64, fewer for long U rows
-  // (the channel scheme's 3 C), so U (6 x groups x ldu floats) stays within
-  // 384 KB and M (6 x groups x 64) in L2 with it.
-  static int64_t groups_for(int64_t ldu) {
-    return std::max<int64_t>(8, std::min<int64_t>(64, 16384 / ldu));
-  }
   int64_t span() const { return 4 * per_row_ + 2; }
   WinogradFactor factor_;
   int64_t taps_, kin_, ldu_, wout_, pad_, per_row_, rows_, groups_;
@@ -208,7 +215,7 @@ inline bool row_winograd_applies(const LowRankConvShape& s) {
 inline RowWinograd second_factor_winograd(const float* w2, const LowRankConvShape& s,
                                           const PixelMajorPlan& pl, int64_t np,
                                           const cpu::lowrank::Kernels& kern) {
-  return RowWinograd(w2, s.Nout, s.rank, np, 1, pl.rp, pl.Wo, s.pw, kern);
+  return RowWinograd(w2, s.Nout, s.rank, np, 1, pl.rp, pl.Wo, s.pw, pl.wino_cap, kern);
 }
 
 // The channel scheme's kh x 3 factor (x -> T) as a RowWinograd over the kh
@@ -235,7 +242,7 @@ inline RowWinograd first_factor_winograd(const float* w1, const LowRankConvShape
                       w.begin() + ((r * s.kh + i) * s.C + c) * 3);
   }
   return RowWinograd(w1 ? w.data() : nullptr, s.rank, s.kh * s.C, pl.rp, s.kh, s.C, pl.Wo, s.pw,
-                     kern);
+                     pl.wino_cap, kern);
 }
 
 // The 3 x 1 factor (x -> T) along each column of x: groups of 4 T rows of
@@ -258,7 +265,7 @@ class ColumnWinograd {
         W_(s.W),
         ph_(s.ph),
         Ho_(pl.Ho),
-        pixels_(std::max<int64_t>(16, std::min<int64_t>(kPixels, (kPixels * 64) / s.C))) {}
+        pixels_(winograd_chunk(s.C, factor_.block(), pl.wino_cap)) {}
 
   int64_t packed_floats() const { return factor_.packed_floats(); }
   WinogradScratch scratch() const { return WinogradScratch(6, pixels_, C_, factor_.block()); }
@@ -276,7 +283,7 @@ class ColumnWinograd {
     struct Segment {
       int64_t q, rows, w0, nw, p;
     };
-    Segment segs[kPixels];
+    Segment segs[64];  // pixels_ <= 64
     int64_t nseg = 0, used = 0;
     auto flush = [&] {
       factor_.gemms(
@@ -315,9 +322,6 @@ class ColumnWinograd {
   }
 
  private:
-  // GEMM rows (pixels) per chunk: 64 at 64 channels and below, fewer above so
-  // U stays at 6 x 64 x 64 floats (96 KB).
-  static constexpr int64_t kPixels = 64;
   WinogradFactor factor_;
   int64_t C_, H_, W_, ph_, Ho_, pixels_;
 };
