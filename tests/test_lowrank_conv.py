@@ -587,6 +587,47 @@ def test_channel_first_factor_by_winograd(isa, monkeypatch):
 
 
 @needs_ext
+@pytest.mark.parametrize("isa", _isas())
+def test_spatial_backward_by_winograd(isa, monkeypatch):
+    """channels_last float32 spatial backwards (stride and dilation 1) take gT (grad_out
+    through the second factor, rows) and grad_x (gT through the first factor, columns)
+    by Winograd F(4, 3) where Nout, resp. C, are whole vectors: paddings 0-2, heights of
+    every remainder mod 4, tiles spanning images, each gradient mask with gT; against
+    the float64 reference, and grad_x / grad_w1 not the same bits as the direct form's."""
+    monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
+    monkeypatch.setenv("FUSENAS_LOWRANK_NHWC", "1")
+    vec = {"scalar": 4, "avx2": 8, "avx512": 16}[isa]
+    # (N, C, H, W, rank, Nout, padding, mask)
+    cases = [(3, 16, 6, 13, 16, 16, 1, [True, True, True, True]),
+             (2, 32, 9, 10, 20, 48, 0, [True, False, False, False]),
+             (16, 16, 5, 6, 24, 32, 1, [False, True, False, False]),
+             (2, 48, 7, 7, 17, 24, 2, [True, True, False, True]),
+             (2, 24, 4, 9, 16, 16, 1, [True, True, True, True])]  # fmt: skip
+    for i, (n, c, h, w, r, nout, pad, mask) in enumerate(cases):
+        g = torch.Generator().manual_seed(i)
+        x = torch.randn(n, c, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+        w1, w2 = _factors("spatial", c, r, nout, 3, 3, seed=i)
+        geo = ("spatial", [1, 1], [pad, pad], [1, 1])
+        y, t = lowrank_conv2d_with_intermediate_reference(x, w1, w2, None, *geo)
+        go = torch.randn(y.shape, generator=g).contiguous(memory_format=torch.channels_last)
+        want = lowrank_conv2d_backward_reference(
+            go.double(), x.double(), w1.double(), w2.double(), *geo, mask
+        )
+        got = {}
+        for env in "10":
+            monkeypatch.setenv("FUSENAS_LOWRANK_WINOGRAD", env)
+            got[env] = torch.ops.fusenas.lowrank_conv2d_backward(go, x, w1, w2, *geo, mask, t)
+            for g_, w_, m in zip(got[env], want, mask, strict=True):
+                if m:
+                    _close(g_, w_, torch.float32)
+        if mask[0]:  # grad_x: through gT (rows, Nout whole vectors) and columns (C)
+            same = nout % vec != 0 and c % vec != 0
+            assert torch.equal(got["1"][0], got["0"][0]) == same
+        if mask[1]:  # grad_w1 = X^T gT
+            assert torch.equal(got["1"][1], got["0"][1]) == (nout % vec != 0)
+
+
+@needs_ext
 def test_winograd_default_rule(monkeypatch):
     """By default the Winograd forms run from rank 16 (spatial) or 4 (channel) where the
     path's buffers stay within the intermediate the two-conv sequence would hold; the

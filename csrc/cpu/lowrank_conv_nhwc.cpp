@@ -136,7 +136,7 @@ struct Plan : PixelMajorPlan {
       extra += w.packed_floats() - taps2 * s.rank * np + threads * w.scratch_floats();
     }
     if (col_wino) {
-      const ColumnWinograd w(nullptr, s, *this, kern);
+      const ColumnWinograd w = first_factor_column_winograd(nullptr, s, *this, kern);
       extra += w.packed_floats() - taps1 * s.C * rp + threads * w.scratch_floats();
     }
     if (row_wino) {
@@ -244,7 +244,7 @@ struct TileWinograd {
   std::optional<RowWinograd> first_row, second;
   TileWinograd(const float* w1, const float* w2, const LowRankConvShape& s, const Plan& pl,
                const cpu::lowrank::Kernels& kern) {
-    if (pl.col_wino) col.emplace(w1, s, pl, kern);
+    if (pl.col_wino) col.emplace(first_factor_column_winograd(w1, s, pl, kern));
     if (pl.row_wino) first_row.emplace(first_factor_winograd(w1, s, pl, kern));
     if (pl.second_wino) second.emplace(second_factor_winograd(w2, s, pl, pl.np, kern));
   }
@@ -262,7 +262,20 @@ struct TileWinograd {
                     int64_t G1, float* t, int64_t ldt, int64_t pt, int64_t tcb,
                     const float* zeros) const {
     if (col) {
-      col->run(kern, sc, x, G0, G1, g0, t, ldt, pt, tcb, zeros);
+      // Group G: image G / gpi, T rows 4 (G % gpi) + i < Ho from x rows 4 (G % gpi) - ph + i.
+      const int64_t gpi = ceil_div(Ho, 4);
+      col->run(
+          kern, sc, G1 - G0,
+          [&](int64_t g, const float** rows) {
+            const int64_t n = (G0 + g) / gpi, oh0 = 4 * ((G0 + g) % gpi);
+            for (int64_t i = 0; i < 6; ++i) {
+              const int64_t ih = oh0 - s.ph + i;
+              rows[i] = ih >= 0 && ih < s.H ? x + (n * s.H + ih) * s.W * s.C : zeros;
+            }
+            return ColumnWinograd::Rows{t + (n * Ho + oh0 - g0) * ldt,
+                                        std::min<int64_t>(4, Ho - oh0)};
+          },
+          ldt, pt, tcb);
       return;
     }
     first_row->run(

@@ -22,10 +22,12 @@
 //             and nothing is zero-filled beforehand.
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "cpu/lowrank_conv_nhwc.h"
 #include "cpu/lowrank_conv_tiles.h"
+#include "cpu/lowrank_winograd.h"
 
 namespace fusenas {
 namespace lowrank_detail {
@@ -127,6 +129,60 @@ bool share_weight_sums(const LowRankConvShape& s, const BackwardPlan& pl, int us
   return (used - 1) * copy * 4 > intermediate;
 }
 
+// The backward's transposed convs by Winograd F(4, 3) (lowrank_winograd.h),
+// spatial scheme at stride and dilation 1: gT = grad_out through the second
+// factor along rows (flipped taps, left padding 2 - pw; K = Nout), grad_x = gT
+// through the first factor along columns (K = rank). Same rank rule as the
+// forward, and a memory rule: their extra buffers within half the intermediate.
+struct BackwardWinograd {
+  std::optional<RowWinograd> gt;
+  std::optional<ColumnWinograd> gx;
+  BackwardWinograd(const float* w1, const float* w2, const LowRankConvShape& s,
+                   const BackwardPlan& pl, bool want_gt, bool want_gx, int64_t used,
+                   const cpu::lowrank::Kernels& kern) {
+    const int vec = kern.vec_width;
+    if (s.scheme != LowRankScheme::kSpatial || !winograd_wanted(s, 16)) return;
+    const bool row =
+        want_gt && s.kw == 3 && s.sw == 1 && s.dw == 1 && s.pw <= 2 && s.Nout % vec == 0;
+    const bool col = want_gx && s.kh == 3 && s.sh == 1 && s.dh == 1 && s.ph <= 2 &&
+                     s.C % vec == 0 && pl.cp == s.C;
+    if (!row && !col) return;
+    // Sizes first (null weights), from the largest chunks that fit.
+    PixelMajorPlan sized = pl;
+    const int64_t intermediate = s.N * s.rank * pl.Ho * pl.Wo;
+    for (sized.wino_cap = 64; sized.wino_cap >= 8; sized.wino_cap /= 2) {
+      int64_t extra = 0;
+      if (row) {
+        const RowWinograd w(nullptr, s.rank, s.Nout, pl.rp, 1, s.Nout, pl.Wt, 2 - s.pw,
+                            sized.wino_cap, kern);
+        extra += w.packed_floats() + used * w.scratch_floats();
+      }
+      if (col) {
+        const ColumnWinograd w(nullptr, s.C, s.rank, pl.cp, pl.rp, s.W, sized.wino_cap, kern);
+        extra += w.packed_floats() + used * w.scratch_floats();
+      }
+      if (winograd_forced() || 2 * extra <= intermediate) break;
+    }
+    if (sized.wino_cap < 8) return;
+    if (row) {  // (rank, Nout, 3), taps flipped: gT[wt] = sum_j go[wt - (2 - pw) + j] w2[2 - j]
+      std::vector<float> w(static_cast<size_t>(s.rank * s.Nout * 3));
+      for (int64_t o = 0; o < s.Nout; ++o)
+        for (int64_t r = 0; r < s.rank; ++r)
+          for (int64_t j = 0; j < 3; ++j)
+            w[static_cast<size_t>((r * s.Nout + o) * 3 + j)] = w2[(o * s.rank + r) * 3 + 2 - j];
+      gt.emplace(w.data(), s.rank, s.Nout, pl.rp, 1, s.Nout, pl.Wt, 2 - s.pw, sized.wino_cap, kern);
+    }
+    if (col) {  // (C, rank, 3), taps flipped: gx[ih] = sum_i gT[ih - (2 - ph) + i] w1[2 - i]
+      std::vector<float> w(static_cast<size_t>(s.C * s.rank * 3));
+      for (int64_t r = 0; r < s.rank; ++r)
+        for (int64_t c = 0; c < s.C; ++c)
+          for (int64_t i = 0; i < 3; ++i)
+            w[static_cast<size_t>((c * s.rank + r) * 3 + i)] = w1[(r * s.C + c) * 3 + 2 - i];
+      gx.emplace(w.data(), s.C, s.rank, pl.cp, pl.rp, s.W, sized.wino_cap, kern);
+    }
+  }
+};
+
 }  // namespace
 
 void backward_nhwc(const float* go, const float* x, const float* w1, const float* w2, float* gx,
@@ -143,18 +199,21 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
 
   // Transposed factors for the IndGemms (gT: Nout -> rank; grad_x: rank -> C)
   // and, when T is recomputed, the first factor as the forward packs it.
+  const int used = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, pl.tiles)));
+  const BackwardWinograd wino(w1, w2, s, pl, want_gt, want_gx, used, kern);
   std::vector<float> b2t, b1t, b1;
-  if (want_gt)
+  if (want_gt && !wino.gt)
     b2t = pack_factor(swap_first_dims(w2, s.Nout, s.rank, taps2).data(), s.rank, s.Nout, taps2, rp,
                       kern);
-  if (want_gx)
+  if (want_gx && !wino.gx)
     b1t = pack_factor(swap_first_dims(w1, s.rank, s.C, taps1).data(), s.C, s.rank, taps1, cp, kern);
   const bool recompute = want_w2 && !t_saved;
   if (recompute) b1 = pack_factor(w1, s.rank, s.C, taps1, rp, kern);
-  const std::vector<float> zeros(static_cast<size_t>(std::max({s.C, s.Nout, rp, cp})), 0.f);
+  // Zero rows: a padding pixel, or a whole gT row (grad_x by Winograd).
+  const std::vector<float> zeros(
+      static_cast<size_t>(std::max({s.C, s.Nout, rp, cp, wino.gx ? s.W * rp : 0})), 0.f);
   const float* zero = zeros.data();
 
-  const int used = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, pl.tiles)));
   // The tiles go in rounds of one per thread: each thread computes its tile's
   // T, gT and grad_x. Private sums: the thread adds its tile into its own
   // copy, folded in thread order at the end. Shared sums: after a barrier,
@@ -207,6 +266,10 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
     std::vector<const float*> ind;
     std::vector<const float*> pa(static_cast<size_t>(pl.pair_list())),
         pb(static_cast<size_t>(pl.pair_list()));
+    WinogradScratch gt_scratch = wino.gt ? wino.gt->scratch() : WinogradScratch();
+    WinogradScratch gx_scratch = wino.gx ? wino.gx->scratch() : WinogradScratch();
+    std::vector<const float*> go_rows;
+    std::vector<std::pair<const Segment*, int64_t>> gx_groups;
     // This thread's rows of the sums: output channels [o0, o1), input [c0, c1)
     // (all of its own copy when private).
     const int64_t o0 = shared ? s.Nout * tid / used : 0;
@@ -243,7 +306,21 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
                 {rows * Wt, s.C, rp, taps1, ind.data(), b1.data(), nullptr, mine.t.get(), rp});
           }
         }
-        if (want_gt) {
+        if (want_gt && wino.gt) {
+          go_rows.resize(static_cast<size_t>(ext_rows));
+          for (const Segment& sg : segs)
+            for (int64_t oh = sg.ext0; oh < sg.oh_b; ++oh)
+              go_rows[static_cast<size_t>(ext_row(sg, oh))] =
+                  go + ((sg.n * pl.Ho + oh) * pl.Wo) * s.Nout;
+          float* gt = mine.gt.get();
+          wino.gt->run(
+              kern, gt_scratch, ext_rows,
+              [&](int64_t q, int64_t, int64_t p) {
+                return p >= 0 && p < pl.Wo ? go_rows[static_cast<size_t>(q)] + p * s.Nout : zero;
+              },
+              cpu::lowrank::kChannelBlock, nullptr, [&](int64_t q) { return gt + q * Wt * rp; }, rp,
+              cpu::lowrank::kChannelBlock, [](int64_t) -> const float* { return nullptr; }, false);
+        } else if (want_gt) {
           // gT over the segments' intermediate rows [ext0, oh_b): T pixel (oh, wt)
           // receives from output pixel (oh, ow) with ow sw - pw + j dw = wt.
           const int64_t pt = ext_rows * Wt;
@@ -271,7 +348,28 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
         }
         if (bias.wanted())  // the tile's grad_out rows (in cache when gT just read them)
           bias.add_pixels(tid, go + g0 * pl.Wo * s.Nout, rows * pl.Wo, s.Nout, bias_tile.data());
-        if (want_gx) {
+        if (want_gx && wino.gx) {
+          // Groups of 4 owned input rows per segment; input row ih reads gT rows
+          // ih + ph - 2 .. ih + ph, those outside [ext0, oh_b) zero (padding, or
+          // sources of the rows past ih_hi, which are not stored).
+          gx_groups.clear();
+          for (const Segment& sg : segs)
+            for (int64_t ih = sg.ih_lo; ih < sg.ih_hi; ih += 4) gx_groups.emplace_back(&sg, ih);
+          const float* gt = mine.gt.get();
+          wino.gx->run(
+              kern, gx_scratch, static_cast<int64_t>(gx_groups.size()),
+              [&](int64_t g, const float** rows) {
+                const Segment& sg = *gx_groups[static_cast<size_t>(g)].first;
+                const int64_t ih0 = gx_groups[static_cast<size_t>(g)].second;
+                for (int64_t i = 0; i < 6; ++i) {
+                  const int64_t oh = ih0 + s.ph - 2 + i;
+                  rows[i] = oh >= sg.ext0 && oh < sg.oh_b ? gt + ext_row(sg, oh) * Wt * rp : zero;
+                }
+                return ColumnWinograd::Rows{gx + (sg.n * s.H + ih0) * s.W * s.C,
+                                            std::min<int64_t>(4, sg.ih_hi - ih0)};
+              },
+              s.W * s.C, s.C, cpu::lowrank::kChannelBlock);
+        } else if (want_gx) {
           // Input pixel (ih, iw), tap (i, jj) reads gT pixel ((ih + ph - i dh) / sh,
           // (iw + pw - jj dw) / sw) where both divide and land inside (channel),
           // (.., iw) for spatial. The owned rows of consecutive segments are

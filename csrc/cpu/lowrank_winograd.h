@@ -245,11 +245,12 @@ inline RowWinograd first_factor_winograd(const float* w1, const LowRankConvShape
                      pl.wino_cap, kern);
 }
 
-// The 3 x 1 factor (x -> T) along each column of x: groups of 4 T rows of
-// one image from 6 input rows, the chunk's pixels the GEMM rows. x is read in
-// place (channels_last: a pixel's C channels contiguous), so C must be whole
-// vectors. At 512 channels its 16-pixel chunks were slower than the direct form
-// (rank 384: 0.71x); winograd_wanted stops at 256.
+// A 3-tap correlation along columns: groups of 4 output rows from 6 input
+// rows, the chunk's pixels the GEMM rows, inputs read in place (a pixel's
+// channels contiguous, so they must be whole vectors). The spatial scheme's
+// 3 x 1 factor (x -> T) in the forward, and grad_x from gT in the backward.
+// At 512 channels its 16-pixel chunks were slower than the direct form (rank
+// 384: 0.71x); winograd_wanted stops at 256.
 class ColumnWinograd {
  public:
   static bool applies(const LowRankConvShape& s, int vec) {
@@ -257,63 +258,62 @@ class ColumnWinograd {
            s.sh == 1 && s.dh == 1 && s.C % vec == 0;
   }
 
-  ColumnWinograd(const float* w1, const LowRankConvShape& s, const PixelMajorPlan& pl,
-                 const cpu::lowrank::Kernels& kern)
-      : factor_(w1, s.rank, s.C, pl.rp, kern),
-        C_(s.C),
-        H_(s.H),
-        W_(s.W),
-        ph_(s.ph),
-        Ho_(pl.Ho),
-        pixels_(winograd_chunk(s.C, factor_.block(), pl.wino_cap)) {}
+  // w: (cols, K, 3) contiguous; kin: channels read per input pixel (whole
+  // vectors, >= K), also the input pixels' stride; width: pixels per row.
+  ColumnWinograd(const float* w, int64_t cols, int64_t K, int64_t n, int64_t kin, int64_t width,
+                 int64_t cap, const cpu::lowrank::Kernels& kern)
+      : factor_(w, cols, K, n, kern),
+        kin_(kin),
+        W_(width),
+        pixels_(winograd_chunk(kin, factor_.block(), cap)) {}
 
   int64_t packed_floats() const { return factor_.packed_floats(); }
-  WinogradScratch scratch() const { return WinogradScratch(6, pixels_, C_, factor_.block()); }
+  WinogradScratch scratch() const { return WinogradScratch(6, pixels_, kin_, factor_.block()); }
   int64_t scratch_floats() const {
-    return WinogradScratch::floats(6, pixels_, C_, factor_.block());
+    return WinogradScratch::floats(6, pixels_, kin_, factor_.block());
   }
 
-  // T rows of the row groups [G0, G1) (group G: image G / gpi, rows 4 (G % gpi)
-  // + i < Ho), T row q (global row g0 + q) pixel w at t + q ldt + w pt, its
-  // channel c at (c / 16) cblock + c % 16; zeros: W C zero floats.
-  void run(const cpu::lowrank::Kernels& kern, WinogradScratch& sc, const float* x, int64_t G0,
-           int64_t G1, int64_t g0, float* t, int64_t ldt, int64_t pt, int64_t cblock,
-           const float* zeros) const {
-    const int64_t gpi = ceil_div(Ho_, 4), ub = factor_.block();
-    struct Segment {
-      int64_t q, rows, w0, nw, p;
+  // For groups g < count: group(g, rows) sets the 6 input rows (pixel 0 of
+  // each, or a zero row of width x kin floats) and returns {output row 0,
+  // valid rows (<= 4)}; output row i's pixel w at out + i ldo + w pso, its
+  // channel c at (c / 16) ocb + c % 16.
+  struct Rows {
+    float* out;
+    int64_t valid;
+  };
+  template <class Group>
+  void run(const cpu::lowrank::Kernels& kern, WinogradScratch& sc, int64_t count, Group group,
+           int64_t ldo, int64_t pso, int64_t ocb) const {
+    const int64_t ub = factor_.block();
+    struct Piece {
+      float* out;
+      int64_t rows, nw, p;
     };
-    Segment segs[64];  // pixels_ <= 64
-    int64_t nseg = 0, used = 0;
+    Piece pieces[64];  // pixels_ <= 64
+    int64_t npiece = 0, used = 0;
     auto flush = [&] {
-      factor_.gemms(
-          kern, sc.ind.data(), pixels_, used, sc.m.get(), pixels_ * ub,
-          [&](int64_t j0, int64_t nb) {
-            for (int64_t i = 0; i < nseg; ++i) {
-              const Segment& sg = segs[i];
-              kern.winograd_out({sc.m.get() + sg.p * ub, pixels_ * ub, ub, sg.nw, nb, nullptr,
-                                 t + sg.q * ldt + sg.w0 * pt + (j0 / 16) * cblock, pt, ldt, cblock,
-                                 sg.rows, 0, nullptr, false});
-            }
-          });
-      nseg = used = 0;
+      factor_.gemms(kern, sc.ind.data(), pixels_, used, sc.m.get(), pixels_ * ub,
+                    [&](int64_t j0, int64_t nb) {
+                      for (int64_t i = 0; i < npiece; ++i) {
+                        const Piece& pc = pieces[i];
+                        kern.winograd_out({sc.m.get() + pc.p * ub, pixels_ * ub, ub, pc.nw, nb,
+                                           nullptr, pc.out + (j0 / 16) * ocb, pso, ldo, ocb,
+                                           pc.rows, 0, nullptr, false});
+                      }
+                    });
+      npiece = used = 0;
     };
-    for (int64_t G = G0; G < G1; ++G) {
-      const int64_t n = G / gpi, oh0 = 4 * (G % gpi);
+    for (int64_t g = 0; g < count; ++g) {
       const float* rows[6];
-      for (int64_t i = 0; i < 6; ++i) {
-        const int64_t ih = oh0 - ph_ + i;
-        rows[i] = ih >= 0 && ih < H_ ? x + (n * H_ + ih) * W_ * C_ : zeros;
-      }
-      const int64_t q = n * Ho_ + oh0 - g0, valid = std::min<int64_t>(4, Ho_ - oh0);
+      const Rows r = group(g, rows);
       for (int64_t w0 = 0; w0 < W_;) {
         if (used == pixels_) flush();
         const int64_t nw = std::min(W_ - w0, pixels_ - used);
         const float** pix = sc.pix.data();
-        for (int64_t i = 0; i < 6; ++i) pix[i] = rows[i] + w0 * C_;
-        kern.winograd_in({pix, 0, C_, nw, C_, cpu::lowrank::kChannelBlock, sc.u.get() + used * C_,
-                          C_, pixels_ * C_});
-        segs[nseg++] = {q, valid, w0, nw, used};
+        for (int64_t i = 0; i < 6; ++i) pix[i] = rows[i] + w0 * kin_;
+        kern.winograd_in({pix, 0, kin_, nw, kin_, cpu::lowrank::kChannelBlock,
+                          sc.u.get() + used * kin_, kin_, pixels_ * kin_});
+        pieces[npiece++] = {r.out + w0 * pso, r.valid, nw, used};
         used += nw;
         w0 += nw;
       }
@@ -323,8 +323,15 @@ class ColumnWinograd {
 
  private:
   WinogradFactor factor_;
-  int64_t C_, H_, W_, ph_, Ho_, pixels_;
+  int64_t kin_, W_, pixels_;
 };
+
+// The spatial first factor w1 (rank, C, 3, 1) as a ColumnWinograd over x.
+inline ColumnWinograd first_factor_column_winograd(const float* w1, const LowRankConvShape& s,
+                                                   const PixelMajorPlan& pl,
+                                                   const cpu::lowrank::Kernels& kern) {
+  return ColumnWinograd(w1, s.rank, s.C, pl.rp, s.C, s.W, pl.wino_cap, kern);
+}
 
 }  // namespace lowrank_detail
 }  // namespace fusenas
