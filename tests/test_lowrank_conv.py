@@ -628,6 +628,42 @@ def test_spatial_backward_by_winograd(isa, monkeypatch):
 
 
 @needs_ext
+@pytest.mark.parametrize("isa", _isas())
+def test_channel_backward_grad_x_by_winograd(isa, monkeypatch):
+    """channels_last float32 channel-scheme backwards (horizontal stride and dilation 1, C
+    whole vectors) take grad_x (gT through the k x 3 factor) by Winograd F(4, 3) along
+    rows: vertical strides and dilations, paddings 0-2, ranks from 1; against the float64
+    reference, and not the same bits as the direct form's."""
+    monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
+    monkeypatch.setenv("FUSENAS_LOWRANK_NHWC", "1")
+    vec = {"scalar": 4, "avx2": 8, "avx512": 16}[isa]
+    # (N, C, H, W, rank, Nout, stride, padding, dilation), each (vertical, horizontal)
+    cases = [(3, 16, 6, 13, 7, 16, (1, 1), (1, 1), (1, 1)),
+             (2, 32, 9, 10, 20, 17, (2, 1), (1, 0), (1, 1)),
+             (2, 48, 7, 7, 1, 24, (1, 1), (2, 2), (2, 1)),
+             (4, 24, 5, 9, 16, 16, (3, 1), (0, 1), (1, 1))]  # fmt: skip
+    for i, (n, c, h, w, r, nout, st, pad, dil) in enumerate(cases):
+        g = torch.Generator().manual_seed(i)
+        x = torch.randn(n, c, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+        w1, w2 = _factors("channel", c, r, nout, 3, 3, seed=i)
+        geo = ("channel", list(st), list(pad), list(dil))
+        y, t = lowrank_conv2d_with_intermediate_reference(x, w1, w2, None, *geo)
+        go = torch.randn(y.shape, generator=g).contiguous(memory_format=torch.channels_last)
+        mask = [True, True, False, False]
+        want = lowrank_conv2d_backward_reference(
+            go.double(), x.double(), w1.double(), w2.double(), *geo, mask
+        )
+        got = {}
+        for env in "10":
+            monkeypatch.setenv("FUSENAS_LOWRANK_WINOGRAD", env)
+            got[env] = torch.ops.fusenas.lowrank_conv2d_backward(go, x, w1, w2, *geo, mask, t)
+            for g_, w_ in zip(got[env][:2], want[:2], strict=True):
+                _close(g_, w_, torch.float32)
+        assert torch.equal(got["1"][0], got["0"][0]) == (c % vec != 0)
+        assert torch.equal(got["1"][1], got["0"][1])  # grad_w1 keeps the direct form
+
+
+@needs_ext
 def test_winograd_default_rule(monkeypatch):
     """By default the Winograd forms run from rank 16 (spatial) or 4 (channel) where the
     path's buffers stay within the intermediate the two-conv sequence would hold; the

@@ -134,13 +134,22 @@ bool share_weight_sums(const LowRankConvShape& s, const BackwardPlan& pl, int us
 // factor along rows (flipped taps, left padding 2 - pw; K = Nout), grad_x = gT
 // through the first factor along columns (K = rank). Same rank rule as the
 // forward, and a memory rule: their extra buffers within half the intermediate.
+// Channel scheme (horizontal stride and dilation 1): grad_x = gT through the
+// k x 3 factor along rows, the kh gT rows of each input row side by side
+// (K = kh rp), any vertical stride and dilation; rank rule 4 as its forward.
 struct BackwardWinograd {
-  std::optional<RowWinograd> gt;
+  std::optional<RowWinograd> gt, gx_row;
   std::optional<ColumnWinograd> gx;
   BackwardWinograd(const float* w1, const float* w2, const LowRankConvShape& s,
                    const BackwardPlan& pl, bool want_gt, bool want_gx, int64_t used,
                    const cpu::lowrank::Kernels& kern) {
     const int vec = kern.vec_width;
+    if (s.scheme == LowRankScheme::kChannel) {
+      if (want_gx && winograd_wanted(s, 4) && s.kw == 3 && s.sw == 1 && s.dw == 1 && s.pw <= 2 &&
+          s.C % vec == 0 && pl.cp == s.C)
+        channel_grad_x(w1, s, pl, used, kern);
+      return;
+    }
     if (s.scheme != LowRankScheme::kSpatial || !winograd_wanted(s, 16)) return;
     const bool row =
         want_gt && s.kw == 3 && s.sw == 1 && s.dw == 1 && s.pw <= 2 && s.Nout % vec == 0;
@@ -180,6 +189,29 @@ struct BackwardWinograd {
             w[static_cast<size_t>((c * s.rank + r) * 3 + i)] = w1[(r * s.C + c) * 3 + 2 - i];
       gx.emplace(w.data(), s.C, s.rank, pl.cp, pl.rp, s.W, sized.wino_cap, kern);
     }
+  }
+
+ private:
+  void channel_grad_x(const float* w1, const LowRankConvShape& s, const BackwardPlan& pl,
+                      int64_t used, const cpu::lowrank::Kernels& kern) {
+    const int64_t K = s.kh * pl.rp, intermediate = s.N * s.rank * pl.Ho * pl.Wo;
+    int64_t cap = 64;
+    for (; cap >= 8; cap /= 2) {
+      const RowWinograd w(nullptr, s.C, K, pl.cp, s.kh, pl.rp, s.W, 2 - s.pw, cap, kern);
+      if (winograd_forced() || 2 * (w.packed_floats() + used * w.scratch_floats()) <= intermediate)
+        break;
+    }
+    if (cap < 8) return;
+    // (C, kh rp, 3): row i rp + r of the GEMM is gT row i's channel r (zero past
+    // the rank), taps flipped: gx[iw] = sum_j gT[iw - (2 - pw) + j] w1[.., 2 - j].
+    std::vector<float> w(static_cast<size_t>(s.C * K * 3), 0.f);
+    for (int64_t r = 0; r < s.rank; ++r)
+      for (int64_t c = 0; c < s.C; ++c)
+        for (int64_t i = 0; i < s.kh; ++i)
+          for (int64_t j = 0; j < 3; ++j)
+            w[static_cast<size_t>(((c * s.kh + i) * pl.rp + r) * 3 + j)] =
+                w1[((r * s.C + c) * s.kh + i) * 3 + 2 - j];
+    gx_row.emplace(w.data(), s.C, K, pl.cp, s.kh, pl.rp, s.W, 2 - s.pw, cap, kern);
   }
 };
 
@@ -267,9 +299,11 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
     std::vector<const float*> pa(static_cast<size_t>(pl.pair_list())),
         pb(static_cast<size_t>(pl.pair_list()));
     WinogradScratch gt_scratch = wino.gt ? wino.gt->scratch() : WinogradScratch();
-    WinogradScratch gx_scratch = wino.gx ? wino.gx->scratch() : WinogradScratch();
+    WinogradScratch gx_scratch = wino.gx       ? wino.gx->scratch()
+                                 : wino.gx_row ? wino.gx_row->scratch()
+                                               : WinogradScratch();
     std::vector<const float*> go_rows;
-    std::vector<std::pair<const Segment*, int64_t>> gx_groups;
+    std::vector<std::pair<const Segment*, int64_t>> gx_groups;  // (segment, input row)
     // This thread's rows of the sums: output channels [o0, o1), input [c0, c1)
     // (all of its own copy when private).
     const int64_t o0 = shared ? s.Nout * tid / used : 0;
@@ -369,6 +403,27 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
                                             std::min<int64_t>(4, sg.ih_hi - ih0)};
               },
               s.W * s.C, s.C, cpu::lowrank::kChannelBlock);
+        } else if (want_gx && wino.gx_row) {
+          // Input row ih, kernel row i reads gT row (ih + ph - i dh) / sh where it
+          // divides and lies inside (else zeros); the owned rows are consecutive
+          // in grad_x across segments.
+          gx_groups.clear();
+          for (const Segment& sg : segs)
+            for (int64_t ih = sg.ih_lo; ih < sg.ih_hi; ++ih) gx_groups.emplace_back(&sg, ih);
+          const float* gt = mine.gt.get();
+          float* out = gx + (segs.front().n * s.H + segs.front().ih_lo) * s.W * s.C;
+          wino.gx_row->run(
+              kern, gx_scratch, static_cast<int64_t>(gx_groups.size()),
+              [&](int64_t q, int64_t i, int64_t p) {
+                const Segment& sg = *gx_groups[static_cast<size_t>(q)].first;
+                const int64_t num = gx_groups[static_cast<size_t>(q)].second + s.ph - i * s.dh;
+                const bool ok =
+                    num >= 0 && num % s.sh == 0 && num / s.sh < pl.Ho && p >= 0 && p < Wt;
+                return ok ? gt + (ext_row(sg, num / s.sh) * Wt + p) * rp : zero;
+              },
+              cpu::lowrank::kChannelBlock, nullptr, [&](int64_t q) { return out + q * s.W * s.C; },
+              s.C, cpu::lowrank::kChannelBlock, [](int64_t) -> const float* { return nullptr; },
+              false);
         } else if (want_gx) {
           // Input pixel (ih, iw), tap (i, jj) reads gT pixel ((ih + ph - i dh) / sh,
           // (iw + pw - jj dw) / sw) where both divide and land inside (channel),
