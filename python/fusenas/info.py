@@ -10,6 +10,7 @@ reference, and why.
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 from typing import Any
@@ -73,6 +74,12 @@ def lowrank_conv2d_paths() -> dict[str, str]:
             info = _call_build_info(_native.cpu())
             isa = info.get("lowrank_isa", "?") if isinstance(info, dict) else "?"
             paths[key] = f"native kernel (fusenas._C, {isa})"
+            if dtype == torch.float32:
+                off = os.environ.get("FUSENAS_LOWRANK_WINOGRAD") == "0"
+                paths[key] += (
+                    "; channels_last: pixel-major, Winograd F(4, 3) for 3-tap factors at stride 1"
+                    + (" off (FUSENAS_LOWRANK_WINOGRAD=0)" if off else "")
+                )
         else:
             paths[key] = f"reference ({reason})"
     if not torch.cuda.is_available():
