@@ -586,6 +586,22 @@ def test_channel_first_factor_by_winograd(isa, monkeypatch):
         assert torch.equal(kept["1"], kept["0"]) == (c % vec != 0)
 
 
+def _backward_both_forms(monkeypatch, go, x, w1, w2, geo, mask, t):
+    """The native backward with the Winograd forms forced on ("1") and off ("0"), each
+    checked against the float64 reference on the masked gradients."""
+    want = lowrank_conv2d_backward_reference(
+        go.double(), x.double(), w1.double(), w2.double(), *geo, mask
+    )
+    got = {}
+    for env in "10":
+        monkeypatch.setenv("FUSENAS_LOWRANK_WINOGRAD", env)
+        got[env] = torch.ops.fusenas.lowrank_conv2d_backward(go, x, w1, w2, *geo, mask, t)
+        for g_, w_, m in zip(got[env], want, mask, strict=True):
+            if m:
+                _close(g_, w_, torch.float32)
+    return got
+
+
 @needs_ext
 @pytest.mark.parametrize("isa", _isas())
 def test_spatial_backward_by_winograd(isa, monkeypatch):
@@ -610,16 +626,7 @@ def test_spatial_backward_by_winograd(isa, monkeypatch):
         geo = ("spatial", [1, 1], [pad, pad], [1, 1])
         y, t = lowrank_conv2d_with_intermediate_reference(x, w1, w2, None, *geo)
         go = torch.randn(y.shape, generator=g).contiguous(memory_format=torch.channels_last)
-        want = lowrank_conv2d_backward_reference(
-            go.double(), x.double(), w1.double(), w2.double(), *geo, mask
-        )
-        got = {}
-        for env in "10":
-            monkeypatch.setenv("FUSENAS_LOWRANK_WINOGRAD", env)
-            got[env] = torch.ops.fusenas.lowrank_conv2d_backward(go, x, w1, w2, *geo, mask, t)
-            for g_, w_, m in zip(got[env], want, mask, strict=True):
-                if m:
-                    _close(g_, w_, torch.float32)
+        got = _backward_both_forms(monkeypatch, go, x, w1, w2, geo, mask, t)
         if mask[0]:  # grad_x: through gT (rows, Nout whole vectors) and columns (C)
             same = nout % vec != 0 and c % vec != 0
             assert torch.equal(got["1"][0], got["0"][0]) == same
@@ -650,15 +657,7 @@ def test_channel_backward_grad_x_by_winograd(isa, monkeypatch):
         y, t = lowrank_conv2d_with_intermediate_reference(x, w1, w2, None, *geo)
         go = torch.randn(y.shape, generator=g).contiguous(memory_format=torch.channels_last)
         mask = [True, True, False, False]
-        want = lowrank_conv2d_backward_reference(
-            go.double(), x.double(), w1.double(), w2.double(), *geo, mask
-        )
-        got = {}
-        for env in "10":
-            monkeypatch.setenv("FUSENAS_LOWRANK_WINOGRAD", env)
-            got[env] = torch.ops.fusenas.lowrank_conv2d_backward(go, x, w1, w2, *geo, mask, t)
-            for g_, w_ in zip(got[env][:2], want[:2], strict=True):
-                _close(g_, w_, torch.float32)
+        got = _backward_both_forms(monkeypatch, go, x, w1, w2, geo, mask, t)
         assert torch.equal(got["1"][0], got["0"][0]) == (c % vec != 0)
         assert torch.equal(got["1"][1], got["0"][1])  # grad_w1 keeps the direct form
 

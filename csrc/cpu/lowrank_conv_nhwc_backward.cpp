@@ -137,6 +137,17 @@ bool share_weight_sums(const LowRankConvShape& s, const BackwardPlan& pl, int us
 // Channel scheme (horizontal stride and dilation 1): grad_x = gT through the
 // k x 3 factor along rows, the kh gT rows of each input row side by side
 // (K = kh rp), any vertical stride and dilation; rank rule 4 as its forward.
+// A 3-tap factor w (d0, d1, 3) as (d1, d0, 3) with its taps reversed: the
+// transposed conv's weights as a correlation.
+inline std::vector<float> transposed_flipped(const float* w, int64_t d0, int64_t d1) {
+  std::vector<float> out(static_cast<size_t>(d0 * d1 * 3));
+  for (int64_t i = 0; i < d0; ++i)
+    for (int64_t j = 0; j < d1; ++j)
+      for (int64_t t = 0; t < 3; ++t)
+        out[static_cast<size_t>((j * d0 + i) * 3 + t)] = w[(i * d1 + j) * 3 + 2 - t];
+  return out;
+}
+
 struct BackwardWinograd {
   std::optional<RowWinograd> gt, gx_row;
   std::optional<ColumnWinograd> gx;
@@ -173,22 +184,12 @@ struct BackwardWinograd {
       if (winograd_forced() || 2 * extra <= intermediate) break;
     }
     if (sized.wino_cap < 8) return;
-    if (row) {  // (rank, Nout, 3), taps flipped: gT[wt] = sum_j go[wt - (2 - pw) + j] w2[2 - j]
-      std::vector<float> w(static_cast<size_t>(s.rank * s.Nout * 3));
-      for (int64_t o = 0; o < s.Nout; ++o)
-        for (int64_t r = 0; r < s.rank; ++r)
-          for (int64_t j = 0; j < 3; ++j)
-            w[static_cast<size_t>((r * s.Nout + o) * 3 + j)] = w2[(o * s.rank + r) * 3 + 2 - j];
-      gt.emplace(w.data(), s.rank, s.Nout, pl.rp, 1, s.Nout, pl.Wt, 2 - s.pw, sized.wino_cap, kern);
-    }
-    if (col) {  // (C, rank, 3), taps flipped: gx[ih] = sum_i gT[ih - (2 - ph) + i] w1[2 - i]
-      std::vector<float> w(static_cast<size_t>(s.C * s.rank * 3));
-      for (int64_t r = 0; r < s.rank; ++r)
-        for (int64_t c = 0; c < s.C; ++c)
-          for (int64_t i = 0; i < 3; ++i)
-            w[static_cast<size_t>((c * s.rank + r) * 3 + i)] = w1[(r * s.C + c) * 3 + 2 - i];
-      gx.emplace(w.data(), s.C, s.rank, pl.cp, pl.rp, s.W, sized.wino_cap, kern);
-    }
+    if (row)  // gT[wt] = sum_j go[wt - (2 - pw) + j] w2[2 - j]
+      gt.emplace(transposed_flipped(w2, s.Nout, s.rank).data(), s.rank, s.Nout, pl.rp, 1, s.Nout,
+                 pl.Wt, 2 - s.pw, sized.wino_cap, kern);
+    if (col)  // gx[ih] = sum_i gT[ih - (2 - ph) + i] w1[2 - i]
+      gx.emplace(transposed_flipped(w1, s.rank, s.C).data(), s.C, s.rank, pl.cp, pl.rp, s.W,
+                 sized.wino_cap, kern);
   }
 
  private:
