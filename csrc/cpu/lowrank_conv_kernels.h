@@ -120,7 +120,7 @@ using CopyPadRows = void (*)(const float* src, int64_t lds, int64_t rows, int64_
 using AddRelu = void (*)(float* y, const float* r, int64_t n, bool relu);
 
 // Winograd F(4, 3) for a 3-tap correlation along a row or a column of pixels
-// (the spatial scheme's factors at stride and dilation 1): 4 outputs from 6
+// (lowrank_winograd.h: 3-tap factors at stride and dilation 1): 4 outputs from 6
 // products per channel pair instead of 12, y = A^T [(G w) . (B^T d)]
 // (Lavin and Gray's matrices). Between the two transforms, one GEMM per
 // transformed point xi < 6: M_xi = U_xi (G w)_xi.

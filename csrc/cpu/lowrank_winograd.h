@@ -1,14 +1,15 @@
-// Winograd F(4, 3) for the spatial scheme's two factors in the pixel-major
-// forward (lowrank_conv_nhwc.cpp): the k x 1 factor along columns and the
-// 1 x k factor along rows, each with k = 3, stride and dilation 1. Each
-// computes 4 outputs from 6 products per channel pair instead of 12, so the
-// multiply-adds of a factor halve. Per chunk of pixels: U = B^T over windows of
-// 6 inputs (6 matrices, pixels x channels), then for each block of at most 64
-// output channels one IndGemm per transformed point xi into M (6 x pixels x 64
+// Winograd F(4, 3) for the low-rank conv's 3-tap factors at stride and
+// dilation 1 (along the taps' direction), in the pixel-major path: the
+// forward's factors (lowrank_conv_nhwc.cpp) and the backward's transposed
+// convs gT and grad_x (lowrank_conv_nhwc_backward.cpp). Each computes 4
+// outputs from 6 products per channel pair instead of 12, so a factor's
+// multiply-adds halve. Per chunk of pixels: U = B^T over windows of 6 inputs
+// (6 matrices, pixels x channels), then for each block of at most 64 output
+// channels one IndGemm per transformed point xi into M (6 x pixels x 64
 // floats, in L2), and A^T of M straight into the destination rows. Rounding:
 // the transforms' constants (up to 8 in A^T, 5 in B^T) add a few units in the
-// last place of float32 per value (measured: max error 9e-7 of the output's
-// scale against 5e-7 for the direct form).
+// last place of float32 per value (measured: max error 0.9-1.1e-6 of the
+// output's scale against 5e-7 for the direct form).
 #pragma once
 
 #include <algorithm>
@@ -24,11 +25,12 @@ namespace fusenas {
 namespace lowrank_detail {
 
 // Whether a layer's factors may run by Winograd: FUSENAS_LOWRANK_WINOGRAD=0
-// switches it off, =1 on at any rank and size of batch (the tests' small
-// shapes), else from rank `min_rank` (each use measured its own). At 512 channels the transformed
-// factors (twice the direct ones' 3 taps) pushed the forward's peak memory past the two-conv
-// sequence's (spatial, 7 px, rank 128: 6.8 against 5.4 MiB) for no measurable
-// gain (0.99-1.08x), so C and Nout stop at 256.
+// switches it off, =1 on at any rank and batch size (the tests' small shapes),
+// else from rank `min_rank` (each use measured its own). C and Nout stop at
+// 256: at 512 channels the transformed factors (6 taps where the direct form
+// packs 3) pushed the forward's peak memory past the two-conv sequence's
+// (spatial, 7 px, rank 128: 6.8 against 5.4 MiB) for no measurable gain
+// (0.99-1.08x).
 inline bool winograd_forced() {
   const char* env = std::getenv("FUSENAS_LOWRANK_WINOGRAD");
   return env != nullptr && std::strcmp(env, "1") == 0;
