@@ -687,12 +687,19 @@ def test_winograd_default_rule(monkeypatch):
         return out
 
     monkeypatch.setenv("FUSENAS_LOWRANK_NHWC", "1")
-    for scheme, n, r, runs in (("spatial", 128, 16, True), ("spatial", 128, 12, False),
-                               ("spatial", 1, 16, False), ("channel", 128, 10, True),
-                               ("channel", 128, 3, False), ("channel", 2, 10, False)):  # fmt: skip
-        out = outputs(scheme, n, r)
-        for a, b in zip(out[None], out["1" if runs else "0"], strict=True):
-            assert torch.equal(a, b), (scheme, n, r)
+    # The memory rule counts per-thread buffers: 2 threads, as the numbers above assume.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cases = [("spatial", 128, 16, True), ("spatial", 128, 12, False),
+                 ("spatial", 1, 16, False), ("channel", 128, 10, True),
+                 ("channel", 128, 3, False), ("channel", 2, 10, False)]  # fmt: skip
+        for scheme, n, r, runs in cases:
+            out = outputs(scheme, n, r)
+            for a, b in zip(out[None], out["1" if runs else "0"], strict=True):
+                assert torch.equal(a, b), (scheme, n, r)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @needs_ext

@@ -562,7 +562,7 @@ int64_t lowrank_conv2d_backward_workspace_bytes(const LowRankConvShape& s, DType
                                                 int num_threads, bool channels_last) {
   if (channels_last && dtype == DType::kFloat32) {
     if (nhwc_applies(s, channels_last_strides(s.C, s.H, s.W),
-                     channels_last_strides(s.Nout, output_height(s), output_width(s))))
+                     channels_last_strides(s.Nout, output_height(s), output_width(s)), num_threads))
       return nhwc_backward_workspace_bytes(s, num_threads);
   }
   const int threads = resolve_threads(num_threads);
@@ -589,7 +589,7 @@ void lowrank_conv2d_backward_cpu(const void* grad_out, const Strides4& gs, const
              static_cast<const T*>(w1), static_cast<const T*>(w2), static_cast<T*>(grad_x), gxs,
              static_cast<T*>(grad_w1), static_cast<T*>(grad_w2), static_cast<T*>(grad_bias), s,
              num_threads, intermediate);
-  } else if (nhwc_applies(s, xs, gs) &&
+  } else if (nhwc_applies(s, xs, gs, num_threads) &&
              (grad_x == nullptr || is_channels_last(gxs, s.C, s.H, s.W))) {
     backward_nhwc(static_cast<const float*>(grad_out), static_cast<const float*>(x),
                   static_cast<const float*>(w1), static_cast<const float*>(w2),

@@ -170,7 +170,7 @@ void lowrank_conv2d_cpu(const void* x, const Strides4& xs, const void* w1, const
     forward(static_cast<const uint16_t*>(x), xs, static_cast<const uint16_t*>(w1),
             static_cast<const uint16_t*>(w2), static_cast<const uint16_t*>(bias),
             static_cast<uint16_t*>(y), ys, s, num_threads, nullptr, false, intermediate);
-  } else if (nhwc_applies(s, xs, ys)) {
+  } else if (nhwc_applies(s, xs, ys, num_threads)) {
     forward_nhwc(static_cast<const float*>(x), static_cast<const float*>(w1),
                  static_cast<const float*>(w2), static_cast<const float*>(bias),
                  static_cast<float*>(y), s, num_threads, static_cast<const float*>(residual), relu,
@@ -186,7 +186,7 @@ int64_t lowrank_conv2d_workspace_bytes(const LowRankConvShape& s, DType dtype, i
                                        bool channels_last) {
   if (channels_last && dtype == DType::kFloat32) {
     if (nhwc_applies(s, channels_last_strides(s.C, s.H, s.W),
-                     channels_last_strides(s.Nout, output_height(s), output_width(s))))
+                     channels_last_strides(s.Nout, output_height(s), output_width(s)), num_threads))
       return nhwc_workspace_bytes(s, num_threads);
   }
   const int threads = resolve_threads(num_threads);

@@ -199,11 +199,12 @@ void fill_first_factor_pointers(const LowRankConvShape& s, int64_t Ho, int64_t W
   }
 }
 
-bool nhwc_applies(const LowRankConvShape& s, const Strides4& xs, const Strides4& ys) {
+bool nhwc_applies(const LowRankConvShape& s, const Strides4& xs, const Strides4& ys,
+                  int num_threads) {
   const char* env = std::getenv("FUSENAS_LOWRANK_NHWC");
   if (env != nullptr && std::strcmp(env, "0") == 0) return false;
   const int vec = pick_kernels().vec_width;
-  const Plan pl(s, vec, resolve_threads(0));  // its Winograd flags: as the call will plan them
+  const Plan pl(s, vec, resolve_threads(num_threads));  // Winograd flags as the call plans them
   // No limit on the factors' size: IndGemm takes B in column panels and in
   // blocks of rows. At 128-512 channels this path is 1.0-1.4x faster than the plane
   // path, forward and forward+backward (in-process A/B, 2 threads, AVX2).

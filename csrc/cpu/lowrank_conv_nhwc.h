@@ -107,9 +107,11 @@ void fill_first_factor_pointers(const LowRankConvShape& s, int64_t Ho, int64_t W
 
 // Whether the pixel-major path runs (forward and backward alike; ys: y's or
 // grad_out's strides): x and y channels_last-contiguous, and its multiply-adds
-// (rank rounded up to whole vectors) not far above the plane path's. FUSENAS_LOWRANK_NHWC=0
+// (rank rounded up to whole vectors, Winograd factors at half; the Winograd rules
+// depend on num_threads) not far above the plane path's. FUSENAS_LOWRANK_NHWC=0
 // switches it off, =1 skips the work comparison. The caller also requires float32.
-bool nhwc_applies(const LowRankConvShape& s, const Strides4& xs, const Strides4& ys);
+bool nhwc_applies(const LowRankConvShape& s, const Strides4& xs, const Strides4& ys,
+                  int num_threads);
 
 // y = relu?(conv + bias + residual); residual null or laid out as y; t_out
 // (null: not kept) as lowrank_conv2d_cpu's `intermediate`.
