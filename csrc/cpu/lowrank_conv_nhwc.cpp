@@ -19,6 +19,9 @@
 //     64-256 channels lost to the copies (0.90-0.98x), so they stay indirect.
 //   - indirect (any stride, any channel count): IndGemm, a pointer per pixel and tap into x
 //     where it lies, padding taps at a row of zeros.
+// In either form, a 3-tap factor at stride and dilation 1 along its taps
+// (spatial: both factors; channel scheme: the k x 3 one) runs by Winograd
+// F(4, 3) where its rank and memory rules allow (lowrank_winograd.h, Plan).
 // Packed weights must stay cache-resident across a tile's pixels, so large
 // layers keep the plane path (lowrank_conv_cpu.cpp), and so do low ranks,
 // which this path rounds up to whole vectors (nhwc_applies).
