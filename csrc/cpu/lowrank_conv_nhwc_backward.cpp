@@ -185,11 +185,21 @@ struct BackwardWinograd {
     }
     if (sized.wino_cap < 8) return;
     if (row)  // gT[wt] = sum_j go[wt - (2 - pw) + j] w2[2 - j]
-      gt.emplace(transposed_flipped(w2, s.Nout, s.rank).data(), s.rank, s.Nout, pl.rp, 1, s.Nout,
-                 pl.Wt, 2 - s.pw, sized.wino_cap, kern);
+      gt.emplace(w2 ? transposed_flipped(w2, s.Nout, s.rank).data() : nullptr, s.rank, s.Nout,
+                 pl.rp, 1, s.Nout, pl.Wt, 2 - s.pw, sized.wino_cap, kern);
     if (col)  // gx[ih] = sum_i gT[ih - (2 - ph) + i] w1[2 - i]
-      gx.emplace(transposed_flipped(w1, s.rank, s.C).data(), s.C, s.rank, pl.cp, pl.rp, s.W,
-                 sized.wino_cap, kern);
+      gx.emplace(w1 ? transposed_flipped(w1, s.rank, s.C).data() : nullptr, s.C, s.rank, pl.cp,
+                 pl.rp, s.W, sized.wino_cap, kern);
+  }
+
+  // Floats of the packed forms and of `used` threads' buffers (null weights:
+  // the same plan, sizes only).
+  int64_t floats(int64_t used) const {
+    int64_t n = 0;
+    if (gt) n += gt->packed_floats() + used * gt->scratch_floats();
+    if (gx) n += gx->packed_floats() + used * gx->scratch_floats();
+    if (gx_row) n += gx_row->packed_floats() + used * gx_row->scratch_floats();
+    return n;
   }
 
  private:
@@ -203,6 +213,10 @@ struct BackwardWinograd {
         break;
     }
     if (cap < 8) return;
+    if (w1 == nullptr) {  // sizes only
+      gx_row.emplace(nullptr, s.C, K, pl.cp, s.kh, pl.rp, s.W, 2 - s.pw, cap, kern);
+      return;
+    }
     // (C, kh rp, 3): row i rp + r of the GEMM is gT row i's channel r (zero past
     // the rank), taps flipped: gx[iw] = sum_j gT[iw - (2 - pw) + j] w1[.., 2 - j].
     std::vector<float> w(static_cast<size_t>(s.C * K * 3), 0.f);
@@ -561,10 +575,13 @@ int64_t nhwc_backward_workspace_bytes(const LowRankConvShape& s, int num_threads
   // Packed factors (the transposes, and a temporary of each while packing), the
   // recomputed first factor, the sums (one set, or one per thread) and the zero row.
   const int64_t copies = used > 1 && share_weight_sums(s, pl, static_cast<int>(used)) ? 1 : used;
-  const int64_t packed = 2 * (pl.taps2 * s.Nout * pl.rp + pl.taps1 * s.rank * pl.cp) +
-                         pl.taps1 * s.C * pl.rp +
-                         copies * (pl.taps1 * s.C * pl.rp + pl.taps2 * s.Nout * pl.rp) +
-                         std::max({s.C, s.Nout, pl.rp, pl.cp});
+  // The Winograd forms replace the transposed factor(s) they cover.
+  const BackwardWinograd wino(nullptr, nullptr, s, pl, true, true, used, pick_kernels());
+  const int64_t packed =
+      2 * ((wino.gt ? 0 : pl.taps2 * s.Nout * pl.rp) +
+           (wino.gx || wino.gx_row ? 0 : pl.taps1 * s.rank * pl.cp)) +
+      pl.taps1 * s.C * pl.rp + copies * (pl.taps1 * s.C * pl.rp + pl.taps2 * s.Nout * pl.rp) +
+      wino.floats(used) + std::max({s.C, s.Nout, pl.rp, pl.cp, wino.gx ? s.W * pl.rp : 0});
   return 4 * (used * per_thread + packed);
 }
 
