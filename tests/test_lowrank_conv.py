@@ -703,6 +703,33 @@ def test_winograd_default_rule(monkeypatch):
 
 
 @needs_ext
+def test_workspace_bytes_count_winograd(monkeypatch):
+    """Where the Winograd forms run, workspace_bytes counts their transformed factors and
+    per-thread buffers (forward and backward): more than the direct forms' at the same
+    shape, and the same as them where the rules keep the direct forms."""
+    x = torch.randn(128, 64, 8, 8).contiguous(memory_format=torch.channels_last)
+    w1, w2 = _factors("spatial", 64, 16, 64, 3, 3)
+    small = x[:1]
+
+    def sizes(t):
+        return [workspace_bytes(t, w1, w2, scheme="spatial", padding=1, backward=b)
+                for b in (False, True)]  # fmt: skip
+
+    monkeypatch.setenv("FUSENAS_LOWRANK_NHWC", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the memory rule counts per-thread buffers
+    try:
+        monkeypatch.delenv("FUSENAS_LOWRANK_WINOGRAD", raising=False)
+        wino, wino_small = sizes(x), sizes(small)
+        monkeypatch.setenv("FUSENAS_LOWRANK_WINOGRAD", "0")
+        direct, direct_small = sizes(x), sizes(small)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(a > b for a, b in zip(wino, direct, strict=True))
+    assert wino_small == direct_small  # batch 1: the memory rule keeps the direct forms
+
+
+@needs_ext
 def test_workspace_bytes_follow_the_path(monkeypatch):
     """workspace_bytes reports the buffers of the path a call takes: channels_last float32
     forwards and backwards size the pixel-major path's, everything else the plane path's
