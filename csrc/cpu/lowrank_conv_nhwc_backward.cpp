@@ -133,7 +133,8 @@ bool share_weight_sums(const LowRankConvShape& s, const BackwardPlan& pl, int us
 // spatial scheme at stride and dilation 1: gT = grad_out through the second
 // factor along rows (flipped taps, left padding 2 - pw; K = Nout), grad_x = gT
 // through the first factor along columns (K = rank). Same rank rule as the
-// forward, and a memory rule: their extra buffers within half the intermediate.
+// forward, and a memory rule: their extra buffers (net of the direct
+// transposed factors they replace) within half the intermediate.
 // Channel scheme (horizontal stride and dilation 1): grad_x = gT through the
 // k x 3 factor along rows, the kh gT rows of each input row side by side
 // (K = kh rp), any vertical stride and dilation; rank rule 4 as its forward.
@@ -170,8 +171,10 @@ struct BackwardWinograd {
     // Sizes first (null weights), from the largest chunks that fit.
     PixelMajorPlan sized = pl;
     const int64_t intermediate = s.N * s.rank * pl.Ho * pl.Wo;
+    // Net of the direct transposed factors they replace (3 taps each).
+    const int64_t replaced = (row ? 3 * s.Nout * pl.rp : 0) + (col ? 3 * s.rank * pl.cp : 0);
     for (sized.wino_cap = 64; sized.wino_cap >= 8; sized.wino_cap /= 2) {
-      int64_t extra = 0;
+      int64_t extra = -replaced;
       if (row) {
         const RowWinograd w(nullptr, s.rank, s.Nout, pl.rp, 1, s.Nout, pl.Wt, 2 - s.pw,
                             sized.wino_cap, kern);
@@ -207,10 +210,11 @@ struct BackwardWinograd {
                       int64_t used, const cpu::lowrank::Kernels& kern) {
     const int64_t K = s.kh * pl.rp, intermediate = s.N * s.rank * pl.Ho * pl.Wo;
     int64_t cap = 64;
+    const int64_t replaced = s.kh * s.kw * s.rank * pl.cp;  // the direct transposed factor
     for (; cap >= 8; cap /= 2) {
       const RowWinograd w(nullptr, s.C, K, pl.cp, s.kh, pl.rp, s.W, 2 - s.pw, cap, kern);
-      if (winograd_forced() || 2 * (w.packed_floats() + used * w.scratch_floats()) <= intermediate)
-        break;
+      const int64_t extra = w.packed_floats() + used * w.scratch_floats() - replaced;
+      if (winograd_forced() || 2 * extra <= intermediate) break;
     }
     if (cap < 8) return;
     if (w1 == nullptr) {  // sizes only
