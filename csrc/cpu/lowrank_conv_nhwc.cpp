@@ -80,14 +80,16 @@ struct Plan : PixelMajorPlan {
     // direct forms), so the fused forward's peak stays below the pair's
     // (without this rule: 64 ch @8 channel rank 10 at batch 128, 2.7 against
     // 2.4 MiB; 256 ch @14 rank 38 at batch 32, 8.1 against 7.1).
-    if ((col_wino || row_wino || second_wino) && !winograd_forced()) {
+    if (col_wino || row_wino || second_wino) {
       const int64_t used = std::min<int64_t>(threads, tiles);
       const int64_t direct = taps1 * s.C * rp + taps2 * s.rank * np +
                              used * rows_per_tile * (Wt * rp + 2 * (taps1 * Wt + taps2 * Wo));
       const int64_t intermediate = s.N * s.rank * Ho * Wo;
-      for (wino_cap = 64; wino_cap >= 8; wino_cap /= 2)
-        if (direct + winograd_extra_floats(s, used) <= intermediate) break;
-      if (wino_cap < 8) col_wino = row_wino = second_wino = false;
+      wino_cap = winograd_cap([&](int64_t cap) {
+        wino_cap = cap;  // winograd_extra_floats sizes the forms at the plan's cap
+        return direct + winograd_extra_floats(s, used) <= intermediate;
+      });
+      if (wino_cap == 0) col_wino = row_wino = second_wino = false;
     }
     if (col_wino) {
       gpi = ceil_div(Ho, 4);

@@ -168,31 +168,29 @@ struct BackwardWinograd {
     const bool col = want_gx && s.kh == 3 && s.sh == 1 && s.dh == 1 && s.ph <= 2 &&
                      s.C % vec == 0 && pl.cp == s.C;
     if (!row && !col) return;
-    // Sizes first (null weights), from the largest chunks that fit.
-    PixelMajorPlan sized = pl;
+    // Sizes first (null weights), from the largest chunks that fit, net of the
+    // direct transposed factors they replace (3 taps each).
     const int64_t intermediate = s.N * s.rank * pl.Ho * pl.Wo;
-    // Net of the direct transposed factors they replace (3 taps each).
     const int64_t replaced = (row ? 3 * s.Nout * pl.rp : 0) + (col ? 3 * s.rank * pl.cp : 0);
-    for (sized.wino_cap = 64; sized.wino_cap >= 8; sized.wino_cap /= 2) {
+    const int64_t cap = winograd_cap([&](int64_t c) {
       int64_t extra = -replaced;
       if (row) {
-        const RowWinograd w(nullptr, s.rank, s.Nout, pl.rp, 1, s.Nout, pl.Wt, 2 - s.pw,
-                            sized.wino_cap, kern);
+        const RowWinograd w(nullptr, s.rank, s.Nout, pl.rp, 1, s.Nout, pl.Wt, 2 - s.pw, c, kern);
         extra += w.packed_floats() + used * w.scratch_floats();
       }
       if (col) {
-        const ColumnWinograd w(nullptr, s.C, s.rank, pl.cp, pl.rp, s.W, sized.wino_cap, kern);
+        const ColumnWinograd w(nullptr, s.C, s.rank, pl.cp, pl.rp, s.W, c, kern);
         extra += w.packed_floats() + used * w.scratch_floats();
       }
-      if (winograd_forced() || 2 * extra <= intermediate) break;
-    }
-    if (sized.wino_cap < 8) return;
+      return 2 * extra <= intermediate;
+    });
+    if (cap == 0) return;
     if (row)  // gT[wt] = sum_j go[wt - (2 - pw) + j] w2[2 - j]
       gt.emplace(w2 ? transposed_flipped(w2, s.Nout, s.rank).data() : nullptr, s.rank, s.Nout,
-                 pl.rp, 1, s.Nout, pl.Wt, 2 - s.pw, sized.wino_cap, kern);
+                 pl.rp, 1, s.Nout, pl.Wt, 2 - s.pw, cap, kern);
     if (col)  // gx[ih] = sum_i gT[ih - (2 - ph) + i] w1[2 - i]
       gx.emplace(w1 ? transposed_flipped(w1, s.rank, s.C).data() : nullptr, s.C, s.rank, pl.cp,
-                 pl.rp, s.W, sized.wino_cap, kern);
+                 pl.rp, s.W, cap, kern);
   }
 
   // Floats of the packed forms and of `used` threads' buffers (null weights:
@@ -209,14 +207,12 @@ struct BackwardWinograd {
   void channel_grad_x(const float* w1, const LowRankConvShape& s, const BackwardPlan& pl,
                       int64_t used, const cpu::lowrank::Kernels& kern) {
     const int64_t K = s.kh * pl.rp, intermediate = s.N * s.rank * pl.Ho * pl.Wo;
-    int64_t cap = 64;
     const int64_t replaced = s.kh * s.kw * s.rank * pl.cp;  // the direct transposed factor
-    for (; cap >= 8; cap /= 2) {
-      const RowWinograd w(nullptr, s.C, K, pl.cp, s.kh, pl.rp, s.W, 2 - s.pw, cap, kern);
-      const int64_t extra = w.packed_floats() + used * w.scratch_floats() - replaced;
-      if (winograd_forced() || 2 * extra <= intermediate) break;
-    }
-    if (cap < 8) return;
+    const int64_t cap = winograd_cap([&](int64_t c) {
+      const RowWinograd w(nullptr, s.C, K, pl.cp, s.kh, pl.rp, s.W, 2 - s.pw, c, kern);
+      return 2 * (w.packed_floats() + used * w.scratch_floats() - replaced) <= intermediate;
+    });
+    if (cap == 0) return;
     if (w1 == nullptr) {  // sizes only
       gx_row.emplace(nullptr, s.C, K, pl.cp, s.kh, pl.rp, s.W, 2 - s.pw, cap, kern);
       return;

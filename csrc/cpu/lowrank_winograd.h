@@ -39,8 +39,7 @@ inline bool winograd_wanted(const LowRankConvShape& s, int64_t min_rank) {
   if (s.C > 256 || s.Nout > 256) return false;
   const char* env = std::getenv("FUSENAS_LOWRANK_WINOGRAD");
   if (env != nullptr && std::strcmp(env, "0") == 0) return false;
-  if (env != nullptr && std::strcmp(env, "1") == 0) return true;
-  return s.rank >= min_rank;
+  return winograd_forced() || s.rank >= min_rank;
 }
 
 // A 3-tap factor w (cols x K x 3, contiguous) as the 6 GEMM operands
@@ -113,6 +112,16 @@ class WinogradFactor {
 // rank 58: 8 rows 5-10% slower than 42).
 inline int64_t winograd_chunk(int64_t ldu, int64_t block, int64_t cap) {
   return std::clamp<int64_t>(98304 / (6 * (ldu + block)), 8, std::max<int64_t>(8, cap));
+}
+
+// The memory rules' chunk cap: the largest of 64, 32, 16 and 8 GEMM rows for
+// which fits(cap) holds (64 when FUSENAS_LOWRANK_WINOGRAD=1 forces the forms),
+// else 0: the direct forms run.
+template <class Fits>
+int64_t winograd_cap(Fits&& fits) {
+  for (int64_t cap = 64; cap >= 8; cap /= 2)
+    if (winograd_forced() || fits(cap)) return cap;
+  return 0;
 }
 
 // Per-thread buffers of one direction: input pointers, U (6 x rows x K), M
