@@ -309,10 +309,10 @@ void forward_ind(const float* x, const float* w1, const float* w2, const float* 
                  bool relu, float* t_out) {
   const auto& kern = pick_kernels();
   const TileWinograd tw(w1, w2, s, pl, kern);
-  const std::vector<float> b1 =
-      tw.first() ? std::vector<float>() : pack_factor(w1, s.rank, s.C, pl.taps1, pl.rp, kern);
-  const std::vector<float> b2 =
-      tw.second ? std::vector<float>() : pack_factor(w2, s.Nout, s.rank, pl.taps2, pl.np, kern);
+  const Buffer b1 =
+      tw.first() ? Buffer(0, false) : pack_factor(w1, s.rank, s.C, pl.taps1, pl.rp, kern);
+  const Buffer b2 =
+      tw.second ? Buffer(0, false) : pack_factor(w2, s.Nout, s.rank, pl.taps2, pl.np, kern);
   std::vector<float> bias_p(static_cast<size_t>(pl.np), 0.f);
   if (bias) std::copy(bias, bias + s.Nout, bias_p.begin());
   // Zero rows: a padding tap's pixel, or a whole padding row of x (ColumnWinograd).
@@ -345,7 +345,7 @@ void forward_ind(const float* x, const float* w1, const float* w2, const float* 
         } else {
           fill_first_factor_pointers(s, pl.Ho, pl.Wt, x, g0, rows, st.ind1.data(), zeros.data());
           kern.ind_gemm(
-              {P1, s.C, pl.rp, pl.taps1, st.ind1.data(), b1.data(), nullptr, st.t.get(), pl.rp});
+              {P1, s.C, pl.rp, pl.taps1, st.ind1.data(), b1.get(), nullptr, st.t.get(), pl.rp});
         }
         if (t_out)  // kept for the backward: (N, rank, Ho, Wt) float32, a row per tile row
           for (int64_t q = 0; q < rows; ++q) {
@@ -382,7 +382,7 @@ void forward_ind(const float* x, const float* w1, const float* w2, const float* 
                               pl.channel ? 0 : jj * s.dw - s.pw, pl.channel ? 1 : s.sw, pl.Wt,
                               pl.rp, true, zeros.data());
           }
-        kern.ind_gemm({P2, s.rank, pl.np, pl.taps2, st.ind2.data(), b2.data(), bias_p.data(),
+        kern.ind_gemm({P2, s.rank, pl.np, pl.taps2, st.ind2.data(), b2.get(), bias_p.data(),
                        direct ? yt : st.out.get(), direct ? s.Nout : pl.np});
         const float* rt = residual ? residual + g0 * pl.Wo * s.Nout : nullptr;
         if (!direct)
@@ -427,10 +427,10 @@ void forward_block(const float* x, const float* w1, const float* w2, const float
   constexpr int64_t CB = cpu::lowrank::kChannelBlock;
   const auto& kern = pick_kernels();
   const TileWinograd tw(w1, w2, s, pl, kern);
-  const std::vector<float> b1 =
-      tw.first() ? std::vector<float>() : pack_factor(w1, s.rank, s.C, pl.taps1, pl.rp, kern);
-  const std::vector<float> b2 =
-      tw.second ? std::vector<float>() : pack_factor(w2, s.Nout, s.rank, pl.taps2, pl.np, kern);
+  const Buffer b1 =
+      tw.first() ? Buffer(0, false) : pack_factor(w1, s.rank, s.C, pl.taps1, pl.rp, kern);
+  const Buffer b2 =
+      tw.second ? Buffer(0, false) : pack_factor(w2, s.Nout, s.rank, pl.taps2, pl.np, kern);
   std::vector<float> bias_p(static_cast<size_t>(pl.np), 0.f);
   if (bias) std::copy(bias, bias + s.Nout, bias_p.begin());
   // Zero rows: x's padding rows (xslot floats, or W C for ColumnWinograd) and T
@@ -500,7 +500,7 @@ void forward_block(const float* x, const float* w1, const float* w2, const float
           }
         }
         if (!tw.first())
-          kern.block_gemm({rows, pl.Wt, s.C, pl.rp, pl.taps1, st.base1.data(), xkbs, b1.data(),
+          kern.block_gemm({rows, pl.Wt, s.C, pl.rp, pl.taps1, st.base1.data(), xkbs, b1.get(),
                            nullptr, t + pl.pw2 * CB, pl.trow, CB, tkbs, nullptr, false});
         if (t_out)  // kept for the backward: (N, rank, Ho, Wt) float32, a row per tile row
           for (int64_t q = 0; q < rows; ++q) {
@@ -536,10 +536,10 @@ void forward_block(const float* x, const float* w1, const float* w2, const float
           for (int64_t jj = 0; jj < pl.taps2; ++jj)
             st.base2[static_cast<size_t>(jj * rows + q)] = t + q * pl.trow + jj * s.dw * CB;
         if (direct) {
-          kern.block_gemm({rows, pl.Wo, s.rank, pl.np, pl.taps2, st.base2.data(), tkbs, b2.data(),
+          kern.block_gemm({rows, pl.Wo, s.rank, pl.np, pl.taps2, st.base2.data(), tkbs, b2.get(),
                            bias_p.data(), yt, pl.Wo * s.Nout, s.Nout, CB, rt, relu});
         } else {
-          kern.block_gemm({rows, pl.Wo, s.rank, pl.np, pl.taps2, st.base2.data(), tkbs, b2.data(),
+          kern.block_gemm({rows, pl.Wo, s.rank, pl.np, pl.taps2, st.base2.data(), tkbs, b2.get(),
                            bias_p.data(), st.out.get(), pl.Wo * pl.np, pl.np, CB, nullptr, false});
           store_padded_tile(kern, st.out.get(), rows * pl.Wo, pl.np, s.Nout, yt, rt, relu);
         }

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cpu/lowrank_conv_kernels.h"
+#include "cpu/lowrank_conv_tiles.h"
 #include "fusenas/lowrank.h"
 
 namespace fusenas {
@@ -27,43 +28,34 @@ inline Strides4 channels_last_strides(int64_t C, int64_t H, int64_t W) {
 // of the kernels `kern` (lowrank_conv_kernels.h), n columns (cols rounded up
 // to whole vectors; zeros past cols). The forward packs the first factor as
 // (rank x C x taps) and the second as (Nout x rank x taps); the backward packs
-// their transposes.
-inline std::vector<float> pack_factor(const float* w, int64_t cols, int64_t K, int64_t taps,
-                                      int64_t n, const cpu::lowrank::Kernels& kern) {
+// their transposes: `transposed` reads w as (K, cols, taps) instead.
+inline Buffer pack_factor(const float* w, int64_t cols, int64_t K, int64_t taps, int64_t n,
+                          const cpu::lowrank::Kernels& kern, bool transposed = false) {
   using cpu::lowrank::panel_count;
   using cpu::lowrank::panel_start;
   const int64_t rows = taps * K, W = kern.vec_width, vecs = n / W;
   const int64_t chunks = panel_count(vecs, kern.ind_nv);
-  std::vector<float> b(static_cast<size_t>(rows * n), 0.f);
+  const int64_t js = transposed ? taps : K * taps, ks = transposed ? cols * taps : taps;
+  Buffer b(rows * n, false);  // every float written below, padding included
   // Each packed row written in order, the panel's columns read at a stride of
-  // K taps floats: the lines of one k (a few KB) stay in L1 for all its taps
-  // and the next k. Written column by column instead, every store went to
-  // another line: 4.5% of a 512-channel forward's samples, on one thread while
-  // the others waited. Factors of 512 channels take 4-5 MB: split over threads.
+  // js floats: the lines of one k (a few KB) stay in L1 for all its taps and
+  // the next k. Written column by column instead, every store went to another
+  // line: 4.5% of a 512-channel forward's samples, on one thread while the
+  // others waited. Factors of 512 channels take 4-5 MB: split over threads.
 #pragma omp parallel for collapse(2) schedule(static) if (rows * n >= (int64_t{1} << 18))
   for (int64_t c = 0; c < chunks; ++c)
     for (int64_t k = 0; k < K; ++k) {
       const int64_t j0 = panel_start(vecs, kern.ind_nv, c) * W;
       const int64_t width = panel_start(vecs, kern.ind_nv, c + 1) * W - j0;
       const int64_t j1 = std::min(cols, j0 + width);
-      float* panel = b.data() + rows * j0;
+      float* panel = b.get() + rows * j0;
       for (int64_t t = 0; t < taps; ++t) {
         float* dst = panel + (t * K + k) * width - j0;
-        for (int64_t j = j0; j < j1; ++j) dst[j] = w[(j * K + k) * taps + t];
+        for (int64_t j = j0; j < j1; ++j) dst[j] = w[j * js + k * ks + t];
+        for (int64_t j = std::max(j0, j1); j < j0 + width; ++j) dst[j] = 0.f;
       }
     }
   return b;
-}
-
-// The second factor (Nout, rank, taps) as (rank, Nout, taps) and the first
-// (rank, C, taps) as (C, rank, taps): the transposed convs of the backward.
-inline std::vector<float> swap_first_dims(const float* w, int64_t d0, int64_t d1, int64_t taps) {
-  std::vector<float> out(static_cast<size_t>(d0 * d1 * taps));
-  for (int64_t i = 0; i < d0; ++i)
-    for (int64_t j = 0; j < d1; ++j)
-      for (int64_t t = 0; t < taps; ++t)
-        out[static_cast<size_t>((j * d0 + i) * taps + t)] = w[(i * d1 + j) * taps + t];
-  return out;
 }
 
 // dst[o] for o < count: the row element at column c = o * step + first

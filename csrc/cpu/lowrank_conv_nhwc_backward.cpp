@@ -138,17 +138,6 @@ bool share_weight_sums(const LowRankConvShape& s, const BackwardPlan& pl, int us
 // Channel scheme (horizontal stride and dilation 1): grad_x = gT through the
 // k x 3 factor along rows, the kh gT rows of each input row side by side
 // (K = kh rp), any vertical stride and dilation; rank rule 4 as its forward.
-// A 3-tap factor w (d0, d1, 3) as (d1, d0, 3) with its taps reversed: the
-// transposed conv's weights as a correlation.
-inline std::vector<float> transposed_flipped(const float* w, int64_t d0, int64_t d1) {
-  std::vector<float> out(static_cast<size_t>(d0 * d1 * 3));
-  for (int64_t i = 0; i < d0; ++i)
-    for (int64_t j = 0; j < d1; ++j)
-      for (int64_t t = 0; t < 3; ++t)
-        out[static_cast<size_t>((j * d0 + i) * 3 + t)] = w[(i * d1 + j) * 3 + 2 - t];
-  return out;
-}
-
 struct BackwardWinograd {
   std::optional<RowWinograd> gt, gx_row;
   std::optional<ColumnWinograd> gx;
@@ -175,22 +164,28 @@ struct BackwardWinograd {
     const int64_t cap = winograd_cap([&](int64_t c) {
       int64_t extra = -replaced;
       if (row) {
-        const RowWinograd w(nullptr, s.rank, s.Nout, pl.rp, 1, s.Nout, pl.Wt, 2 - s.pw, c, kern);
+        const RowWinograd w(s.rank, s.Nout, pl.rp, 1, s.Nout, pl.Wt, 2 - s.pw, c);
         extra += w.packed_floats() + used * w.scratch_floats();
       }
       if (col) {
-        const ColumnWinograd w(nullptr, s.C, s.rank, pl.cp, pl.rp, s.W, c, kern);
+        const ColumnWinograd w(s.C, s.rank, pl.cp, pl.rp, s.W, c);
         extra += w.packed_floats() + used * w.scratch_floats();
       }
       return 2 * extra <= intermediate;
     });
     if (cap == 0) return;
-    if (row)  // gT[wt] = sum_j go[wt - (2 - pw) + j] w2[2 - j]
-      gt.emplace(w2 ? transposed_flipped(w2, s.Nout, s.rank).data() : nullptr, s.rank, s.Nout,
-                 pl.rp, 1, s.Nout, pl.Wt, 2 - s.pw, cap, kern);
-    if (col)  // gx[ih] = sum_i gT[ih - (2 - ph) + i] w1[2 - i]
-      gx.emplace(w1 ? transposed_flipped(w1, s.rank, s.C).data() : nullptr, s.C, s.rank, pl.cp,
-                 pl.rp, s.W, cap, kern);
+    // The transposed convs as correlations: factor (d0, d1, 3) read as (d1, d0)
+    // with its taps reversed (step -1 from tap 2).
+    if (row) {  // gT[wt] = sum_j go[wt - (2 - pw) + j] w2[2 - j]
+      gt.emplace(s.rank, s.Nout, pl.rp, 1, s.Nout, pl.Wt, 2 - s.pw, cap);
+      if (w2 != nullptr)
+        gt->pack([&](int64_t r, int64_t o) { return w2 + (o * s.rank + r) * 3 + 2; }, -1, kern);
+    }
+    if (col) {  // gx[ih] = sum_i gT[ih - (2 - ph) + i] w1[2 - i]
+      gx.emplace(s.C, s.rank, pl.cp, pl.rp, s.W, cap);
+      if (w1 != nullptr)
+        gx->pack([&](int64_t c, int64_t r) { return w1 + (r * s.C + c) * 3 + 2; }, -1, kern);
+    }
   }
 
   // Floats of the packed forms and of `used` threads' buffers (null weights:
@@ -209,24 +204,20 @@ struct BackwardWinograd {
     const int64_t K = s.kh * pl.rp, intermediate = s.N * s.rank * pl.Ho * pl.Wo;
     const int64_t replaced = s.kh * s.kw * s.rank * pl.cp;  // the direct transposed factor
     const int64_t cap = winograd_cap([&](int64_t c) {
-      const RowWinograd w(nullptr, s.C, K, pl.cp, s.kh, pl.rp, s.W, 2 - s.pw, c, kern);
+      const RowWinograd w(s.C, K, pl.cp, s.kh, pl.rp, s.W, 2 - s.pw, c);
       return 2 * (w.packed_floats() + used * w.scratch_floats() - replaced) <= intermediate;
     });
     if (cap == 0) return;
-    if (w1 == nullptr) {  // sizes only
-      gx_row.emplace(nullptr, s.C, K, pl.cp, s.kh, pl.rp, s.W, 2 - s.pw, cap, kern);
-      return;
-    }
-    // (C, kh rp, 3): row i rp + r of the GEMM is gT row i's channel r (zero past
-    // the rank), taps flipped: gx[iw] = sum_j gT[iw - (2 - pw) + j] w1[.., 2 - j].
-    std::vector<float> w(static_cast<size_t>(s.C * K * 3), 0.f);
-    for (int64_t r = 0; r < s.rank; ++r)
-      for (int64_t c = 0; c < s.C; ++c)
-        for (int64_t i = 0; i < s.kh; ++i)
-          for (int64_t j = 0; j < 3; ++j)
-            w[static_cast<size_t>(((c * s.kh + i) * pl.rp + r) * 3 + j)] =
-                w1[((r * s.C + c) * s.kh + i) * 3 + 2 - j];
-    gx_row.emplace(w.data(), s.C, K, pl.cp, s.kh, pl.rp, s.W, 2 - s.pw, cap, kern);
+    gx_row.emplace(s.C, K, pl.cp, s.kh, pl.rp, s.W, 2 - s.pw, cap);
+    if (w1 == nullptr) return;  // sizes only
+    // GEMM row i rp + r is gT row i's channel r (zeros past the rank), taps
+    // flipped: gx[iw] = sum_j gT[iw - (2 - pw) + j] w1[.., 2 - j].
+    gx_row->pack(
+        [&](int64_t c, int64_t k) -> const float* {
+          const int64_t i = k / pl.rp, r = k % pl.rp;
+          return r < s.rank ? w1 + ((r * s.C + c) * s.kh + i) * 3 + 2 : nullptr;
+        },
+        -1, kern);
   }
 };
 
@@ -248,12 +239,10 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
   // and, when T is recomputed, the first factor as the forward packs it.
   const int used = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, pl.tiles)));
   const BackwardWinograd wino(w1, w2, s, pl, want_gt, want_gx, used, kern);
-  std::vector<float> b2t, b1t, b1;
-  if (want_gt && !wino.gt)
-    b2t = pack_factor(swap_first_dims(w2, s.Nout, s.rank, taps2).data(), s.rank, s.Nout, taps2, rp,
-                      kern);
-  if (want_gx && !wino.gx)
-    b1t = pack_factor(swap_first_dims(w1, s.rank, s.C, taps1).data(), s.C, s.rank, taps1, cp, kern);
+  Buffer b2t(0, false), b1t(0, false), b1(0, false);
+  if (want_gt && !wino.gt) b2t = pack_factor(w2, s.rank, s.Nout, taps2, rp, kern, true);
+  if (want_gx && !wino.gx && !wino.gx_row)
+    b1t = pack_factor(w1, s.C, s.rank, taps1, cp, kern, true);
   const bool recompute = want_w2 && !t_saved;
   if (recompute) b1 = pack_factor(w1, s.rank, s.C, taps1, rp, kern);
   // Zero rows: a padding pixel, or a whole gT row (grad_x by Winograd).
@@ -352,7 +341,7 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
             ind.resize(static_cast<size_t>(taps1 * rows * Wt));
             fill_first_factor_pointers(s, pl.Ho, Wt, x, g0, rows, ind.data(), zero);
             kern.ind_gemm(
-                {rows * Wt, s.C, rp, taps1, ind.data(), b1.data(), nullptr, mine.t.get(), rp});
+                {rows * Wt, s.C, rp, taps1, ind.data(), b1.get(), nullptr, mine.t.get(), rp});
           }
         }
         if (want_gt && wino.gt) {
@@ -392,8 +381,7 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
                 }
               }
             }
-          kern.ind_gemm(
-              {pt, s.Nout, rp, taps2, ind.data(), b2t.data(), nullptr, mine.gt.get(), rp});
+          kern.ind_gemm({pt, s.Nout, rp, taps2, ind.data(), b2t.get(), nullptr, mine.gt.get(), rp});
         }
         if (bias.wanted())  // the tile's grad_out rows (in cache when gT just read them)
           bias.add_pixels(tid, go + g0 * pl.Wo * s.Nout, rows * pl.Wo, s.Nout, bias_tile.data());
@@ -471,7 +459,7 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
                   }
                 }
             float* out = gx + (segs.front().n * s.H + segs.front().ih_lo) * s.W * s.C;
-            kern.ind_gemm({px, s.rank, cp, taps1, ind.data(), b1t.data(), nullptr,
+            kern.ind_gemm({px, s.rank, cp, taps1, ind.data(), b1t.get(), nullptr,
                            direct_gx ? out : gxt.get(), direct_gx ? s.C : cp});
             if (!direct_gx)
               for (int64_t p = 0; p < px; ++p)

@@ -26,17 +26,17 @@ namespace lowrank_detail {
 
 // Whether a layer's factors may run by Winograd: FUSENAS_LOWRANK_WINOGRAD=0
 // switches it off, =1 on at any rank and batch size (the tests' small shapes),
-// else from rank `min_rank` (each use measured its own). C and Nout stop at
-// 256: at 512 channels the transformed factors (6 taps where the direct form
-// packs 3) pushed the forward's peak memory past the two-conv sequence's
-// (spatial, 7 px, rank 128: 6.8 against 5.4 MiB) for no measurable gain
-// (0.99-1.08x).
+// else from rank `min_rank` (each use measured its own). No channel limit:
+// the memory rules keep weight-heavy layers on the direct forms (512 ch @7 at
+// batch 32, whose transformed factors outgrow the intermediate). Where they
+// fit, 512 channels gain too: spatial rank 128 at batch 192 (forward, 2
+// threads) 22.4 against 34.6 ms for the direct forms, once the factors were
+// transformed in parallel (serially they cost 9% of the samples).
 inline bool winograd_forced() {
   const char* env = std::getenv("FUSENAS_LOWRANK_WINOGRAD");
   return env != nullptr && std::strcmp(env, "1") == 0;
 }
 inline bool winograd_wanted(const LowRankConvShape& s, int64_t min_rank) {
-  if (s.C > 256 || s.Nout > 256) return false;
   const char* env = std::getenv("FUSENAS_LOWRANK_WINOGRAD");
   if (env != nullptr && std::strcmp(env, "0") == 0) return false;
   return winograd_forced() || s.rank >= min_rank;
@@ -49,38 +49,58 @@ class WinogradFactor {
  public:
   static constexpr int64_t kBlock = 64;  // one AVX-512 column panel
 
-  // w null: sizes only (workspace_bytes).
-  WinogradFactor(const float* w, int64_t cols, int64_t K, int64_t n,
-                 const cpu::lowrank::Kernels& kern)
-      : K_(K),
+  // Sizes only (workspace_bytes); pack() fills the panels.
+  WinogradFactor(int64_t cols, int64_t K, int64_t n)
+      : cols_(cols),
+        K_(K),
         n_(n),
         block_(std::min(n, kBlock)),
         blocks_(ceil_div(n, block_)),
-        stride_(K * block_) {
-    if (w == nullptr) return;
+        stride_(K * block_) {}
+
+  // taps(j, k): column j's taps for GEMM row k at p[0], p[step], p[2 step]
+  // (step -1: a transposed conv's flipped taps), or null for zeros. Each
+  // factor is read in its own layout, the transform written straight into the
+  // packed panels, split over threads: at 512 channels the factors take 2 x
+  // 4.7 MB, and transformed, packed and copied on one thread they cost 9% of a
+  // forward's samples while the other thread waited.
+  template <class Taps>
+  void pack(Taps taps, int64_t step, const cpu::lowrank::Kernels& kern) {
+    using cpu::lowrank::panel_count;
+    using cpu::lowrank::panel_start;
     constexpr double G[6][3] = {{0.25, 0, 0},
                                 {-1.0 / 6, -1.0 / 6, -1.0 / 6},
                                 {-1.0 / 6, 1.0 / 6, -1.0 / 6},
                                 {1.0 / 24, 1.0 / 12, 1.0 / 6},
                                 {1.0 / 24, -1.0 / 12, 1.0 / 6},
                                 {0, 0, 1}};
-    std::vector<float> gw(static_cast<size_t>(6 * cols * K));
-    for (int xi = 0; xi < 6; ++xi)
-      for (int64_t i = 0; i < cols * K; ++i) {
-        const float* t = w + i * 3;
-        gw[static_cast<size_t>(xi * cols * K + i)] =
-            static_cast<float>(G[xi][0] * t[0] + G[xi][1] * t[1] + G[xi][2] * t[2]);
+    b_ = Buffer(blocks_ * 6 * stride_, false);
+    float* b = b_.get();
+    const int64_t W = kern.vec_width, most = kern.ind_nv, K = K_;
+    // Block cb, point xi: an IndGemm B of K rows and nb columns in column
+    // panels (pack_factor's layout, one tap); zeros past cols.
+#pragma omp parallel for collapse(2) schedule(static) if (blocks_ * stride_ >= (int64_t{1} << 16))
+    for (int64_t cb = 0; cb < blocks_; ++cb)
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t j0 = cb * block_, nb = std::min(block_, n_ - j0), vecs = nb / W;
+        const int64_t real = std::max<int64_t>(0, std::min(nb, cols_ - j0));
+        for (int64_t c = 0; c < panel_count(vecs, most); ++c) {
+          const int64_t p0 = panel_start(vecs, most, c) * W;
+          const int64_t width = panel_start(vecs, most, c + 1) * W - p0;
+          float* dst[6];  // this k's row of point xi's panel, indexed by column j
+          for (int xi = 0; xi < 6; ++xi)
+            dst[xi] = b + (cb * 6 + xi) * stride_ + K * p0 + k * width - p0;
+          for (int64_t j = p0; j < p0 + width; ++j) {
+            // One read of a column's 3 taps for all 6 points (a column's taps
+            // sit in another cache line than its neighbours').
+            const float* t = j < real ? taps(j0 + j, k) : nullptr;
+            for (int xi = 0; xi < 6; ++xi)
+              dst[xi][j] = t ? static_cast<float>(G[xi][0] * t[0] + G[xi][1] * t[step] +
+                                                  G[xi][2] * t[2 * step])
+                             : 0.f;
+          }
+        }
       }
-    b_.assign(static_cast<size_t>(blocks_ * 6 * stride_), 0.f);
-    for (int64_t cb = 0; cb < blocks_; ++cb) {
-      const int64_t j0 = cb * block_, nb = std::min(block_, n - j0);
-      const int64_t real = std::max<int64_t>(0, std::min(nb, cols - j0));
-      for (int xi = 0; xi < 6; ++xi) {
-        const std::vector<float> packed =
-            pack_factor(gw.data() + (xi * cols + j0) * K, real, K, 1, nb, kern);
-        std::copy(packed.begin(), packed.end(), b_.begin() + (cb * 6 + xi) * stride_);
-      }
-    }
   }
   int64_t block() const { return block_; }
   int64_t packed_floats() const { return blocks_ * 6 * stride_; }
@@ -94,15 +114,15 @@ class WinogradFactor {
     for (int64_t cb = 0; cb < blocks_; ++cb) {
       const int64_t j0 = cb * block_, nb = std::min(block_, n_ - j0);
       for (int64_t xi = 0; xi < 6; ++xi)
-        kern.ind_gemm({P, K_, nb, 1, ind + xi * ind_stride, b_.data() + (cb * 6 + xi) * stride_,
+        kern.ind_gemm({P, K_, nb, 1, ind + xi * ind_stride, b_.get() + (cb * 6 + xi) * stride_,
                        nullptr, m + xi * xs, block_});
       done(j0, nb);
     }
   }
 
  private:
-  int64_t K_, n_, block_, blocks_, stride_;
-  std::vector<float> b_;
+  int64_t cols_, K_, n_, block_, blocks_, stride_;
+  Buffer b_{0, false};
 };
 
 // GEMM rows (groups or pixels) per chunk for U rows of `ldu` floats and M
@@ -152,12 +172,12 @@ struct WinogradScratch {
 // reduces over all of them: K = taps x kin (or the factor's own K for one row).
 class RowWinograd {
  public:
-  // w: (cols, K, 3) contiguous, K = the GEMM's reduction; kin: channels read
-  // per input row (whole vectors, >= K / taps); wout: output pixels per row;
-  // pad: the row's left padding.
-  RowWinograd(const float* w, int64_t cols, int64_t K, int64_t n, int64_t taps, int64_t kin,
-              int64_t wout, int64_t pad, int64_t cap, const cpu::lowrank::Kernels& kern)
-      : factor_(w, cols, K, n, kern),
+  // cols x K factor (K = the GEMM's reduction; pack() fills it); kin: channels
+  // read per input row (whole vectors, >= K / taps); wout: output pixels per
+  // row; pad: the row's left padding.
+  RowWinograd(int64_t cols, int64_t K, int64_t n, int64_t taps, int64_t kin, int64_t wout,
+              int64_t pad, int64_t cap)
+      : factor_(cols, K, n),
         taps_(taps),
         kin_(kin),
         ldu_(taps * kin),
@@ -168,6 +188,10 @@ class RowWinograd {
         groups_(rows_ * per_row_) {}
 
   int64_t packed_floats() const { return factor_.packed_floats(); }
+  template <class Taps>
+  void pack(Taps taps, int64_t step, const cpu::lowrank::Kernels& kern) {
+    factor_.pack(taps, step, kern);
+  }
   WinogradScratch scratch() const {
     return WinogradScratch(rows_ * taps_ * span(), groups_, ldu_, factor_.block());
   }
@@ -223,10 +247,14 @@ inline bool row_winograd_applies(const LowRankConvShape& s) {
   return s.scheme == LowRankScheme::kSpatial && winograd_wanted(s, 16) && s.kw == 3 && s.sw == 1 &&
          s.dw == 1;
 }
+// w2: (Nout, rank, 1, 3), null for sizes only.
 inline RowWinograd second_factor_winograd(const float* w2, const LowRankConvShape& s,
                                           const PixelMajorPlan& pl, int64_t np,
                                           const cpu::lowrank::Kernels& kern) {
-  return RowWinograd(w2, s.Nout, s.rank, np, 1, pl.rp, pl.Wo, s.pw, pl.wino_cap, kern);
+  RowWinograd w(s.Nout, s.rank, np, 1, pl.rp, pl.Wo, s.pw, pl.wino_cap);
+  if (w2 != nullptr)
+    w.pack([&](int64_t j, int64_t k) { return w2 + (j * s.rank + k) * 3; }, 1, kern);
+  return w;
 }
 
 // The channel scheme's kh x 3 factor (x -> T) as a RowWinograd over the kh
@@ -239,29 +267,22 @@ inline bool first_factor_row_winograd_applies(const LowRankConvShape& s, int vec
   return s.scheme == LowRankScheme::kChannel && winograd_wanted(s, 4) && s.kw == 3 && s.sw == 1 &&
          s.dw == 1 && s.C % vec == 0;
 }
-// w1: (rank, C, kh, 3), null for sizes only.
+// w1: (rank, C, kh, 3), null for sizes only. U's row holds input row i's C
+// channels at i C: GEMM row i C + c.
 inline RowWinograd first_factor_winograd(const float* w1, const LowRankConvShape& s,
                                          const PixelMajorPlan& pl,
                                          const cpu::lowrank::Kernels& kern) {
-  std::vector<float> w;  // (rank, kh, C, 3): U's row holds input row i's C channels at i C
-  if (w1 != nullptr) {
-    w.resize(static_cast<size_t>(s.rank * s.kh * s.C * 3));
-    for (int64_t r = 0; r < s.rank; ++r)
-      for (int64_t c = 0; c < s.C; ++c)
-        for (int64_t i = 0; i < s.kh; ++i)
-          std::copy_n(w1 + ((r * s.C + c) * s.kh + i) * 3, 3,
-                      w.begin() + ((r * s.kh + i) * s.C + c) * 3);
-  }
-  return RowWinograd(w1 ? w.data() : nullptr, s.rank, s.kh * s.C, pl.rp, s.kh, s.C, pl.Wo, s.pw,
-                     pl.wino_cap, kern);
+  RowWinograd w(s.rank, s.kh * s.C, pl.rp, s.kh, s.C, pl.Wo, s.pw, pl.wino_cap);
+  if (w1 != nullptr)
+    w.pack([&](int64_t r, int64_t k) { return w1 + ((r * s.C + k % s.C) * s.kh + k / s.C) * 3; }, 1,
+           kern);
+  return w;
 }
 
 // A 3-tap correlation along columns: groups of 4 output rows from 6 input
 // rows, the chunk's pixels the GEMM rows, inputs read in place (a pixel's
 // channels contiguous, so they must be whole vectors). The spatial scheme's
 // 3 x 1 factor (x -> T) in the forward, and grad_x from gT in the backward.
-// At 512 channels its 16-pixel chunks were slower than the direct form (rank
-// 384: 0.71x); winograd_wanted stops at 256.
 class ColumnWinograd {
  public:
   static bool applies(const LowRankConvShape& s, int vec) {
@@ -269,16 +290,19 @@ class ColumnWinograd {
            s.sh == 1 && s.dh == 1 && s.C % vec == 0;
   }
 
-  // w: (cols, K, 3) contiguous; kin: channels read per input pixel (whole
-  // vectors, >= K), also the input pixels' stride; width: pixels per row.
-  ColumnWinograd(const float* w, int64_t cols, int64_t K, int64_t n, int64_t kin, int64_t width,
-                 int64_t cap, const cpu::lowrank::Kernels& kern)
-      : factor_(w, cols, K, n, kern),
+  // cols x K factor (pack() fills it); kin: channels read per input pixel
+  // (whole vectors, >= K), also the input pixels' stride; width: pixels per row.
+  ColumnWinograd(int64_t cols, int64_t K, int64_t n, int64_t kin, int64_t width, int64_t cap)
+      : factor_(cols, K, n),
         kin_(kin),
         W_(width),
         pixels_(winograd_chunk(kin, factor_.block(), cap)) {}
 
   int64_t packed_floats() const { return factor_.packed_floats(); }
+  template <class Taps>
+  void pack(Taps taps, int64_t step, const cpu::lowrank::Kernels& kern) {
+    factor_.pack(taps, step, kern);
+  }
   WinogradScratch scratch() const { return WinogradScratch(6, pixels_, kin_, factor_.block()); }
   int64_t scratch_floats() const {
     return WinogradScratch::floats(6, pixels_, kin_, factor_.block());
@@ -337,11 +361,14 @@ class ColumnWinograd {
   int64_t kin_, W_, pixels_;
 };
 
-// The spatial first factor w1 (rank, C, 3, 1) as a ColumnWinograd over x.
+// The spatial first factor w1 (rank, C, 3, 1) as a ColumnWinograd over x
+// (null: sizes only).
 inline ColumnWinograd first_factor_column_winograd(const float* w1, const LowRankConvShape& s,
                                                    const PixelMajorPlan& pl,
                                                    const cpu::lowrank::Kernels& kern) {
-  return ColumnWinograd(w1, s.rank, s.C, pl.rp, s.C, s.W, pl.wino_cap, kern);
+  ColumnWinograd w(s.rank, s.C, pl.rp, s.C, s.W, pl.wino_cap);
+  if (w1 != nullptr) w.pack([&](int64_t j, int64_t k) { return w1 + (j * s.C + k) * 3; }, 1, kern);
+  return w;
 }
 
 }  // namespace lowrank_detail
