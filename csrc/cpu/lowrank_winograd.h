@@ -106,16 +106,17 @@ class WinogradFactor {
   int64_t packed_floats() const { return blocks_ * 6 * stride_; }
 
   // For each column block j0 (nb columns): M_xi = U_xi (G w)_xi over P rows
-  // (U row p of point xi at ind[xi * ind_stride + p]) into m[xi * xs + p *
-  // block() + j], then done(j0, nb).
+  // into m[xi * xs + p * block() + j], then done(j0, nb). U row p of point xi
+  // is `taps` pieces of K / taps floats, piece t at ind[xi * ind_stride + t P
+  // + p] (GEMM rows t K / taps + k).
   template <class Done>
   void gemms(const cpu::lowrank::Kernels& kern, const float* const* ind, int64_t ind_stride,
-             int64_t P, float* m, int64_t xs, Done&& done) const {
+             int64_t P, int64_t taps, float* m, int64_t xs, Done&& done) const {
     for (int64_t cb = 0; cb < blocks_; ++cb) {
       const int64_t j0 = cb * block_, nb = std::min(block_, n_ - j0);
       for (int64_t xi = 0; xi < 6; ++xi)
-        kern.ind_gemm({P, K_, nb, 1, ind + xi * ind_stride, b_.get() + (cb * 6 + xi) * stride_,
-                       nullptr, m + xi * xs, block_});
+        kern.ind_gemm({P, K_ / taps, nb, taps, ind + xi * ind_stride,
+                       b_.get() + (cb * 6 + xi) * stride_, nullptr, m + xi * xs, block_});
       done(j0, nb);
     }
   }
@@ -145,31 +146,36 @@ int64_t winograd_cap(Fits&& fits) {
 }
 
 // Per-thread buffers of one direction: input pointers, U (6 x rows x K), M
-// (6 x rows x block) and the GEMMs' row pointers into U (fixed: built once).
+// (6 x rows x block) and the GEMMs' row pointers into U, `taps` per row
+// (taps 1: fixed, built once; RowWinograd refills them per chunk), and
+// RowWinograd's input-row keys.
 struct WinogradScratch {
-  std::vector<const float*> pix, ind;
+  std::vector<const float*> pix, ind, keys;
   Buffer u{0, false}, m{0, false};
   WinogradScratch() = default;
-  WinogradScratch(int64_t pointers, int64_t rows, int64_t K, int64_t block)
+  WinogradScratch(int64_t pointers, int64_t rows, int64_t K, int64_t block, int64_t taps = 1)
       : pix(static_cast<size_t>(pointers)),
-        ind(static_cast<size_t>(6 * rows)),
+        ind(static_cast<size_t>(6 * taps * rows)),
+        keys(static_cast<size_t>(taps * rows)),
         u(6 * rows * K, false),
         m(6 * rows * block, false) {
     for (int64_t xi = 0; xi < 6; ++xi)
       for (int64_t p = 0; p < rows; ++p)
         ind[static_cast<size_t>(xi * rows + p)] = u.get() + (xi * rows + p) * K;
   }
-  static int64_t floats(int64_t pointers, int64_t rows, int64_t K, int64_t block) {
-    return 2 * pointers + 12 * rows + 6 * rows * (K + block);
+  static int64_t floats(int64_t pointers, int64_t rows, int64_t K, int64_t block,
+                        int64_t taps = 1) {
+    return 2 * pointers + 14 * taps * rows + 6 * rows * (K + block);
   }
 };
 
 // A 3-tap correlation along rows, summed over `taps` input rows per output
 // row: the spatial scheme's 1 x 3 factor (T -> y, one input row) and the
 // channel scheme's 3 x 3 factor (x -> T, kh input rows; the vertical taps are
-// GEMM rows, so any vertical stride or dilation). U holds each input row's
-// transform side by side (`kin` channels each), so one GEMM per point
-// reduces over all of them: K = taps x kin (or the factor's own K for one row).
+// GEMM rows, so any vertical stride or dilation). U holds each distinct input
+// row's transform once (`kin` channels per pixel group); one IndGemm per point
+// reduces over an output row's `taps` input rows through a pointer per tap:
+// K = taps x kin (or the factor's own K for one row).
 class RowWinograd {
  public:
   // cols x K factor (K = the GEMM's reduction; pack() fills it); kin: channels
@@ -193,10 +199,10 @@ class RowWinograd {
     factor_.pack(taps, step, kern);
   }
   WinogradScratch scratch() const {
-    return WinogradScratch(rows_ * taps_ * span(), groups_, ldu_, factor_.block());
+    return WinogradScratch(rows_ * taps_ * span(), groups_, ldu_, factor_.block(), taps_);
   }
   int64_t scratch_floats() const {
-    return WinogradScratch::floats(rows_ * taps_ * span(), groups_, ldu_, factor_.block());
+    return WinogradScratch::floats(rows_ * taps_ * span(), groups_, ldu_, factor_.block(), taps_);
   }
 
   // Output rows q < rows: pixel(q, i, p) -> input row i's pixel p (-pad <= p <
@@ -208,18 +214,34 @@ class RowWinograd {
   void run(const cpu::lowrank::Kernels& kern, WinogradScratch& sc, int64_t rows, Pixel pixel,
            int64_t cblock, const float* bias, Out out, int64_t ops, int64_t ocb, Res res,
            bool relu) const {
-    const int64_t span = this->span(), ub = factor_.block();
+    const int64_t span = this->span(), ub = factor_.block(), slot = per_row_ * kin_;
+    const int64_t xs = rows_ * taps_ * slot;  // U floats per point: room for every row distinct
     for (int64_t q0 = 0; q0 < rows; q0 += rows_) {
-      const int64_t nq = std::min(rows_, rows - q0);
+      const int64_t nq = std::min(rows_, rows - q0), P = nq * per_row_;
+      // Each distinct input row transformed once (keyed by its pixel 0): the
+      // channel scheme's T rows share kh - 1 of their kh input rows at stride
+      // 1, so its 3 x 3 factor transforms a third of what it would per T row.
+      int64_t slots = 0;
       for (int64_t q = 0; q < nq; ++q)
         for (int64_t i = 0; i < taps_; ++i) {
-          const float** pix = sc.pix.data() + (q * taps_ + i) * span;
-          for (int64_t k = 0; k < span; ++k) pix[k] = pixel(q0 + q, i, k - pad_);
-          kern.winograd_in({pix, 4, 0, per_row_, kin_, cblock,
-                            sc.u.get() + q * per_row_ * ldu_ + i * kin_, ldu_, groups_ * ldu_});
+          const float* key = pixel(q0 + q, i, 0);
+          int64_t sl = slots - 1;
+          while (sl >= 0 && sc.keys[static_cast<size_t>(sl)] != key) --sl;
+          if (sl < 0) {
+            sl = slots++;
+            sc.keys[static_cast<size_t>(sl)] = key;
+            const float** pix = sc.pix.data() + sl * span;
+            for (int64_t k = 0; k < span; ++k) pix[k] = pixel(q0 + q, i, k - pad_);
+            kern.winograd_in({pix, 4, 0, per_row_, kin_, cblock, sc.u.get() + sl * slot, kin_, xs});
+          }
+          for (int64_t xi = 0; xi < 6; ++xi) {
+            const float** ind = sc.ind.data() + (xi * taps_ + i) * P + q * per_row_;
+            const float* u = sc.u.get() + xi * xs + sl * slot;
+            for (int64_t g = 0; g < per_row_; ++g) ind[g] = u + g * kin_;
+          }
         }
       factor_.gemms(
-          kern, sc.ind.data(), groups_, nq * per_row_, sc.m.get(), groups_ * ub,
+          kern, sc.ind.data(), taps_ * P, P, taps_, sc.m.get(), groups_ * ub,
           [&](int64_t j0, int64_t nb) {
             const int64_t at = (j0 / cpu::lowrank::kChannelBlock) * ocb;
             for (int64_t q = 0; q < nq; ++q) {
@@ -327,7 +349,7 @@ class ColumnWinograd {
     Piece pieces[64];  // pixels_ <= 64
     int64_t npiece = 0, used = 0;
     auto flush = [&] {
-      factor_.gemms(kern, sc.ind.data(), pixels_, used, sc.m.get(), pixels_ * ub,
+      factor_.gemms(kern, sc.ind.data(), pixels_, used, 1, sc.m.get(), pixels_ * ub,
                     [&](int64_t j0, int64_t nb) {
                       for (int64_t i = 0; i < npiece; ++i) {
                         const Piece& pc = pieces[i];
