@@ -667,12 +667,13 @@ def test_winograd_default_rule(monkeypatch):
     """By default the Winograd forms run from rank 16 (spatial) or 4 (channel) where the
     path's buffers stay within the intermediate the two-conv sequence would hold; the
     same bits as when forced (FUSENAS_LOWRANK_WINOGRAD=1) where they run, as the direct
-    form's (=0) where they do not."""
+    form's (=0) where they do not. No channel limit: 512 channels run them where the
+    batch is large enough for the transformed factors to fit."""
 
-    def outputs(scheme, n, r):
-        x = torch.randn(n, 64, 8, 8, generator=torch.Generator().manual_seed(n + r))
+    def outputs(scheme, n, r, c=64):
+        x = torch.randn(n, c, 8, 8, generator=torch.Generator().manual_seed(n + r))
         x = x.contiguous(memory_format=torch.channels_last)
-        w1, w2 = _factors(scheme, 64, r, 64, 3, 3, seed=r)
+        w1, w2 = _factors(scheme, c, r, c, 3, 3, seed=r)
         out = {}
         for env in (None, "1", "0"):
             if env is None:
@@ -693,11 +694,12 @@ def test_winograd_default_rule(monkeypatch):
     try:
         cases = [("spatial", 128, 16, True), ("spatial", 128, 12, False),
                  ("spatial", 1, 16, False), ("channel", 128, 10, True),
-                 ("channel", 128, 3, False), ("channel", 2, 10, False)]  # fmt: skip
-        for scheme, n, r, runs in cases:
-            out = outputs(scheme, n, r)
+                 ("channel", 128, 3, False), ("channel", 2, 10, False),
+                 ("spatial", 192, 128, True, 512), ("spatial", 32, 128, False, 512)]  # fmt: skip
+        for scheme, n, r, runs, *c in cases:
+            out = outputs(scheme, n, r, *c)
             for a, b in zip(out[None], out["1" if runs else "0"], strict=True):
-                assert torch.equal(a, b), (scheme, n, r)
+                assert torch.equal(a, b), (scheme, n, r, c)
     finally:
         torch.set_num_threads(threads)
 
