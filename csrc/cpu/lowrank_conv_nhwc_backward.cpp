@@ -136,7 +136,7 @@ bool share_weight_sums(const LowRankConvShape& s, const BackwardPlan& pl, int us
 // forward, and a memory rule: their extra buffers (net of the direct
 // transposed factors they replace) within half the intermediate.
 // Channel scheme (horizontal stride and dilation 1): grad_x = gT through the
-// k x 3 factor along rows, the kh gT rows of each input row side by side
+// k x 3 factor along rows, reducing over the kh gT rows of each input row
 // (K = kh rp), any vertical stride and dilation; rank rule 4 as its forward.
 struct BackwardWinograd {
   std::optional<RowWinograd> gt, gx_row;
