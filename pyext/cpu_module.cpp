@@ -188,6 +188,7 @@ PYBIND11_MODULE(_C, m) {
     d["openmp_max_threads"] = omp_get_max_threads();
     d["kbit_format_version"] = 1;
     d["lowrank_isa"] = fusenas::lowrank_cpu_isa();
+    d["avx512_double_pumped"] = fusenas::cpu::avx512_double_pumped();
     d["pc_mixed_active_isa"] = fusenas::pc_mixed_cpu_isa();
     return d;
   });

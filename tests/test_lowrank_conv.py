@@ -732,6 +732,39 @@ def test_workspace_bytes_count_winograd(monkeypatch):
 
 
 @needs_ext
+def test_vec8_kernels_where_the_last_rank_vector_is_half_empty(monkeypatch):
+    """On an AVX-512 host FUSENAS_LOWRANK_VEC8=1 runs the pixel-major path on the 8-wide
+    AVX2 kernels (ranks rounded to 8: the workspace of FUSENAS_CPU_ISA=avx2) and =0 on the
+    16-wide ones; by default a host whose AVX-512 is double-pumped (Zen 4) takes the 8-wide
+    kernels for ranks whose last 16-wide vector is at most half full (19, not 29), other
+    hosts never. The results match the reference either way."""
+    info = _native.cpu().build_info()
+    if info["hardware_isa"] != "avx512":
+        pytest.skip("needs an AVX-512 host")
+    monkeypatch.setenv("FUSENAS_LOWRANK_NHWC", "1")
+
+    def run(rank, **env):
+        for k in ("FUSENAS_LOWRANK_VEC8", "FUSENAS_CPU_ISA"):
+            monkeypatch.delenv(k, raising=False)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        x, w1, w2, b, _ = _case((2, 32, 9, 9, rank, 32, 3, 1, 1, 1), "channel", True, torch.float32)
+        y = lowrank_conv2d(x, w1, w2, b, scheme="channel", padding=1)
+        _close(y, lowrank_conv2d_reference(x, w1, w2, b, "channel", (1, 1), (1, 1), (1, 1), None,
+                                           "none"), torch.float32)  # fmt: skip
+        return workspace_bytes(x, w1, w2, scheme="channel", padding=1)
+
+    for rank, half_empty in ((19, True), (29, False)):
+        narrow, wide = run(rank, FUSENAS_CPU_ISA="avx2"), run(rank, FUSENAS_CPU_ISA="avx512")
+        assert run(rank, FUSENAS_LOWRANK_VEC8="1") == narrow
+        assert run(rank, FUSENAS_LOWRANK_VEC8="0") == wide
+        if half_empty:
+            assert narrow < wide  # 24 rank columns against 32
+        takes_narrow = half_empty and info["avx512_double_pumped"]
+        assert run(rank) == (narrow if takes_narrow else wide), rank
+
+
+@needs_ext
 def test_workspace_bytes_follow_the_path(monkeypatch):
     """workspace_bytes reports the buffers of the path a call takes: channels_last float32
     forwards and backwards size the pixel-major path's, everything else the plane path's

@@ -35,6 +35,18 @@ bool has_avx512_bf16() {
 #endif
 }
 
+bool avx512_double_pumped() {
+#if defined(__x86_64__)
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return hardware_isa() == Isa::kAvx512 && __builtin_cpu_is("amdfam19h");
+  }();
+  return yes;
+#else
+  return false;
+#endif
+}
+
 bool use_avx512_bf16() {
   if (active_isa() != Isa::kAvx512 || !has_avx512_bf16()) return false;
   const char* env = std::getenv("FUSENAS_CPU_BF16");

@@ -20,6 +20,9 @@ bool has_avx512_bf16();
 // FUSENAS_CPU_BF16 is not "0" (tests switch it off to cover the plain AVX-512
 // kernels on a BF16 machine).
 bool use_avx512_bf16();
+// AVX-512 runs on 256-bit units (AMD family 19h, Zen 4: a 512-bit FMA issues as
+// two halves), so 8-wide AVX2 kernels reach the same multiply-add throughput.
+bool avx512_double_pumped();
 
 }  // namespace cpu
 }  // namespace fusenas

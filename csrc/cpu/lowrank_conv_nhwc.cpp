@@ -134,7 +134,7 @@ struct Plan : PixelMajorPlan {
   // Floats the Winograd forms add to the direct forms' packed factors and
   // per-thread buffers (`threads` of them).
   int64_t winograd_extra_floats(const LowRankConvShape& s, int64_t threads) const {
-    const auto& kern = pick_kernels();
+    const auto& kern = pixel_major_kernels(s);
     int64_t extra = 0;
     if (second_wino) {
       const RowWinograd w = second_factor_winograd(nullptr, s, *this, np, kern);
@@ -208,7 +208,7 @@ bool nhwc_applies(const LowRankConvShape& s, const Strides4& xs, const Strides4&
                   int num_threads) {
   const char* env = std::getenv("FUSENAS_LOWRANK_NHWC");
   if (env != nullptr && std::strcmp(env, "0") == 0) return false;
-  const int vec = pick_kernels().vec_width;
+  const int vec = pixel_major_kernels(s).vec_width;
   const Plan pl(s, vec, resolve_threads(num_threads));  // Winograd flags as the call plans them
   // No limit on the factors' size: IndGemm takes B in column panels and in
   // blocks of rows. At 128-512 channels this path is 1.0-1.4x faster than the plane
@@ -307,7 +307,7 @@ struct TileWinograd {
 void forward_ind(const float* x, const float* w1, const float* w2, const float* bias, float* y,
                  const LowRankConvShape& s, const Plan& pl, int threads, const float* residual,
                  bool relu, float* t_out) {
-  const auto& kern = pick_kernels();
+  const auto& kern = pixel_major_kernels(s);
   const TileWinograd tw(w1, w2, s, pl, kern);
   const Buffer b1 =
       tw.first() ? Buffer(0, false) : pack_factor(w1, s.rank, s.C, pl.taps1, pl.rp, kern);
@@ -425,7 +425,7 @@ void forward_block(const float* x, const float* w1, const float* w2, const float
                    const LowRankConvShape& s, const Plan& pl, int threads, const float* residual,
                    bool relu, float* t_out) {
   constexpr int64_t CB = cpu::lowrank::kChannelBlock;
-  const auto& kern = pick_kernels();
+  const auto& kern = pixel_major_kernels(s);
   const TileWinograd tw(w1, w2, s, pl, kern);
   const Buffer b1 =
       tw.first() ? Buffer(0, false) : pack_factor(w1, s.rank, s.C, pl.taps1, pl.rp, kern);
@@ -552,7 +552,7 @@ void forward_nhwc(const float* x, const float* w1, const float* w2, const float*
                   const LowRankConvShape& s, int num_threads, const float* residual, bool relu,
                   float* t_out) {
   const int threads = resolve_threads(num_threads);
-  const Plan pl(s, pick_kernels().vec_width, threads);
+  const Plan pl(s, pixel_major_kernels(s).vec_width, threads);
   if (pl.block)
     forward_block(x, w1, w2, bias, y, s, pl, threads, residual, relu, t_out);
   else
@@ -561,7 +561,7 @@ void forward_nhwc(const float* x, const float* w1, const float* w2, const float*
 
 int64_t nhwc_workspace_bytes(const LowRankConvShape& s, int num_threads) {
   const int threads = resolve_threads(num_threads);
-  const Plan pl(s, pick_kernels().vec_width, threads);
+  const Plan pl(s, pixel_major_kernels(s).vec_width, threads);
   const int64_t used = std::max<int64_t>(1, std::min<int64_t>(threads, pl.tiles));
   int64_t packed = pl.taps1 * s.C * pl.rp + pl.taps2 * s.rank * pl.np + pl.np;
   int64_t per_thread = pl.thread_floats(s);

@@ -226,7 +226,7 @@ struct BackwardWinograd {
 void backward_nhwc(const float* go, const float* x, const float* w1, const float* w2, float* gx,
                    float* gw1, float* gw2, float* gb, const LowRankConvShape& s, int num_threads,
                    const float* t_saved) {
-  const auto& kern = pick_kernels();
+  const auto& kern = pixel_major_kernels(s);
   const int threads = resolve_threads(num_threads);
   const BackwardPlan pl(s, kern.vec_width, threads);
   const bool want_gx = gx != nullptr, want_w1 = gw1 != nullptr, want_w2 = gw2 != nullptr;
@@ -551,7 +551,7 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
 
 int64_t nhwc_backward_workspace_bytes(const LowRankConvShape& s, int num_threads) {
   const int threads = resolve_threads(num_threads);
-  const BackwardPlan pl(s, pick_kernels().vec_width, threads);
+  const BackwardPlan pl(s, pixel_major_kernels(s).vec_width, threads);
   const int64_t used = std::max<int64_t>(1, std::min<int64_t>(threads, pl.tiles));
   // Pointer lists (2 floats per pointer): the largest IndGemm list (grad_x,
   // gT, or a recomputed T) and the two PairGemm lists.
@@ -564,7 +564,7 @@ int64_t nhwc_backward_workspace_bytes(const LowRankConvShape& s, int num_threads
   // recomputed first factor, the sums (one set, or one per thread) and the zero row.
   const int64_t copies = used > 1 && share_weight_sums(s, pl, static_cast<int>(used)) ? 1 : used;
   // The Winograd forms replace the transposed factor(s) they cover.
-  const BackwardWinograd wino(nullptr, nullptr, s, pl, true, true, used, pick_kernels());
+  const BackwardWinograd wino(nullptr, nullptr, s, pl, true, true, used, pixel_major_kernels(s));
   const int64_t packed =
       2 * ((wino.gt ? 0 : pl.taps2 * s.Nout * pl.rp) +
            (wino.gx || wino.gx_row ? 0 : pl.taps1 * s.rank * pl.cp)) +

@@ -80,6 +80,11 @@ def lowrank_conv2d_paths() -> dict[str, str]:
                     "; channels_last: pixel-major, Winograd F(4, 3) for 3-tap factors at stride 1"
                     + (" off (FUSENAS_LOWRANK_WINOGRAD=0)" if off else "")
                 )
+                if isa == "avx512" and info.get("avx512_double_pumped"):
+                    paths[key] += (
+                        "; AVX-512 on 256-bit units: avx2 kernels for ranks whose last 16-wide"
+                        " vector is at most half full"
+                    )
         else:
             paths[key] = f"reference ({reason})"
     if not torch.cuda.is_available():
