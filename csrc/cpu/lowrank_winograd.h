@@ -146,9 +146,9 @@ int64_t winograd_cap(Fits&& fits) {
 }
 
 // Per-thread buffers of one direction: input pointers, U (6 x rows x K), M
-// (6 x rows x block) and the GEMMs' row pointers into U, `taps` per row
-// (taps 1: fixed, built once; RowWinograd refills them per chunk), and
-// RowWinograd's input-row keys.
+// (6 x rows x block), the GEMMs' row pointers into U, `taps` per row (filled by
+// the user: ColumnWinograd once, RowWinograd per chunk), and RowWinograd's
+// input-row keys.
 struct WinogradScratch {
   std::vector<const float*> pix, ind, keys;
   Buffer u{0, false}, m{0, false};
@@ -158,11 +158,7 @@ struct WinogradScratch {
         ind(static_cast<size_t>(6 * taps * rows)),
         keys(static_cast<size_t>(taps * rows)),
         u(6 * rows * K, false),
-        m(6 * rows * block, false) {
-    for (int64_t xi = 0; xi < 6; ++xi)
-      for (int64_t p = 0; p < rows; ++p)
-        ind[static_cast<size_t>(xi * rows + p)] = u.get() + (xi * rows + p) * K;
-  }
+        m(6 * rows * block, false) {}
   static int64_t floats(int64_t pointers, int64_t rows, int64_t K, int64_t block,
                         int64_t taps = 1) {
     return 2 * pointers + 14 * taps * rows + 6 * rows * (K + block);
@@ -325,7 +321,14 @@ class ColumnWinograd {
   void pack(Taps taps, int64_t step, const cpu::lowrank::Kernels& kern) {
     factor_.pack(taps, step, kern);
   }
-  WinogradScratch scratch() const { return WinogradScratch(6, pixels_, kin_, factor_.block()); }
+  // U row p of point xi at a fixed place: the GEMMs' pointers are built once.
+  WinogradScratch scratch() const {
+    WinogradScratch sc(6, pixels_, kin_, factor_.block());
+    for (int64_t xi = 0; xi < 6; ++xi)
+      for (int64_t p = 0; p < pixels_; ++p)
+        sc.ind[static_cast<size_t>(xi * pixels_ + p)] = sc.u.get() + (xi * pixels_ + p) * kin_;
+    return sc;
+  }
   int64_t scratch_floats() const {
     return WinogradScratch::floats(6, pixels_, kin_, factor_.block());
   }
