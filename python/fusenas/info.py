@@ -62,6 +62,20 @@ def kbit_matmul_paths() -> dict[str, str]:
     return paths
 
 
+def _vec8_note(double_pumped: bool) -> str:
+    """When the pixel-major path takes the 8-wide (avx2) kernels on an AVX-512 host, as
+    pixel_major_kernels (csrc/cpu/lowrank_conv_tiles.h) decides."""
+    force = os.environ.get("FUSENAS_LOWRANK_VEC8", "")
+    if force:
+        return "; avx2 kernels for every layer (FUSENAS_LOWRANK_VEC8=1)" if force == "1" else ""
+    if os.environ.get("FUSENAS_CPU_ISA") or not double_pumped:
+        return ""
+    return (
+        "; AVX-512 on 256-bit units: avx2 kernels for ranks whose last 16-wide vector is"
+        " at most half full"
+    )
+
+
 def lowrank_conv2d_paths() -> dict[str, str]:
     """Device / dtype -> "native kernel (...)" or "reference (why)" for lowrank_conv2d."""
     from fusenas.ops.lowrank_conv import _CPU_DTYPES, _native_reason
@@ -80,11 +94,8 @@ def lowrank_conv2d_paths() -> dict[str, str]:
                     "; channels_last: pixel-major, Winograd F(4, 3) for 3-tap factors at stride 1"
                     + (" off (FUSENAS_LOWRANK_WINOGRAD=0)" if off else "")
                 )
-                if isa == "avx512" and info.get("avx512_double_pumped"):
-                    paths[key] += (
-                        "; AVX-512 on 256-bit units: avx2 kernels for ranks whose last 16-wide"
-                        " vector is at most half full"
-                    )
+                if isa == "avx512":
+                    paths[key] += _vec8_note(info.get("avx512_double_pumped", False))
         else:
             paths[key] = f"reference ({reason})"
     if not torch.cuda.is_available():
