@@ -64,14 +64,16 @@ struct Plan : PixelMajorPlan {
   // `gpt` per tile.
   bool col_wino;
   int64_t gpi = 0, gpt = 0;
-  // The channel scheme's first factor by Winograd along rows (any vertical
-  // stride: the tiles stay as they are), and the spatial second factor.
-  bool row_wino, second_wino;
+  // The channel scheme's 3 x 3 first factor by 2D Winograd (stride 1; tiles
+  // of row groups as col_wino's), else along rows (any vertical stride: the
+  // tiles stay as they are); the spatial second factor along rows.
+  bool wino2d, row_wino, second_wino;
   Plan(const LowRankConvShape& s, int vec, int threads)
       : PixelMajorPlan(s, vec, threads, kTilePixels), np(round_up(s.Nout, vec)) {
     constexpr int64_t CB = cpu::lowrank::kChannelBlock;
     col_wino = ColumnWinograd::applies(s, vec);
-    row_wino = first_factor_row_winograd_applies(s, vec);
+    wino2d = Winograd2D::applies(s, vec);
+    row_wino = !wino2d && first_factor_row_winograd_applies(s, vec);
     second_wino = row_winograd_applies(s);
     // The Winograd forms hold transformed factors twice the direct ones' size
     // and per-thread transforms; the two-conv sequence holds the intermediate,
@@ -80,18 +82,32 @@ struct Plan : PixelMajorPlan {
     // direct forms), so the fused forward's peak stays below the pair's
     // (without this rule: 64 ch @8 channel rank 10 at batch 128, 2.7 against
     // 2.4 MiB; 256 ch @14 rank 38 at batch 32, 8.1 against 7.1).
-    if (col_wino || row_wino || second_wino) {
+    // The 2D form's factor is twice the row form's: where it does not fit,
+    // the row form may.
+    if (col_wino || wino2d || row_wino || second_wino) {
       const int64_t used = std::min<int64_t>(threads, tiles);
-      const int64_t direct = taps1 * s.C * rp + taps2 * s.rank * np +
-                             used * rows_per_tile * (Wt * rp + 2 * (taps1 * Wt + taps2 * Wo));
       const int64_t intermediate = s.N * s.rank * Ho * Wo;
-      wino_cap = winograd_cap([&](int64_t cap) {
-        wino_cap = cap;  // winograd_extra_floats sizes the forms at the plan's cap
-        return direct + winograd_extra_floats(s, used) <= intermediate;
-      });
-      if (wino_cap == 0) col_wino = row_wino = second_wino = false;
+      auto fit = [&] {
+        // The direct forms' packed factors and per-thread T and pointers (none
+        // for a factor a Winograd form runs).
+        const int64_t pointers =
+            (first_winograd() ? 0 : taps1 * Wt) + (second_wino ? 0 : taps2 * Wo);
+        const int64_t direct = taps1 * s.C * rp + taps2 * s.rank * np +
+                               used * rows_per_tile * (Wt * rp + 2 * pointers);
+        return winograd_cap([&](int64_t cap) {
+          wino_cap = cap;  // winograd_extra_floats sizes the forms at the plan's cap
+          return direct + winograd_extra_floats(s, used) <= intermediate;
+        });
+      };
+      wino_cap = fit();
+      if (wino_cap == 0 && wino2d) {
+        wino2d = false;
+        row_wino = first_factor_row_winograd_applies(s, vec);
+        wino_cap = fit();
+      }
+      if (wino_cap == 0) col_wino = wino2d = row_wino = second_wino = false;
     }
-    if (col_wino) {
+    if (grouped()) {
       gpi = ceil_div(Ho, 4);
       gpt = std::max<int64_t>(1, rows_per_tile / 4);
       rows_per_tile = 4 * gpt;
@@ -109,17 +125,20 @@ struct Plan : PixelMajorPlan {
     // Each image a tile touches needs its rows' input rows: at most
     // (rows - 1) sh + (kh - 1) dh + 1 for each of the images a tile's rows span.
     const int64_t images = std::min(rows_per_tile, ceil_div(rows_per_tile - 1, Ho) + 1);
-    xslots = x_direct || col_wino || row_wino
+    xslots = x_direct || col_wino || wino2d || row_wino
                  ? 0
                  : rows_per_tile * s.sh + images * ((s.kh - 1) * s.dh + 1);
     Wtp = Wt + 2 * pw2;
     trow = ceil_div(rp, CB) * Wtp * CB;
   }
-  // Tile `tile`'s global output rows [g0, g0 + rows) and, for col_wino, its
+  // Whether tiles are groups of 4 output rows (the column and 2D forms).
+  bool grouped() const { return col_wino || wino2d; }
+  bool first_winograd() const { return col_wino || wino2d || row_wino; }
+  // Tile `tile`'s global output rows [g0, g0 + rows) and, for grouped(), its
   // row groups [G0, G1).
   void tile_span(int64_t tile, int64_t total_rows, int64_t& g0, int64_t& rows, int64_t& G0,
                  int64_t& G1) const {
-    if (!col_wino) {
+    if (!grouped()) {
       g0 = tile * rows_per_tile;
       rows = std::min(rows_per_tile, total_rows - g0);
       return;
@@ -148,18 +167,24 @@ struct Plan : PixelMajorPlan {
       const RowWinograd w = first_factor_winograd(nullptr, s, *this, kern);
       extra += w.packed_floats() - taps1 * s.C * rp + threads * w.scratch_floats();
     }
+    if (wino2d) {
+      const Winograd2D w = first_factor_winograd_2d(nullptr, s, *this, kern);
+      extra += w.packed_floats() - taps1 * s.C * rp + threads * w.scratch_floats();
+    }
     return extra;
   }
   int64_t p1_max() const { return rows_per_tile * Wt; }
   int64_t p2_max() const { return rows_per_tile * Wo; }
   // Per-thread floats: T, the output tile (when Nout is not whole vectors) and
-  // the pointers (2 floats each): one per pixel and tap for the IndGemm form;
-  // one per row and tap, plus the input row copies, for the direct form.
+  // the pointers (2 floats each): one per pixel and tap for the IndGemm form
+  // (none for a factor a Winograd form runs); one per row and tap, plus the
+  // input row copies, for the direct form.
   int64_t thread_floats(const LowRankConvShape& s) const {
     const int64_t out = np != s.Nout ? p2_max() * np : 0;
     if (block)
       return rows_per_tile * trow + out + xslots * xslot + 2 * rows_per_tile * (taps1 + taps2);
-    return p1_max() * rp + out + 2 * (taps1 * p1_max() + taps2 * p2_max());
+    return p1_max() * rp + out +
+           2 * ((first_winograd() ? 0 : taps1 * p1_max()) + (second_wino ? 0 : taps2 * p2_max()));
   }
 };
 
@@ -225,12 +250,13 @@ bool nhwc_applies(const LowRankConvShape& s, const Strides4& xs, const Strides4&
   const double t_per_out = static_cast<double>(pl.Wt) / static_cast<double>(pl.Wo);
   const double useful = static_cast<double>(pl.taps1 * s.C * s.rank) * t_per_out +
                         static_cast<double>(pl.taps2 * s.rank * s.Nout);
-  // A factor that runs by Winograd F(4, 3) does half its multiply-adds (with the
+  // A factor that runs by Winograd F(4, 3) does half its multiply-adds, a
+  // quarter by F(4 x 4, 3 x 3) (with the
   // rule counting them, channels_last 64 ch @56 channel rank 10 moved here from
   // the planes: training step 40.8 -> 31.6 ms, forward 11.6 -> 8.9; 128 ch @28
   // rank 19 31.3 -> 25.1 and 9.4 -> 8.1; 16 ch @32 rank 7 12.96 -> 10.58, but
   // its forward 2.87 -> 3.64).
-  const double first = pl.col_wino || pl.row_wino ? 0.5 : 1.0;
+  const double first = pl.wino2d ? 0.25 : pl.col_wino || pl.row_wino ? 0.5 : 1.0;
   const double second = pl.second_wino ? 0.5 : 1.0;
   const double mine = first * static_cast<double>(pl.taps1 * s.C * pl.rp) * t_per_out +
                       second * static_cast<double>(pl.taps2 * s.rank * pl.np);
@@ -254,26 +280,48 @@ void store_padded_tile(const cpu::lowrank::Kernels& kern, const float* out, int6
 // or rows (channel scheme), the second along rows (spatial).
 struct TileWinograd {
   std::optional<ColumnWinograd> col;
+  std::optional<Winograd2D> square;
   std::optional<RowWinograd> first_row, second;
   TileWinograd(const float* w1, const float* w2, const LowRankConvShape& s, const Plan& pl,
                const cpu::lowrank::Kernels& kern) {
     if (pl.col_wino) col.emplace(first_factor_column_winograd(w1, s, pl, kern));
+    if (pl.wino2d) square.emplace(first_factor_winograd_2d(w1, s, pl, kern));
     if (pl.row_wino) first_row.emplace(first_factor_winograd(w1, s, pl, kern));
     if (pl.second_wino) second.emplace(second_factor_winograd(w2, s, pl, pl.np, kern));
   }
-  bool first() const { return col || first_row; }
+  bool first() const { return col || square || first_row; }
   WinogradScratch first_scratch() const {
-    return col ? col->scratch() : first_row ? first_row->scratch() : WinogradScratch();
+    return col         ? col->scratch()
+           : square    ? square->scratch()
+           : first_row ? first_row->scratch()
+                       : WinogradScratch();
   }
   WinogradScratch second_scratch() const { return second ? second->scratch() : WinogradScratch(); }
 
-  // T rows [g0, g0 + rows) of the tile (row groups [G0, G1) for col) from x:
+  // T rows [g0, g0 + rows) of the tile (row groups [G0, G1) for col and
+  // square) from x:
   // T row q at t + q ldt, pixel stride pt, channel block stride tcb; zeros: a
   // zero input row (W C floats).
   void first_factor(const cpu::lowrank::Kernels& kern, WinogradScratch& sc, const float* x,
                     const LowRankConvShape& s, int64_t Ho, int64_t g0, int64_t rows, int64_t G0,
                     int64_t G1, float* t, int64_t ldt, int64_t pt, int64_t tcb,
                     const float* zeros) const {
+    if (square) {
+      // Group G: image G / gpi, T rows 4 (G % gpi) + i < Ho from x rows 4 (G % gpi) - ph + i.
+      const int64_t gpi = ceil_div(Ho, 4);
+      square->run(
+          kern, sc, G1 - G0,
+          [&](int64_t g, const float** rows) {
+            const int64_t n = (G0 + g) / gpi, oh0 = 4 * ((G0 + g) % gpi);
+            for (int64_t i = 0; i < 6; ++i) {
+              const int64_t ih = oh0 - s.ph + i;
+              rows[i] = ih >= 0 && ih < s.H ? x + (n * s.H + ih) * s.W * s.C : zeros;
+            }
+            return Winograd2D::Rows{t + (n * Ho + oh0 - g0) * ldt, std::min<int64_t>(4, Ho - oh0)};
+          },
+          ldt, pt, tcb, zeros);
+      return;
+    }
     if (col) {
       // Group G: image G / gpi, T rows 4 (G % gpi) + i < Ho from x rows 4 (G % gpi) - ph + i.
       const int64_t gpi = ceil_div(Ho, 4);
@@ -317,7 +365,7 @@ void forward_ind(const float* x, const float* w1, const float* w2, const float* 
   if (bias) std::copy(bias, bias + s.Nout, bias_p.begin());
   // Zero rows: a padding tap's pixel, or a whole padding row of x (ColumnWinograd).
   const std::vector<float> zeros(
-      static_cast<size_t>(std::max({s.C, pl.rp, tw.col ? s.W * s.C : 0})), 0.f);
+      static_cast<size_t>(std::max({s.C, pl.rp, tw.col || tw.square ? s.W * s.C : 0})), 0.f);
   const int64_t total_rows = s.N * pl.Ho;
   struct State {
     Buffer t, out;
@@ -567,7 +615,7 @@ int64_t nhwc_workspace_bytes(const LowRankConvShape& s, int num_threads) {
   int64_t per_thread = pl.thread_floats(s);
   packed += pl.winograd_extra_floats(s, used);
   const int64_t zeros = std::max(
-      {s.C, pl.rp, pl.block ? std::max(pl.xslot, pl.trow) : 0, pl.col_wino ? s.W * s.C : 0});
+      {s.C, pl.rp, pl.block ? std::max(pl.xslot, pl.trow) : 0, pl.grouped() ? s.W * s.C : 0});
   return 4 * (used * per_thread + packed + zeros);
 }
 

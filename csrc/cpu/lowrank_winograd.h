@@ -49,17 +49,20 @@ class WinogradFactor {
  public:
   static constexpr int64_t kBlock = 64;  // one AVX-512 column panel
 
-  // Sizes only (workspace_bytes); pack() fills the panels.
-  WinogradFactor(int64_t cols, int64_t K, int64_t n)
+  // Sizes only (workspace_bytes); pack() fills the panels. points: 6 for
+  // F(4, 3) along a row or column, 36 for F(4 x 4, 3 x 3) (Winograd2D).
+  WinogradFactor(int64_t cols, int64_t K, int64_t n, int points = 6)
       : cols_(cols),
         K_(K),
         n_(n),
         block_(std::min(n, kBlock)),
         blocks_(ceil_div(n, block_)),
-        stride_(K * block_) {}
+        stride_(K * block_),
+        points_(points) {}
 
   // taps(j, k): column j's taps for GEMM row k at p[0], p[step], p[2 step]
-  // (step -1: a transposed conv's flipped taps), or null for zeros. Each
+  // (step -1: a transposed conv's flipped taps), or null for zeros; for 36
+  // points a 3 x 3 kernel, tap (a, b) at p[(3 a + b) step]. Each
   // factor is read in its own layout, the transform written straight into the
   // packed panels, split over threads: at 512 channels the factors take 2 x
   // 4.7 MB, and transformed, packed and copied on one thread they cost 9% of a
@@ -74,12 +77,13 @@ class WinogradFactor {
                                 {1.0 / 24, 1.0 / 12, 1.0 / 6},
                                 {1.0 / 24, -1.0 / 12, 1.0 / 6},
                                 {0, 0, 1}};
-    b_ = Buffer(blocks_ * 6 * stride_, false);
+    b_ = Buffer(packed_floats(), false);
     float* b = b_.get();
+    const int points = points_;
     const int64_t W = kern.vec_width, most = kern.ind_nv, K = K_;
     // Block cb, point xi: an IndGemm B of K rows and nb columns in column
     // panels (pack_factor's layout, one tap); zeros past cols.
-#pragma omp parallel for collapse(2) schedule(static) if (blocks_ * stride_ >= (int64_t{1} << 16))
+#pragma omp parallel for collapse(2) schedule(static) if (packed_floats() >= (int64_t{1} << 15))
     for (int64_t cb = 0; cb < blocks_; ++cb)
       for (int64_t k = 0; k < K; ++k) {
         const int64_t j0 = cb * block_, nb = std::min(block_, n_ - j0), vecs = nb / W;
@@ -87,23 +91,50 @@ class WinogradFactor {
         for (int64_t c = 0; c < panel_count(vecs, most); ++c) {
           const int64_t p0 = panel_start(vecs, most, c) * W;
           const int64_t width = panel_start(vecs, most, c + 1) * W - p0;
-          float* dst[6];  // this k's row of point xi's panel, indexed by column j
-          for (int xi = 0; xi < 6; ++xi)
-            dst[xi] = b + (cb * 6 + xi) * stride_ + K * p0 + k * width - p0;
+          float* dst[36];  // this k's row of point xi's panel, indexed by column j
+          for (int xi = 0; xi < points; ++xi)
+            dst[xi] = b + (cb * points + xi) * stride_ + K * p0 + k * width - p0;
           for (int64_t j = p0; j < p0 + width; ++j) {
-            // One read of a column's 3 taps for all 6 points (a column's taps
+            // One read of a column's taps for all points (a column's taps
             // sit in another cache line than its neighbours').
             const float* t = j < real ? taps(j0 + j, k) : nullptr;
-            for (int xi = 0; xi < 6; ++xi)
-              dst[xi][j] = t ? static_cast<float>(G[xi][0] * t[0] + G[xi][1] * t[step] +
-                                                  G[xi][2] * t[2 * step])
-                             : 0.f;
+            if (t == nullptr) {
+              for (int xi = 0; xi < points; ++xi) dst[xi][j] = 0.f;
+            } else if (points == 6) {
+              for (int xi = 0; xi < 6; ++xi)
+                dst[xi][j] = static_cast<float>(G[xi][0] * t[0] + G[xi][1] * t[step] +
+                                                G[xi][2] * t[2 * step]);
+            } else {  // G w G^T: w's rows (kh) give the first index
+              double col[3][6], row[3], out[6];
+              for (int c = 0; c < 3; ++c) {
+                for (int a = 0; a < 3; ++a) row[a] = t[(3 * a + c) * step];
+                g_times(row, col[c]);
+              }
+              for (int xr = 0; xr < 6; ++xr) {
+                for (int c = 0; c < 3; ++c) row[c] = col[c][xr];
+                g_times(row, out);
+                for (int xc = 0; xc < 6; ++xc) dst[xr * 6 + xc][j] = static_cast<float>(out[xc]);
+              }
+            }
           }
         }
       }
   }
+  // out = G in (G's zeros and repeats: 10 operations instead of 18), for 36
+  // points' 9 x 6 + 6 x 6 per kernel.
+  // Multiplications by the reciprocals: a division costs several times more.
+  static void g_times(const double in[3], double out[6]) {
+    constexpr double k6 = 1.0 / 6, k12 = 1.0 / 12, k24 = 1.0 / 24;
+    const double s = -(in[0] + in[2]) * k6, q = in[0] * k24 + in[2] * k6;
+    out[0] = in[0] * 0.25;
+    out[1] = s - in[1] * k6;
+    out[2] = s + in[1] * k6;
+    out[3] = q + in[1] * k12;
+    out[4] = q - in[1] * k12;
+    out[5] = in[2];
+  }
   int64_t block() const { return block_; }
-  int64_t packed_floats() const { return blocks_ * 6 * stride_; }
+  int64_t packed_floats() const { return blocks_ * points_ * stride_; }
 
   // For each column block j0 (nb columns): M_xi = U_xi (G w)_xi over P rows
   // into m[xi * xs + p * block() + j], then done(j0, nb). U row p of point xi
@@ -114,15 +145,16 @@ class WinogradFactor {
              int64_t P, int64_t taps, float* m, int64_t xs, Done&& done) const {
     for (int64_t cb = 0; cb < blocks_; ++cb) {
       const int64_t j0 = cb * block_, nb = std::min(block_, n_ - j0);
-      for (int64_t xi = 0; xi < 6; ++xi)
+      for (int64_t xi = 0; xi < points_; ++xi)
         kern.ind_gemm({P, K_ / taps, nb, taps, ind + xi * ind_stride,
-                       b_.get() + (cb * 6 + xi) * stride_, nullptr, m + xi * xs, block_});
+                       b_.get() + (cb * points_ + xi) * stride_, nullptr, m + xi * xs, block_});
       done(j0, nb);
     }
   }
 
  private:
   int64_t cols_, K_, n_, block_, blocks_, stride_;
+  int points_;
   Buffer b_{0, false};
 };
 
@@ -162,6 +194,15 @@ struct WinogradScratch {
   static int64_t floats(int64_t pointers, int64_t rows, int64_t K, int64_t block,
                         int64_t taps = 1) {
     return 2 * pointers + 14 * taps * rows + 6 * rows * (K + block);
+  }
+  // Sized as given (Winograd2D): no keys.
+  static WinogradScratch sized(int64_t pointers, int64_t inds, int64_t u_floats, int64_t m_floats) {
+    WinogradScratch sc;
+    sc.pix.resize(static_cast<size_t>(pointers));
+    sc.ind.resize(static_cast<size_t>(inds));
+    sc.u = Buffer(u_floats, false);
+    sc.m = Buffer(m_floats, false);
+    return sc;
   }
 };
 
@@ -385,6 +426,133 @@ class ColumnWinograd {
   WinogradFactor factor_;
   int64_t kin_, W_, pixels_;
 };
+
+// Winograd F(4 x 4, 3 x 3): the channel scheme's 3 x 3 factor at stride and
+// dilation 1, 16 outputs from 36 products per channel pair (the row form's
+// F(4, 3): 72; direct: 144). Groups of 4 output rows of one image, each cut
+// into patches of 4 x 4 outputs (6 x 6 inputs); x read in place. Per chunk of
+// groups: B^T along each of a group's 6 input rows (U1), then B^T along the
+// columns of U1 into V (36 matrices, patches x channels); for each block of
+// at most 64 output channels one IndGemm per point into M, A^T down the
+// columns of M (Z) and A^T along its rows into the destination rows. Rounding:
+// both directions' constants, about twice the row form's error (measured:
+// 2e-6 of the output's scale).
+class Winograd2D {
+ public:
+  using Rows = ColumnWinograd::Rows;
+  static bool applies(const LowRankConvShape& s, int vec) {
+    return s.scheme == LowRankScheme::kChannel && winograd_wanted(s, 4) && s.kh == 3 && s.kw == 3 &&
+           s.sh == 1 && s.sw == 1 && s.dh == 1 && s.dw == 1 && s.C % vec == 0;
+  }
+
+  // cols x K factor (pack() fills it); K: input channels, also the input
+  // pixels' stride (whole vectors); width: input pixels per row; wout: output
+  // pixels per row; pad: the rows' left padding.
+  Winograd2D(int64_t cols, int64_t K, int64_t n, int64_t width, int64_t wout, int64_t pad,
+             int64_t cap)
+      : factor_(cols, K, n, 36),
+        K_(K),
+        W_(width),
+        wout_(wout),
+        pad_(pad),
+        tpr_(ceil_div(wout, 4)),
+        groups_(std::max<int64_t>(1, chunk_patches(K, factor_.block(), cap) / tpr_)),
+        patches_(groups_ * tpr_) {}
+
+  int64_t packed_floats() const { return factor_.packed_floats(); }
+  template <class Taps>
+  void pack(Taps taps, int64_t step, const cpu::lowrank::Kernels& kern) {
+    factor_.pack(taps, step, kern);
+  }
+  // pix: a row's input pixels; ind: V's rows, fixed; u: V, then U1 (6 rows x
+  // 6 points x tpr x K); m: M, then Z (6 x 4 x patches x block).
+  WinogradScratch scratch() const {
+    const Sizes z = sizes();
+    WinogradScratch sc = WinogradScratch::sized(z.pointers, z.inds, z.u, z.m);
+    for (int64_t xi = 0; xi < 36; ++xi)
+      for (int64_t p = 0; p < patches_; ++p)
+        sc.ind[static_cast<size_t>(xi * patches_ + p)] = sc.u.get() + (xi * patches_ + p) * K_;
+    return sc;
+  }
+  int64_t scratch_floats() const {
+    const Sizes z = sizes();
+    return 2 * (z.pointers + z.inds) + z.u + z.m;
+  }
+
+  // For groups g < count: group(g, rows) sets the 6 input rows (pixel 0 of
+  // each, or a zero row of W K floats) and returns {output row 0, valid rows
+  // (<= 4)}; output row i's pixel w at out + i ldo + w pso, its channel c at
+  // (c / 16) ocb + c % 16. zeros: a zero pixel (the rows' padding).
+  template <class Group>
+  void run(const cpu::lowrank::Kernels& kern, WinogradScratch& sc, int64_t count, Group group,
+           int64_t ldo, int64_t pso, int64_t ocb, const float* zeros) const {
+    constexpr int64_t CB = cpu::lowrank::kChannelBlock;
+    const int64_t ub = factor_.block(), K = K_, span = 4 * tpr_ + 2;
+    const int64_t vs = patches_ * K, ms = patches_ * ub, u1s = tpr_ * K;  // per point
+    float* v = sc.u.get();
+    float* u1 = v + 36 * vs;  // point xc, input row i at (6 xc + i) u1s
+    float* m = sc.m.get();
+    float* z = m + 36 * ms;  // point xc, output row i at (4 xc + i) ms
+    Rows outs[64];           // groups_ <= 64
+    for (int64_t g0 = 0; g0 < count; g0 += groups_) {
+      const int64_t ng = std::min(groups_, count - g0);
+      for (int64_t gi = 0; gi < ng; ++gi) {
+        const float* rows[6];
+        outs[gi] = group(g0 + gi, rows);
+        for (int64_t i = 0; i < 6; ++i) {
+          const float** pix = sc.pix.data();
+          for (int64_t k = 0; k < span; ++k) {
+            const int64_t p = k - pad_;
+            pix[k] = p >= 0 && p < W_ ? rows[i] + p * K : zeros;
+          }
+          kern.winograd_in({pix, 4, 0, tpr_, K, CB, u1 + i * u1s, K, 6 * u1s});
+        }
+        for (int64_t xc = 0; xc < 6; ++xc) {
+          const float* col[6];
+          for (int64_t i = 0; i < 6; ++i) col[i] = u1 + (6 * xc + i) * u1s;
+          kern.winograd_in({col, 0, K, tpr_, K, CB, v + xc * vs + gi * u1s, K, 6 * vs});
+        }
+      }
+      const int64_t P = ng * tpr_;
+      factor_.gemms(kern, sc.ind.data(), patches_, P, 1, m, ms, [&](int64_t j0, int64_t nb) {
+        for (int64_t xc = 0; xc < 6; ++xc)
+          kern.winograd_out({m + xc * ms, 6 * ms, ub, P, nb, nullptr, z + 4 * xc * ms, ub, ms, CB,
+                             4, 0, nullptr, false});
+        for (int64_t gi = 0; gi < ng; ++gi)
+          for (int64_t i = 0; i < outs[gi].valid; ++i)
+            kern.winograd_out({z + i * ms + gi * tpr_ * ub, 4 * ms, ub, tpr_, nb, nullptr,
+                               outs[gi].out + i * ldo + (j0 / CB) * ocb, 4 * pso, pso, ocb, wout_,
+                               4, nullptr, false});
+      });
+    }
+  }
+
+ private:
+  // Patches per chunk: V, M and Z (36 K + 60 block floats a patch) within 384
+  // KB, 4 to `cap` (the plan's cap).
+  static int64_t chunk_patches(int64_t K, int64_t block, int64_t cap) {
+    return std::clamp<int64_t>(98304 / (36 * K + 60 * block), 4, std::max<int64_t>(4, cap));
+  }
+  struct Sizes {
+    int64_t pointers, inds, u, m;
+  };
+  Sizes sizes() const {
+    const int64_t ub = factor_.block();
+    return {4 * tpr_ + 2, 36 * patches_, 36 * (patches_ + tpr_) * K_, 60 * patches_ * ub};
+  }
+  WinogradFactor factor_;
+  int64_t K_, W_, wout_, pad_, tpr_, groups_, patches_;
+};
+
+// The channel scheme's 3 x 3 first factor w1 (rank, C, 3, 3) as a Winograd2D
+// over x (null: sizes only).
+inline Winograd2D first_factor_winograd_2d(const float* w1, const LowRankConvShape& s,
+                                           const PixelMajorPlan& pl,
+                                           const cpu::lowrank::Kernels& kern) {
+  Winograd2D w(s.rank, s.C, pl.rp, s.W, pl.Wo, s.pw, pl.wino_cap);
+  if (w1 != nullptr) w.pack([&](int64_t j, int64_t k) { return w1 + (j * s.C + k) * 9; }, 1, kern);
+  return w;
+}
 
 // The spatial first factor w1 (rank, C, 3, 1) as a ColumnWinograd over x
 // (null: sizes only).
