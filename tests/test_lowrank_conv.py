@@ -644,9 +644,11 @@ def test_spatial_backward_by_winograd(isa, monkeypatch):
 @pytest.mark.parametrize("isa", _isas())
 def test_channel_backward_grad_x_by_winograd(isa, monkeypatch):
     """channels_last float32 channel-scheme backwards (horizontal stride and dilation 1, C
-    whole vectors) take grad_x (gT through the k x 3 factor) by Winograd F(4, 3) along
-    rows: vertical strides and dilations, paddings 0-2, ranks from 1; against the float64
-    reference, and not the same bits as the direct form's."""
+    whole vectors) take grad_x (gT through the k x 3 factor) by Winograd: a 3 x 3 factor
+    at stride and dilation 1 by F(4 x 4, 3 x 3), others by F(4, 3) along rows (vertical
+    strides and dilations). Paddings 0-2, heights and widths of every remainder mod 4,
+    images smaller than a patch, C past one 64-column block, ranks from 1; against the
+    float64 reference, and not the same bits as the direct form's."""
     monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
     monkeypatch.setenv("FUSENAS_LOWRANK_NHWC", "1")
     vec = {"scalar": 4, "avx2": 8, "avx512": 16}[isa]
@@ -654,7 +656,10 @@ def test_channel_backward_grad_x_by_winograd(isa, monkeypatch):
     cases = [(3, 16, 6, 13, 7, 16, (1, 1), (1, 1), (1, 1)),
              (2, 32, 9, 10, 20, 17, (2, 1), (1, 0), (1, 1)),
              (2, 48, 7, 7, 1, 24, (1, 1), (2, 2), (2, 1)),
-             (4, 24, 5, 9, 16, 16, (3, 1), (0, 1), (1, 1))]  # fmt: skip
+             (4, 24, 5, 9, 16, 16, (3, 1), (0, 1), (1, 1)),
+             (2, 80, 7, 10, 20, 16, (1, 1), (0, 0), (1, 1)),
+             (5, 16, 2, 3, 9, 8, (1, 1), (2, 2), (1, 1)),
+             (2, 32, 9, 11, 70, 24, (1, 1), (1, 1), (1, 1))]  # fmt: skip
     for i, (n, c, h, w, r, nout, st, pad, dil) in enumerate(cases):
         g = torch.Generator().manual_seed(i)
         x = torch.randn(n, c, h, w, generator=g).contiguous(memory_format=torch.channels_last)

@@ -136,11 +136,14 @@ bool share_weight_sums(const LowRankConvShape& s, const BackwardPlan& pl, int us
 // forward, and a memory rule: their extra buffers (net of the direct
 // transposed factors they replace) within half the intermediate.
 // Channel scheme (horizontal stride and dilation 1): grad_x = gT through the
-// k x 3 factor along rows, reducing over the kh gT rows of each input row
-// (K = kh rp), any vertical stride and dilation; rank rule 4 as its forward.
+// k x 3 factor; a 3 x 3 one at stride and dilation 1 by F(4 x 4, 3 x 3) on 6 x
+// 6 patches of gT (K = rp), else (or where that does not fit) along rows,
+// reducing over the kh gT rows of each input row (K = kh rp), any vertical
+// stride and dilation; rank rule 4 as its forward.
 struct BackwardWinograd {
   std::optional<RowWinograd> gt, gx_row;
   std::optional<ColumnWinograd> gx;
+  std::optional<Winograd2D> gx2d;
   BackwardWinograd(const float* w1, const float* w2, const LowRankConvShape& s,
                    const BackwardPlan& pl, bool want_gt, bool want_gx, int64_t used,
                    const cpu::lowrank::Kernels& kern) {
@@ -195,14 +198,34 @@ struct BackwardWinograd {
     if (gt) n += gt->packed_floats() + used * gt->scratch_floats();
     if (gx) n += gx->packed_floats() + used * gx->scratch_floats();
     if (gx_row) n += gx_row->packed_floats() + used * gx_row->scratch_floats();
+    if (gx2d) n += gx2d->packed_floats() + used * gx2d->scratch_floats();
     return n;
   }
+  bool grad_x() const { return gx || gx_row || gx2d; }
 
  private:
   void channel_grad_x(const float* w1, const LowRankConvShape& s, const BackwardPlan& pl,
                       int64_t used, const cpu::lowrank::Kernels& kern) {
     const int64_t K = s.kh * pl.rp, intermediate = s.N * s.rank * pl.Ho * pl.Wo;
     const int64_t replaced = s.kh * s.kw * s.rank * pl.cp;  // the direct transposed factor
+    if (s.kh == 3 && s.sh == 1 && s.dh == 1 && s.ph <= 2 && Winograd2D::pays(pl.rp, pl.cp)) {
+      const int64_t cap2d = winograd_cap([&](int64_t c) {
+        const Winograd2D w(s.C, pl.rp, pl.cp, pl.Wt, s.W, 2 - s.pw, c);
+        return 2 * (w.packed_floats() + used * w.scratch_floats() - replaced) <= intermediate;
+      });
+      if (cap2d > 0) {
+        // grad_x[ih][iw] = sum_(a, b) gT[ih - (2 - ph) + a][iw - (2 - pw) + b] w1[2 - a][2 - b]:
+        // the factor read from its last tap backwards (step -1), zeros past the rank.
+        gx2d.emplace(s.C, pl.rp, pl.cp, pl.Wt, s.W, 2 - s.pw, cap2d);
+        if (w1 != nullptr)
+          gx2d->pack(
+              [&](int64_t c, int64_t r) -> const float* {
+                return r < s.rank ? w1 + (r * s.C + c) * 9 + 8 : nullptr;
+              },
+              -1, kern);
+        return;
+      }
+    }
     const int64_t cap = winograd_cap([&](int64_t c) {
       const RowWinograd w(s.C, K, pl.cp, s.kh, pl.rp, s.W, 2 - s.pw, c);
       return 2 * (w.packed_floats() + used * w.scratch_floats() - replaced) <= intermediate;
@@ -241,13 +264,14 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
   const BackwardWinograd wino(w1, w2, s, pl, want_gt, want_gx, used, kern);
   Buffer b2t(0, false), b1t(0, false), b1(0, false);
   if (want_gt && !wino.gt) b2t = pack_factor(w2, s.rank, s.Nout, taps2, rp, kern, true);
-  if (want_gx && !wino.gx && !wino.gx_row)
-    b1t = pack_factor(w1, s.C, s.rank, taps1, cp, kern, true);
+  if (want_gx && !wino.grad_x()) b1t = pack_factor(w1, s.C, s.rank, taps1, cp, kern, true);
   const bool recompute = want_w2 && !t_saved;
   if (recompute) b1 = pack_factor(w1, s.rank, s.C, taps1, rp, kern);
   // Zero rows: a padding pixel, or a whole gT row (grad_x by Winograd).
   const std::vector<float> zeros(
-      static_cast<size_t>(std::max({s.C, s.Nout, rp, cp, wino.gx ? s.W * rp : 0})), 0.f);
+      static_cast<size_t>(
+          std::max({s.C, s.Nout, rp, cp, wino.gx || wino.gx2d ? std::max(s.W, Wt) * rp : 0})),
+      0.f);
   const float* zero = zeros.data();
 
   // The tiles go in rounds of one per thread: each thread computes its tile's
@@ -304,6 +328,7 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
         pb(static_cast<size_t>(pl.pair_list()));
     WinogradScratch gt_scratch = wino.gt ? wino.gt->scratch() : WinogradScratch();
     WinogradScratch gx_scratch = wino.gx       ? wino.gx->scratch()
+                                 : wino.gx2d   ? wino.gx2d->scratch()
                                  : wino.gx_row ? wino.gx_row->scratch()
                                                : WinogradScratch();
     std::vector<const float*> go_rows;
@@ -385,7 +410,7 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
         }
         if (bias.wanted())  // the tile's grad_out rows (in cache when gT just read them)
           bias.add_pixels(tid, go + g0 * pl.Wo * s.Nout, rows * pl.Wo, s.Nout, bias_tile.data());
-        if (want_gx && wino.gx) {
+        if (want_gx && (wino.gx || wino.gx2d)) {
           // Groups of 4 owned input rows per segment; input row ih reads gT rows
           // ih + ph - 2 .. ih + ph, those outside [ext0, oh_b) zero (padding, or
           // sources of the rows past ih_hi, which are not stored).
@@ -393,19 +418,23 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
           for (const Segment& sg : segs)
             for (int64_t ih = sg.ih_lo; ih < sg.ih_hi; ih += 4) gx_groups.emplace_back(&sg, ih);
           const float* gt = mine.gt.get();
-          wino.gx->run(
-              kern, gx_scratch, static_cast<int64_t>(gx_groups.size()),
-              [&](int64_t g, const float** rows) {
-                const Segment& sg = *gx_groups[static_cast<size_t>(g)].first;
-                const int64_t ih0 = gx_groups[static_cast<size_t>(g)].second;
-                for (int64_t i = 0; i < 6; ++i) {
-                  const int64_t oh = ih0 + s.ph - 2 + i;
-                  rows[i] = oh >= sg.ext0 && oh < sg.oh_b ? gt + ext_row(sg, oh) * Wt * rp : zero;
-                }
-                return ColumnWinograd::Rows{gx + (sg.n * s.H + ih0) * s.W * s.C,
-                                            std::min<int64_t>(4, sg.ih_hi - ih0)};
-              },
-              s.W * s.C, s.C, cpu::lowrank::kChannelBlock);
+          auto group = [&](int64_t g, const float** rows) {
+            const Segment& sg = *gx_groups[static_cast<size_t>(g)].first;
+            const int64_t ih0 = gx_groups[static_cast<size_t>(g)].second;
+            for (int64_t i = 0; i < 6; ++i) {
+              const int64_t oh = ih0 + s.ph - 2 + i;
+              rows[i] = oh >= sg.ext0 && oh < sg.oh_b ? gt + ext_row(sg, oh) * Wt * rp : zero;
+            }
+            return ColumnWinograd::Rows{gx + (sg.n * s.H + ih0) * s.W * s.C,
+                                        std::min<int64_t>(4, sg.ih_hi - ih0)};
+          };
+          const int64_t count = static_cast<int64_t>(gx_groups.size());
+          if (wino.gx)
+            wino.gx->run(kern, gx_scratch, count, group, s.W * s.C, s.C,
+                         cpu::lowrank::kChannelBlock);
+          else
+            wino.gx2d->run(kern, gx_scratch, count, group, s.W * s.C, s.C,
+                           cpu::lowrank::kChannelBlock, zero);
         } else if (want_gx && wino.gx_row) {
           // Input row ih, kernel row i reads gT row (ih + ph - i dh) / sh where it
           // divides and lies inside (else zeros); the owned rows are consecutive
@@ -565,11 +594,13 @@ int64_t nhwc_backward_workspace_bytes(const LowRankConvShape& s, int num_threads
   const int64_t copies = used > 1 && share_weight_sums(s, pl, static_cast<int>(used)) ? 1 : used;
   // The Winograd forms replace the transposed factor(s) they cover.
   const BackwardWinograd wino(nullptr, nullptr, s, pl, true, true, used, pixel_major_kernels(s));
-  const int64_t packed =
-      2 * ((wino.gt ? 0 : pl.taps2 * s.Nout * pl.rp) +
-           (wino.gx || wino.gx_row ? 0 : pl.taps1 * s.rank * pl.cp)) +
-      pl.taps1 * s.C * pl.rp + copies * (pl.taps1 * s.C * pl.rp + pl.taps2 * s.Nout * pl.rp) +
-      wino.floats(used) + std::max({s.C, s.Nout, pl.rp, pl.cp, wino.gx ? s.W * pl.rp : 0});
+  const int64_t packed = 2 * ((wino.gt ? 0 : pl.taps2 * s.Nout * pl.rp) +
+                              (wino.grad_x() ? 0 : pl.taps1 * s.rank * pl.cp)) +
+                         pl.taps1 * s.C * pl.rp +
+                         copies * (pl.taps1 * s.C * pl.rp + pl.taps2 * s.Nout * pl.rp) +
+                         wino.floats(used) +
+                         std::max({s.C, s.Nout, pl.rp, pl.cp,
+                                   wino.gx || wino.gx2d ? std::max(s.W, pl.Wt) * pl.rp : 0});
   return 4 * (used * per_thread + packed);
 }
 

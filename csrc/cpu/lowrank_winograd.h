@@ -442,8 +442,14 @@ class Winograd2D {
   using Rows = ColumnWinograd::Rows;
   static bool applies(const LowRankConvShape& s, int vec) {
     return s.scheme == LowRankScheme::kChannel && winograd_wanted(s, 4) && s.kh == 3 && s.kw == 3 &&
-           s.sh == 1 && s.sw == 1 && s.dh == 1 && s.dw == 1 && s.C % vec == 0;
+           s.sh == 1 && s.sw == 1 && s.dh == 1 && s.dw == 1 && s.C % vec == 0 &&
+           pays(s.C, round_up(s.rank, vec));
   }
+  // Whether a K x n factor's GEMMs outweigh the 2D transforms' extra loads and
+  // stores over the row form's (unless forced). 16 ch @32 rank 7 (K n = 128
+  // either way round), 2 threads: forward level, training step 4% slower; 32
+  // ch @16 rank 5 (256): forward 5-8% faster.
+  static bool pays(int64_t K, int64_t n) { return winograd_forced() || K * n >= 256; }
 
   // cols x K factor (pack() fills it); K: input channels, also the input
   // pixels' stride (whole vectors); width: input pixels per row; wout: output
