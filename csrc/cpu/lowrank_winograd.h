@@ -435,8 +435,9 @@ class ColumnWinograd {
 // columns of U1 into V (36 matrices, patches x channels); for each block of
 // at most 64 output channels one IndGemm per point into M, A^T down the
 // columns of M (Z) and A^T along its rows into the destination rows. Rounding:
-// both directions' constants, about twice the row form's error (measured:
-// 2e-6 of the output's scale).
+// both directions' constants (measured against float64, channels_last, max
+// error over the output's scale: forward 3e-6 to 6e-6 at 16-256 channels and
+// 1.6e-5 at 512; grad_x 1e-6 to 6e-6; the direct forms 3e-7 to 1.3e-6).
 class Winograd2D {
  public:
   using Rows = ColumnWinograd::Rows;
