@@ -208,7 +208,7 @@ struct BackwardWinograd {
                       int64_t used, const cpu::lowrank::Kernels& kern) {
     const int64_t K = s.kh * pl.rp, intermediate = s.N * s.rank * pl.Ho * pl.Wo;
     const int64_t replaced = s.kh * s.kw * s.rank * pl.cp;  // the direct transposed factor
-    if (s.kh == 3 && s.sh == 1 && s.dh == 1 && s.ph <= 2 && Winograd2D::pays(pl.rp, pl.cp)) {
+    if (s.kh == 3 && s.sh == 1 && s.dh == 1 && s.ph <= 2 && winograd_pays(pl.rp, pl.cp)) {
       const int64_t cap2d = winograd_cap([&](int64_t c) {
         const Winograd2D w(s.C, pl.rp, pl.cp, pl.Wt, s.W, 2 - s.pw, c);
         return 2 * (w.packed_floats() + used * w.scratch_floats() - replaced) <= intermediate;

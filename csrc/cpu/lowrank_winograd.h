@@ -42,6 +42,15 @@ inline bool winograd_wanted(const LowRankConvShape& s, int64_t min_rank) {
   return winograd_forced() || s.rank >= min_rank;
 }
 
+// Whether a factor's GEMMs (K x n, n rounded to whole vectors) are large
+// enough to pay for the transforms' loads and stores (unless forced). Forward,
+// 2 threads, channels_last, Zen 4: F(4 x 4, 3 x 3) at 16 ch @32 rank 7 (K n =
+// 128 either way round) level, training step 4% slower, 32 ch @16 rank 5 (256)
+// 5-8% faster; the column form at 16 ch @32 rank 4 (128) 0.97 -> 1.16 ms,
+// rank 12 (256) 1.63 -> 1.60, 32 ch @16 rank 8 (256) 0.65 -> 0.57, 64 ch @56
+// rank 4 (512) 4.7-4.9 -> 3.5, 128 ch @28 rank 8 1.9-2.3 -> 1.6-1.8.
+inline bool winograd_pays(int64_t K, int64_t n) { return winograd_forced() || K * n >= 256; }
+
 // A 3-tap factor w (cols x K x 3, contiguous) as the 6 GEMM operands
 // (G w)_xi, each packed as an IndGemm B of K rows, per block of at most 64 of
 // the n columns (whole vectors; zeros past cols).
@@ -344,9 +353,11 @@ inline RowWinograd first_factor_winograd(const float* w1, const LowRankConvShape
 // 3 x 1 factor (x -> T) in the forward, and grad_x from gT in the backward.
 class ColumnWinograd {
  public:
+  // The forward's 3 x 1 factor from rank 4 (K = C: unlike the 1 x 3 factor's
+  // K = rank, its GEMMs stay long at low rank).
   static bool applies(const LowRankConvShape& s, int vec) {
-    return s.scheme == LowRankScheme::kSpatial && winograd_wanted(s, 16) && s.kh == 3 &&
-           s.sh == 1 && s.dh == 1 && s.C % vec == 0;
+    return s.scheme == LowRankScheme::kSpatial && winograd_wanted(s, 4) && s.kh == 3 && s.sh == 1 &&
+           s.dh == 1 && s.C % vec == 0 && winograd_pays(s.C, round_up(s.rank, vec));
   }
 
   // cols x K factor (pack() fills it); kin: channels read per input pixel
@@ -444,13 +455,8 @@ class Winograd2D {
   static bool applies(const LowRankConvShape& s, int vec) {
     return s.scheme == LowRankScheme::kChannel && winograd_wanted(s, 4) && s.kh == 3 && s.kw == 3 &&
            s.sh == 1 && s.sw == 1 && s.dh == 1 && s.dw == 1 && s.C % vec == 0 &&
-           pays(s.C, round_up(s.rank, vec));
+           winograd_pays(s.C, round_up(s.rank, vec));
   }
-  // Whether a K x n factor's GEMMs outweigh the 2D transforms' extra loads and
-  // stores over the row form's (unless forced). 16 ch @32 rank 7 (K n = 128
-  // either way round), 2 threads: forward level, training step 4% slower; 32
-  // ch @16 rank 5 (256): forward 5-8% faster.
-  static bool pays(int64_t K, int64_t n) { return winograd_forced() || K * n >= 256; }
 
   // cols x K factor (pack() fills it); K: input channels, also the input
   // pixels' stride (whole vectors); width: input pixels per row; wout: output
