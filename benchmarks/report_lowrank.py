@@ -275,9 +275,10 @@ def write_markdown(
         "best float32 throughput oneDNN reaches in the same run "
         f"({_f(meta.get('peak_gflops'), '.0f')} GFLOP/s, a dense 256 -> 256 3x3 conv): no "
         "kernel that does the low-rank multiply-adds one by one beats the two convs by more "
-        "than that. Winograd F(4, 3) (the spatial scheme's factors in the channels_last "
-        "forward, since session 19) does fewer multiply-adds and can pass it; its realised "
-        "fraction can pass 100% for the same reason. Forward + backward: 3x the forward's "
+        "than that. The Winograd forms of the channels_last path (F(4, 3) for 3-tap "
+        "factors since session 19, F(4 x 4, 3 x 3) for the channel scheme's 3 x 3 factor "
+        "since session 21) do fewer multiply-adds and can pass it; the realised fraction "
+        "can pass 100% for the same reason. Forward + backward: 3x the forward's "
         "FLOPs (the gradients of the input and of both factors take the forward's "
         "multiply-adds each).",
         "",
