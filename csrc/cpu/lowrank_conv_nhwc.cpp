@@ -250,12 +250,11 @@ bool nhwc_applies(const LowRankConvShape& s, const Strides4& xs, const Strides4&
   const double t_per_out = static_cast<double>(pl.Wt) / static_cast<double>(pl.Wo);
   const double useful = static_cast<double>(pl.taps1 * s.C * s.rank) * t_per_out +
                         static_cast<double>(pl.taps2 * s.rank * s.Nout);
-  // A factor that runs by Winograd F(4, 3) does half its multiply-adds, a
-  // quarter by F(4 x 4, 3 x 3) (with the
-  // rule counting them, channels_last 64 ch @56 channel rank 10 moved here from
-  // the planes: training step 40.8 -> 31.6 ms, forward 11.6 -> 8.9; 128 ch @28
-  // rank 19 31.3 -> 25.1 and 9.4 -> 8.1; 16 ch @32 rank 7 12.96 -> 10.58, but
-  // its forward 2.87 -> 3.64).
+  // A factor that runs by Winograd F(4, 3) does half its multiply-adds, by
+  // F(4 x 4, 3 x 3) a quarter (with the rule counting F(4, 3), channels_last 64
+  // ch @56 channel rank 10 moved here from the planes: training step 40.8 ->
+  // 31.6 ms, forward 11.6 -> 8.9; 128 ch @28 rank 19 31.3 -> 25.1 and 9.4 ->
+  // 8.1; 16 ch @32 rank 7 12.96 -> 10.58, but its forward 2.87 -> 3.64).
   const double first = pl.wino2d ? 0.25 : pl.col_wino || pl.row_wino ? 0.5 : 1.0;
   const double second = pl.second_wino ? 0.5 : 1.0;
   const double mine = first * static_cast<double>(pl.taps1 * s.C * pl.rp) * t_per_out +
@@ -299,44 +298,27 @@ struct TileWinograd {
   WinogradScratch second_scratch() const { return second ? second->scratch() : WinogradScratch(); }
 
   // T rows [g0, g0 + rows) of the tile (row groups [G0, G1) for col and
-  // square) from x:
-  // T row q at t + q ldt, pixel stride pt, channel block stride tcb; zeros: a
-  // zero input row (W C floats).
+  // square) from x: T row q at t + q ldt, pixel stride pt, channel block
+  // stride tcb; zeros: a zero input row (W C floats).
   void first_factor(const cpu::lowrank::Kernels& kern, WinogradScratch& sc, const float* x,
                     const LowRankConvShape& s, int64_t Ho, int64_t g0, int64_t rows, int64_t G0,
                     int64_t G1, float* t, int64_t ldt, int64_t pt, int64_t tcb,
                     const float* zeros) const {
-    if (square) {
+    if (square || col) {
       // Group G: image G / gpi, T rows 4 (G % gpi) + i < Ho from x rows 4 (G % gpi) - ph + i.
       const int64_t gpi = ceil_div(Ho, 4);
-      square->run(
-          kern, sc, G1 - G0,
-          [&](int64_t g, const float** rows) {
-            const int64_t n = (G0 + g) / gpi, oh0 = 4 * ((G0 + g) % gpi);
-            for (int64_t i = 0; i < 6; ++i) {
-              const int64_t ih = oh0 - s.ph + i;
-              rows[i] = ih >= 0 && ih < s.H ? x + (n * s.H + ih) * s.W * s.C : zeros;
-            }
-            return Winograd2D::Rows{t + (n * Ho + oh0 - g0) * ldt, std::min<int64_t>(4, Ho - oh0)};
-          },
-          ldt, pt, tcb, zeros);
-      return;
-    }
-    if (col) {
-      // Group G: image G / gpi, T rows 4 (G % gpi) + i < Ho from x rows 4 (G % gpi) - ph + i.
-      const int64_t gpi = ceil_div(Ho, 4);
-      col->run(
-          kern, sc, G1 - G0,
-          [&](int64_t g, const float** rows) {
-            const int64_t n = (G0 + g) / gpi, oh0 = 4 * ((G0 + g) % gpi);
-            for (int64_t i = 0; i < 6; ++i) {
-              const int64_t ih = oh0 - s.ph + i;
-              rows[i] = ih >= 0 && ih < s.H ? x + (n * s.H + ih) * s.W * s.C : zeros;
-            }
-            return ColumnWinograd::Rows{t + (n * Ho + oh0 - g0) * ldt,
-                                        std::min<int64_t>(4, Ho - oh0)};
-          },
-          ldt, pt, tcb);
+      auto group = [&](int64_t g, const float** rows) {
+        const int64_t n = (G0 + g) / gpi, oh0 = 4 * ((G0 + g) % gpi);
+        for (int64_t i = 0; i < 6; ++i) {
+          const int64_t ih = oh0 - s.ph + i;
+          rows[i] = ih >= 0 && ih < s.H ? x + (n * s.H + ih) * s.W * s.C : zeros;
+        }
+        return ColumnWinograd::Rows{t + (n * Ho + oh0 - g0) * ldt, std::min<int64_t>(4, Ho - oh0)};
+      };
+      if (square)
+        square->run(kern, sc, G1 - G0, group, ldt, pt, tcb, zeros);
+      else
+        col->run(kern, sc, G1 - G0, group, ldt, pt, tcb);
       return;
     }
     first_row->run(

@@ -51,9 +51,9 @@ inline bool winograd_wanted(const LowRankConvShape& s, int64_t min_rank) {
 // rank 4 (512) 4.7-4.9 -> 3.5, 128 ch @28 rank 8 1.9-2.3 -> 1.6-1.8.
 inline bool winograd_pays(int64_t K, int64_t n) { return winograd_forced() || K * n >= 256; }
 
-// A 3-tap factor w (cols x K x 3, contiguous) as the 6 GEMM operands
-// (G w)_xi, each packed as an IndGemm B of K rows, per block of at most 64 of
-// the n columns (whole vectors; zeros past cols).
+// A 3-tap factor w (cols x K x 3) as the 6 GEMM operands (G w)_xi, or a 3 x 3
+// one as the 36 operands (G w G^T)_xi, each packed as an IndGemm B of K rows,
+// per block of at most 64 of the n columns (whole vectors; zeros past cols).
 class WinogradFactor {
  public:
   static constexpr int64_t kBlock = 64;  // one AVX-512 column panel

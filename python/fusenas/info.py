@@ -91,7 +91,8 @@ def lowrank_conv2d_paths() -> dict[str, str]:
             if dtype == torch.float32:
                 off = os.environ.get("FUSENAS_LOWRANK_WINOGRAD") == "0"
                 paths[key] += (
-                    "; channels_last: pixel-major, Winograd F(4, 3) for 3-tap factors at stride 1"
+                    "; channels_last: pixel-major, Winograd F(4, 3) for 3-tap factors and"
+                    " F(4x4, 3x3) for channel-scheme 3x3 factors at stride 1"
                     + (" off (FUSENAS_LOWRANK_WINOGRAD=0)" if off else "")
                 )
                 if isa == "avx512":
