@@ -722,6 +722,14 @@ def test_winograd_default_rule(monkeypatch):
                 continue
             for a, b in zip(out[None], out[form], strict=True):
                 assert torch.equal(a, b), (scheme, n, r, c)
+        # The column form needs K x n >= 256 (C x the rank in whole 8-wide vectors):
+        # 16 channels at rank 8 stay direct, 32 take it.
+        if "avx2" in _isas():
+            monkeypatch.setenv("FUSENAS_CPU_ISA", "avx2")
+            small, large = outputs("spatial", 128, 8, 16), outputs("spatial", 128, 8, 32)
+            assert all(torch.equal(a, b) for a, b in zip(small[None], small["0"], strict=True))
+            assert not torch.equal(large[None][1], large["0"][1])  # the kept intermediate
+            assert torch.equal(large[None][1], large["1"][1])
     finally:
         torch.set_num_threads(threads)
 
