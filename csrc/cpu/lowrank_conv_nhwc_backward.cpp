@@ -208,11 +208,12 @@ struct BackwardWinograd {
                       int64_t used, const cpu::lowrank::Kernels& kern) {
     const int64_t K = s.kh * pl.rp, intermediate = s.N * s.rank * pl.Ho * pl.Wo;
     const int64_t replaced = s.kh * s.kw * s.rank * pl.cp;  // the direct transposed factor
+    auto fits = [&](const auto& w) {
+      return 2 * (w.packed_floats() + used * w.scratch_floats() - replaced) <= intermediate;
+    };
     if (s.kh == 3 && s.sh == 1 && s.dh == 1 && s.ph <= 2 && winograd_pays(pl.rp, pl.cp)) {
-      const int64_t cap2d = winograd_cap([&](int64_t c) {
-        const Winograd2D w(s.C, pl.rp, pl.cp, pl.Wt, s.W, 2 - s.pw, c);
-        return 2 * (w.packed_floats() + used * w.scratch_floats() - replaced) <= intermediate;
-      });
+      const int64_t cap2d = winograd_cap(
+          [&](int64_t c) { return fits(Winograd2D(s.C, pl.rp, pl.cp, pl.Wt, s.W, 2 - s.pw, c)); });
       if (cap2d > 0) {
         // grad_x[ih][iw] = sum_(a, b) gT[ih - (2 - ph) + a][iw - (2 - pw) + b] w1[2 - a][2 - b]:
         // the factor read from its last tap backwards (step -1), zeros past the rank.
@@ -226,10 +227,8 @@ struct BackwardWinograd {
         return;
       }
     }
-    const int64_t cap = winograd_cap([&](int64_t c) {
-      const RowWinograd w(s.C, K, pl.cp, s.kh, pl.rp, s.W, 2 - s.pw, c);
-      return 2 * (w.packed_floats() + used * w.scratch_floats() - replaced) <= intermediate;
-    });
+    const int64_t cap = winograd_cap(
+        [&](int64_t c) { return fits(RowWinograd(s.C, K, pl.cp, s.kh, pl.rp, s.W, 2 - s.pw, c)); });
     if (cap == 0) return;
     gx_row.emplace(s.C, K, pl.cp, s.kh, pl.rp, s.W, 2 - s.pw, cap);
     if (w1 == nullptr) return;  // sizes only

@@ -80,12 +80,6 @@ class WinogradFactor {
   void pack(Taps taps, int64_t step, const cpu::lowrank::Kernels& kern) {
     using cpu::lowrank::panel_count;
     using cpu::lowrank::panel_start;
-    constexpr double G[6][3] = {{0.25, 0, 0},
-                                {-1.0 / 6, -1.0 / 6, -1.0 / 6},
-                                {-1.0 / 6, 1.0 / 6, -1.0 / 6},
-                                {1.0 / 24, 1.0 / 12, 1.0 / 6},
-                                {1.0 / 24, -1.0 / 12, 1.0 / 6},
-                                {0, 0, 1}};
     b_ = Buffer(packed_floats(), false);
     float* b = b_.get();
     const int points = points_;
@@ -111,10 +105,11 @@ class WinogradFactor {
             const float* t = p0 + j < real ? taps(j0 + p0 + j, k) : nullptr;
             if (t == nullptr) {
               for (int xi = 0; xi < points; ++xi) rows[xi][j] = 0.f;
-            } else if (points == 6) {
-              for (int xi = 0; xi < 6; ++xi)
-                rows[xi][j] = static_cast<float>(G[xi][0] * t[0] + G[xi][1] * t[step] +
-                                                 G[xi][2] * t[2 * step]);
+            } else if (points == 6) {  // G w
+              const double in[3] = {t[0], t[step], t[2 * step]};
+              double out[6];
+              g_times(in, out);
+              for (int xi = 0; xi < 6; ++xi) rows[xi][j] = static_cast<float>(out[xi]);
             } else {  // G w G^T: w's rows (kh) give the first index
               double gw[3][6], in[3], out[6];
               for (int tc = 0; tc < 3; ++tc) {  // tap column
@@ -134,9 +129,10 @@ class WinogradFactor {
         }
       }
   }
-  // out = G in (G's zeros and repeats: 10 operations instead of 18), for 36
-  // points' 9 x 6 + 6 x 6 per kernel.
-  // Multiplications by the reciprocals: a division costs several times more.
+  // out = G in for Lavin and Gray's G (rows (1/4, 0, 0), -(1, 1, 1)/6,
+  // (-1, 1, -1)/6, (1/24, 1/12, 1/6), (1/24, -1/12, 1/6), (0, 0, 1)), using its
+  // zeros and repeats (10 operations instead of 18), and multiplications by the
+  // reciprocals: a division costs several times more.
   static void g_times(const double in[3], double out[6]) {
     constexpr double k6 = 1.0 / 6, k12 = 1.0 / 12, k24 = 1.0 / 24;
     const double s = -(in[0] + in[2]) * k6, q = in[0] * k24 + in[2] * k6;
@@ -208,6 +204,13 @@ struct WinogradScratch {
   static int64_t floats(int64_t pointers, int64_t rows, int64_t K, int64_t block,
                         int64_t taps = 1) {
     return 2 * pointers + 14 * taps * rows + 6 * rows * (K + block);
+  }
+  // The GEMMs' pointers at fixed places: row p of point xi at u + (xi rows +
+  // p) K (ColumnWinograd and Winograd2D; RowWinograd refills them per chunk).
+  void fix_rows(int64_t points, int64_t rows, int64_t K) {
+    for (int64_t xi = 0; xi < points; ++xi)
+      for (int64_t p = 0; p < rows; ++p)
+        ind[static_cast<size_t>(xi * rows + p)] = u.get() + (xi * rows + p) * K;
   }
   // Sized as given (Winograd2D): no keys.
   static WinogradScratch sized(int64_t pointers, int64_t inds, int64_t u_floats, int64_t m_floats) {
@@ -381,9 +384,7 @@ class ColumnWinograd {
   // U row p of point xi at a fixed place: the GEMMs' pointers are built once.
   WinogradScratch scratch() const {
     WinogradScratch sc(6, pixels_, kin_, factor_.block());
-    for (int64_t xi = 0; xi < 6; ++xi)
-      for (int64_t p = 0; p < pixels_; ++p)
-        sc.ind[static_cast<size_t>(xi * pixels_ + p)] = sc.u.get() + (xi * pixels_ + p) * kin_;
+    sc.fix_rows(6, pixels_, kin_);
     return sc;
   }
   int64_t scratch_floats() const {
@@ -487,9 +488,7 @@ class Winograd2D {
   WinogradScratch scratch() const {
     const Sizes z = sizes();
     WinogradScratch sc = WinogradScratch::sized(z.pointers, z.inds, z.u, z.m);
-    for (int64_t xi = 0; xi < 36; ++xi)
-      for (int64_t p = 0; p < patches_; ++p)
-        sc.ind[static_cast<size_t>(xi * patches_ + p)] = sc.u.get() + (xi * patches_ + p) * K_;
+    sc.fix_rows(36, patches_, K_);
     return sc;
   }
   int64_t scratch_floats() const {
