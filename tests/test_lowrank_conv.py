@@ -880,6 +880,40 @@ def test_channels_last_pixel_major_backward_matches_reference(isa, scheme, monke
 
 @needs_ext
 @pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+def test_padding_taps_skipped_by_pixel_groups(isa, scheme, monkeypatch):
+    """The pixel-major IndGemms regroup a tile's pixels by their padding taps (interior,
+    borders, corners; several small images per tile) and skip the taps that read zeros
+    for a whole micro-tile, writing each pixel's row through the regrouped order: the
+    forward (with the residual + ReLU epilogue) and every gradient against the float64
+    reference, on images small enough that padding taps are 10-60% of all, 3 x 3 and
+    5 x 5 kernels, stride and dilation 2, 8- and 16-wide ranks."""
+    monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
+    monkeypatch.setenv("FUSENAS_LOWRANK_NHWC", "1")
+    shapes = [(12, 48, 7, 7, 20, 40, 3, 1, 1, 1), (9, 32, 7, 5, 30, 48, 3, 1, 1, 1),
+              (5, 24, 6, 9, 17, 16, 3, 2, 2, 2), (3, 40, 5, 5, 33, 24, 5, 1, 2, 1)]  # fmt: skip
+    for i, shape in enumerate(shapes):
+        x, w1, w2, bias, (s, p, d) = _case(shape, scheme, True, torch.float32, seed=40 + i)
+        geo = (scheme, [s, s], [p, p], [d, d])
+        y0 = _ref(x.double(), w1.double(), w2.double(), bias.double(), scheme, s, p, d)
+        res = torch.randn(y0.shape, generator=torch.Generator().manual_seed(i))
+        res = res.contiguous(memory_format=torch.channels_last)
+        y = lowrank_conv2d(x, w1, w2, bias, scheme=scheme, stride=s, padding=p, dilation=d,
+                           residual=res, activation="relu")  # fmt: skip
+        _close(y, torch.relu(y0 + res.double()), torch.float32)
+        go = torch.randn(y0.shape, generator=torch.Generator().manual_seed(100 + i))
+        go = go.contiguous(memory_format=torch.channels_last)
+        mask = [True, True, True, True]
+        want = lowrank_conv2d_backward_reference(
+            go.double(), x.double(), w1.double(), w2.double(), *geo, mask
+        )
+        got = torch.ops.fusenas.lowrank_conv2d_backward(go, x, w1, w2, *geo, mask, None)
+        for g_, w_ in zip(got, want, strict=True):
+            _close(g_, w_, torch.float32)
+
+
+@needs_ext
+@pytest.mark.parametrize("isa", _isas())
 def test_bias_gradient_summed_in_the_kernel(isa, monkeypatch):
     """grad_bias comes from the backward kernel's tiles of grad_out (both paths, both
     layouts, bfloat16, several tiles and threads) and equals grad_out's sum; requested

@@ -53,6 +53,12 @@ static inline int64_t panel_start(int64_t vecs, int64_t most, int64_t c) {
 // readable). Each ind entry points at K contiguous floats: an input pixel's
 // channels, or a row of zeros for padding taps, so every tap of a conv is a
 // row lookup and no input is copied or transposed.
+//
+// Padding taps (optional; PaddingGroups in lowrank_conv_nhwc.h fills them):
+// with `zero` set, a micro-tile skips every tap whose pointers are all `zero`
+// for its pixels; micro-tiles never straddle the group bounds splits[0] = 0 <
+// ... < splits[groups] = P; and with `crow` set, list pixel p is C row
+// crow[p] instead of p (the list can then be ordered by group).
 struct IndGemm {
   int64_t P, K, N, taps;
   const float* const* ind;
@@ -60,6 +66,10 @@ struct IndGemm {
   const float* bias;  // N entries or null
   float* C;
   int64_t ldc;
+  const float* zero = nullptr;
+  const int64_t* splits = nullptr;
+  int64_t groups = 0;
+  const int64_t* crow = nullptr;
 };
 
 // Channel block of BlockGemm's operands: a row of pixels is stored as

@@ -177,14 +177,15 @@ struct Plan : PixelMajorPlan {
   int64_t p2_max() const { return rows_per_tile * Wo; }
   // Per-thread floats: T, the output tile (when Nout is not whole vectors) and
   // the pointers (2 floats each): one per pixel and tap for the IndGemm form
-  // (none for a factor a Winograd form runs); one per row and tap, plus the
-  // input row copies, for the direct form.
+  // (none for a factor a Winograd form runs), with the PaddingGroups of each
+  // list; one per row and tap, plus the input row copies, for the direct form.
   int64_t thread_floats(const LowRankConvShape& s) const {
     const int64_t out = np != s.Nout ? p2_max() * np : 0;
     if (block)
       return rows_per_tile * trow + out + xslots * xslot + 2 * rows_per_tile * (taps1 + taps2);
-    return p1_max() * rp + out +
-           2 * ((first_winograd() ? 0 : taps1 * p1_max()) + (second_wino ? 0 : taps2 * p2_max()));
+    const int64_t first = first_winograd() ? 0 : p1_max(), second = second_wino ? 0 : p2_max();
+    return p1_max() * rp + out + 2 * (taps1 * first + taps2 * second) +
+           PaddingGroups::scratch_floats(first) + PaddingGroups::scratch_floats(second);
   }
 };
 
@@ -353,6 +354,7 @@ void forward_ind(const float* x, const float* w1, const float* w2, const float* 
     Buffer t, out;
     std::vector<const float*> ind1, ind2;
     WinogradScratch first, second;
+    PaddingGroups groups1, groups2;
   };
   parallel_items(
       pl.tiles, threads,
@@ -374,8 +376,10 @@ void forward_ind(const float* x, const float* w1, const float* w2, const float* 
                           pl.rp, cpu::lowrank::kChannelBlock, zeros.data());
         } else {
           fill_first_factor_pointers(s, pl.Ho, pl.Wt, x, g0, rows, st.ind1.data(), zeros.data());
-          kern.ind_gemm(
-              {P1, s.C, pl.rp, pl.taps1, st.ind1.data(), b1.get(), nullptr, st.t.get(), pl.rp});
+          st.groups1.regroup(st.ind1.data(), P1, pl.taps1, zeros.data());
+          kern.ind_gemm(st.groups1.apply(
+              {P1, s.C, pl.rp, pl.taps1, st.ind1.data(), b1.get(), nullptr, st.t.get(), pl.rp},
+              zeros.data()));
         }
         if (t_out)  // kept for the backward: (N, rank, Ho, Wt) float32, a row per tile row
           for (int64_t q = 0; q < rows; ++q) {
@@ -412,8 +416,11 @@ void forward_ind(const float* x, const float* w1, const float* w2, const float* 
                               pl.channel ? 0 : jj * s.dw - s.pw, pl.channel ? 1 : s.sw, pl.Wt,
                               pl.rp, true, zeros.data());
           }
-        kern.ind_gemm({P2, s.rank, pl.np, pl.taps2, st.ind2.data(), b2.get(), bias_p.data(),
-                       direct ? yt : st.out.get(), direct ? s.Nout : pl.np});
+        st.groups2.regroup(st.ind2.data(), P2, pl.taps2, zeros.data());
+        kern.ind_gemm(
+            st.groups2.apply({P2, s.rank, pl.np, pl.taps2, st.ind2.data(), b2.get(), bias_p.data(),
+                              direct ? yt : st.out.get(), direct ? s.Nout : pl.np},
+                             zeros.data()));
         const float* rt = residual ? residual + g0 * pl.Wo * s.Nout : nullptr;
         if (!direct)
           store_padded_tile(kern, st.out.get(), P2, pl.np, s.Nout, yt, rt, relu);

@@ -323,6 +323,7 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
     Buffer gxt(want_gx && !direct_gx ? pl.gx_pixels(s) * cp : 0, false);
     std::vector<float> bias_tile(bias.wanted() ? static_cast<size_t>(s.Nout) : 0);
     std::vector<const float*> ind;
+    PaddingGroups pad;  // regroups `ind` before each IndGemm
     std::vector<const float*> pa(static_cast<size_t>(pl.pair_list())),
         pb(static_cast<size_t>(pl.pair_list()));
     WinogradScratch gt_scratch = wino.gt ? wino.gt->scratch() : WinogradScratch();
@@ -364,8 +365,10 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
           } else {
             ind.resize(static_cast<size_t>(taps1 * rows * Wt));
             fill_first_factor_pointers(s, pl.Ho, Wt, x, g0, rows, ind.data(), zero);
-            kern.ind_gemm(
-                {rows * Wt, s.C, rp, taps1, ind.data(), b1.get(), nullptr, mine.t.get(), rp});
+            pad.regroup(ind.data(), rows * Wt, taps1, zero);
+            kern.ind_gemm(pad.apply(
+                {rows * Wt, s.C, rp, taps1, ind.data(), b1.get(), nullptr, mine.t.get(), rp},
+                zero));
           }
         }
         if (want_gt && wino.gt) {
@@ -405,7 +408,9 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
                 }
               }
             }
-          kern.ind_gemm({pt, s.Nout, rp, taps2, ind.data(), b2t.get(), nullptr, mine.gt.get(), rp});
+          pad.regroup(ind.data(), pt, taps2, zero);
+          kern.ind_gemm(pad.apply(
+              {pt, s.Nout, rp, taps2, ind.data(), b2t.get(), nullptr, mine.gt.get(), rp}, zero));
         }
         if (bias.wanted())  // the tile's grad_out rows (in cache when gT just read them)
           bias.add_pixels(tid, go + g0 * pl.Wo * s.Nout, rows * pl.Wo, s.Nout, bias_tile.data());
@@ -487,8 +492,10 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
                   }
                 }
             float* out = gx + (segs.front().n * s.H + segs.front().ih_lo) * s.W * s.C;
-            kern.ind_gemm({px, s.rank, cp, taps1, ind.data(), b1t.get(), nullptr,
-                           direct_gx ? out : gxt.get(), direct_gx ? s.C : cp});
+            pad.regroup(ind.data(), px, taps1, zero);
+            kern.ind_gemm(pad.apply({px, s.rank, cp, taps1, ind.data(), b1t.get(), nullptr,
+                                     direct_gx ? out : gxt.get(), direct_gx ? s.C : cp},
+                                    zero));
             if (!direct_gx)
               for (int64_t p = 0; p < px; ++p)
                 std::memcpy(out + p * s.C, gxt.get() + p * cp, sizeof(float) * s.C);
@@ -586,8 +593,11 @@ int64_t nhwc_backward_workspace_bytes(const LowRankConvShape& s, int num_threads
   const int64_t pointers = 2 * std::max({pl.taps1 * pl.gx_pixels(s), pl.taps2 * pl.gt_pixels(),
                                          pl.taps1 * pl.t_pixels()}) +
                            4 * pl.pair_list();
+  // PaddingGroups of the largest IndGemm list.
+  const int64_t groups =
+      PaddingGroups::scratch_floats(std::max({pl.gx_pixels(s), pl.gt_pixels(), pl.t_pixels()}));
   const int64_t per_thread = (pl.gt_pixels() + pl.t_pixels()) * pl.rp +
-                             (pl.cp != s.C ? pl.gx_pixels(s) * pl.cp : 0) + pointers;
+                             (pl.cp != s.C ? pl.gx_pixels(s) * pl.cp : 0) + pointers + groups;
   // Packed factors (the transposes, and a temporary of each while packing), the
   // recomputed first factor, the sums (one set, or one per thread) and the zero row.
   const int64_t copies = used > 1 && share_weight_sums(s, pl, static_cast<int>(used)) ? 1 : used;

@@ -180,35 +180,50 @@ void row_gemm(const RowGemm& g) {
 // IndGemm micro-tile: MR pixels x NV vectors of output channels held in
 // registers over B rows [r0, r1) (row r = tap r / K, k = r % K; load_c: add to
 // the partial sums already in C); the B row is loaded once per k and reused
-// MR times, each pixel value is a broadcast.
+// MR times, each pixel value is a broadcast. Pixel m's C row is c + m ldc, or
+// c + crow[m] ldc; a tap whose MR pointers are all `zero` (padding) is skipped.
 template <class V, int MR, int NV>
 void ind_micro_fn(const float* const* ind, int64_t ind_stride, int64_t r0, int64_t r1, int64_t K,
                   const float* B, int64_t ldb, const float* bias, float* c, int64_t ldc,
-                  bool load_c) {
+                  const int64_t* crow, const float* zero, bool load_c) {
   using R = typename V::reg;
   constexpr int W = V::kWidth;
+  // Only outside the k loop: the hot loop keeps its MR pixel pointers in registers.
+  auto c_row = [&](int m) { return c + (crow ? crow[m] : m) * ldc; };
   R acc[MR][NV];
 #pragma GCC unroll 8
   for (int v = 0; v < NV; ++v) {
     const R init = bias ? V::loadu(bias + v * W) : V::zero();
 #pragma GCC unroll 16
-    for (int m = 0; m < MR; ++m) acc[m][v] = load_c ? V::loadu(c + m * ldc + v * W) : init;
+    for (int m = 0; m < MR; ++m) acc[m][v] = load_c ? V::loadu(c_row(m) + v * W) : init;
   }
   for (int64_t r = r0; r < r1;) {
     const int64_t t = r / K, k0 = r % K, k1 = std::min(K, k0 + (r1 - r));
     const float* a[MR];
+    bool padding = zero != nullptr;
 #pragma GCC unroll 16
-    for (int m = 0; m < MR; ++m) a[m] = ind[t * ind_stride + m];
-    const float* bt = B + (r - k0) * ldb;
-    for (int64_t k = k0; k < k1; ++k)
-      rank1_update<V, MR, NV>(acc, bt + k * ldb, [&](int m) { return a[m] + k; });
+    for (int m = 0; m < MR; ++m) {
+      a[m] = ind[t * ind_stride + m];
+      padding = padding && a[m] == zero;
+    }
+    if (!padding) {
+      const float* bt = B + (r - k0) * ldb;
+      for (int64_t k = k0; k < k1; ++k)
+        rank1_update<V, MR, NV>(acc, bt + k * ldb, [&](int m) { return a[m] + k; });
+    }
     r += k1 - k0;
   }
-  store_tile<V, MR, NV>(acc, c, ldc);
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m) {
+    float* cm = c_row(m);
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) V::storeu(cm + v * W, acc[m][v]);
+  }
 }
 
 using IndMicroFn = void (*)(const float* const*, int64_t, int64_t, int64_t, int64_t, const float*,
-                            int64_t, const float*, float*, int64_t, bool);
+                            int64_t, const float*, float*, int64_t, const int64_t*, const float*,
+                            bool);
 
 template <class V>
 struct IndMaker {
@@ -238,11 +253,16 @@ void ind_gemm(const IndGemm& g) {
     const float* panel = g.B + rows * v0 * W;
     const int64_t most = std::max<int64_t>(W, kIndBlockBytes / (nv * W * 4));
     balanced_chunks(rows, most, [&](int64_t r0, int64_t nr) {
-      balanced_chunks(g.P, Cfg::ind_mr(nv), [&](int64_t p0, int mr) {
-        table.fn[mr - 1][nv - 1](g.ind + p0, g.P, r0, r0 + nr, g.K, panel, nv * W,
-                                 g.bias && r0 == 0 ? g.bias + v0 * W : nullptr,
-                                 g.C + p0 * g.ldc + v0 * W, g.ldc, r0 > 0);
-      });
+      for (int64_t grp = 0; grp < std::max<int64_t>(1, g.groups); ++grp) {
+        const int64_t a = g.groups ? g.splits[grp] : 0, b = g.groups ? g.splits[grp + 1] : g.P;
+        balanced_chunks(b - a, Cfg::ind_mr(nv), [&](int64_t p0, int mr) {
+          const int64_t p = a + p0;
+          table.fn[mr - 1][nv - 1](g.ind + p, g.P, r0, r0 + nr, g.K, panel, nv * W,
+                                   g.bias && r0 == 0 ? g.bias + v0 * W : nullptr,
+                                   g.C + (g.crow ? 0 : p * g.ldc) + v0 * W, g.ldc,
+                                   g.crow ? g.crow + p : nullptr, g.zero, r0 > 0);
+        });
+      }
     });
   });
 }
