@@ -764,7 +764,7 @@ def test_workspace_bytes_count_winograd(monkeypatch):
 @needs_ext
 def test_vec8_kernels_where_the_last_rank_vector_is_half_empty(monkeypatch):
     """On an AVX-512 host FUSENAS_LOWRANK_VEC8=1 runs the pixel-major path on the 8-wide
-    AVX2 kernels (ranks rounded to 8: the workspace of FUSENAS_CPU_ISA=avx2) and =0 on the
+    avx512-ymm kernels (ranks rounded to 8: the workspace of FUSENAS_CPU_ISA=avx2) and =0 on the
     16-wide ones; by default a host whose AVX-512 is double-pumped (Zen 4) takes the 8-wide
     kernels for ranks whose last 16-wide vector is at most half full (19, not 29), other
     hosts never. The results match the reference either way."""

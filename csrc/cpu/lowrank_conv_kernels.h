@@ -178,6 +178,7 @@ struct Kernels {
 const Kernels& kernels_scalar();
 const Kernels& kernels_avx2();
 const Kernels& kernels_avx512();
+const Kernels& kernels_avx512_ymm();  // 8-wide vectors, AVX-512 registers
 
 }  // namespace lowrank
 }  // namespace cpu

@@ -48,24 +48,29 @@ inline const cpu::lowrank::Kernels& pick_kernels() {
 }
 
 // The pixel-major path's kernels for layer s: the process's, except on a host
-// whose AVX-512 is double-pumped (Zen 4), where the 8-wide AVX2 kernels do the
-// same multiply-adds per cycle and round the rank up to 8 instead of 16: they
-// take layers whose rank % 16 is 1..8 (forward, 2 threads, min of alternating
-// processes: 128 ch @28 channel rank 19, 24 columns against 32, 5.55 against
-// 6.31 ms; 32 ch @16 spatial rank 8 0.66 against 0.84; 256 ch @14 channel rank
-// 38 1.05x; where the rounding is the same AVX-512 is as fast or faster: 64 ch
-// @56 channel rank 29 12.9 against 16.6 ms). FUSENAS_CPU_ISA, when set, is
-// obeyed as it is; FUSENAS_LOWRANK_VEC8=0 / 1 switches the choice off / on.
+// whose AVX-512 is double-pumped (Zen 4), where 8-wide vectors do the same
+// multiply-adds per cycle and round the rank up to 8 instead of 16: layers
+// whose rank % 16 is 1..8 take the 8-wide kernels on the AVX-512 registers
+// (forward, 2 threads, min of alternating processes, against 16-wide: 128 ch
+// @28 channel rank 19, 24 columns against 32, 5.55 against 6.31 ms; 32 ch @16
+// spatial rank 8 0.66 against 0.84; where the rounding is the same AVX-512 is
+// as fast or faster: 64 ch @56 channel rank 29 12.9 against 16.6 ms). Those
+// were the AVX2 kernels (16 registers, 4 x 3 tiles) until session 22; the
+// avx512-ymm set's 32 registers take Cfg512's tiles: training step 3-20%
+// faster on the 9 such layers of the benchmark grid (32 ch @16 channel rank 5
+// 3.2 -> 2.55 ms, 128 ch @28 rank 19 18.1 -> 16.7), forward level or faster
+// except 256 ch @14 rank 38 (5.9-6.0 -> 6.2-6.3 ms). FUSENAS_CPU_ISA, when
+// set, is obeyed as it is; FUSENAS_LOWRANK_VEC8=0 / 1 switches the choice off / on.
 inline const cpu::lowrank::Kernels& pixel_major_kernels(const LowRankConvShape& s) {
   const cpu::lowrank::Kernels& k = pick_kernels();
   if (cpu::active_isa() != cpu::Isa::kAvx512) return k;
   const char* force = std::getenv("FUSENAS_LOWRANK_VEC8");
   if (force != nullptr && *force != '\0')
-    return std::strcmp(force, "1") == 0 ? cpu::lowrank::kernels_avx2() : k;
+    return std::strcmp(force, "1") == 0 ? cpu::lowrank::kernels_avx512_ymm() : k;
   const char* isa = std::getenv("FUSENAS_CPU_ISA");
   if ((isa != nullptr && *isa != '\0') || !cpu::avx512_double_pumped()) return k;
   const int64_t r = s.rank % 16;
-  return r >= 1 && r <= 8 ? cpu::lowrank::kernels_avx2() : k;
+  return r >= 1 && r <= 8 ? cpu::lowrank::kernels_avx512_ymm() : k;
 }
 
 // 64-byte aligned float buffer, zero-filled unless told otherwise (zeros matter

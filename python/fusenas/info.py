@@ -63,16 +63,18 @@ def kbit_matmul_paths() -> dict[str, str]:
 
 
 def _vec8_note(double_pumped: bool) -> str:
-    """When the pixel-major path takes the 8-wide (avx2) kernels on an AVX-512 host, as
+    """When the pixel-major path takes the 8-wide (avx512-ymm) kernels on an AVX-512 host, as
     pixel_major_kernels (csrc/cpu/lowrank_conv_tiles.h) decides."""
     force = os.environ.get("FUSENAS_LOWRANK_VEC8", "")
     if force:
-        return "; avx2 kernels for every layer (FUSENAS_LOWRANK_VEC8=1)" if force == "1" else ""
+        return (
+            "; avx512-ymm kernels for every layer (FUSENAS_LOWRANK_VEC8=1)" if force == "1" else ""
+        )
     if os.environ.get("FUSENAS_CPU_ISA") or not double_pumped:
         return ""
     return (
-        "; AVX-512 on 256-bit units: avx2 kernels for ranks whose last 16-wide vector is"
-        " at most half full"
+        "; AVX-512 on 256-bit units: 8-wide avx512-ymm kernels for ranks whose last 16-wide"
+        " vector is at most half full"
     )
 
 
