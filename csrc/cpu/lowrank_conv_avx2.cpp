@@ -3,24 +3,12 @@
 #include <immintrin.h>
 
 #include "cpu/lowrank_gemm_impl.h"
+#include "cpu/lowrank_vec256.h"
 
 namespace fusenas {
 namespace cpu {
 namespace lowrank {
 namespace {
-
-struct V256 {
-  using reg = __m256;
-  static constexpr int kWidth = 8;
-  static LR_INLINE reg zero() { return _mm256_setzero_ps(); }
-  static LR_INLINE reg loadu(const float* p) { return _mm256_loadu_ps(p); }
-  static LR_INLINE void storeu(float* p, reg v) { _mm256_storeu_ps(p, v); }
-  static LR_INLINE reg bcast(const float* p) { return _mm256_broadcast_ss(p); }
-  static LR_INLINE reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
-  static LR_INLINE reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
-  static LR_INLINE reg sub(reg a, reg b) { return _mm256_sub_ps(a, b); }
-  static LR_INLINE reg max(reg a, reg b) { return _mm256_max_ps(a, b); }
-};
 
 struct Cfg256 {
   static constexpr int kMR = 4, kNVMax = 5;

@@ -4,6 +4,7 @@
 #include <immintrin.h>
 
 #include "cpu/lowrank_gemm_impl.h"
+#include "cpu/lowrank_vec256.h"
 
 namespace fusenas {
 namespace cpu {
@@ -21,24 +22,6 @@ struct V512 {
   static LR_INLINE reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
   static LR_INLINE reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
   static LR_INLINE reg max(reg a, reg b) { return _mm512_max_ps(a, b); }
-};
-
-// 8 floats per vector on the same AVX-512 core: 32 ymm registers and
-// embedded broadcasts, so the tiles of Cfg512 fit as they are. For layers whose
-// rank rounds up better to 8 than to 16 on hosts that split each 512-bit
-// instruction in two (Zen 4): the same multiply-adds per cycle. The AVX2
-// kernels, the earlier choice there, have 16 registers and 4 x 3 tiles.
-struct V256 {
-  using reg = __m256;
-  static constexpr int kWidth = 8;
-  static LR_INLINE reg zero() { return _mm256_setzero_ps(); }
-  static LR_INLINE reg loadu(const float* p) { return _mm256_loadu_ps(p); }
-  static LR_INLINE void storeu(float* p, reg v) { _mm256_storeu_ps(p, v); }
-  static LR_INLINE reg bcast(const float* p) { return _mm256_set1_ps(*p); }
-  static LR_INLINE reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
-  static LR_INLINE reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
-  static LR_INLINE reg sub(reg a, reg b) { return _mm256_sub_ps(a, b); }
-  static LR_INLINE reg max(reg a, reg b) { return _mm256_max_ps(a, b); }
 };
 
 struct Cfg512 {
@@ -124,6 +107,11 @@ void copy_pad_rows(const float* src, int64_t lds, int64_t rows, int64_t lo, int6
 }  // namespace
 
 const Kernels& kernels_avx512() { return make_kernels<V512, Cfg512>("avx512"); }
+// 8 floats per vector on the same core (lowrank_vec256.h): 32 ymm registers
+// and embedded broadcasts, so Cfg512's tiles fit as they are. For layers whose
+// rank rounds up better to 8 than to 16 on hosts that split each 512-bit
+// instruction in two (Zen 4): the same multiply-adds per cycle. The AVX2
+// kernels, the earlier choice there, have 16 registers and 4 x 3 tiles.
 const Kernels& kernels_avx512_ymm() { return make_kernels<V256, Cfg512>("avx512-ymm"); }
 
 }  // namespace lowrank
