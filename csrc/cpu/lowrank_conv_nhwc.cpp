@@ -384,8 +384,7 @@ void forward_ind(const float* x, const float* w1, const float* w2, const float* 
           fill_first_factor_pointers(s, pl.Ho, pl.Wt, x, g0, rows, st.ind1.data(), zeros.data());
           st.groups1.regroup(st.ind1.data(), P1, pl.taps1, zeros.data());
           kern.ind_gemm(st.groups1.apply(
-              {P1, s.C, pl.rp, pl.taps1, st.ind1.data(), b1.get(), nullptr, st.t.get(), pl.rp},
-              zeros.data()));
+              {P1, s.C, pl.rp, pl.taps1, st.ind1.data(), b1.get(), nullptr, st.t.get(), pl.rp}));
         }
         if (t_out)  // kept for the backward: (N, rank, Ho, Wt) float32, a row per tile row
           for (int64_t q = 0; q < rows; ++q) {
@@ -425,8 +424,7 @@ void forward_ind(const float* x, const float* w1, const float* w2, const float* 
         st.groups2.regroup(st.ind2.data(), P2, pl.taps2, zeros.data());
         kern.ind_gemm(
             st.groups2.apply({P2, s.rank, pl.np, pl.taps2, st.ind2.data(), b2.get(), bias_p.data(),
-                              direct ? yt : st.out.get(), direct ? s.Nout : pl.np},
-                             zeros.data()));
+                              direct ? yt : st.out.get(), direct ? s.Nout : pl.np}));
         const float* rt = residual ? residual + g0 * pl.Wo * s.Nout : nullptr;
         if (!direct)
           store_padded_tile(kern, st.out.get(), P2, pl.np, s.Nout, yt, rt, relu);

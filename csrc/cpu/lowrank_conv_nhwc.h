@@ -95,6 +95,7 @@ class PaddingGroups {
   // steps ran 7-20% slower) or there are more than 64 taps or kMaxGroups groups.
   bool regroup(const float** ind, int64_t P, int64_t taps, const float* zero) {
     groups_ = 0;
+    zero_ = zero;
     if (taps > 64 || P == 0) return false;
     keys_.assign(static_cast<size_t>(P), 0);
     int64_t pads = 0;
@@ -136,9 +137,10 @@ class PaddingGroups {
     groups_ = n;
     return true;
   }
-  // g with the groups of the last regroup (if it regrouped) and `zero`.
-  cpu::lowrank::IndGemm apply(cpu::lowrank::IndGemm g, const float* zero) const {
-    g.zero = zero;
+  // g (over the list of the last regroup) with its zero row and its groups,
+  // if it regrouped.
+  cpu::lowrank::IndGemm apply(cpu::lowrank::IndGemm g) const {
+    g.zero = zero_;
     if (groups_ > 0) {
       g.splits = splits_.data();
       g.groups = groups_;
@@ -154,6 +156,7 @@ class PaddingGroups {
   static constexpr int64_t kMinShareDen = 25;
   static constexpr int64_t kMaxGroups = 32;
   int64_t groups_ = 0;
+  const float* zero_ = nullptr;
   std::vector<uint64_t> keys_;
   std::vector<int> group_of_;
   std::vector<int64_t> splits_, rows_;

@@ -367,8 +367,7 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
             fill_first_factor_pointers(s, pl.Ho, Wt, x, g0, rows, ind.data(), zero);
             pad.regroup(ind.data(), rows * Wt, taps1, zero);
             kern.ind_gemm(pad.apply(
-                {rows * Wt, s.C, rp, taps1, ind.data(), b1.get(), nullptr, mine.t.get(), rp},
-                zero));
+                {rows * Wt, s.C, rp, taps1, ind.data(), b1.get(), nullptr, mine.t.get(), rp}));
           }
         }
         if (want_gt && wino.gt) {
@@ -410,7 +409,7 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
             }
           pad.regroup(ind.data(), pt, taps2, zero);
           kern.ind_gemm(pad.apply(
-              {pt, s.Nout, rp, taps2, ind.data(), b2t.get(), nullptr, mine.gt.get(), rp}, zero));
+              {pt, s.Nout, rp, taps2, ind.data(), b2t.get(), nullptr, mine.gt.get(), rp}));
         }
         if (bias.wanted())  // the tile's grad_out rows (in cache when gT just read them)
           bias.add_pixels(tid, go + g0 * pl.Wo * s.Nout, rows * pl.Wo, s.Nout, bias_tile.data());
@@ -494,8 +493,7 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
             float* out = gx + (segs.front().n * s.H + segs.front().ih_lo) * s.W * s.C;
             pad.regroup(ind.data(), px, taps1, zero);
             kern.ind_gemm(pad.apply({px, s.rank, cp, taps1, ind.data(), b1t.get(), nullptr,
-                                     direct_gx ? out : gxt.get(), direct_gx ? s.C : cp},
-                                    zero));
+                                     direct_gx ? out : gxt.get(), direct_gx ? s.C : cp}));
             if (!direct_gx)
               for (int64_t p = 0; p < px; ++p)
                 std::memcpy(out + p * s.C, gxt.get() + p * cp, sizeof(float) * s.C);
