@@ -39,13 +39,15 @@ for step in "${steps[@]}"; do
     trp40_e0991)  # between 0.99 (2.13x, -1.62) and 0.992 (1.92x, -0.84); resumable
       fusenas compress trp "${COMMON[@]}" --set epochs=40 --set scheme=spatial --set period=5 \
         --set energy=0.991 --set out_dir=runs/trp_r20_40ep/trp_e0991 --resume ;;
-    trp40_e099_s1)  # a second training seed, scored on the same test split
+    trp40_e099_s1|trp40_e099_s2)  # more training seeds, scored on the same test split
+      seed=${step##*_s}
       fusenas compress trp "${COMMON[@]}" --set epochs=40 --set scheme=spatial --set period=5 \
-        --set energy=0.99 --set seed=1 --set split_seed=0 \
-        --set out_dir=runs/trp_r20_40ep/trp_e099_s1 ;;
-    baseline40_s1)  # its same-seed baseline
-      fusenas compress baseline "${COMMON[@]}" --set epochs=40 --set seed=1 --set split_seed=0 \
-        --set out_dir=runs/trp_r20_40ep/baseline_s1 ;;
+        --set energy=0.99 --set seed="$seed" --set split_seed=0 \
+        --set out_dir="runs/trp_r20_40ep/trp_e099_s$seed" --resume ;;
+    baseline40_s1|baseline40_s2)  # their same-seed baselines
+      seed=${step##*_s}
+      fusenas compress baseline "${COMMON[@]}" --set epochs=40 --set seed="$seed" --set split_seed=0 \
+        --set out_dir="runs/trp_r20_40ep/baseline_s$seed" --resume ;;
     slq4)
       fusenas compress slq "${COMMON[@]}" --set init=$BASE/dense.safetensors --set bits=4 \
         --set out_dir=runs/quant_r20/slq4 ;;

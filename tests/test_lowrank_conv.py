@@ -1410,8 +1410,10 @@ def test_pixel_major_backward_weight_sums_over_threads(isa, monkeypatch):
     one copy per thread (folded at the end), large ones into one set the threads share
     (rows split between them, tiles in rounds). Both against the float64 reference, from
     a kept intermediate and recomputing it, and the same bits on every call. 1200 output
-    pixels: three tiles of 512. The last shape's factors (9 x 256 rows of 128 columns)
-    are packed by both threads; its forward is checked too."""
+    pixels: three tiles of 512. The third shape's factors (9 x 256 rows of 128 columns)
+    are packed by both threads; its forward is checked too. Shared sums of an unpadded
+    rank (120 on 8-wide kernels, 32 on all) accumulate in the gradients themselves and
+    are reordered at the end: the last shape runs every subset of the weight gradients."""
     monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
     old = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -1420,8 +1422,13 @@ def test_pixel_major_backward_weight_sums_over_threads(isa, monkeypatch):
         # 8 -> 8 channel factors are below the rank-6 intermediate; of 128 -> 24 far above.
         for i, shape in enumerate([(3, 8, 20, 20, 6, 8, 3, 1, 1, 1),
                                    (3, 128, 20, 20, 4, 24, 3, 1, 1, 1),
-                                   (2, 256, 12, 12, 120, 64, 3, 1, 1, 1)]):  # fmt: skip
-            for scheme in ("channel", "spatial"):
+                                   (2, 256, 12, 12, 120, 64, 3, 1, 1, 1),
+                                   (3, 64, 16, 16, 32, 48, 3, 1, 1, 1)]):  # fmt: skip
+            masks = [[True, True, True, False]]
+            if i == 3:
+                masks += [[False, True, False, False], [False, False, True, True],
+                          [True, False, True, False], [True, True, False, False]]  # fmt: skip
+            for scheme, mask in itertools.product(("channel", "spatial"), masks):
                 x, w1, w2, _, (s, p, d) = _case(shape, scheme, True, torch.float32, seed=i)
                 geo = (scheme, [s, s], [p, p], [d, d])
                 y, t = lowrank_conv2d_with_intermediate_reference(x, w1, w2, None, *geo)
@@ -1429,17 +1436,17 @@ def test_pixel_major_backward_weight_sums_over_threads(isa, monkeypatch):
                 _close(fwd, y, torch.float32)
                 go = torch.randn(y.shape, generator=torch.Generator().manual_seed(i))
                 go = go.contiguous(memory_format=torch.channels_last)
-                mask = [True, True, True, False]
                 want = lowrank_conv2d_backward_reference(
                     go.double(), x.double(), w1.double(), w2.double(), *geo, mask
                 )
                 for kept in (t, None):
                     args = (go, x, w1, w2, *geo, mask, kept)
                     got = torch.ops.fusenas.lowrank_conv2d_backward(*args)
-                    for g_, w_ in zip(got[:3], want[:3], strict=True):
-                        _close(g_, w_, torch.float32)
+                    for g_, w_, wanted in zip(got, want, mask, strict=True):
+                        if wanted:
+                            _close(g_, w_, torch.float32)
                     again = torch.ops.fusenas.lowrank_conv2d_backward(*args)
-                    for a, b in zip(got[:3], again[:3], strict=True):
+                    for a, b in zip(got, again, strict=True):
                         assert torch.equal(a, b)
     finally:
         torch.set_num_threads(old)
