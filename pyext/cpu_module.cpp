@@ -98,14 +98,15 @@ PYBIND11_MODULE(_C, m) {
          int64_t ysw, int64_t N, int64_t C, int64_t H, int64_t W, int64_t rank, int64_t nout,
          int64_t kh, int64_t kw, int scheme, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
          int64_t dh, int64_t dw, int dtype, int threads, uintptr_t residual, bool relu,
-         uintptr_t intermediate) {
+         uintptr_t intermediate, bool intermediate_channels_last) {
         const fusenas::LowRankConvShape s{
             N,  C,  H,  W,  rank, nout, kh, kw, static_cast<fusenas::LowRankScheme>(scheme),
             sh, sw, ph, pw, dh,   dw};
         fusenas::lowrank_conv2d_cpu(ptr<const void>(x), {xsn, xsc, xsh, xsw}, ptr<const void>(w1),
                                     ptr<const void>(w2), ptr<const void>(bias), ptr<void>(y),
                                     {ysn, ysc, ysh, ysw}, s, static_cast<DType>(dtype), threads,
-                                    ptr<const void>(residual), relu, ptr<float>(intermediate));
+                                    ptr<const void>(residual), relu, ptr<float>(intermediate),
+                                    intermediate_channels_last);
       },
       py::arg("x"), py::arg("xsn"), py::arg("xsc"), py::arg("xsh"), py::arg("xsw"), py::arg("w1"),
       py::arg("w2"), py::arg("bias"), py::arg("y"), py::arg("ysn"), py::arg("ysc"), py::arg("ysh"),
@@ -113,7 +114,8 @@ PYBIND11_MODULE(_C, m) {
       py::arg("nout"), py::arg("kh"), py::arg("kw"), py::arg("scheme"), py::arg("sh"),
       py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("dh"), py::arg("dw"), py::arg("dtype"),
       py::arg("threads"), py::arg("residual") = 0, py::arg("relu") = false,
-      py::arg("intermediate") = 0, py::call_guard<py::gil_scoped_release>());
+      py::arg("intermediate") = 0, py::arg("intermediate_channels_last") = false,
+      py::call_guard<py::gil_scoped_release>());
   m.def(
       "lowrank_conv2d_backward_cpu",
       [](uintptr_t go, int64_t gsn, int64_t gsc, int64_t gsh, int64_t gsw, uintptr_t x, int64_t xsn,
@@ -121,7 +123,8 @@ PYBIND11_MODULE(_C, m) {
          int64_t gxsn, int64_t gxsc, int64_t gxsh, int64_t gxsw, uintptr_t gw1, uintptr_t gw2,
          int64_t N, int64_t C, int64_t H, int64_t W, int64_t rank, int64_t nout, int64_t kh,
          int64_t kw, int scheme, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh,
-         int64_t dw, int dtype, int threads, uintptr_t intermediate, uintptr_t gb) {
+         int64_t dw, int dtype, int threads, uintptr_t intermediate, uintptr_t gb,
+         bool intermediate_channels_last) {
         const fusenas::LowRankConvShape s{
             N,  C,  H,  W,  rank, nout, kh, kw, static_cast<fusenas::LowRankScheme>(scheme),
             sh, sw, ph, pw, dh,   dw};
@@ -129,7 +132,7 @@ PYBIND11_MODULE(_C, m) {
             ptr<const void>(go), {gsn, gsc, gsh, gsw}, ptr<const void>(x), {xsn, xsc, xsh, xsw},
             ptr<const void>(w1), ptr<const void>(w2), ptr<void>(gx), {gxsn, gxsc, gxsh, gxsw},
             ptr<void>(gw1), ptr<void>(gw2), s, static_cast<DType>(dtype), threads,
-            ptr<const float>(intermediate), ptr<void>(gb));
+            ptr<const float>(intermediate), ptr<void>(gb), intermediate_channels_last);
       },
       py::arg("go"), py::arg("gsn"), py::arg("gsc"), py::arg("gsh"), py::arg("gsw"), py::arg("x"),
       py::arg("xsn"), py::arg("xsc"), py::arg("xsh"), py::arg("xsw"), py::arg("w1"), py::arg("w2"),
@@ -138,7 +141,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("rank"), py::arg("nout"), py::arg("kh"), py::arg("kw"), py::arg("scheme"),
       py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("dh"), py::arg("dw"),
       py::arg("dtype"), py::arg("threads"), py::arg("intermediate") = 0, py::arg("gb") = 0,
-      py::call_guard<py::gil_scoped_release>());
+      py::arg("intermediate_channels_last") = false, py::call_guard<py::gil_scoped_release>());
   m.def(
       "pc_mixed_forward_cpu",
       [](const std::array<int64_t, 4>& shape, const TensorView& x,

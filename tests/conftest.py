@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+
+# torch.compile's on-disk graph cache keys a custom op by its name, not by its fake
+# kernel: a graph cached before a fake kernel changed (say, the strides it gives an
+# output) would be replayed against the new kernel. Each test run compiles afresh.
+_OWN_INDUCTOR_CACHE = None
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    _OWN_INDUCTOR_CACHE = tempfile.mkdtemp(prefix="fusenas-inductor-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = _OWN_INDUCTOR_CACHE
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _OWN_INDUCTOR_CACHE is not None:
+        shutil.rmtree(_OWN_INDUCTOR_CACHE, ignore_errors=True)
+
 
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

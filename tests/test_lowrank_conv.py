@@ -849,7 +849,8 @@ def test_wide_output_in_channel_blocks(isa, monkeypatch):
 def test_channels_last_pixel_major_backward_matches_reference(isa, scheme, monkeypatch):
     """channels_last float32 backwards take the pixel-major path like the forward
     (FUSENAS_LOWRANK_NHWC=0 forces the plane path): every gradient mask, from a kept
-    intermediate and recomputing it, both paths against the float64 reference. The last
+    intermediate (channels_last as the forward keeps it, or contiguous) and recomputing
+    it, both paths against the float64 reference. The last
     shape (240 -> 56 channels, all gradients): the first factor's 9 x 240 B rows exceed
     one block of IndGemm rows (AVX2 and AVX-512), in column panels of unequal widths."""
     monkeypatch.setenv("FUSENAS_CPU_ISA", isa)
@@ -868,7 +869,8 @@ def test_channels_last_pixel_major_backward_matches_reference(isa, scheme, monke
         want = lowrank_conv2d_backward_reference(
             go.double(), x.double(), w1.double(), w2.double(), *geo, mask
         )
-        for env, kept in itertools.product("10", [t, None]):
+        assert t.is_contiguous(memory_format=_format(x))
+        for env, kept in itertools.product("10", [t, t.contiguous(), None]):
             monkeypatch.setenv("FUSENAS_LOWRANK_NHWC", env)
             got = torch.ops.fusenas.lowrank_conv2d_backward(go, x, w1, w2, *geo, mask, kept)
             for g_, w_, m in zip(got, want, mask, strict=True):
@@ -1103,7 +1105,9 @@ def test_kept_intermediate_is_the_first_factor(isa, scheme, dtype, monkeypatch):
         # sums in another order. Everything else runs the same kernel, bit for bit.
         torch.testing.assert_close(y, torch.ops.fusenas.lowrank_conv2d(*args), rtol=0, atol=0)
         expected = _first_factor(x.double(), w1.double(), scheme, s, p, d)
-        assert t.dtype == torch.float32 and t.is_contiguous() and t.shape == expected.shape
+        # t in x's memory format (channels_last: the pixel-major kernels' own order)
+        assert t.dtype == torch.float32 and t.shape == expected.shape
+        assert t.is_contiguous(memory_format=_format(x))
         _close(t, expected, dtype)
 
 

@@ -338,7 +338,7 @@ Geometry backward_geometry(const LowRankConvShape& s, int threads) {
 template <class T>
 void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, const T* w1,
               const T* w2, T* gx, const Strides4& gxs, T* gw1, T* gw2, T* gb,
-              const LowRankConvShape& s, int num_threads, const float* t_saved) {
+              const LowRankConvShape& s, int num_threads, const float* t_saved, bool t_cl) {
   const auto& kern = pick_kernels();
   const int threads = resolve_threads(num_threads);
   const Geometry g = backward_geometry(s, threads);
@@ -433,7 +433,7 @@ void backward(const T* go, const Strides4& gs, const T* x, const Strides4& xs, c
       if (want_w1 || recompute) pack_input(kern, x, xs, n, oh0, rows + g.qh_max, g, xp.get());
       if (want_w2) {  // the intermediate (kept or recomputed), then grad_w2 += G . T^T
         if (t_saved) {
-          load_intermediate(kern, t_saved, n, oh0, rows, g, t.get(), tplane, tplane);
+          load_intermediate(kern, t_saved, t_cl, n, oh0, rows, g, t.get(), tplane, tplane);
         } else {
           for (int64_t b = 0; b < nb; ++b)
             kern.row_gemm({s.rank, g.K1, P, a1, g.K1, xp.get() + b * s.C * g.plane, off1.data(),
@@ -582,26 +582,27 @@ void lowrank_conv2d_backward_cpu(const void* grad_out, const Strides4& gs, const
                                  const Strides4& xs, const void* w1, const void* w2, void* grad_x,
                                  const Strides4& gxs, void* grad_w1, void* grad_w2,
                                  const LowRankConvShape& s, DType dtype, int num_threads,
-                                 const float* intermediate, void* grad_bias) {
+                                 const float* intermediate, void* grad_bias,
+                                 bool intermediate_channels_last) {
   if (dtype == DType::kBFloat16) {
     using T = uint16_t;
     backward(static_cast<const T*>(grad_out), gs, static_cast<const T*>(x), xs,
              static_cast<const T*>(w1), static_cast<const T*>(w2), static_cast<T*>(grad_x), gxs,
              static_cast<T*>(grad_w1), static_cast<T*>(grad_w2), static_cast<T*>(grad_bias), s,
-             num_threads, intermediate);
+             num_threads, intermediate, intermediate_channels_last);
   } else if (nhwc_applies(s, xs, gs, num_threads) &&
              (grad_x == nullptr || is_channels_last(gxs, s.C, s.H, s.W))) {
     backward_nhwc(static_cast<const float*>(grad_out), static_cast<const float*>(x),
                   static_cast<const float*>(w1), static_cast<const float*>(w2),
                   static_cast<float*>(grad_x), static_cast<float*>(grad_w1),
                   static_cast<float*>(grad_w2), static_cast<float*>(grad_bias), s, num_threads,
-                  intermediate);
+                  intermediate, intermediate_channels_last);
   } else {
     using T = float;
     backward(static_cast<const T*>(grad_out), gs, static_cast<const T*>(x), xs,
              static_cast<const T*>(w1), static_cast<const T*>(w2), static_cast<T*>(grad_x), gxs,
              static_cast<T*>(grad_w1), static_cast<T*>(grad_w2), static_cast<T*>(grad_bias), s,
-             num_threads, intermediate);
+             num_threads, intermediate, intermediate_channels_last);
   }
 }
 

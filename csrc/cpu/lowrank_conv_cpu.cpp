@@ -103,7 +103,7 @@ struct ForwardLayout {
 template <class T>
 void forward(const T* x, const Strides4& xs, const T* w1, const T* w2, const T* bias, T* y,
              const Strides4& ys, const LowRankConvShape& s, int num_threads, const float* residual,
-             bool relu, float* t_out) {
+             bool relu, float* t_out, bool t_cl) {
   const auto& kern = pick_kernels();
   const int threads = resolve_threads(num_threads);
   const Geometry g = make_geometry(s, threads, kForwardTilePixels);
@@ -143,7 +143,7 @@ void forward(const T* x, const Strides4& xs, const T* w1, const T* w2, const T* 
                                          tplane,      false};
           kern.row_gemm(g1);
         }
-        if (t_out) store_intermediate(kern, st.t.get(), tplane, rows, n, oh0, g, t_out);
+        if (t_out) store_intermediate(kern, st.t.get(), tplane, rows, n, oh0, g, t_out, t_cl);
         for (int64_t o0 = 0; o0 < s.Nout; o0 += kOutBlock) {
           const int64_t m = std::min(kOutBlock, s.Nout - o0);
           const cpu::lowrank::RowGemm g2{
@@ -164,21 +164,23 @@ void forward(const T* x, const Strides4& xs, const T* w1, const T* w2, const T* 
 void lowrank_conv2d_cpu(const void* x, const Strides4& xs, const void* w1, const void* w2,
                         const void* bias, void* y, const Strides4& ys, const LowRankConvShape& s,
                         DType dtype, int num_threads, const void* residual, bool relu,
-                        float* intermediate) {
+                        float* intermediate, bool intermediate_channels_last) {
   if (dtype == DType::kBFloat16) {
     if (residual || relu) throw std::invalid_argument("lowrank_conv2d_cpu: epilogue is float32");
     forward(static_cast<const uint16_t*>(x), xs, static_cast<const uint16_t*>(w1),
             static_cast<const uint16_t*>(w2), static_cast<const uint16_t*>(bias),
-            static_cast<uint16_t*>(y), ys, s, num_threads, nullptr, false, intermediate);
+            static_cast<uint16_t*>(y), ys, s, num_threads, nullptr, false, intermediate,
+            intermediate_channels_last);
   } else if (nhwc_applies(s, xs, ys, num_threads)) {
     forward_nhwc(static_cast<const float*>(x), static_cast<const float*>(w1),
                  static_cast<const float*>(w2), static_cast<const float*>(bias),
                  static_cast<float*>(y), s, num_threads, static_cast<const float*>(residual), relu,
-                 intermediate);
+                 intermediate, intermediate_channels_last);
   } else {
     forward(static_cast<const float*>(x), xs, static_cast<const float*>(w1),
             static_cast<const float*>(w2), static_cast<const float*>(bias), static_cast<float*>(y),
-            ys, s, num_threads, static_cast<const float*>(residual), relu, intermediate);
+            ys, s, num_threads, static_cast<const float*>(residual), relu, intermediate,
+            intermediate_channels_last);
   }
 }
 

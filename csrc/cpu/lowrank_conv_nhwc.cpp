@@ -343,7 +343,7 @@ struct TileWinograd {
 // The IndGemm form: a pointer per pixel and tap (any stride).
 void forward_ind(const float* x, const float* w1, const float* w2, const float* bias, float* y,
                  const LowRankConvShape& s, const Plan& pl, int threads, const float* residual,
-                 bool relu, float* t_out) {
+                 bool relu, float* t_out, bool t_cl) {
   const auto& kern = pixel_major_kernels(s);
   const TileWinograd tw(w1, w2, s, pl, kern);
   const Buffer b1 =
@@ -386,12 +386,20 @@ void forward_ind(const float* x, const float* w1, const float* w2, const float* 
           kern.ind_gemm(st.groups1.apply(
               {P1, s.C, pl.rp, pl.taps1, st.ind1.data(), b1.get(), nullptr, st.t.get(), pl.rp}));
         }
-        if (t_out)  // kept for the backward: (N, rank, Ho, Wt) float32, a row per tile row
+        if (t_out && t_cl) {  // kept for the backward, channels_last: the tile's pixels in order
+          float* dst = t_out + g0 * pl.Wt * s.rank;
+          if (pl.rp == s.rank)
+            std::memcpy(dst, st.t.get(), sizeof(float) * P1 * s.rank);
+          else
+            for (int64_t p = 0; p < P1; ++p)
+              std::memcpy(dst + p * s.rank, st.t.get() + p * pl.rp, sizeof(float) * s.rank);
+        } else if (t_out) {  // kept as planes (N, rank, Ho, Wt), a row per tile row
           for (int64_t q = 0; q < rows; ++q) {
             const int64_t n = (g0 + q) / pl.Ho, oh = (g0 + q) % pl.Ho;
             pixels_to_planes(kern, st.t.get() + q * pl.Wt * pl.rp, pl.rp, pl.Wt, s.rank,
                              t_out + (n * s.rank * pl.Ho + oh) * pl.Wt, pl.Ho * pl.Wt);
           }
+        }
         float* yt = y + g0 * pl.Wo * s.Nout;  // the tile's pixels, contiguous
         const bool direct = pl.np == s.Nout;
         if (tw.second) {
@@ -464,7 +472,7 @@ void pack_input_rows(const float* x, const LowRankConvShape& s, const Plan& pl, 
 // second factor, stored straight into y with the residual + ReLU epilogue.
 void forward_block(const float* x, const float* w1, const float* w2, const float* bias, float* y,
                    const LowRankConvShape& s, const Plan& pl, int threads, const float* residual,
-                   bool relu, float* t_out) {
+                   bool relu, float* t_out, bool t_cl) {
   constexpr int64_t CB = cpu::lowrank::kChannelBlock;
   const auto& kern = pixel_major_kernels(s);
   const TileWinograd tw(w1, w2, s, pl, kern);
@@ -543,7 +551,15 @@ void forward_block(const float* x, const float* w1, const float* w2, const float
         if (!tw.first())
           kern.block_gemm({rows, pl.Wt, s.C, pl.rp, pl.taps1, st.base1.data(), xkbs, b1.get(),
                            nullptr, t + pl.pw2 * CB, pl.trow, CB, tkbs, nullptr, false});
-        if (t_out)  // kept for the backward: (N, rank, Ho, Wt) float32, a row per tile row
+        if (t_out && t_cl) {  // kept for the backward, channels_last: pixel p, block c0
+          for (int64_t q = 0; q < rows; ++q)
+            for (int64_t p = 0; p < pl.Wt; ++p) {
+              float* dst = t_out + ((g0 + q) * pl.Wt + p) * s.rank;
+              for (int64_t c0 = 0; c0 < s.rank; c0 += CB)
+                std::memcpy(dst + c0, t + q * pl.trow + (c0 / CB) * tkbs + (pl.pw2 + p) * CB,
+                            sizeof(float) * std::min(CB, s.rank - c0));
+            }
+        } else if (t_out) {  // kept as planes (N, rank, Ho, Wt), a row per tile row
           for (int64_t q = 0; q < rows; ++q) {
             const int64_t n = (g0 + q) / pl.Ho, oh = (g0 + q) % pl.Ho;
             for (int64_t c0 = 0; c0 < s.rank; c0 += CB)
@@ -551,6 +567,7 @@ void forward_block(const float* x, const float* w1, const float* w2, const float
                                std::min(CB, s.rank - c0),
                                t_out + ((n * s.rank + c0) * pl.Ho + oh) * pl.Wt, pl.Ho * pl.Wt);
           }
+        }
         float* yt = y + g0 * pl.Wo * s.Nout;  // the tile's pixels, contiguous
         const float* rt = residual ? residual + g0 * pl.Wo * s.Nout : nullptr;
         const bool direct = pl.np == s.Nout;
@@ -591,13 +608,13 @@ void forward_block(const float* x, const float* w1, const float* w2, const float
 
 void forward_nhwc(const float* x, const float* w1, const float* w2, const float* bias, float* y,
                   const LowRankConvShape& s, int num_threads, const float* residual, bool relu,
-                  float* t_out) {
+                  float* t_out, bool t_cl) {
   const int threads = resolve_threads(num_threads);
   const Plan pl(s, pixel_major_kernels(s).vec_width, threads);
   if (pl.block)
-    forward_block(x, w1, w2, bias, y, s, pl, threads, residual, relu, t_out);
+    forward_block(x, w1, w2, bias, y, s, pl, threads, residual, relu, t_out, t_cl);
   else
-    forward_ind(x, w1, w2, bias, y, s, pl, threads, residual, relu, t_out);
+    forward_ind(x, w1, w2, bias, y, s, pl, threads, residual, relu, t_out, t_cl);
 }
 
 int64_t nhwc_workspace_bytes(const LowRankConvShape& s, int num_threads) {

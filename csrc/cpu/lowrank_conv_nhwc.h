@@ -193,10 +193,10 @@ bool nhwc_applies(const LowRankConvShape& s, const Strides4& xs, const Strides4&
                   int num_threads);
 
 // y = relu?(conv + bias + residual); residual null or laid out as y; t_out
-// (null: not kept) as lowrank_conv2d_cpu's `intermediate`.
+// (null: not kept) as lowrank_conv2d_cpu's `intermediate`, channels_last when t_cl.
 void forward_nhwc(const float* x, const float* w1, const float* w2, const float* bias, float* y,
                   const LowRankConvShape& s, int num_threads, const float* residual, bool relu,
-                  float* t_out);
+                  float* t_out, bool t_cl);
 
 int64_t nhwc_workspace_bytes(const LowRankConvShape& s, int num_threads);
 
@@ -205,7 +205,7 @@ int64_t nhwc_workspace_bytes(const LowRankConvShape& s, int num_threads);
 // too. Arguments as lowrank_conv2d_backward_cpu's, float32.
 void backward_nhwc(const float* grad_out, const float* x, const float* w1, const float* w2,
                    float* grad_x, float* grad_w1, float* grad_w2, float* grad_bias,
-                   const LowRankConvShape& s, int num_threads, const float* t_saved);
+                   const LowRankConvShape& s, int num_threads, const float* t_saved, bool t_cl);
 
 int64_t nhwc_backward_workspace_bytes(const LowRankConvShape& s, int num_threads);
 

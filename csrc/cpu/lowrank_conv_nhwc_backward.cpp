@@ -247,7 +247,7 @@ struct BackwardWinograd {
 
 void backward_nhwc(const float* go, const float* x, const float* w1, const float* w2, float* gx,
                    float* gw1, float* gw2, float* gb, const LowRankConvShape& s, int num_threads,
-                   const float* t_saved) {
+                   const float* t_saved, bool t_cl) {
   const auto& kern = pixel_major_kernels(s);
   const int threads = resolve_threads(num_threads);
   const BackwardPlan pl(s, kern.vec_width, threads);
@@ -311,8 +311,12 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
     if (want_w1) std::fill_n(gw1, sums1, 0.f);
     if (want_w2) std::fill_n(gw2, sums2, 0.f);
   }
+  // A kept channels_last T of an unpadded rank is read in place (its pixels
+  // are the T rows the PairGemms want); otherwise each tile copies its rows.
+  const bool t_in_place = t_saved && t_cl && rp == s.rank;
   struct TileWork {
     Buffer gt, t;  // the tile's gT (own rows and above) and T (own rows)
+    const float* t_rows = nullptr;  // T of the own rows: t, or the kept T in place
     std::vector<Segment> segs;
     int64_t g0 = 0, rows = 0;
     bool valid = false;
@@ -327,7 +331,7 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
     // buffer starts zeroed and only rank columns are written; gT: the packed
     // factor's columns past the rank are zero), which the PairGemms read.
     TileWork mine{Buffer(want_gt ? pl.gt_pixels() * rp : 0, false),
-                  Buffer(want_w2 ? pl.t_pixels() * rp : 0),
+                  Buffer(want_w2 && !t_in_place ? pl.t_pixels() * rp : 0),
                   {}};
     work[static_cast<size_t>(tid)] = &mine;
     Buffer gxt(want_gx && !direct_gx ? pl.gx_pixels(s) * cp : 0, false);
@@ -363,8 +367,15 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
         tile_segments(s, pl, g0, rows, halo, segs);
         const Segment& last = segs.back();
         const int64_t ext_rows = last.ext_start + last.oh_b - last.ext0;
+        mine.t_rows = mine.t.get();
         if (want_w2) {  // T of the own rows, pixel-major
-          if (t_saved) {
+          if (t_in_place) {
+            mine.t_rows = t_saved + g0 * Wt * rp;
+          } else if (t_saved && t_cl) {  // pixels of rank floats -> rows of rp (zero past the rank)
+            for (int64_t p = 0; p < rows * Wt; ++p)
+              std::memcpy(mine.t.get() + p * rp, t_saved + (g0 * Wt + p) * s.rank,
+                          sizeof(float) * s.rank);
+          } else if (t_saved) {
             int64_t q = 0;
             for (const Segment& sg : segs) {
               const int64_t np = (sg.oh_b - sg.oh_a) * Wt;
@@ -528,7 +539,7 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
             const float** tq = w2_by_rank ? pa.data() : pb.data();  // the T side
             for (int64_t q = 0; q < w.rows; ++q)
               n = append_pairs(gp, tq, n, g_tile + q * pl.Wo * s.Nout, s.Nout,
-                               w.t.get() + q * Wt * rp, first, step, Wt, rp, pl.Wo);
+                               w.t_rows + q * Wt * rp, first, step, Wt, rp, pl.Wo);
             if (w2_by_rank)  // sums[j][r][o]
               kern.pair_gemm(
                   {s.rank, s.Nout, n, pa.data(), pb.data(), sums_w2 + j * s.rank * s.Nout, s.Nout});

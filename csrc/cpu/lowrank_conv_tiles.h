@@ -428,48 +428,80 @@ inline int64_t spatial_grid_offset(const Geometry& g, int64_t r, int64_t w, int6
   return (b * g.s.rank + r) * tplane + qc;
 }
 
-// Grid rows [0, rows) of the tile at output row oh0 -> image n of t.
+// Element (r, i, w) of image n's rows from oh0 of t: planes (N, rank, Ho, wt)
+// or, channels_last, pixels (N, Ho, wt, rank).
+struct IntermediateRows {
+  float* base;
+  int64_t plane, pixel;  // strides of r and of w (a row is wt pixels)
+  int64_t wt;
+  IntermediateRows(const float* t, bool cl, int64_t n, int64_t oh0, const Geometry& g) {
+    const int64_t rank = g.s.rank;
+    wt = intermediate_width(g);
+    const int64_t img = g.Ho * wt;
+    base = const_cast<float*>(t) + n * rank * img + oh0 * wt * (cl ? rank : 1);
+    plane = cl ? 1 : img;
+    pixel = cl ? rank : 1;
+  }
+  float* at(int64_t r, int64_t i, int64_t w) const {
+    return base + r * plane + (i * wt + w) * pixel;
+  }
+};
+
+// Grid rows [0, rows) of the tile at output row oh0 -> image n of t (t_cl:
+// channels_last).
 inline void store_intermediate(const cpu::lowrank::Kernels& kern, const float* tg, int64_t tplane,
-                               int64_t rows, int64_t n, int64_t oh0, const Geometry& g, float* t) {
+                               int64_t rows, int64_t n, int64_t oh0, const Geometry& g, float* t,
+                               bool t_cl) {
   const auto& s = g.s;
-  const int64_t wt = intermediate_width(g), img = g.Ho * wt;
-  float* tn = t + n * s.rank * img + oh0 * wt;
+  const IntermediateRows tr(t, t_cl, n, oh0, g);
+  const int64_t wt = tr.wt;
   if (g.channel || s.sw == 1) {
     const int64_t c0 = g.channel ? 0 : s.pw;
+    if (t_cl) {  // a pixel row of all rank planes at a time
+      for (int64_t i = 0; i < rows; ++i)
+        planes_to_pixels(kern, tg + c0 + i * g.Wq, tplane, wt, s.rank, tr.at(0, i, 0), s.rank);
+      return;
+    }
     for (int64_t r = 0; r < s.rank; ++r)
-      kern.copy_pad_rows(tg + r * tplane + c0, g.Wq, rows, 0, wt, wt, tn + r * img, wt);
+      kern.copy_pad_rows(tg + r * tplane + c0, g.Wq, rows, 0, wt, wt, tr.at(r, 0, 0), wt);
     return;
   }
   for (int64_t r = 0; r < s.rank; ++r)
     for (int64_t i = 0; i < rows; ++i)
       for (int64_t w = 0; w < wt; ++w)
-        tn[r * img + i * wt + w] = tg[spatial_grid_offset(g, r, w, tplane) + i * g.Wq];
+        *tr.at(r, i, w) = tg[spatial_grid_offset(g, r, w, tplane) + i * g.Wq];
 }
 
-// Image n of t, rows [oh0, oh0 + rows) -> the tile's grid planes, zero in
-// every other column and up to `clear` floats of each plane.
-inline void load_intermediate(const cpu::lowrank::Kernels& kern, const float* t, int64_t n,
-                              int64_t oh0, int64_t rows, const Geometry& g, float* tg,
+// Image n of t (t_cl: channels_last), rows [oh0, oh0 + rows) -> the tile's
+// grid planes, zero in every other column and up to `clear` floats of each plane.
+inline void load_intermediate(const cpu::lowrank::Kernels& kern, const float* t, bool t_cl,
+                              int64_t n, int64_t oh0, int64_t rows, const Geometry& g, float* tg,
                               int64_t tplane, int64_t clear) {
   const auto& s = g.s;
-  const int64_t wt = intermediate_width(g), img = g.Ho * wt;
-  const float* tn = t + n * s.rank * img + oh0 * wt;
+  const IntermediateRows tr(t, t_cl, n, oh0, g);
+  const int64_t wt = tr.wt;
   const int64_t nb = g.channel ? 1 : s.sw;
-  if (g.channel || s.sw == 1) {
+  if ((g.channel || s.sw == 1) && !t_cl) {
     const int64_t c0 = g.channel ? 0 : s.pw;
     for (int64_t r = 0; r < s.rank; ++r) {
       float* dst = tg + r * tplane;
-      kern.copy_pad_rows(tn + r * img, wt, rows, c0, wt, g.Wq, dst, g.Wq);
+      kern.copy_pad_rows(tr.at(r, 0, 0), wt, rows, c0, wt, g.Wq, dst, g.Wq);
       std::memset(dst + rows * g.Wq, 0, static_cast<size_t>(clear - rows * g.Wq) * sizeof(float));
     }
     return;
   }
   for (int64_t pl = 0; pl < nb * s.rank; ++pl)
     std::memset(tg + pl * tplane, 0, static_cast<size_t>(clear) * sizeof(float));
+  if (g.channel || s.sw == 1) {  // channels_last: a pixel row of all rank planes at a time
+    const int64_t c0 = g.channel ? 0 : s.pw;
+    for (int64_t i = 0; i < rows; ++i)
+      pixels_to_planes(kern, tr.at(0, i, 0), s.rank, wt, s.rank, tg + c0 + i * g.Wq, tplane);
+    return;
+  }
   for (int64_t r = 0; r < s.rank; ++r)
     for (int64_t i = 0; i < rows; ++i)
       for (int64_t w = 0; w < wt; ++w)
-        tg[spatial_grid_offset(g, r, w, tplane) + i * g.Wq] = tn[r * img + i * wt + w];
+        tg[spatial_grid_offset(g, r, w, tplane) + i * g.Wq] = *tr.at(r, i, w);
 }
 
 // Runs fn(state, item) over items on up to `threads` OpenMP threads, after

@@ -35,24 +35,28 @@ struct Strides4 {
 // Fused epilogue (float32 only): y = relu?(conv + bias + residual), residual
 // (null: none) with y's strides ys. num_threads <= 0 uses OpenMP's default.
 // intermediate (null: not kept): receives the first factor's output for the
-// backward, float32 contiguous (N, rank, Ho, Wt), Wt = Wo (channel) or W
-// (spatial), as conv(x, w1, ...) of the scheme's first factor.
+// backward, float32 (N, rank, Ho, Wt), Wt = Wo (channel) or W (spatial), as
+// conv(x, w1, ...) of the scheme's first factor; contiguous, or channels_last
+// (pixel-major: N, Ho, Wt, rank) when intermediate_channels_last.
 void lowrank_conv2d_cpu(const void* x, const Strides4& xs, const void* w1, const void* w2,
                         const void* bias, void* y, const Strides4& ys, const LowRankConvShape& s,
                         DType dtype, int num_threads, const void* residual = nullptr,
-                        bool relu = false, float* intermediate = nullptr);
+                        bool relu = false, float* intermediate = nullptr,
+                        bool intermediate_channels_last = false);
 
 // Gradients of x (strides gxs), w1 and w2 (contiguous) from grad_out (strides
 // gs); a null output pointer skips that gradient. grad_w2 needs the rank-r
-// intermediate: read from `intermediate` (as lowrank_conv2d_cpu wrote it)
-// or, when that is null, recomputed per tile. grad_bias (Nout, x's dtype),
+// intermediate: read from `intermediate` (as lowrank_conv2d_cpu wrote it, in
+// the layout intermediate_channels_last says) or, when that is null,
+// recomputed per tile. grad_bias (Nout, x's dtype),
 // when not null, gets grad_out summed over the batch and the pixels; it needs
 // at least one of the other gradients (their pass is where grad_out is read).
 void lowrank_conv2d_backward_cpu(const void* grad_out, const Strides4& gs, const void* x,
                                  const Strides4& xs, const void* w1, const void* w2, void* grad_x,
                                  const Strides4& gxs, void* grad_w1, void* grad_w2,
                                  const LowRankConvShape& s, DType dtype, int num_threads,
-                                 const float* intermediate = nullptr, void* grad_bias = nullptr);
+                                 const float* intermediate = nullptr, void* grad_bias = nullptr,
+                                 bool intermediate_channels_last = false);
 
 // Bytes of the kernels' own buffers (per-thread tiles, packed weights,
 // gradient accumulators) outside the tensors: what they add to peak memory.

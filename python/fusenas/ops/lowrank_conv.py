@@ -12,8 +12,8 @@ optional epilogue: y = activation(y + residual) (activation "none" or "relu"),
 stride / padding / dilation are those of the equivalent dense kh x kw conv.
 The CPU kernel (fusenas._C) computes both factors per output tile, with the
 rank-r intermediate tile kept in cache. For training, the CPU path also
-writes the intermediate t (float32, the first factor's output) so that the
-backward reads it instead of recomputing the first factor
+writes the intermediate t (float32, the first factor's output, in x's memory
+format) so that the backward reads it instead of recomputing the first factor
 (``lowrank_conv2d_with_intermediate``, which ``lowrank_conv2d`` calls when w2
 needs a gradient and the first factor is costly to recompute; see its
 ``save_intermediate`` argument).
@@ -260,10 +260,10 @@ def lowrank_conv2d_with_intermediate_reference(
     residual: torch.Tensor | None = None,
     activation: str = "none",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y, t): lowrank_conv2d_reference's output and its first conv's output t, contiguous,
-    in intermediate_dtype(x.dtype)."""
+    """(y, t): lowrank_conv2d_reference's output and its first conv's output t, in
+    intermediate_dtype(x.dtype) and x's memory format (channels_last or contiguous)."""
     y, t = _two_convs(x, w1, w2, bias, scheme, stride, padding, dilation, residual, activation)
-    return y, t.to(intermediate_dtype(x.dtype)).contiguous()
+    return y, t.to(intermediate_dtype(x.dtype)).contiguous(memory_format=_memory_format(x))
 
 
 def apply_epilogue(y: torch.Tensor, residual: torch.Tensor | None, activation: str) -> torch.Tensor:
@@ -414,8 +414,9 @@ def _forward_cpu(x, w1, w2, bias, scheme, stride, padding, dilation, residual, a
         return lowrank_conv2d_reference(*args), None
     y = torch.empty(x.shape[0], w2.shape[0], ho, wo, dtype=x.dtype, memory_format=_memory_format(x))
     t = None
-    if keep:
-        t = torch.empty(intermediate_shape(x.shape, w1.shape, scheme, ho, wo), dtype=torch.float32)
+    if keep:  # in x's layout: channels_last is the pixel-major kernels' own order
+        t = torch.empty(intermediate_shape(x.shape, w1.shape, scheme, ho, wo), dtype=torch.float32,
+                        memory_format=_memory_format(x))  # fmt: skip
     if y.numel() == 0:
         return y, t
     # The kernel's epilogue is float32 and reads the residual with y's strides.
@@ -431,7 +432,7 @@ def _forward_cpu(x, w1, w2, bias, scheme, stride, padding, dilation, residual, a
         *_geometry(x, w1, w2, scheme, stride, padding, dilation, kh, kw),
         _DTYPE_CODE[x.dtype], torch.get_num_threads(),
         0 if res is None else res.data_ptr(), fused and activation == "relu",
-        0 if t is None else t.data_ptr(),
+        0 if t is None else t.data_ptr(), t is not None and is_channels_last(t),
     )  # fmt: skip
     return (y if fused else apply_epilogue(y, residual, activation)), t
 
@@ -485,14 +486,16 @@ def _lowrank_conv2d_backward_cpu(
     w1c, w2c = w1.contiguous(), w2.contiguous()
     t = None
     if want_w2 and intermediate is not None:
-        t = intermediate.to(torch.float32).contiguous()
+        t = intermediate.to(torch.float32)
+        if not is_channels_last(t):  # the kernels read t as planes or as channels_last pixels
+            t = t.contiguous()
     _native.cpu().lowrank_conv2d_backward_cpu(
         go.data_ptr(), *_strides(go), x.data_ptr(), *_strides(x), w1c.data_ptr(),
         w2c.data_ptr(), gx.data_ptr() if want_x else 0, *(_strides(gx) if want_x else (0,) * 4),
         gw1.data_ptr() if want_w1 else 0, gw2.data_ptr() if want_w2 else 0,
         *_geometry(x, w1, w2, scheme, stride, padding, dilation, kh, kw),
         _DTYPE_CODE[x.dtype], torch.get_num_threads(), 0 if t is None else t.data_ptr(),
-        gb.data_ptr() if bias_in_kernel else 0,
+        gb.data_ptr() if bias_in_kernel else 0, t is not None and is_channels_last(t),
     )  # fmt: skip
     return gx, gw1, gw2, gb
 
@@ -622,7 +625,9 @@ def _lowrank_conv2d_with_intermediate_fake(
     args = (x, w1, w2, bias, scheme, stride, padding, dilation, residual, activation)
     y, (ho, wo) = _fake_output(*args)
     shape = intermediate_shape(x.shape, w1.shape, scheme, ho, wo)
-    return y, x.new_empty(shape, dtype=intermediate_dtype(x.dtype))
+    t = torch.empty(shape, dtype=intermediate_dtype(x.dtype), device=x.device,
+                    memory_format=_memory_format(x))  # fmt: skip
+    return y, t
 
 
 @torch.library.register_fake("fusenas::lowrank_conv2d_backward")
@@ -758,9 +763,10 @@ def lowrank_conv2d(
         activation: "none" or "relu", applied last.
         save_intermediate: when training on CPU with w2 requiring a gradient, True
             keeps the first factor's output t (float32, N x r x Ho x Wo, or x W for
-            "spatial") from the forward for grad_w2, as the two-conv sequence does
-            (and, like it, releases t once grad_w2 is done, before grad_x is
-            allocated; a retained graph's second backward recomputes t);
+            "spatial", in x's memory format) from the forward for grad_w2, as the
+            two-conv sequence does (and, like it, releases t once grad_w2 is done,
+            before grad_x is allocated; a retained graph's second backward
+            recomputes t);
             False recomputes t in the backward instead (that memory is not held
             between forward and backward, for one more first-factor pass). None
             (default) keeps t when the first factor has at least
