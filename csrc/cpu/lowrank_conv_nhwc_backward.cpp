@@ -315,7 +315,7 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
   // are the T rows the PairGemms want); otherwise each tile copies its rows.
   const bool t_in_place = t_saved && t_cl && rp == s.rank;
   struct TileWork {
-    Buffer gt, t;  // the tile's gT (own rows and above) and T (own rows)
+    Buffer gt, t;                   // the tile's gT (own rows and above) and T (own rows)
     const float* t_rows = nullptr;  // T of the own rows: t, or the kept T in place
     std::vector<Segment> segs;
     int64_t g0 = 0, rows = 0;
