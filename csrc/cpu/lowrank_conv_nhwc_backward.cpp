@@ -299,7 +299,7 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
   // accumulate in the gradient tensors themselves (zeroed here) and are put in
   // the gradients' order at the end, through a copy made after the packed
   // factors are freed. At 512 ch @7 spatial rank 384 that takes the 4.5 MiB set
-  // off the peak (19.6 -> 15 MiB; the two convs 18.3-19.7).
+  // off the peak (19.6 -> 16.0 MiB; the two convs 18.3-19.7).
   const bool in_place = shared && rp == s.rank;
   const size_t sums1 = want_w1 ? static_cast<size_t>(taps1 * s.C * rp) : 0;
   const size_t sums2 = want_w2 ? static_cast<size_t>(taps2 * s.Nout * rp) : 0;
