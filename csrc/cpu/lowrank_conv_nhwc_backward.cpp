@@ -371,10 +371,9 @@ void backward_nhwc(const float* go, const float* x, const float* w1, const float
         if (want_w2) {  // T of the own rows, pixel-major
           if (t_in_place) {
             mine.t_rows = t_saved + g0 * Wt * rp;
-          } else if (t_saved && t_cl) {  // pixels of rank floats -> rows of rp (zero past the rank)
-            for (int64_t p = 0; p < rows * Wt; ++p)
-              std::memcpy(mine.t.get() + p * rp, t_saved + (g0 * Wt + p) * s.rank,
-                          sizeof(float) * s.rank);
+          } else if (t_saved && t_cl) {  // pixels of rank floats -> rows of rp, zeros past the rank
+            kern.copy_pad_rows(t_saved + g0 * Wt * s.rank, s.rank, rows * Wt, 0, s.rank, rp,
+                               mine.t.get(), rp);
           } else if (t_saved) {
             int64_t q = 0;
             for (const Segment& sg : segs) {
