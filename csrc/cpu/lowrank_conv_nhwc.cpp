@@ -552,13 +552,12 @@ void forward_block(const float* x, const float* w1, const float* w2, const float
         if (!tw.first())
           kern.block_gemm({rows, pl.Wt, s.C, pl.rp, pl.taps1, st.base1.data(), xkbs, b1.get(),
                            nullptr, t + pl.pw2 * CB, pl.trow, CB, tkbs, nullptr, false});
-        if (t_out && t_cl) {  // kept for the backward, channels_last: pixel p, block c0
+        if (t_out && t_cl) {  // kept for the backward, channels_last: row q's pixels, block c0
           for (int64_t q = 0; q < rows; ++q)
-            for (int64_t p = 0; p < pl.Wt; ++p) {
-              float* dst = t_out + ((g0 + q) * pl.Wt + p) * s.rank;
-              for (int64_t c0 = 0; c0 < s.rank; c0 += CB)
-                std::memcpy(dst + c0, t + q * pl.trow + (c0 / CB) * tkbs + (pl.pw2 + p) * CB,
-                            sizeof(float) * std::min(CB, s.rank - c0));
+            for (int64_t c0 = 0; c0 < s.rank; c0 += CB) {
+              const int64_t cols = std::min(CB, s.rank - c0);
+              kern.copy_pad_rows(t + q * pl.trow + (c0 / CB) * tkbs + pl.pw2 * CB, CB, pl.Wt, 0,
+                                 cols, cols, t_out + (g0 + q) * pl.Wt * s.rank + c0, s.rank);
             }
         } else if (t_out) {  // kept as planes (N, rank, Ho, Wt), a row per tile row
           for (int64_t q = 0; q < rows; ++q) {
