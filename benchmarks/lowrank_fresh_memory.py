@@ -26,22 +26,25 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import heap_peak  # noqa: E402  (benchmarks/heap_peak.py)
+from bench_lowrank import rank_for  # noqa: E402  (the grid's ranks)
 
-# name: (channels, pixels, scheme, rank)
+# name: (channels, pixels, scheme, MAC reduction), layers of bench_lowrank's grid
 LAYERS = {
-    "512@7sp384": (512, 7, "spatial", 384),
-    "512@7ch77": (512, 7, "channel", 77),
-    "512@7ch230": (512, 7, "channel", 230),
-    "256@14sp192": (256, 14, "spatial", 192),
-    "16@32sp12": (16, 32, "spatial", 12),
+    "512@7sp384": (512, 7, "spatial", 2),
+    "512@7ch77": (512, 7, "channel", 6),
+    "512@7ch230": (512, 7, "channel", 2),
+    "256@14sp192": (256, 14, "spatial", 2),
+    "16@32sp12": (16, 32, "spatial", 2),
 }
 
 
 def measure(name: str) -> list[tuple[str, str, float]]:
     """[(variant, pass, MiB)] for one layer."""
     from fusenas.ops import lowrank_conv2d
+    from fusenas.ops.lowrank_conv import factor_params
 
-    c, px, scheme, rank = LAYERS[name]
+    c, px, scheme, reduction = LAYERS[name]
+    rank = rank_for(scheme, c, c, reduction)
     n = 128 if c <= 64 else 32
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, c, px, px, generator=g).contiguous(memory_format=torch.channels_last)
@@ -49,7 +52,7 @@ def measure(name: str) -> list[tuple[str, str, float]]:
     w1 = torch.randn(rank, c, *k1, generator=g) * 0.05
     w2 = torch.randn(c, rank, *k2, generator=g) * 0.05
     bias = torch.zeros(c)
-    p1, p2 = ((1, 0), (0, 1)) if scheme == "spatial" else ((1, 1), (0, 0))
+    (_, p1, _), (_, p2, _) = factor_params(scheme, (1, 1), (1, 1), (1, 1))
     grad = torch.randn(n, c, px, px, generator=g).contiguous(memory_format=torch.channels_last)
 
     def fused(*a):
