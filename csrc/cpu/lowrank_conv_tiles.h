@@ -429,22 +429,21 @@ inline int64_t spatial_grid_offset(const Geometry& g, int64_t r, int64_t w, int6
 }
 
 // Element (r, i, w) of image n's rows from oh0 of t: planes (N, rank, Ho, wt)
-// or, channels_last, pixels (N, Ho, wt, rank).
+// or, channels_last, pixels (N, Ho, wt, rank). F: float or const float.
+template <class F>
 struct IntermediateRows {
-  float* base;
+  F* base;
   int64_t plane, pixel;  // strides of r and of w (a row is wt pixels)
   int64_t wt;
-  IntermediateRows(const float* t, bool cl, int64_t n, int64_t oh0, const Geometry& g) {
+  IntermediateRows(F* t, bool cl, int64_t n, int64_t oh0, const Geometry& g) {
     const int64_t rank = g.s.rank;
     wt = intermediate_width(g);
     const int64_t img = g.Ho * wt;
-    base = const_cast<float*>(t) + n * rank * img + oh0 * wt * (cl ? rank : 1);
+    base = t + n * rank * img + oh0 * wt * (cl ? rank : 1);
     plane = cl ? 1 : img;
     pixel = cl ? rank : 1;
   }
-  float* at(int64_t r, int64_t i, int64_t w) const {
-    return base + r * plane + (i * wt + w) * pixel;
-  }
+  F* at(int64_t r, int64_t i, int64_t w) const { return base + r * plane + (i * wt + w) * pixel; }
 };
 
 // Grid rows [0, rows) of the tile at output row oh0 -> image n of t (t_cl:
@@ -453,7 +452,7 @@ inline void store_intermediate(const cpu::lowrank::Kernels& kern, const float* t
                                int64_t rows, int64_t n, int64_t oh0, const Geometry& g, float* t,
                                bool t_cl) {
   const auto& s = g.s;
-  const IntermediateRows tr(t, t_cl, n, oh0, g);
+  const IntermediateRows<float> tr(t, t_cl, n, oh0, g);
   const int64_t wt = tr.wt;
   if (g.channel || s.sw == 1) {
     const int64_t c0 = g.channel ? 0 : s.pw;
@@ -478,7 +477,7 @@ inline void load_intermediate(const cpu::lowrank::Kernels& kern, const float* t,
                               int64_t n, int64_t oh0, int64_t rows, const Geometry& g, float* tg,
                               int64_t tplane, int64_t clear) {
   const auto& s = g.s;
-  const IntermediateRows tr(t, t_cl, n, oh0, g);
+  const IntermediateRows<const float> tr(t, t_cl, n, oh0, g);
   const int64_t wt = tr.wt;
   const int64_t nb = g.channel ? 1 : s.sw;
   if ((g.channel || s.sw == 1) && !t_cl) {
