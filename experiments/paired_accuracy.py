@@ -8,9 +8,14 @@ run, checks that all runs share one test split (same images, same labels),
 and prints for each run against the first: accuracy, the difference, its
 paired 95% interval (normal approximation on the per-image differences) and
 McNemar's exact two-sided p-value (a binomial test on the discordant images).
+``--file`` scores another file of each run, e.g. a TRP run's exported network
+against its baseline's (``compressed.safetensors``, float files with LowRankConv2d
+layers).
 
     python experiments/paired_accuracy.py runs/quant_r20_40ep/slq3 runs/quant_r20_40ep/dnq3 \
         --out docs/dnq_paired_40ep.md
+    python experiments/paired_accuracy.py runs/trp_r20_40ep/baseline_s1 \
+        runs/trp_r20_40ep/trp_e099_s1 --file compressed.safetensors
 """
 
 from __future__ import annotations
@@ -29,13 +34,14 @@ from fusenas.data.batches import make_batch
 from fusenas.quant.io import load_float, load_packed
 
 
-def correct_per_image(run_dir: Path, use_float: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(bool (n,) correct per test image, int64 (n,) labels) of the run's model on its split."""
+def correct_per_image(run_dir: Path, file: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bool (n,) correct per test image, int64 (n,) labels) of the run's model in
+    ``file`` (quantized.safetensors is packed, every other run file float) on its split."""
     config = load_config(CompressConfig, run_dir / "config.yaml")
     train, test = load_split(config)
     model = build_model(config, train.x.shape[1], len(train.classes))
-    name = "float" if use_float else "quantized"
-    (load_float if use_float else load_packed)(run_dir / f"{name}.safetensors").load_into(model)
+    load = load_packed if file == "quantized.safetensors" else load_float
+    load(run_dir / file).load_into(model)
     model.eval()
     hits = []
     with torch.no_grad():
@@ -76,20 +82,27 @@ def compare(ref: torch.Tensor, other: torch.Tensor) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", type=Path, nargs="+", help="run directories, the first the reference")
-    ap.add_argument("--float", action="store_true", help="score float.safetensors instead")
+    ap.add_argument(
+        "--file",
+        default="quantized.safetensors",
+        help="which file of each run to score (default quantized.safetensors)",
+    )
+    ap.add_argument("--float", action="store_true", help="same as --file float.safetensors")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     if len(args.runs) < 2:
         ap.error("runs: expected at least two run directories (the first is the reference)")
     torch.set_num_threads(2)
-    results = [correct_per_image(r, args.float) for r in args.runs]
+    file = "float.safetensors" if args.float else args.file
+    results = [correct_per_image(r, file) for r in args.runs]
     ref, labels = results[0]
     for run, (hits, y) in zip(args.runs[1:], results[1:], strict=True):
         if hits.numel() != ref.numel() or not torch.equal(y, labels):
             raise SystemExit(f"runs: {run} has a different test split than {args.runs[0]}")
     rows = [{"run": str(args.runs[0]), "accuracy": 100.0 * float(ref.double().mean())}]
     lines = [
-        f"Paired against `{args.runs[0]}` on the same {ref.numel()} test images.",
+        f"Paired against `{args.runs[0]}` on the same {ref.numel()} test images "
+        f"(each run's `{file}`).",
         "",
         "| run | test acc (%) | diff (pts) | paired 95% interval | only this right | "
         "only reference right | McNemar p |",
