@@ -48,6 +48,11 @@ for step in "${steps[@]}"; do
       seed=${step##*_s}
       fusenas compress baseline "${COMMON[@]}" --set epochs=40 --set seed="$seed" --set split_seed=0 \
         --set out_dir="runs/trp_r20_40ep/baseline_s$seed" --resume ;;
+    baseline60|trp60_e099)  # a longer budget (the paper trains 164 epochs): does the gap shrink?
+      what=(trp --set scheme=spatial --set period=5 --set energy=0.99); name=trp_e099
+      [ "$step" = baseline60 ] && { what=(baseline); name=baseline; }
+      fusenas compress "${what[@]}" "${COMMON[@]}" --set epochs=60 --set seed=0 --set split_seed=0 \
+        --set out_dir="runs/trp_r20_60ep/$name" --resume ;;
     slq4)
       fusenas compress slq "${COMMON[@]}" --set init=$BASE/dense.safetensors --set bits=4 \
         --set out_dir=runs/quant_r20/slq4 ;;
