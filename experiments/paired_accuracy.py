@@ -31,17 +31,16 @@ from fusenas.compress.config import CompressConfig
 from fusenas.compress.driver import build_model, load_split
 from fusenas.config_file import load_config
 from fusenas.data.batches import make_batch
-from fusenas.quant.io import load_float, load_packed
+from fusenas.quant.io import load_checkpoint
 
 
 def correct_per_image(run_dir: Path, file: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(bool (n,) correct per test image, int64 (n,) labels) of the run's model in
-    ``file`` (quantized.safetensors is packed, every other run file float) on its split."""
+    ``file`` (packed or float) on its split."""
     config = load_config(CompressConfig, run_dir / "config.yaml")
     train, test = load_split(config)
     model = build_model(config, train.x.shape[1], len(train.classes))
-    load = load_packed if file == "quantized.safetensors" else load_float
-    load(run_dir / file).load_into(model)
+    load_checkpoint(run_dir / file).load_into(model)
     model.eval()
     hits = []
     with torch.no_grad():

@@ -17,7 +17,7 @@ from fusenas import QuantConfig, load_packed, quantize_, save_packed
 from fusenas.models import small_cnn_for
 from fusenas.nn import QuantConv2d, QuantLinear
 from fusenas.quant import io as qio
-from fusenas.quant.io import load_float, load_model, save_float
+from fusenas.quant.io import load_checkpoint, load_float, load_model, save_float
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +109,20 @@ def test_float_checkpoint_round_trip(float_model, tmp_path):
         load_packed(path)
     with pytest.raises(ValueError, match="model"):
         save_packed(float_model, tmp_path / "x.safetensors")
+
+
+def test_load_checkpoint_reads_either_kind(float_model, packed_model, packed_file, tmp_path):
+    float_file = save_float(float_model, tmp_path / "f.safetensors")
+    assert load_checkpoint(float_file).kind == "float"
+    state = load_checkpoint(packed_file)
+    assert state.kind == "packed" and state.layers
+    fresh = state.load_into(small_cnn_for("digits"))
+    x = _x()
+    assert torch.equal(fresh(x), packed_model(x))
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.safetensors"):
+        load_checkpoint(junk)
 
 
 def test_save_float_rejects_packed(packed_model, tmp_path):

@@ -6,6 +6,7 @@ from fusenas.quant.packed import PackedWeight, dequantize, parse_bits, quantize_
 from fusenas.quant.convert import QuantConfig, format_report, quantize_
 from fusenas.quant.io import (
     ModelState,
+    load_checkpoint,
     load_float,
     load_model,
     load_packed,
@@ -26,5 +27,6 @@ __all__ = [
     "load_packed",
     "save_float",
     "load_float",
+    "load_checkpoint",
     "load_model",
 ]

@@ -194,9 +194,15 @@ def load_float(path: str | os.PathLike) -> ModelState:
     return _load(path, KIND_FLOAT)
 
 
+def load_checkpoint(path: str | os.PathLike) -> ModelState:
+    """Reads and checks a file written by :func:`save_packed` or :func:`save_float`,
+    whichever it is (``kind`` says which; errors as :func:`load_packed`)."""
+    return _load(path, None)
+
+
 def load_model(path: str | os.PathLike) -> tuple[nn.Module, ModelState]:
     """Rebuilds the model in a packed or float file that carries an architecture description."""
-    state = _load(path, None)
+    state = load_checkpoint(path)
     return state.build_model(), state
 
 
