@@ -4,7 +4,8 @@ A run trains the chosen model on the training split with SGD, applying TRP's
 projection and nuclear sub-gradient around each step (``method="trp"``), and
 writes, under ``out_dir``: ``checkpoint.safetensors`` every epoch (atomic; no
 pickle), ``log.jsonl`` (one line per epoch, with the layers' current ranks),
-``config.yaml``; at the end ``dense.safetensors`` (the trained network),
+``config.yaml``, ``curves.png`` (accuracy, loss and TRP's ranks per epoch);
+at the end ``dense.safetensors`` (the trained network),
 ``compressed.safetensors`` (TRP: its convs exported to fused LowRankConv2d
 layers by the singular-value threshold, no fine-tuning) and ``report.md`` /
 ``report.json``: accuracy, parameters, MACs, file size and latency of each,
@@ -31,6 +32,7 @@ from fusenas import distributed
 from fusenas._state_io import save_state
 from fusenas.compress.config import CompressConfig
 from fusenas.compress.loop import epoch_generator, train_epoch
+from fusenas.compress.plots import plot_training
 from fusenas.compress.report import measure, write_report
 from fusenas.compress.trp import TRPRegularizer, TRPSettings
 from fusenas.config_file import dump_config
@@ -218,6 +220,7 @@ def run_compress(
                 },
             )
             write_log(out, history)
+            plot_training({config.method: history}, out / "curves.png")
             if progress:
                 tqdm.write(
                     f"epoch {epoch + 1}/{config.epochs}: train {record['train_acc']:.1f}% "
