@@ -48,11 +48,17 @@ for step in "${steps[@]}"; do
       seed=${step##*_s}
       fusenas compress baseline "${COMMON[@]}" --set epochs=40 --set seed="$seed" --set split_seed=0 \
         --set out_dir="runs/trp_r20_40ep/baseline_s$seed" --resume ;;
-    baseline60|trp60_e099)  # a longer budget (the paper trains 164 epochs): does the gap shrink?
+    baseline60|trp60_e099|baseline60_s[12]|trp60_e099_s[12])  # a longer budget (the paper
+      # trains 164 epochs): does the gap shrink? Seed 0 is the plain name; all on split 0.
+      seed=0 suffix=""
+      [ "${step%_s[12]}" != "$step" ] && { seed=${step##*_s}; suffix=_s$seed; }
       what=(trp --set scheme=spatial --set period=5 --set energy=0.99); name=trp_e099
-      [ "$step" = baseline60 ] && { what=(baseline); name=baseline; }
-      fusenas compress "${what[@]}" "${COMMON[@]}" --set epochs=60 --set seed=0 --set split_seed=0 \
-        --set out_dir="runs/trp_r20_60ep/$name" --resume ;;
+      [ "${step%_s[12]}" = baseline60 ] && { what=(baseline); name=baseline; }
+      fusenas compress "${what[@]}" "${COMMON[@]}" --set epochs=60 --set seed="$seed" \
+        --set split_seed=0 --set out_dir="runs/trp_r20_60ep/$name$suffix" --resume ;;
+    curves60)  # the 60-epoch pair's training curves in one picture, with a table
+      python experiments/trp_curves.py baseline=runs/trp_r20_60ep/baseline \
+        TRP=runs/trp_r20_60ep/trp_e099 --out docs/trp_r20_60ep_curves.png ;;
     slq4)
       fusenas compress slq "${COMMON[@]}" --set init=$BASE/dense.safetensors --set bits=4 \
         --set out_dir=runs/quant_r20/slq4 ;;
