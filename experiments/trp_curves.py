@@ -34,7 +34,7 @@ def _read_run(arg: str) -> tuple[str, Path, list[dict]]:
     return label or run.name, run, history
 
 
-def _exported_acc(run: Path) -> float | None:
+def _report_acc(run: Path) -> float | None:
     report = run / "report.json"
     if not report.is_file():
         return None
@@ -57,11 +57,11 @@ def main() -> None:
     rows = []
     for label, run, h in runs:
         final, best5 = h[-1]["test_acc"], max(r["test_acc"] for r in h[-5:])
-        exported = _exported_acc(run)
-        shown = "(not finished)" if exported is None else f"{exported:.2f}"
+        report_acc = _report_acc(run)
+        shown = "(not finished)" if report_acc is None else f"{report_acc:.2f}"
         lines.append(f"| {label} | {len(h)} | {final:.2f} | {best5:.2f} | {shown} |")
         rows.append({"run": label, "dir": str(run), "epochs": len(h), "final_test_acc": final,
-                     "best_last5_test_acc": best5, "report_acc": exported})  # fmt: skip
+                     "best_last5_test_acc": best5, "report_acc": report_acc})  # fmt: skip
     publish("\n".join(lines) + "\n", rows, args.out.with_suffix(".md"))
 
 

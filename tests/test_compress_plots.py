@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from fusenas.compress.plots import plot_training
@@ -59,3 +61,15 @@ def test_driver_redraws_curves_each_epoch(tmp_path, monkeypatch):
 def test_bad_runs_are_refused(tmp_path, runs, match):
     with pytest.raises(ValueError, match=match):
         plot_training(runs, tmp_path / "c.png")
+
+
+def test_importing_the_plots_keeps_the_callers_matplotlib_backend():
+    # A notebook that imports the driver must keep its own (inline) backend.
+    import subprocess
+    import sys
+
+    code = "import matplotlib; import fusenas.compress.driver; print(matplotlib.get_backend())"
+    env = {**os.environ, "MPLBACKEND": "svg"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().lower() == "svg"

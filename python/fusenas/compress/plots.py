@@ -5,7 +5,8 @@ accuracy, its training loss and, for TRP runs, the sum of its convs' ranks
 (the energy rank of the last projection), one line per run, so a TRP run can
 be read against its baseline in one picture. The driver writes ``curves.png``
 of its own run after every epoch; experiments/trp_curves.py overlays runs.
-matplotlib only, with the non-interactive Agg backend.
+matplotlib's object API only (no pyplot), so drawing neither needs a display nor
+changes the backend of a notebook that imports the driver.
 """
 
 from __future__ import annotations
@@ -13,12 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from fusenas._atomic import save_figure_atomic  # noqa: E402
+from fusenas._atomic import save_figure_atomic
 
 
 def plot_training(runs: dict[str, list[dict[str, Any]]], path: str | Path) -> Path:
@@ -35,7 +33,8 @@ def plot_training(runs: dict[str, list[dict[str, Any]]], path: str | Path) -> Pa
             raise ValueError(f"runs[{label!r}]: records lack {sorted(missing)}")
     with_ranks = {k: h for k, h in runs.items() if "ranks" in h[-1]}
     panels = 3 if with_ranks else 2
-    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.4))
+    fig = Figure(figsize=(4.2 * panels, 3.4))
+    axes = fig.subplots(1, panels)
     # One colour per run in every panel (the rank panel skips the baselines).
     colors = {label: f"C{i % 10}" for i, label in enumerate(runs)}
     style = dict(lw=1.2, marker=".", ms=3)
@@ -58,5 +57,4 @@ def plot_training(runs: dict[str, list[dict[str, Any]]], path: str | Path) -> Pa
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     save_figure_atomic(fig, path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return Path(path)
