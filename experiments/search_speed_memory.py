@@ -17,7 +17,6 @@ reference needs at the smallest batch.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 from results_io import publish  # experiments/results_io.py (the script's directory)
 
 from fusenas.profiling import largest_batch_within
+from fusenas.run_dir import read_log
 
 VARIANTS = ("reference", "fused")
 
@@ -41,7 +41,7 @@ def run(variant: str, batch: int, limit: int, epochs: int, root: Path) -> dict:
     ]  # fmt: skip
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
-    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    log = read_log(out)
     return {
         "variant": variant,
         "batch": batch,

@@ -20,17 +20,17 @@ from pathlib import Path
 from results_io import publish  # experiments/results_io.py (the script's directory)
 
 from fusenas.compress.plots import plot_training
+from fusenas.run_dir import read_log
 
 
 def _read_run(arg: str) -> tuple[str, Path, list[dict]]:
     label, _, path = arg.rpartition("=")
     run = Path(path)
-    log = run / "log.jsonl"
-    if not log.is_file():
+    if not (run / "log.jsonl").is_file():
         raise SystemExit(f"run {arg!r}: no log.jsonl in {run}")
-    history = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    history = read_log(run)
     if not history:
-        raise SystemExit(f"run {arg!r}: {log} has no epochs yet")
+        raise SystemExit(f"run {arg!r}: its log.jsonl has no epochs yet")
     return label or run.name, run, history
 
 

@@ -13,6 +13,7 @@ from fusenas.compress.config import CompressConfig
 from fusenas.compress.driver import export_run, load_split, load_trained, run_compress
 from fusenas.nn.lowrank_conv import LowRankConv2d
 from fusenas.quant.io import load_model
+from fusenas.run_dir import read_log
 
 TINY = dict(model="resnet20", dataset="digits", limit=600, test_size=200, epochs=2,
             batch_size=64, threads=1, latency_batches=(1, 8))  # fmt: skip
@@ -40,6 +41,7 @@ def test_trp_run_exports_fused_layers_that_reproduce_the_trained_model(tmp_path)
     assert not trained.training
     with torch.no_grad():
         torch.testing.assert_close(trained(x), result.dense.eval()(x))
+    assert read_log(out) == result.history  # the log reads back as the run recorded it
     report = json.loads((out / "report.json").read_text())
     dense, comp = report["stages"]
     assert comp["macs"] < dense["macs"] / 2 and comp["file_bytes"] < dense["file_bytes"]

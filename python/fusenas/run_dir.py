@@ -4,7 +4,8 @@
 global batch splits over the ranks, sets torch's threads, creates the output
 directory and writes the run's settings to ``config.yaml`` (rank 0).
 ``write_log`` rewrites ``log.jsonl`` from the run's history, atomically, so
-the log always agrees with the checkpoint it was written after.
+the log always agrees with the checkpoint it was written after; ``read_log``
+reads it back.
 """
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ def write_config(out: Path, config: Any) -> None:
 def write_log(out: Path, history: list[dict[str, Any]]) -> None:
     """log.jsonl: one JSON line per record of ``history``."""
     atomic_write_bytes(out / "log.jsonl", "".join(json.dumps(h) + "\n" for h in history).encode())
+
+
+def read_log(out: str | Path) -> list[dict[str, Any]]:
+    """The records of ``out``/log.jsonl, as write_log wrote them (FileNotFoundError if none)."""
+    text = (Path(out) / "log.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def resume_state(
