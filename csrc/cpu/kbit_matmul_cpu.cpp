@@ -221,6 +221,59 @@ void kbit_matmul_cpu(const void* x, int64_t M, int64_t ldx, DType dtype, const K
                 });
 }
 
+void kbit_lut_pack_codes(const KbitWeight& w, uint8_t* out, int num_threads) {
+  const int64_t tiles = (w.N + 15) / 16, chunks = kbit::num_blocks(w.K) * 8;
+  parallel_rows(tiles * 16, w.N * w.K, num_threads, [&](int64_t n0, int64_t n1) {
+    for (int64_t t = n0 / 16; t < (n1 + 15) / 16; ++t)
+      for (int64_t c = 0; c < chunks; ++c)
+        for (int64_t r = 0; r < 16; ++r) {
+          const int64_t n = 16 * t + r;
+          uint32_t word = 0;
+          if (n < w.N) {
+            // Element e of a 2-bit block sits in word e mod 8 at bit 2 (e div 8)
+            // (kbit_format.md); chunk c holds elements 16 (c mod 8) + u.
+            uint32_t src[8];
+            std::memcpy(src, w.codes + n * w.row_stride + (c / 8) * 32, sizeof(src));
+            const int base = 4 * static_cast<int>(c % 8);
+            for (int u = 0; u < 16; ++u) {
+              const uint32_t q = (src[u % 8] >> (base + 2 * (u / 8))) & 3u;
+              word |= ((q >> 1) << u) | ((q & 1u) << (16 + u));
+            }
+          }
+          std::memcpy(out + ((t * chunks + c) * 16 + r) * 4, &word, 4);
+        }
+  });
+}
+
+bool kbit_lut_available() { return cpu::use_avx512_bf16(); }
+
+bool kbit_gemv_lut_cpu(const void* x, DType dtype, const KbitLutWeight& w, const void* bias,
+                       void* y, int num_threads) {
+  if (!cpu::use_avx512_bf16()) return false;
+  const bool f32 = dtype == DType::kFloat32;
+  const int64_t blocks = kbit::num_blocks(w.K) * (kbit::kBlock / 4);
+  const auto his = scratch<uint16_t>(cpu::ScratchSlot::kInput, 16 * blocks);
+  const auto los = scratch<uint16_t>(cpu::ScratchSlot::kInput2, f32 ? 16 * blocks : 0);
+  std::vector<float> xsum(static_cast<size_t>(w.K / w.group_size));
+  uint16_t* lo = f32 ? los.as<uint16_t>() : nullptr;
+  if (!cpu::kbit_lut_prepare(x, f32, w.K, w.group_size, his.as<uint16_t>(), lo, xsum.data()))
+    return false;
+  const std::vector<float> bf =
+      f32 ? std::vector<float>() : bias_to_float(static_cast<const uint16_t*>(bias), w.N);
+  const cpu::KbitLutProblem p{his.as<uint16_t>(),
+                              lo,
+                              xsum.data(),
+                              f32 ? static_cast<const float*>(bias) : (bias ? bf.data() : nullptr),
+                              f32 ? static_cast<float*>(y) : nullptr,
+                              f32 ? nullptr : static_cast<uint16_t*>(y)};
+  // Threads take whole 16-row tiles (kRowAlign is a multiple of 16).
+  static_assert(cpu::kRowAlign % 16 == 0, "row shares must be whole tiles");
+  parallel_rows(w.N, w.N * w.K, num_threads, [&](int64_t n0, int64_t n1) {
+    cpu::kbit_gemv_lut_avx512_bf16(p, w, n0 / 16, (n1 + 15) / 16);
+  });
+  return true;
+}
+
 void kbit_dequantize_cpu(const KbitWeight& w, float* out, int num_threads) {
   const cpu::KbitDequantKernel kernel = pick_dequant();
   parallel_rows(w.N, w.N * w.K, num_threads,

@@ -30,6 +30,33 @@ void kbit_matmul_cpu(const void* x, int64_t M, int64_t ldx, DType dtype, const K
 // Unpacks to float32 W (N x K, row-major): the dequantized weight.
 void kbit_dequantize_cpu(const KbitWeight& w, float* out, int num_threads);
 
+// 2-bit and ternary weights in the CPU's table layout (docs/kbit_format.md,
+// "CPU table layout"): a copy of the codes made once per weight for the
+// batch-1 GEMV on subset-sum tables, kbit_gemv_lut_cpu.
+struct KbitLutWeight {
+  const uint8_t* codes;  // ceil(N / 16) tiles x chunks (K padded to 128, / 16) x 64 bytes
+  const float* scale;    // tiles x groups x 16: s[n, g] (0 on padding rows)
+  const float* offset;   // tiles x groups x 16: s[n, g] * (1.5 - z[n, g])
+  int64_t N;
+  int64_t K;
+  int64_t group_size;  // a multiple of 128, or K (one group per row)
+};
+
+// Whether this CPU runs kbit_gemv_lut_cpu (AVX512-BF16, not turned off).
+bool kbit_lut_available();
+
+// Writes the codes of a 2-bit weight w in the table layout: out holds
+// ceil(N / 16) * num_blocks(K) * 8 * 64 bytes (KbitLutWeight::codes).
+void kbit_lut_pack_codes(const KbitWeight& w, uint8_t* out, int num_threads);
+
+// y (1 x N) = x (1 x K) @ dequant(W)^T + bias in dtype (float32 or bfloat16).
+// Products as 16-bit pairs (hi + lo bfloat16 tables: relative error per
+// table entry <= 2^-16). Returns false, having written nothing, when x holds
+// an Inf or NaN (the tables would mix them; the caller runs kbit_matmul_cpu)
+// or the CPU lacks AVX512-BF16.
+bool kbit_gemv_lut_cpu(const void* x, DType dtype, const KbitLutWeight& w, const void* bias,
+                       void* y, int num_threads);
+
 // Name of the CPU code path chosen at run time: "avx512", "avx2" or "scalar".
 const char* kbit_cpu_isa();
 

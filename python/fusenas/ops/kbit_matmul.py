@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from fusenas.ops import _native
+from fusenas.ops import _native, kbit_lut
 from fusenas.ops._reference import dequantize_reference, kbit_matmul_reference
 from fusenas.quant.packed import PackedWeight
 from fusenas.quant.packing import row_bytes
@@ -137,12 +137,26 @@ def _kbit_matmul_cpu(x, codes, scales, zeros, bias, bits, ternary, group_size):
     y = torch.empty(*x.shape[:-1], n, dtype=x.dtype, device=x.device)
     if m == 0:
         return y
+    if m == 1 and bits == 2 and _lut_applies(ext, k, group_size):
+        lut = kbit_lut.lut_weight(ext, codes, scales, zeros, k, ternary)
+        if ext.kbit_gemv_lut_cpu(
+            x.data_ptr(), _DTYPE_CODE[x.dtype], lut.codes.data_ptr(), lut.scale.data_ptr(),
+            lut.offset.data_ptr(), n, k, group_size,
+            0 if bias is None else bias.data_ptr(), y.data_ptr(), torch.get_num_threads(),
+        ):  # fmt: skip
+            return y  # else x holds Inf or NaN: the kernels below handle it
     ext.kbit_matmul_cpu(
         x.data_ptr(), m, k, _DTYPE_CODE[x.dtype],
         *_weight_args(codes, scales, zeros, k, bits, ternary, group_size),
         0 if bias is None else bias.data_ptr(), y.data_ptr(), n, torch.get_num_threads(),
     )  # fmt: skip
     return y
+
+
+def _lut_applies(ext, k: int, group_size: int) -> bool:
+    """The batch-1 table GEMV (ops/kbit_lut.py): AVX512-BF16, groups of whole blocks."""
+    whole_blocks = group_size == k or group_size % 128 == 0
+    return whole_blocks and kbit_lut.enabled() and ext.kbit_lut_available()
 
 
 def _kbit_matmul_cuda(x, codes, scales, zeros, bias, bits, ternary, group_size):

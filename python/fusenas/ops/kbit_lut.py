@@ -1,0 +1,109 @@
+"""The CPU's table layout of 2-bit and ternary weights, for the batch-1 GEMV.
+
+On AVX512-BF16 CPUs a 2-bit (or ternary) weight multiplied by a single row of
+x runs a GEMV on subset-sum tables (``csrc/cpu/kbit_gemv_lut_avx512_bf16.cpp``)
+that does half the work per weight of the kernel on codes, so 2-bit weights
+cost about half the compute of 4-bit ones. It reads the codes in its own
+layout (``docs/kbit_format.md``, "CPU table layout"), which this module builds
+from the packed codes once per weight and keeps beside it: the copy is as
+large as the codes (4.2 MB for a 4096 x 4096 weight) and lives as long as the
+codes tensor does. ``FUSENAS_CPU_LUT=0`` turns the path off (no copy is made).
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from dataclasses import dataclass
+
+import torch
+
+from fusenas.quant.packing import BLOCK, num_blocks
+
+TILE = 16  # output rows per tile: one float32 lane each
+CHUNK = 16  # inputs per 64-byte tile chunk: 4 nibbles of 4 inputs in each word
+
+
+@dataclass(frozen=True)
+class LutWeight:
+    """A 2-bit weight in the CPU table layout.
+
+    Attributes:
+        codes: uint8 (tiles, chunks, 64): per tile of 16 rows and chunk of 16
+            inputs, 16 little-endian uint32 words, one per row; bit 4j + i of
+            the low half is bit 1 of the code of input 16c + 4j + i, of the
+            high half its bit 0.
+        scale: float32 (tiles, groups, 16): the scale of each row and group
+            (0 on the padding rows of the last tile).
+        offset: float32 (tiles, groups, 16): scale * (1.5 - zero point).
+    """
+
+    codes: torch.Tensor
+    scale: torch.Tensor
+    offset: torch.Tensor
+
+
+def enabled() -> bool:
+    """False when FUSENAS_CPU_LUT=0."""
+    return os.environ.get("FUSENAS_CPU_LUT", "1") != "0"
+
+
+def build_lut_weight(
+    ext,
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor | None,
+    k: int,
+    ternary: bool,
+) -> LutWeight:
+    """The table layout of a 2-bit packed weight (codes uint8 (N, row_bytes(k, 2)), on CPU).
+
+    ext is the native CPU module (fusenas._C), whose packer writes the codes.
+    """
+    n = codes.shape[0]
+    tiles = -(-n // TILE)
+    lut_codes = torch.empty(tiles, num_blocks(k) * BLOCK // CHUNK, 64, dtype=torch.uint8)
+    ext.kbit_lut_pack_codes_cpu(
+        codes.data_ptr(), n, k, codes.stride(0), lut_codes.data_ptr(), torch.get_num_threads()
+    )
+    groups = scales.shape[1]
+    s = torch.zeros(tiles * TILE, groups, dtype=torch.float32)
+    s[:n] = scales
+    z = torch.full_like(s, 1.0 if ternary else 2.0)
+    if zeros is not None:
+        z[:n] = zeros
+    offset = s * (1.5 - z)
+    as_tiles = lambda t: t.view(tiles, TILE, groups).permute(0, 2, 1).contiguous()  # noqa: E731
+    return LutWeight(lut_codes, as_tiles(s), as_tiles(offset))
+
+
+# id(codes) -> (weak reference to codes, guard, LutWeight). Keyed by identity
+# (tensors compare elementwise); an entry leaves when its codes tensor dies.
+_cache: dict[int, tuple] = {}
+
+
+def _guard(codes, scales, zeros, k, ternary):
+    """What the cached layout was built from: in-place writes bump _version."""
+    parts = [codes.data_ptr(), codes._version, scales.data_ptr(), scales._version, k, ternary]
+    if zeros is not None:
+        parts += [zeros.data_ptr(), zeros._version]
+    return tuple(parts)
+
+
+def lut_weight(
+    ext,
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor | None,
+    k: int,
+    ternary: bool,
+) -> LutWeight:
+    """The cached table layout of these codes (built on first use or after any change)."""
+    key = id(codes)
+    guard = _guard(codes, scales, zeros, k, ternary)
+    hit = _cache.get(key)
+    if hit is not None and hit[0]() is codes and hit[1] == guard:
+        return hit[2]
+    lut = build_lut_weight(ext, codes, scales, zeros, k, ternary)
+    _cache[key] = (weakref.ref(codes, lambda _, key=key: _cache.pop(key, None)), guard, lut)
+    return lut
