@@ -22,6 +22,9 @@ namespace kbit {
 constexpr int kFormatVersion = 1;
 constexpr int kBlock = 128;  // elements of K per block
 constexpr int kTernaryBits = 2;
+// CPU table layout of 2-bit codes (kbit_format.md, "CPU table layout"): rows
+// in tiles of 16, tiles in passes of 8 that the GEMV reads as one stream.
+constexpr int kLutTilesPerPass = 8;
 
 // Number of bit planes of a b-bit code, and the width of plane i (low first).
 FUSENAS_HD int plane_count(int bits) {

@@ -33,11 +33,6 @@ using namespace avx512;
 
 namespace {
 
-// Row tiles (16 rows each) sharing one pass over the tables: every table
-// register feeds TG tiles. Two accumulators per tile (even and odd lookups)
-// keep 2 * TG vdpbf16ps chains in flight against its 6-cycle latency.
-constexpr int kTilesPerPass = 8;
-
 // vdpbf16ps pairs word 2i (plane b1) with 2.0 and word 2i + 1 (plane b0) with 1.0.
 inline __m512bh plane_weights() {
   const __m512i w = _mm512_set1_epi32(0x3F804000);  // bfloat16 1.0 << 16 | bfloat16 2.0
@@ -51,23 +46,34 @@ inline __m512i load_table(const uint16_t* t) {
   return _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t)));
 }
 
+// How far ahead a pass's codes are prefetched, into L2. A pass reads one
+// sequential stream (TG x 64 bytes per chunk), as the GEMV on codes does.
+constexpr int64_t kPrefetchBytes = 32 << 10;
+
+// One pass: the TG tiles (16 rows each) of pass `pass`, every table register
+// feeding TG tiles. Two accumulators per tile (even and odd lookups) keep
+// 2 * TG vdpbf16ps chains in flight against its 6-cycle latency.
 template <int TG, bool SPLIT>
-void lut_tiles(const KbitLutProblem& p, const KbitLutWeight& w, int64_t tile0) {
+void lut_pass(const KbitLutProblem& p, const KbitLutWeight& w, int64_t pass) {
   const int64_t chunks = kbit::num_blocks(w.K) * (kbit::kBlock / 16);
   const int64_t groups = w.K / w.group_size;
   const int64_t chunks_per_group = groups == 1 ? chunks : w.group_size / 16;
   const __m512bh two_one = plane_weights();
-  const uint8_t* codes = w.codes + tile0 * chunks * 64;
+  const uint8_t* codes = w.codes + pass * kbit::kLutTilesPerPass * chunks * 64;
+  const float* scale = w.scale + pass * kbit::kLutTilesPerPass * groups * 16;
+  const float* offset = w.offset + pass * kbit::kLutTilesPerPass * groups * 16;
   __m512 acc[TG][2], tot[TG];
   FUSENAS_UNROLL for (int t = 0; t < TG; ++t) {
     acc[t][0] = acc[t][1] = tot[t] = _mm512_setzero_ps();
   }
   for (int64_t g = 0; g < groups; ++g) {
     for (int64_t c = g * chunks_per_group; c < (g + 1) * chunks_per_group; ++c) {
+      const uint8_t* at = codes + c * TG * 64;
+      _mm_prefetch(reinterpret_cast<const char*>(at + kPrefetchBytes), _MM_HINT_T1);
+      if constexpr (TG > 1)
+        _mm_prefetch(reinterpret_cast<const char*>(at + kPrefetchBytes + TG * 32), _MM_HINT_T1);
       __m512i v[TG];
-      FUSENAS_UNROLL for (int t = 0; t < TG; ++t) {
-        v[t] = _mm512_loadu_si512(codes + (t * chunks + c) * 64);
-      }
+      FUSENAS_UNROLL for (int t = 0; t < TG; ++t) v[t] = _mm512_loadu_si512(at + t * 64);
       // Nibble j of each word: the plane bits of inputs 16c + 4j .. 16c + 4j + 3.
       FUSENAS_UNROLL for (int j = 0; j < 4; ++j) {
         const int64_t q = 4 * c + j;  // 4-input block
@@ -87,15 +93,15 @@ void lut_tiles(const KbitLutProblem& p, const KbitLutWeight& w, int64_t tile0) {
     }
     const __m512 xs = _mm512_set1_ps(p.xsum[g]);
     FUSENAS_UNROLL for (int t = 0; t < TG; ++t) {
-      const int64_t at = ((tile0 + t) * groups + g) * 16;
+      const int64_t at = (g * TG + t) * 16;
       const __m512 a = _mm512_add_ps(acc[t][0], acc[t][1]);
-      tot[t] = _mm512_fmadd_ps(a, _mm512_loadu_ps(w.scale + at), tot[t]);
-      tot[t] = _mm512_fmadd_ps(xs, _mm512_loadu_ps(w.offset + at), tot[t]);
+      tot[t] = _mm512_fmadd_ps(a, _mm512_loadu_ps(scale + at), tot[t]);
+      tot[t] = _mm512_fmadd_ps(xs, _mm512_loadu_ps(offset + at), tot[t]);
       acc[t][0] = acc[t][1] = _mm512_setzero_ps();
     }
   }
   FUSENAS_UNROLL for (int t = 0; t < TG; ++t) {
-    const int64_t n0 = (tile0 + t) * 16;
+    const int64_t n0 = (pass * kbit::kLutTilesPerPass + t) * 16;
     const int64_t valid = std::min<int64_t>(16, w.N - n0);
     const __mmask16 k = static_cast<__mmask16>((1u << valid) - 1);
     __m512 r = tot[t];
@@ -108,14 +114,15 @@ void lut_tiles(const KbitLutProblem& p, const KbitLutWeight& w, int64_t tile0) {
 }
 
 template <bool SPLIT>
-void lut_rows(const KbitLutProblem& p, const KbitLutWeight& w, int64_t tile_begin,
-              int64_t tile_end) {
-  int64_t t = tile_begin;
-  for (; t + kTilesPerPass <= tile_end; t += kTilesPerPass)
-    lut_tiles<kTilesPerPass, SPLIT>(p, w, t);
-  if (t + 4 <= tile_end) lut_tiles<4, SPLIT>(p, w, t), t += 4;
-  if (t + 2 <= tile_end) lut_tiles<2, SPLIT>(p, w, t), t += 2;
-  if (t < tile_end) lut_tiles<1, SPLIT>(p, w, t);
+void lut_passes(const KbitLutProblem& p, const KbitLutWeight& w, int64_t pass_begin,
+                int64_t pass_end) {
+  const int64_t tiles = (w.N + 15) / 16;
+  for (int64_t pass = pass_begin; pass < pass_end; ++pass) {
+    const int tg = static_cast<int>(
+        std::min<int64_t>(kbit::kLutTilesPerPass, tiles - pass * kbit::kLutTilesPerPass));
+    with_constant<1, kbit::kLutTilesPerPass>(
+        tg, [&](auto c) { lut_pass<decltype(c)::value, SPLIT>(p, w, pass); });
+  }
 }
 
 }  // namespace
@@ -155,12 +162,12 @@ bool kbit_lut_prepare(const void* x, bool float32_x, int64_t K, int64_t group_si
   return true;
 }
 
-void kbit_gemv_lut_avx512_bf16(const KbitLutProblem& p, const KbitLutWeight& w, int64_t tile_begin,
-                               int64_t tile_end) {
+void kbit_gemv_lut_avx512_bf16(const KbitLutProblem& p, const KbitLutWeight& w, int64_t pass_begin,
+                               int64_t pass_end) {
   if (p.tlo)
-    lut_rows<true>(p, w, tile_begin, tile_end);
+    lut_passes<true>(p, w, pass_begin, pass_end);
   else
-    lut_rows<false>(p, w, tile_begin, tile_end);
+    lut_passes<false>(p, w, pass_begin, pass_end);
 }
 
 }  // namespace cpu

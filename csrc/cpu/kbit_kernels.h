@@ -113,9 +113,10 @@ struct KbitLutProblem {
 };
 bool kbit_lut_prepare(const void* x, bool float32_x, int64_t K, int64_t group_size, uint16_t* thi,
                       uint16_t* tlo, float* xsum);
-// Output rows of tiles [tile_begin, tile_end) (16 rows each).
-void kbit_gemv_lut_avx512_bf16(const KbitLutProblem& p, const KbitLutWeight& w, int64_t tile_begin,
-                               int64_t tile_end);
+// Output rows of passes [pass_begin, pass_end) (kbit::kLutTilesPerPass tiles
+// of 16 rows each).
+void kbit_gemv_lut_avx512_bf16(const KbitLutProblem& p, const KbitLutWeight& w, int64_t pass_begin,
+                               int64_t pass_end);
 
 // Row stride, in elements of T, for rows of n elements that a kernel reads
 // several at once (the GEMM micro-kernels broadcast from 12 x rows, the panel

@@ -222,9 +222,13 @@ void kbit_matmul_cpu(const void* x, int64_t M, int64_t ldx, DType dtype, const K
 }
 
 void kbit_lut_pack_codes(const KbitWeight& w, uint8_t* out, int num_threads) {
+  constexpr int64_t P = kbit::kLutTilesPerPass;
   const int64_t tiles = (w.N + 15) / 16, chunks = kbit::num_blocks(w.K) * 8;
   parallel_rows(tiles * 16, w.N * w.K, num_threads, [&](int64_t n0, int64_t n1) {
-    for (int64_t t = n0 / 16; t < (n1 + 15) / 16; ++t)
+    for (int64_t t = n0 / 16; t < (n1 + 15) / 16; ++t) {
+      // Pass t / P holds its tiles' chunk c side by side: (c * tiles_in_pass + t mod P) * 64.
+      const int64_t in_pass = std::min(P, tiles - t / P * P);
+      uint8_t* pass = out + t / P * P * chunks * 64;
       for (int64_t c = 0; c < chunks; ++c)
         for (int64_t r = 0; r < 16; ++r) {
           const int64_t n = 16 * t + r;
@@ -240,8 +244,9 @@ void kbit_lut_pack_codes(const KbitWeight& w, uint8_t* out, int num_threads) {
               word |= ((q >> 1) << u) | ((q & 1u) << (16 + u));
             }
           }
-          std::memcpy(out + ((t * chunks + c) * 16 + r) * 4, &word, 4);
+          std::memcpy(pass + ((c * in_pass + t % P) * 16 + r) * 4, &word, 4);
         }
+    }
   });
 }
 
@@ -266,10 +271,11 @@ bool kbit_gemv_lut_cpu(const void* x, DType dtype, const KbitLutWeight& w, const
                               f32 ? static_cast<const float*>(bias) : (bias ? bf.data() : nullptr),
                               f32 ? static_cast<float*>(y) : nullptr,
                               f32 ? nullptr : static_cast<uint16_t*>(y)};
-  // Threads take whole 16-row tiles (kRowAlign is a multiple of 16).
-  static_assert(cpu::kRowAlign % 16 == 0, "row shares must be whole tiles");
-  parallel_rows(w.N, w.N * w.K, num_threads, [&](int64_t n0, int64_t n1) {
-    cpu::kbit_gemv_lut_avx512_bf16(p, w, n0 / 16, (n1 + 15) / 16);
+  // Threads take whole passes: parallel_rows splits passes * kRowAlign
+  // stand-in rows in multiples of kRowAlign, one per pass.
+  const int64_t passes = ((w.N + 15) / 16 + kbit::kLutTilesPerPass - 1) / kbit::kLutTilesPerPass;
+  parallel_rows(passes * cpu::kRowAlign, w.N * w.K, num_threads, [&](int64_t n0, int64_t n1) {
+    cpu::kbit_gemv_lut_avx512_bf16(p, w, n0 / cpu::kRowAlign, n1 / cpu::kRowAlign);
   });
   return true;
 }

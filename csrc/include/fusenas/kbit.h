@@ -34,9 +34,10 @@ void kbit_dequantize_cpu(const KbitWeight& w, float* out, int num_threads);
 // "CPU table layout"): a copy of the codes made once per weight for the
 // batch-1 GEMV on subset-sum tables, kbit_gemv_lut_cpu.
 struct KbitLutWeight {
-  const uint8_t* codes;  // ceil(N / 16) tiles x chunks (K padded to 128, / 16) x 64 bytes
-  const float* scale;    // tiles x groups x 16: s[n, g] (0 on padding rows)
-  const float* offset;   // tiles x groups x 16: s[n, g] * (1.5 - z[n, g])
+  // Rows in tiles of 16, tiles in passes of 8 (the last pass may hold fewer).
+  const uint8_t* codes;  // per pass: chunks (K padded to 128, / 16) x tiles x 64 bytes
+  const float* scale;    // per pass: groups x tiles x 16: s[n, g] (0 on padding rows)
+  const float* offset;   // per pass: groups x tiles x 16: s[n, g] * (1.5 - z[n, g])
   int64_t N;
   int64_t K;
   int64_t group_size;  // a multiple of 128, or K (one group per row)

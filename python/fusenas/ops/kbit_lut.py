@@ -22,20 +22,23 @@ from fusenas.quant.packing import BLOCK, num_blocks
 
 TILE = 16  # output rows per tile: one float32 lane each
 CHUNK = 16  # inputs per 64-byte tile chunk: 4 nibbles of 4 inputs in each word
+PASS = 8  # tiles per pass (kLutTilesPerPass in csrc/common/kbit_layout.h)
 
 
 @dataclass(frozen=True)
 class LutWeight:
-    """A 2-bit weight in the CPU table layout.
+    """A 2-bit weight in the CPU table layout (docs/kbit_format.md).
+
+    Rows go in tiles of 16, tiles in passes of 8 (the last pass may hold fewer);
+    the GEMV reads one pass as one sequential stream.
 
     Attributes:
-        codes: uint8 (tiles, chunks, 64): per tile of 16 rows and chunk of 16
-            inputs, 16 little-endian uint32 words, one per row; bit 4j + i of
-            the low half is bit 1 of the code of input 16c + 4j + i, of the
-            high half its bit 0.
-        scale: float32 (tiles, groups, 16): the scale of each row and group
-            (0 on the padding rows of the last tile).
-        offset: float32 (tiles, groups, 16): scale * (1.5 - zero point).
+        codes: uint8, flat: per pass, per chunk of 16 inputs, per tile, 16
+            little-endian uint32 words, one per row; bit u of the low half is
+            bit 1 of the code of input 16c + u, bit u of the high half its bit 0.
+        scale: float32, flat: per pass, per group, per tile, the 16 rows'
+            scales (0 on the padding rows of the last tile).
+        offset: float32, same order: scale * (1.5 - zero point).
     """
 
     codes: torch.Tensor
@@ -62,7 +65,7 @@ def build_lut_weight(
     """
     n = codes.shape[0]
     tiles = -(-n // TILE)
-    lut_codes = torch.empty(tiles, num_blocks(k) * BLOCK // CHUNK, 64, dtype=torch.uint8)
+    lut_codes = torch.empty(tiles * (num_blocks(k) * BLOCK // CHUNK) * 64, dtype=torch.uint8)
     ext.kbit_lut_pack_codes_cpu(
         codes.data_ptr(), n, k, codes.stride(0), lut_codes.data_ptr(), torch.get_num_threads()
     )
@@ -72,9 +75,14 @@ def build_lut_weight(
     z = torch.full_like(s, 1.0 if ternary else 2.0)
     if zeros is not None:
         z[:n] = zeros
-    offset = s * (1.5 - z)
-    as_tiles = lambda t: t.view(tiles, TILE, groups).permute(0, 2, 1).contiguous()  # noqa: E731
-    return LutWeight(lut_codes, as_tiles(s), as_tiles(offset))
+    return LutWeight(lut_codes, pass_major(s, tiles), pass_major(s * (1.5 - z), tiles))
+
+
+def pass_major(t: torch.Tensor, tiles: int) -> torch.Tensor:
+    """(tiles * 16, groups) per-row values -> flat, in (pass, group, tile, row) order."""
+    by_tile = t.view(tiles, TILE, -1).permute(0, 2, 1)  # (tile, group, row)
+    passes = [by_tile[i : i + PASS].transpose(0, 1).reshape(-1) for i in range(0, tiles, PASS)]
+    return torch.cat(passes)
 
 
 # id(codes) -> (weak reference to codes, guard, LutWeight). Keyed by identity

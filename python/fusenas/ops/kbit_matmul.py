@@ -287,18 +287,22 @@ def kbit_matmul(
     Returns:
         (..., N) in x's dtype. Differentiable with respect to x.
 
-    Numerics: float32 accumulation of exact dequantized weights. One exception,
-    on CPUs with AVX512-BF16 for 2- to 4-bit and ternary weights whose groups are
-    whole 128-element blocks: up to 16 float32 rows (M <= 16) are multiplied as
-    two bfloat16 terms each (16 significant bits, relative error per element
-    <= 2^-16), about 1e-5 of the output's scale; set FUSENAS_CPU_BF16=0 for the
-    plain float32 kernel. bfloat16 x (M <= 24) is exact there (codes are small
-    integers). Other bfloat16 cases with M >= 2 on those CPUs (larger M, 5- to
-    8-bit codes, smaller groups) round the decoded weights to bfloat16, as
-    bfloat16 F.linear does. On CUDA, M >= CUDA_DEQUANT_GEMM_MIN_M dequantizes W
-    into x's dtype (rounding it to 16 bits for 16-bit x) and runs F.linear
-    (cuBLAS, so torch's TF32 settings apply to float32 x); this needs an (N, K)
-    temporary in x's dtype.
+    Numerics: float32 accumulation of exact dequantized weights. One exception, on
+    CPUs with AVX512-BF16 for 2- to 4-bit and ternary weights whose groups are whole
+    128-element blocks: up to 16 float32 rows (M <= 16) are multiplied as two
+    bfloat16 terms each (16 significant bits, relative error per element <= 2^-16),
+    about 1e-5 of the output's scale; set FUSENAS_CPU_BF16=0 for the plain float32
+    kernel. bfloat16 x (M <= 24) is exact there (codes are small integers). A single
+    row of x (M = 1) times 2-bit or ternary weights there runs on tables of sums of
+    four inputs (ops/kbit_lut.py): float32 x keeps 16 significant bits per table
+    entry, bfloat16 x rounds each entry to bfloat16 (relative error <= 2^-9, that of
+    its bfloat16 output); the first such call builds a copy of the codes in the
+    tables' layout, kept as long as the codes tensor lives (FUSENAS_CPU_LUT=0: off).
+    Other bfloat16 cases with M >= 2 on those CPUs (larger M, 5- to 8-bit codes,
+    smaller groups) round the decoded weights to bfloat16, as bfloat16 F.linear
+    does. On CUDA, M >= CUDA_DEQUANT_GEMM_MIN_M dequantizes W into x's dtype
+    (rounding it to 16 bits for 16-bit x) and runs F.linear (cuBLAS, so torch's TF32
+    settings apply to float32 x); this needs an (N, K) temporary in x's dtype.
     """
     if not isinstance(weight, PackedWeight):
         raise TypeError(

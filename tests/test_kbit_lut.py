@@ -1,0 +1,157 @@
+"""The batch-1 GEMV of 2-bit and ternary weights on subset-sum tables
+(fusenas/ops/kbit_lut.py, csrc/cpu/kbit_gemv_lut_avx512_bf16.cpp): its
+weight layout against a construction from the format's text, its products
+against float64, and the cache that keeps the layout beside the codes."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+
+import fusenas
+from fusenas.ops import _native, kbit_lut
+from fusenas.ops.kbit_matmul import kbit_matmul
+from fusenas.quant.packed import quantize_weight
+
+ext = _native.cpu()
+needs_lut = pytest.mark.skipif(
+    ext is None or not ext.kbit_lut_available(),
+    reason="needs fusenas._C on a CPU with AVX512-BF16",
+)
+
+
+def _layout_from_text(pw) -> torch.Tensor:
+    """docs/kbit_format.md, "CPU table layout", written out with torch ops."""
+    n, k = pw.shape
+    tiles, kp = -(-n // 16), -(-k // 128) * 128
+    q = torch.zeros(tiles * 16, kp, dtype=torch.int64)
+    q[:n, :k] = pw.int_codes().long()
+    q = q.view(tiles, 16, kp // 16, 16)  # (tile, row, chunk, input u of the chunk)
+    bit = torch.tensor([1 << u for u in range(16)], dtype=torch.int64)
+    word = (((q >> 1) & 1) * bit).sum(-1) | (((q & 1) * bit).sum(-1) << 16)
+    word = word.permute(0, 2, 1)  # (tile, chunk, row)
+    byte = ((word.unsqueeze(-1) >> torch.tensor([0, 8, 16, 24])) & 0xFF).to(torch.uint8)
+    # passes of 8 tiles, each (chunk, tile, row, byte)
+    passes = [byte[i : i + 8].transpose(0, 1).reshape(-1) for i in range(0, tiles, 8)]
+    return torch.cat(passes)
+
+
+def _exact(x, pw, bias=None):
+    y = x.double() @ fusenas.dequantize(pw).double().T
+    return y if bias is None else y + bias.double()
+
+
+def _assert_close(y, exact, tol=5e-5):
+    """Largest error against the largest output (16-bit table entries: ~1e-5)."""
+    err = ((y.double() - exact).abs().max() / exact.abs().max()).item()
+    assert err < tol, err
+
+
+@needs_lut
+@pytest.mark.parametrize(
+    "n, k, g, sym",
+    [(16, 128, 128, True), (37, 300, None, False), (70, 1000, None, True), (5, 512, 256, False)],
+)
+def test_layout_matches_the_format_text(n, k, g, sym):
+    torch.manual_seed(1)
+    pw = quantize_weight(torch.randn(n, k), 2, g, sym)
+    lut = kbit_lut.build_lut_weight(ext, pw.codes, pw.scales, pw.zeros, k, False)
+    assert torch.equal(lut.codes, _layout_from_text(pw))
+    tiles, groups = -(-n // 16), pw.scales.shape[1]
+    s = torch.zeros(tiles * 16, groups)
+    s[:n] = pw.scales
+    assert torch.equal(lut.scale, kbit_lut.pass_major(s, tiles))
+    s[:n] *= 1.5 - (2.0 if pw.zeros is None else pw.zeros)
+    torch.testing.assert_close(lut.offset, kbit_lut.pass_major(s, tiles))
+    # pass_major's order, spelled out for row 16 t + r, group g
+    t, r, g = tiles - 1, (n - 1) % 16, groups - 1
+    p0, in_pass = t // 8 * 8, min(8, tiles - t // 8 * 8)
+    at = p0 * groups * 16 + (g * in_pass + t % 8) * 16 + r
+    assert lut.scale[at] == pw.scales[n - 1, g]
+
+
+@needs_lut
+@pytest.mark.parametrize("bits", [2, "ternary"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_products_against_float64(bits, dtype):
+    """Odd N (tiles of 16 with padding rows; 15 tiles: a pass of 8, then one of 7),
+    K with a partial last block, groups of one, two and all blocks, both zero
+    point kinds, two threads, with and without bias."""
+    torch.manual_seed(2)
+    for n, k, g, sym in [
+        (237, 1000, None, True),
+        (9, 128, 128, False),
+        (300, 1536, 256, False),
+        (64, 4096, 128, True),
+        (1, 200, None, True),
+    ]:
+        pw = quantize_weight(torch.randn(n, k), bits, g, sym or bits == "ternary")
+        x = (torch.randn(1, k) * 3).to(dtype)
+        for bias in (None, torch.randn(n).to(dtype)):
+            y = kbit_matmul(x, pw, bias)
+            assert id(pw.codes) in kbit_lut._cache  # the table path ran
+            exact = _exact(x, pw, bias)
+            err = ((y.double() - exact).abs().max() / exact.abs().max()).item()
+            # float32: hi + lo tables keep 16 bits per entry; bfloat16: entries
+            # rounded once to bfloat16 (2^-9), then the output rounding.
+            assert err < (2e-5 if dtype == torch.float32 else 1e-2), (n, k, g, sym, err)
+
+
+@needs_lut
+def test_batch_dims_route_one_row_to_the_tables():
+    torch.manual_seed(3)
+    pw = quantize_weight(torch.randn(40, 256), 2, 128)
+    x = torch.randn(1, 1, 256)
+    y = kbit_matmul(x, pw)
+    assert y.shape == (1, 1, 40) and id(pw.codes) in kbit_lut._cache
+    _assert_close(y, _exact(x, pw))
+
+
+@needs_lut
+def test_cache_follows_changes_and_dies_with_the_codes():
+    torch.manual_seed(4)
+    a = quantize_weight(torch.randn(48, 512), 2, 128)
+    b = quantize_weight(torch.randn(48, 512), 2, 128)
+    x = torch.randn(1, 512)
+    kbit_matmul(x, a)
+    first = kbit_lut._cache[id(a.codes)][2]
+    kbit_matmul(x, a)
+    assert kbit_lut._cache[id(a.codes)][2] is first  # built once
+    a.codes.copy_(b.codes)  # in place: the layout is rebuilt
+    _assert_close(kbit_matmul(x, a), _exact(x, a))
+    a.scales.mul_(2)
+    _assert_close(kbit_matmul(x, a), _exact(x, a))
+    key = id(a.codes)
+    del a
+    gc.collect()
+    assert key not in kbit_lut._cache
+
+
+@needs_lut
+def test_off_switch_and_other_batches(monkeypatch):
+    torch.manual_seed(5)
+    pw = quantize_weight(torch.randn(32, 256), 2, 128)
+    kbit_matmul(torch.randn(3, 256), pw)  # M = 3: the GEMV on codes
+    assert id(pw.codes) not in kbit_lut._cache
+    monkeypatch.setenv("FUSENAS_CPU_LUT", "0")
+    x = torch.randn(1, 256)
+    y = kbit_matmul(x, pw)
+    assert id(pw.codes) not in kbit_lut._cache
+    monkeypatch.setenv("FUSENAS_CPU_LUT", "1")
+    _assert_close(kbit_matmul(x, pw), y.double())
+    assert id(pw.codes) in kbit_lut._cache
+
+
+@needs_lut
+def test_quant_linear_uses_the_tables():
+    torch.manual_seed(6)
+    lin = torch.nn.Linear(256, 48)
+    q = fusenas.nn.QuantLinear.from_float(lin, bits=2, group_size=128)
+    x = torch.randn(1, 256)
+    with torch.no_grad():
+        y = q(x)
+        assert id(q.codes) in kbit_lut._cache
+        ref = x.double() @ fusenas.dequantize(q.packed).double().T + lin.bias.double()
+    _assert_close(y, ref)
