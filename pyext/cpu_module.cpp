@@ -92,13 +92,14 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "kbit_gemv_lut_cpu",
       [](uintptr_t x, int dtype, uintptr_t codes, uintptr_t scale, uintptr_t offset, int64_t N,
-         int64_t K, int64_t group_size, uintptr_t bias, uintptr_t y, int threads) {
+         int64_t K, int64_t group_size, float zero_term, uintptr_t bias, uintptr_t y, int threads) {
         const fusenas::KbitLutWeight w{ptr<const uint8_t>(codes),
                                        ptr<const float>(scale),
                                        ptr<const float>(offset),
                                        N,
                                        K,
-                                       group_size};
+                                       group_size,
+                                       zero_term};
         return fusenas::kbit_gemv_lut_cpu(ptr<const void>(x), static_cast<DType>(dtype), w,
                                           ptr<const void>(bias), ptr<void>(y), threads);
       },

@@ -63,8 +63,11 @@ def test_layout_matches_the_format_text(n, k, g, sym):
     s = torch.zeros(tiles * 16, groups)
     s[:n] = pw.scales
     assert torch.equal(lut.scale, kbit_lut.pass_major(s, tiles))
-    s[:n] *= 1.5 - (2.0 if pw.zeros is None else pw.zeros)
-    torch.testing.assert_close(lut.offset, kbit_lut.pass_major(s, tiles))
+    if pw.zeros is None:
+        assert lut.offset is None and lut.zero_term == -0.5
+    else:
+        s[:n] *= 1.5 - pw.zeros
+        torch.testing.assert_close(lut.offset, kbit_lut.pass_major(s, tiles))
     # pass_major's order, spelled out for row 16 t + r, group g
     t, r, g = tiles - 1, (n - 1) % 16, groups - 1
     p0, in_pass = t // 8 * 8, min(8, tiles - t // 8 * 8)

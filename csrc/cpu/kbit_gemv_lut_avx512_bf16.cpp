@@ -10,7 +10,8 @@
 // One vpermw looks up 32 such sums (16 rows x 2 planes) and one vdpbf16ps adds
 // 2 T[b1] + T[b0] = sum_i (q_i - 3/2) x_i into each row's float32 lane: 64
 // weights per lookup instead of 32. Per group, y += s * (acc + (3/2 - z) *
-// sum x), so zero points (and ternary's z = 1) cost nothing in the loop.
+// sum x), so zero points (and ternary's z = 1) cost nothing in the loop; with
+// one zero point for all rows (symmetric, ternary) s * (3/2 - z) is not stored.
 //
 // Precision: table entries are rounded to bfloat16 (hi); float32 x adds a
 // second table of what hi missed (lo), so each entry keeps 16 significant bits,
@@ -61,7 +62,8 @@ void lut_pass(const KbitLutProblem& p, const KbitLutWeight& w, int64_t pass) {
   const __m512bh two_one = plane_weights();
   const uint8_t* codes = w.codes + pass * kbit::kLutTilesPerPass * chunks * 64;
   const float* scale = w.scale + pass * kbit::kLutTilesPerPass * groups * 16;
-  const float* offset = w.offset + pass * kbit::kLutTilesPerPass * groups * 16;
+  // Symmetric and ternary codes share one zero point: no offset stream to read.
+  const float* offset = w.offset ? w.offset + pass * kbit::kLutTilesPerPass * groups * 16 : nullptr;
   __m512 acc[TG][2], tot[TG];
   FUSENAS_UNROLL for (int t = 0; t < TG; ++t) {
     acc[t][0] = acc[t][1] = tot[t] = _mm512_setzero_ps();
@@ -92,11 +94,13 @@ void lut_pass(const KbitLutProblem& p, const KbitLutWeight& w, int64_t pass) {
       }
     }
     const __m512 xs = _mm512_set1_ps(p.xsum[g]);
+    const __m512 zterm = _mm512_set1_ps(w.zero_term * p.xsum[g]);
     FUSENAS_UNROLL for (int t = 0; t < TG; ++t) {
       const int64_t at = (g * TG + t) * 16;
-      const __m512 a = _mm512_add_ps(acc[t][0], acc[t][1]);
+      __m512 a = _mm512_add_ps(acc[t][0], acc[t][1]);
+      if (!offset) a = _mm512_add_ps(a, zterm);
       tot[t] = _mm512_fmadd_ps(a, _mm512_loadu_ps(scale + at), tot[t]);
-      tot[t] = _mm512_fmadd_ps(xs, _mm512_loadu_ps(offset + at), tot[t]);
+      if (offset) tot[t] = _mm512_fmadd_ps(xs, _mm512_loadu_ps(offset + at), tot[t]);
       acc[t][0] = acc[t][1] = _mm512_setzero_ps();
     }
   }

@@ -47,7 +47,14 @@ def kbit_matmul_paths() -> dict[str, str]:
             isa = info.get("active_isa", "?") if isinstance(info, dict) else "?"
             if isinstance(info, dict) and info.get("avx512_bf16_active"):
                 isa += " + avx512_bf16"
-            paths[key] = f"native kernel (fusenas._C, {isa})"
+            lut = ""
+            if hasattr(cpu, "kbit_lut_available") and cpu.kbit_lut_available():
+                lut = (
+                    "; 2-bit/ternary at batch 1: table GEMV"
+                    if os.environ.get("FUSENAS_CPU_LUT", "1") != "0"
+                    else "; table GEMV off (FUSENAS_CPU_LUT=0)"
+                )
+            paths[key] = f"native kernel (fusenas._C, {isa}){lut}"
     cuda = _native.cuda()
     dtypes = ", ".join(str(d).removeprefix("torch.") for d in _CUDA_DTYPES)
     if not torch.cuda.is_available():

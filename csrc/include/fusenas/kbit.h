@@ -37,10 +37,12 @@ struct KbitLutWeight {
   // Rows in tiles of 16, tiles in passes of 8 (the last pass may hold fewer).
   const uint8_t* codes;  // per pass: chunks (K padded to 128, / 16) x tiles x 64 bytes
   const float* scale;    // per pass: groups x tiles x 16: s[n, g] (0 on padding rows)
-  const float* offset;   // per pass: groups x tiles x 16: s[n, g] * (1.5 - z[n, g])
+  const float* offset;   // per pass: groups x tiles x 16: s[n, g] * (1.5 - z[n, g]),
+                         // or null (symmetric, ternary): s[n, g] * zero_term
   int64_t N;
   int64_t K;
   int64_t group_size;  // a multiple of 128, or K (one group per row)
+  float zero_term;     // 1.5 - z where offset is null: -0.5 symmetric, 0.5 ternary
 };
 
 // Whether this CPU runs kbit_gemv_lut_cpu (AVX512-BF16, not turned off).

@@ -38,12 +38,16 @@ class LutWeight:
             bit 1 of the code of input 16c + u, bit u of the high half its bit 0.
         scale: float32, flat: per pass, per group, per tile, the 16 rows'
             scales (0 on the padding rows of the last tile).
-        offset: float32, same order: scale * (1.5 - zero point).
+        offset: float32, same order: scale * (1.5 - zero point), for asymmetric
+            codes; None for symmetric and ternary ones, whose 1.5 - zero point
+            is zero_term for every row (-0.5 and 0.5).
+        zero_term: 1.5 - the zero point where offset is None.
     """
 
     codes: torch.Tensor
     scale: torch.Tensor
-    offset: torch.Tensor
+    offset: torch.Tensor | None
+    zero_term: float
 
 
 def enabled() -> bool:
@@ -72,10 +76,11 @@ def build_lut_weight(
     groups = scales.shape[1]
     s = torch.zeros(tiles * TILE, groups, dtype=torch.float32)
     s[:n] = scales
-    z = torch.full_like(s, 1.0 if ternary else 2.0)
-    if zeros is not None:
-        z[:n] = zeros
-    return LutWeight(lut_codes, pass_major(s, tiles), pass_major(s * (1.5 - z), tiles))
+    if zeros is None:  # one zero point: the kernel applies 1.5 - z itself
+        return LutWeight(lut_codes, pass_major(s, tiles), None, 0.5 if ternary else -0.5)
+    z = torch.zeros_like(s)
+    z[:n] = zeros
+    return LutWeight(lut_codes, pass_major(s, tiles), pass_major(s * (1.5 - z), tiles), 0.0)
 
 
 def pass_major(t: torch.Tensor, tiles: int) -> torch.Tensor:

@@ -141,7 +141,7 @@ def _kbit_matmul_cpu(x, codes, scales, zeros, bias, bits, ternary, group_size):
         lut = kbit_lut.lut_weight(ext, codes, scales, zeros, k, ternary)
         if ext.kbit_gemv_lut_cpu(
             x.data_ptr(), _DTYPE_CODE[x.dtype], lut.codes.data_ptr(), lut.scale.data_ptr(),
-            lut.offset.data_ptr(), n, k, group_size,
+            0 if lut.offset is None else lut.offset.data_ptr(), n, k, group_size, lut.zero_term,
             0 if bias is None else bias.data_ptr(), y.data_ptr(), torch.get_num_threads(),
         ):  # fmt: skip
             return y  # else x holds Inf or NaN: the kernels below handle it
