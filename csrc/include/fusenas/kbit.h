@@ -53,8 +53,9 @@ bool kbit_lut_available();
 void kbit_lut_pack_codes(const KbitWeight& w, uint8_t* out, int num_threads);
 
 // y (1 x N) = x (1 x K) @ dequant(W)^T + bias in dtype (float32 or bfloat16).
-// Products as 16-bit pairs (hi + lo bfloat16 tables: relative error per
-// table entry <= 2^-16). Returns false, having written nothing, when x holds
+// Table entries (sums of four +-x/2) in bfloat16: hi + lo for float32 x
+// (relative error per entry <= 2^-16), hi only for bfloat16 x (<= 2^-9, its
+// output's precision). Returns false, having written nothing, when x holds
 // an Inf or NaN (the tables would mix them; the caller runs kbit_matmul_cpu)
 // or the CPU lacks AVX512-BF16.
 bool kbit_gemv_lut_cpu(const void* x, DType dtype, const KbitLutWeight& w, const void* bias,
