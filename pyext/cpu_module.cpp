@@ -211,6 +211,7 @@ PYBIND11_MODULE(_C, m) {
     d["active_isa"] = fusenas::kbit_cpu_isa();
     d["avx512_bf16"] = fusenas::cpu::has_avx512_bf16();
     d["avx512_bf16_active"] = fusenas::cpu::use_avx512_bf16();
+    d["avx512_vnni"] = fusenas::cpu::has_avx512_vnni();
     d["openmp_max_threads"] = omp_get_max_threads();
     d["kbit_format_version"] = 1;
     d["lowrank_isa"] = fusenas::lowrank_cpu_isa();

@@ -35,6 +35,18 @@ bool has_avx512_bf16() {
 #endif
 }
 
+bool has_avx512_vnni() {
+#if defined(__x86_64__)
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return hardware_isa() == Isa::kAvx512 && __builtin_cpu_supports("avx512vnni");
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+
 bool avx512_double_pumped() {
 #if defined(__x86_64__)
   static const bool yes = [] {

@@ -16,6 +16,8 @@ Isa active_isa();
 Isa hardware_isa();
 const char* isa_name(Isa isa);
 bool has_avx512_bf16();
+// AVX-512 with AVX512_VNNI (vpdpwssd), ignoring the environment.
+bool has_avx512_vnni();
 // The AVX512-BF16 kernels run: AVX-512 active, AVX512_BF16 present, and
 // FUSENAS_CPU_BF16 is not "0" (tests switch it off to cover the plain AVX-512
 // kernels on a BF16 machine).

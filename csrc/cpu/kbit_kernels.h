@@ -96,26 +96,27 @@ void kbit_gemv_bf16_prepare(const void* x, int64_t M, int64_t ldx, bool float32_
                             int64_t group_size, uint16_t* hi, uint16_t* lo, int64_t ldh,
                             float* xsum);
 
-// The batch-1 GEMV on subset-sum tables (kbit_gemv_lut_avx512_bf16.cpp) for
+// The batch-1 GEMV on subset-sum tables (kbit_gemv_lut_avx512_vnni.cpp) for
 // 2-bit and ternary weights in the table layout (KbitLutWeight). The front end
 // builds x's tables once per call with kbit_lut_prepare: for each 4-input block
-// q of x (zero-padded to whole 128-element blocks), 16 bfloat16 sums
-// T[m] = sum_i (bit_i(m) - 1/2) x[4q + i] in thi (and, for float32 x, what
-// they missed in tlo), and x's sum per scale group in xsum. It returns false
-// if x holds an Inf or NaN (nothing usable written).
+// q of x (zero-padded to whole 128-element blocks), the 16 sums
+// T[m] = sum_i (bit_i(m) - 1/2) x[4q + i] as int16 in table, in units of the
+// 128-input block's tscale (its largest |T| / 32767), and x's sum per scale
+// group in xsum. It returns false if x holds an Inf or NaN (nothing usable
+// written).
 struct KbitLutProblem {
-  const uint16_t* thi;  // num_blocks(K) * 32 blocks x 16 entries
-  const uint16_t* tlo;  // same, or null (bfloat16 x)
-  const float* xsum;    // K / group_size
-  const float* bias;    // N float32, or null
-  float* y;             // N float32 (when ybf is null)
-  uint16_t* ybf;        // or N bfloat16 bits
+  const int16_t* table;  // num_blocks(K) * 32 blocks x 16 entries
+  const float* tscale;   // num_blocks(K): entry value = table * tscale
+  const float* xsum;     // K / group_size
+  const float* bias;     // N float32, or null
+  float* y;              // N float32 (when ybf is null)
+  uint16_t* ybf;         // or N bfloat16 bits
 };
-bool kbit_lut_prepare(const void* x, bool float32_x, int64_t K, int64_t group_size, uint16_t* thi,
-                      uint16_t* tlo, float* xsum);
+bool kbit_lut_prepare(const void* x, bool float32_x, int64_t K, int64_t group_size,
+                      int16_t* table, float* tscale, float* xsum);
 // Output rows of passes [pass_begin, pass_end) (kbit::kLutTilesPerPass tiles
 // of 16 rows each).
-void kbit_gemv_lut_avx512_bf16(const KbitLutProblem& p, const KbitLutWeight& w, int64_t pass_begin,
+void kbit_gemv_lut_avx512_vnni(const KbitLutProblem& p, const KbitLutWeight& w, int64_t pass_begin,
                                int64_t pass_end);
 
 // Row stride, in elements of T, for rows of n elements that a kernel reads

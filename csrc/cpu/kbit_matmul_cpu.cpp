@@ -250,23 +250,25 @@ void kbit_lut_pack_codes(const KbitWeight& w, uint8_t* out, int num_threads) {
   });
 }
 
-bool kbit_lut_available() { return cpu::use_avx512_bf16(); }
+bool kbit_lut_available() {
+  return cpu::active_isa() == cpu::Isa::kAvx512 && cpu::has_avx512_vnni();
+}
 
 bool kbit_gemv_lut_cpu(const void* x, DType dtype, const KbitLutWeight& w, const void* bias,
                        void* y, int num_threads) {
-  if (!cpu::use_avx512_bf16()) return false;
+  if (!kbit_lut_available()) return false;
   const bool f32 = dtype == DType::kFloat32;
-  const int64_t blocks = kbit::num_blocks(w.K) * (kbit::kBlock / 4);
-  const auto his = scratch<uint16_t>(cpu::ScratchSlot::kInput, 16 * blocks);
-  const auto los = scratch<uint16_t>(cpu::ScratchSlot::kInput2, f32 ? 16 * blocks : 0);
+  const int64_t blocks = kbit::num_blocks(w.K);
+  const auto tables = scratch<int16_t>(cpu::ScratchSlot::kInput, blocks * kbit::kBlock * 4);
+  std::vector<float> tscale(static_cast<size_t>(blocks));
   std::vector<float> xsum(static_cast<size_t>(w.K / w.group_size));
-  uint16_t* lo = f32 ? los.as<uint16_t>() : nullptr;
-  if (!cpu::kbit_lut_prepare(x, f32, w.K, w.group_size, his.as<uint16_t>(), lo, xsum.data()))
+  if (!cpu::kbit_lut_prepare(x, f32, w.K, w.group_size, tables.as<int16_t>(), tscale.data(),
+                             xsum.data()))
     return false;
   const std::vector<float> bf =
       f32 ? std::vector<float>() : bias_to_float(static_cast<const uint16_t*>(bias), w.N);
-  const cpu::KbitLutProblem p{his.as<uint16_t>(),
-                              lo,
+  const cpu::KbitLutProblem p{tables.as<int16_t>(),
+                              tscale.data(),
                               xsum.data(),
                               f32 ? static_cast<const float*>(bias) : (bias ? bf.data() : nullptr),
                               f32 ? static_cast<float*>(y) : nullptr,
@@ -275,7 +277,7 @@ bool kbit_gemv_lut_cpu(const void* x, DType dtype, const KbitLutWeight& w, const
   // stand-in rows in multiples of kRowAlign, one per pass.
   const int64_t passes = ((w.N + 15) / 16 + kbit::kLutTilesPerPass - 1) / kbit::kLutTilesPerPass;
   parallel_rows(passes * cpu::kRowAlign, w.N * w.K, num_threads, [&](int64_t n0, int64_t n1) {
-    cpu::kbit_gemv_lut_avx512_bf16(p, w, n0 / cpu::kRowAlign, n1 / cpu::kRowAlign);
+    cpu::kbit_gemv_lut_avx512_vnni(p, w, n0 / cpu::kRowAlign, n1 / cpu::kRowAlign);
   });
   return true;
 }

@@ -45,7 +45,7 @@ struct KbitLutWeight {
   float zero_term;     // 1.5 - z where offset is null: -0.5 symmetric, 0.5 ternary
 };
 
-// Whether this CPU runs kbit_gemv_lut_cpu (AVX512-BF16, not turned off).
+// Whether this CPU runs kbit_gemv_lut_cpu (AVX-512 with AVX512_VNNI).
 bool kbit_lut_available();
 
 // Writes the codes of a 2-bit weight w in the table layout: out holds
@@ -53,11 +53,11 @@ bool kbit_lut_available();
 void kbit_lut_pack_codes(const KbitWeight& w, uint8_t* out, int num_threads);
 
 // y (1 x N) = x (1 x K) @ dequant(W)^T + bias in dtype (float32 or bfloat16).
-// Table entries (sums of four +-x/2) in bfloat16: hi + lo for float32 x
-// (relative error per entry <= 2^-16), hi only for bfloat16 x (<= 2^-9, its
-// output's precision). Returns false, having written nothing, when x holds
-// an Inf or NaN (the tables would mix them; the caller runs kbit_matmul_cpu)
-// or the CPU lacks AVX512-BF16.
+// Table entries (sums of four +-x/2) are int16 fixed point per 128-input block
+// b: each within top_b / 65534 of its value, top_b the block's largest
+// (half the largest sum of |x| over its 4-input runs). Returns false, having
+// written nothing, when x holds an Inf or NaN (the tables would mix them; the
+// caller runs kbit_matmul_cpu) or the CPU lacks AVX512_VNNI.
 bool kbit_gemv_lut_cpu(const void* x, DType dtype, const KbitLutWeight& w, const void* bias,
                        void* y, int num_threads);
 

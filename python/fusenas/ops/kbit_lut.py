@@ -1,9 +1,13 @@
 """The CPU's table layout of 2-bit and ternary weights, for the batch-1 GEMV.
 
-On AVX512-BF16 CPUs a 2-bit (or ternary) weight multiplied by a single row of
-x runs a GEMV on subset-sum tables (``csrc/cpu/kbit_gemv_lut_avx512_bf16.cpp``)
-that does half the work per weight of the kernel on codes, so 2-bit weights
-cost about half the compute of 4-bit ones. It reads the codes in its own
+On AVX-512 CPUs with AVX512_VNNI a 2-bit (or ternary) weight multiplied by a
+single row of x runs a GEMV on subset-sum tables
+(``csrc/cpu/kbit_gemv_lut_avx512_vnni.cpp``) that does half the work per weight
+of the kernel on codes, so 2-bit weights cost about half the compute of 4-bit
+ones. Its tables hold x's sums as int16 per 128-input block: each entry within
+1/65534 of the block's largest, about 3e-5 of the output's largest value
+against float64 (the kernel on codes, ``FUSENAS_CPU_LUT=0``, keeps 16 bits per
+x: about 3e-6). It reads the codes in its own
 layout (``docs/kbit_format.md``, "CPU table layout"), which this module builds
 from the packed codes once per weight and keeps beside it: the copy is as
 large as the codes (4.2 MB for a 4096 x 4096 weight) and lives as long as the

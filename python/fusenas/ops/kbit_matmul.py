@@ -154,7 +154,7 @@ def _kbit_matmul_cpu(x, codes, scales, zeros, bias, bits, ternary, group_size):
 
 
 def _lut_applies(ext, k: int, group_size: int) -> bool:
-    """The batch-1 table GEMV (ops/kbit_lut.py): AVX512-BF16, groups of whole blocks."""
+    """The batch-1 table GEMV (ops/kbit_lut.py): AVX512_VNNI, groups of whole blocks."""
     whole_blocks = group_size == k or group_size % 128 == 0
     return whole_blocks and kbit_lut.enabled() and ext.kbit_lut_available()
 
