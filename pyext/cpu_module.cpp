@@ -84,22 +84,25 @@ PYBIND11_MODULE(_C, m) {
   m.def("kbit_lut_available", &fusenas::kbit_lut_available);
   m.def(
       "kbit_lut_pack_codes_cpu",
-      [](uintptr_t codes, int64_t N, int64_t K, int64_t row_stride, uintptr_t out, int threads) {
-        const KbitWeight w = make_weight(codes, 0, 0, N, K, row_stride, 2, false, K);
+      [](uintptr_t codes, int64_t N, int64_t K, int64_t row_stride, int bits, uintptr_t out,
+         int threads) {
+        const KbitWeight w = make_weight(codes, 0, 0, N, K, row_stride, bits, false, K);
         fusenas::kbit_lut_pack_codes(w, ptr<uint8_t>(out), threads);
       },
       py::call_guard<py::gil_scoped_release>());
   m.def(
       "kbit_gemv_lut_cpu",
       [](uintptr_t x, int dtype, uintptr_t codes, uintptr_t scale, uintptr_t offset, int64_t N,
-         int64_t K, int64_t group_size, float zero_term, uintptr_t bias, uintptr_t y, int threads) {
+         int64_t K, int64_t group_size, float zero_term, int bits, uintptr_t bias, uintptr_t y,
+         int threads) {
         const fusenas::KbitLutWeight w{ptr<const uint8_t>(codes),
                                        ptr<const float>(scale),
                                        ptr<const float>(offset),
                                        N,
                                        K,
                                        group_size,
-                                       zero_term};
+                                       zero_term,
+                                       bits};
         return fusenas::kbit_gemv_lut_cpu(ptr<const void>(x), static_cast<DType>(dtype), w,
                                           ptr<const void>(bias), ptr<void>(y), threads);
       },

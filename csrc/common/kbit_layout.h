@@ -22,9 +22,13 @@ namespace kbit {
 constexpr int kFormatVersion = 1;
 constexpr int kBlock = 128;  // elements of K per block
 constexpr int kTernaryBits = 2;
-// CPU table layout of 2-bit codes (kbit_format.md, "CPU table layout"): rows
-// in tiles of 16, tiles in passes of 8 that the GEMV reads as one stream.
+// CPU table layout of 2- and 3-bit codes (kbit_format.md, "CPU table
+// layout"): rows in tiles of 16, tiles in passes of 8 that the GEMV reads as
+// one stream.
 constexpr int kLutTilesPerPass = 8;
+// 64-byte vectors per tile and pair of 16-input chunks: (b1, b0) of each chunk,
+// and for 3-bit codes the b2 plane of both.
+constexpr int lut_vectors_per_pair(int bits) { return bits == 3 ? 3 : 2; }
 
 // Number of bit planes of a b-bit code, and the width of plane i (low first).
 FUSENAS_HD int plane_count(int bits) {

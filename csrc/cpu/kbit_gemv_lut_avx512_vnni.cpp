@@ -1,26 +1,28 @@
-// Batch-1 GEMV for 2-bit and ternary weights on subset-sum tables (AVX-512 with
-// AVX512_VNNI; compiled with -mavx512vnni, entered only when cpuid reports it).
+// Batch-1 GEMV for 2-bit, ternary and 3-bit weights on subset-sum tables
+// (AVX-512 with AVX512_VNNI; compiled with -mavx512vnni, entered only when
+// cpuid reports it).
 //
 // Why: the GEMV on codes (kbit_gemv_avx512_bf16.cpp) spends a shift, a vpermw
 // and a vdpbf16ps per 32 weights at every width, so 2-bit weights cost as much
 // compute as 4-bit ones and save only DRAM time. Here a code is split into its
-// two bit planes, q = 2 b1 + b0, and the planes of 4 consecutive weights form a
-// 4-bit index into a table of the 16 sums T[m] = sum_i (bit_i(m) - 1/2) x_i of
-// those 4 inputs (T-MAC's idea, with int16 tables instead of int8 ones).
-// One vpermw looks up 32 such sums (16 rows x 2 planes) and one vpdpwssd adds
-// 2 T[b1] + T[b0] = sum_i (q_i - 3/2) x_i into each row's int32 lane: 64
-// weights per lookup instead of 32. Each 128-input block's sums go to float32
-// once, times the block's table scale and the rows' scales; per group, y +=
-// s * (3/2 - z) * sum x, so zero points (and ternary's z = 1) cost nothing in
-// the loop; with one zero point for all rows (symmetric, ternary) s * (3/2 - z)
-// is not stored.
+// bit planes, q = 4 b2 + 2 b1 + b0, and the bits of one plane for 4
+// consecutive weights form a 4-bit index into a table of the 16 sums
+// T[m] = sum_i (bit_i(m) - 1/2) x_i of those 4 inputs (T-MAC's idea, with
+// int16 tables instead of int8 ones). One vpermw looks up 32 such sums and one
+// vpdpwssd adds them in pairs, weighted by the planes' 4, 2, 1, into the rows'
+// int32 lanes: sum_p 2^p T[b_p] = sum_i (q_i - c) x_i, c = (2^bits - 1) / 2.
+// 2-bit: 64 weights per lookup instead of 32; 3-bit: 43. Each 128-input
+// block's sums go to float32 once, times the block's table scale and the rows'
+// scales; per group, y += s * (c - z) * sum x, so zero points (and ternary's
+// z = 1) cost nothing in the loop; with one zero point for all rows
+// (symmetric, ternary) s * (c - z) is not stored.
 //
 // Precision: table entries are int16 fixed point against the largest entry of
 // their 128-input block, |T| <= top_b: an error of at most top_b / 65534 per
-// entry, for float32 and bfloat16 x alike. One lookup per 64 weights for both
-// (float32 x on bfloat16 tables needed a second, lo table: 0.64x the 4-bit
-// time instead of 0.5x). int32 accumulators cannot overflow: a block adds 32
-// lookups of at most 3 * 32767.
+// entry, for float32 and bfloat16 x alike. One lookup per 64 weights (2-bit)
+// for both (float32 x on bfloat16 tables needed a second, lo table: 0.64x the
+// 4-bit time instead of 0.5x). int32 accumulators stay exact in float32: a
+// block adds at most 32 * 3 * 32767 + 16 * 8 * 32767 < 2^24.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -38,8 +40,10 @@ using namespace avx512;
 
 namespace {
 
-// vpdpwssd pairs word 2i (plane b1) with 2 and word 2i + 1 (plane b0) with 1.
-inline __m512i plane_weights() { return _mm512_set1_epi32(0x00010002); }
+// vpdpwssd weights for word pairs: (b1, b0) by (2, 1), and 3-bit's (b2 of one
+// chunk, b2 of the next) by (4, 4).
+constexpr uint32_t kTwoOne = 0x00010002;
+constexpr uint32_t kFourFour = 0x00040004;
 
 // The 16 entries of a 4-input table, broadcast to both 256-bit halves: vpermw
 // reads 5 index bits and bit 4 is the next nibble's, so entries 16..31 repeat
@@ -48,22 +52,33 @@ inline __m512i load_table(const int16_t* t) {
   return _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t)));
 }
 
+// Two tables in one register: a's 16 entries in 0..15, b's in 16..31.
+inline __m512i pair_table(const int16_t* a, const int16_t* b) {
+  const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a));
+  return _mm512_inserti64x4(_mm512_castsi256_si512(lo),
+                            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b)), 1);
+}
+
 // How far ahead a pass's codes are prefetched, into L2. A pass reads one
-// sequential stream (TG x 64 bytes per chunk), as the GEMV on codes does.
+// sequential stream, as the GEMV on codes does.
 constexpr int64_t kPrefetchBytes = 32 << 10;
-constexpr int64_t kChunksPerBlock = kbit::kBlock / 16;
+constexpr int64_t kPairsPerBlock = kbit::kBlock / 32;
 
 // One pass: the TG tiles (16 rows each) of pass `pass`, every table register
-// feeding TG tiles. Two int32 accumulators per tile (even and odd lookups)
-// keep 2 * TG vpdpwssd chains in flight; each 128-input block's sums go to
-// float32 with the block's table scale.
-template <int TG>
+// feeding TG tiles (one int32 accumulator each: TG vpdpwssd chains in flight;
+// a second set would not fit the 32 registers with the codes and totals).
+// Codes come per pair of 16-input chunks, kbit::lut_vectors_per_pair(BITS)
+// vectors of TG x 64 bytes: the (b1, b0) vectors of both chunks, then 3-bit's
+// b2 vector. Each 128-input block's sums go to float32 once, times the block's
+// table scale and the rows' scales.
+template <int BITS, int TG>
 void lut_pass(const KbitLutProblem& p, const KbitLutWeight& w, int64_t pass) {
+  constexpr int V = kbit::lut_vectors_per_pair(BITS);
   const int64_t blocks = kbit::num_blocks(w.K);
   const int64_t groups = w.K / w.group_size;
   const int64_t blocks_per_group = groups == 1 ? blocks : w.group_size / kbit::kBlock;
-  const __m512i two_one = plane_weights();
-  const uint8_t* codes = w.codes + pass * kbit::kLutTilesPerPass * blocks * kChunksPerBlock * 64;
+  const __m512i two_one = _mm512_set1_epi32(kTwoOne);
+  const uint8_t* codes = w.codes + pass * kbit::kLutTilesPerPass * blocks * kPairsPerBlock * V * 64;
   const float* scale = w.scale + pass * kbit::kLutTilesPerPass * groups * 16;
   // Symmetric and ternary codes share one zero point: no offset stream to read.
   const float* offset = w.offset ? w.offset + pass * kbit::kLutTilesPerPass * groups * 16 : nullptr;
@@ -74,19 +89,43 @@ void lut_pass(const KbitLutProblem& p, const KbitLutWeight& w, int64_t pass) {
     for (int64_t b = g * blocks_per_group; b < (g + 1) * blocks_per_group; ++b) {
       __m512i acc[TG];
       FUSENAS_UNROLL for (int t = 0; t < TG; ++t) acc[t] = _mm512_setzero_si512();
-      for (int64_t c = b * kChunksPerBlock; c < (b + 1) * kChunksPerBlock; ++c) {
-        const uint8_t* at = codes + c * TG * 64;
-        _mm_prefetch(reinterpret_cast<const char*>(at + kPrefetchBytes), _MM_HINT_T1);
-        if constexpr (TG > 1)
-          _mm_prefetch(reinterpret_cast<const char*>(at + kPrefetchBytes + TG * 32), _MM_HINT_T1);
-        __m512i v[TG];
-        FUSENAS_UNROLL for (int t = 0; t < TG; ++t) v[t] = _mm512_loadu_si512(at + t * 64);
-        // Nibble j of each word: the plane bits of inputs 16c + 4j .. 16c + 4j + 3.
-        FUSENAS_UNROLL for (int j = 0; j < 4; ++j) {
-          const __m512i tab = load_table(p.table + 16 * (4 * c + j));
+      for (int64_t pr = b * kPairsPerBlock; pr < (b + 1) * kPairsPerBlock; ++pr) {
+        const uint8_t* at = codes + pr * V * TG * 64;
+        // Every fourth line; the hardware prefetcher follows the rest.
+        FUSENAS_UNROLL for (int l = 0; l < V * TG / 2; ++l) {
+          _mm_prefetch(reinterpret_cast<const char*>(at + kPrefetchBytes + l * 128), _MM_HINT_T1);
+        }
+        FUSENAS_UNROLL for (int h = 0; h < 2; ++h) {
+          const int64_t c = 2 * pr + h;  // chunk of 16 inputs
+          __m512i v[TG];
           FUSENAS_UNROLL for (int t = 0; t < TG; ++t) {
-            const __m512i idx = j == 0 ? v[t] : _mm512_srli_epi16(v[t], 4 * j);
-            acc[t] = _mm512_dpwssd_epi32(acc[t], _mm512_permutexvar_epi16(idx, tab), two_one);
+            v[t] = _mm512_loadu_si512(at + (h * TG + t) * 64);
+          }
+          // Nibble j of each word: the plane bits of inputs 16c + 4j .. 16c + 4j + 3.
+          FUSENAS_UNROLL for (int j = 0; j < 4; ++j) {
+            const __m512i tab = load_table(p.table + 16 * (4 * c + j));
+            FUSENAS_UNROLL for (int t = 0; t < TG; ++t) {
+              const __m512i idx = j == 0 ? v[t] : _mm512_srli_epi16(v[t], 4 * j);
+              acc[t] = _mm512_dpwssd_epi32(acc[t], _mm512_permutexvar_epi16(idx, tab), two_one);
+            }
+          }
+        }
+        if constexpr (BITS == 3) {
+          // Word 2r holds plane b2 of chunk 2pr, word 2r + 1 that of chunk
+          // 2pr + 1; their tables sit in entries 0..15 and 16..31 of one
+          // register, so index bit 4 must be the word's parity, not the next
+          // nibble's bit.
+          const __m512i four_four = _mm512_set1_epi32(kFourFour);
+          const __m512i low = _mm512_set1_epi32(0x000F000F), odd = _mm512_set1_epi32(0x00100000);
+          FUSENAS_UNROLL for (int j = 0; j < 4; ++j) {
+            const int64_t q0 = 8 * pr + j;  // block j of both chunks: q0, q0 + 4
+            const __m512i tab = pair_table(p.table + 16 * q0, p.table + 16 * (q0 + 4));
+            FUSENAS_UNROLL for (int t = 0; t < TG; ++t) {
+              const __m512i b2 = _mm512_loadu_si512(at + (2 * TG + t) * 64);
+              const __m512i sh = j == 0 ? b2 : _mm512_srli_epi16(b2, 4 * j);
+              const __m512i idx = _mm512_ternarylogic_epi32(sh, low, odd, 0xEA);  // sh & low | odd
+              acc[t] = _mm512_dpwssd_epi32(acc[t], _mm512_permutexvar_epi16(idx, tab), four_four);
+            }
           }
         }
       }
@@ -122,8 +161,8 @@ void lut_pass(const KbitLutProblem& p, const KbitLutWeight& w, int64_t pass) {
 
 }  // namespace
 
-bool kbit_lut_prepare(const void* x, bool float32_x, int64_t K, int64_t group_size,
-                      int16_t* table, float* tscale, float* xsum) {
+bool kbit_lut_prepare(const void* x, bool float32_x, int64_t K, int64_t group_size, int16_t* table,
+                      float* tscale, float* xsum) {
   // Lane m of c[i] is bit i of m, minus 1/2.
   __m512 c[4];
   for (int i = 0; i < 4; ++i) {
@@ -143,12 +182,13 @@ bool kbit_lut_prepare(const void* x, bool float32_x, int64_t K, int64_t group_si
     __m512 sum = _mm512_setzero_ps();
     for (int64_t u = 0; u < kbit::kBlock / 16; ++u) {
       const int64_t k = b * kbit::kBlock + 16 * u;
-      const __mmask16 in = static_cast<__mmask16>(
-          k + 16 <= K ? 0xFFFF : k >= K ? 0 : (1u << (K - k)) - 1);
-      const __m512 xv =
-          float32_x ? _mm512_maskz_loadu_ps(in, xf + k)
-                    : _mm512_castsi512_ps(_mm512_slli_epi32(
-                          _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(in, xb + k)), 16));
+      const __mmask16 in = static_cast<__mmask16>(k + 16 <= K ? 0xFFFF
+                                                  : k >= K    ? 0
+                                                              : (1u << (K - k)) - 1);
+      const __m512 xv = float32_x
+                            ? _mm512_maskz_loadu_ps(in, xf + k)
+                            : _mm512_castsi512_ps(_mm512_slli_epi32(
+                                  _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(in, xb + k)), 16));
       bad |= _mm512_fpclass_ps_mask(xv, 0x99);  // QNaN, SNaN, +Inf, -Inf
       sum = _mm512_add_ps(sum, xv);
       _mm512_store_ps(v + 16 * u, xv);
@@ -179,8 +219,12 @@ void kbit_gemv_lut_avx512_vnni(const KbitLutProblem& p, const KbitLutWeight& w, 
   for (int64_t pass = pass_begin; pass < pass_end; ++pass) {
     const int tg = static_cast<int>(
         std::min<int64_t>(kbit::kLutTilesPerPass, tiles - pass * kbit::kLutTilesPerPass));
-    with_constant<1, kbit::kLutTilesPerPass>(
-        tg, [&](auto c) { lut_pass<decltype(c)::value>(p, w, pass); });
+    with_constant<1, kbit::kLutTilesPerPass>(tg, [&](auto c) {
+      if (w.bits == 3)
+        lut_pass<3, decltype(c)::value>(p, w, pass);
+      else
+        lut_pass<2, decltype(c)::value>(p, w, pass);
+    });
   }
 }
 

@@ -97,7 +97,7 @@ void kbit_gemv_bf16_prepare(const void* x, int64_t M, int64_t ldx, bool float32_
                             float* xsum);
 
 // The batch-1 GEMV on subset-sum tables (kbit_gemv_lut_avx512_vnni.cpp) for
-// 2-bit and ternary weights in the table layout (KbitLutWeight). The front end
+// 2-bit, ternary and 3-bit weights in the table layout (KbitLutWeight). The front end
 // builds x's tables once per call with kbit_lut_prepare: for each 4-input block
 // q of x (zero-padded to whole 128-element blocks), the 16 sums
 // T[m] = sum_i (bit_i(m) - 1/2) x[4q + i] as int16 in table, in units of the
@@ -112,8 +112,8 @@ struct KbitLutProblem {
   float* y;              // N float32 (when ybf is null)
   uint16_t* ybf;         // or N bfloat16 bits
 };
-bool kbit_lut_prepare(const void* x, bool float32_x, int64_t K, int64_t group_size,
-                      int16_t* table, float* tscale, float* xsum);
+bool kbit_lut_prepare(const void* x, bool float32_x, int64_t K, int64_t group_size, int16_t* table,
+                      float* tscale, float* xsum);
 // Output rows of passes [pass_begin, pass_end) (kbit::kLutTilesPerPass tiles
 // of 16 rows each).
 void kbit_gemv_lut_avx512_vnni(const KbitLutProblem& p, const KbitLutWeight& w, int64_t pass_begin,

@@ -223,28 +223,36 @@ void kbit_matmul_cpu(const void* x, int64_t M, int64_t ldx, DType dtype, const K
 
 void kbit_lut_pack_codes(const KbitWeight& w, uint8_t* out, int num_threads) {
   constexpr int64_t P = kbit::kLutTilesPerPass;
-  const int64_t tiles = (w.N + 15) / 16, chunks = kbit::num_blocks(w.K) * 8;
+  const int64_t V = kbit::lut_vectors_per_pair(w.bits);
+  const int64_t tiles = (w.N + 15) / 16, pairs = kbit::num_blocks(w.K) * 4;
+  // Bits 0-1 of element e of a block sit in 32-bit word e mod 8 of its first
+  // plane at bit 2 (e div 8); 3-bit's bit 2 in word e mod 4 of the 1-bit plane
+  // that follows (32 bytes on) at bit e div 4 (kbit_format.md).
+  auto plane_word = [&](const uint32_t* blk, int plane, int64_t e) -> uint32_t {
+    return plane == 0 ? (blk[e % 8] >> (2 * (e / 8))) & 3u : (blk[8 + e % 4] >> (e / 4)) & 1u;
+  };
   parallel_rows(tiles * 16, w.N * w.K, num_threads, [&](int64_t n0, int64_t n1) {
     for (int64_t t = n0 / 16; t < (n1 + 15) / 16; ++t) {
-      // Pass t / P holds its tiles' chunk c side by side: (c * tiles_in_pass + t mod P) * 64.
+      // Pass t / P: per pair of chunks, V vectors of in_pass tiles x 64 bytes.
       const int64_t in_pass = std::min(P, tiles - t / P * P);
-      uint8_t* pass = out + t / P * P * chunks * 64;
-      for (int64_t c = 0; c < chunks; ++c)
+      uint8_t* pass = out + t / P * P * pairs * V * 64;
+      for (int64_t pr = 0; pr < pairs; ++pr)
         for (int64_t r = 0; r < 16; ++r) {
           const int64_t n = 16 * t + r;
-          uint32_t word = 0;
+          uint32_t words[3] = {0, 0, 0};  // (b1, b0) of chunks 2pr, 2pr + 1; b2 of both
           if (n < w.N) {
-            // Element e of a 2-bit block sits in word e mod 8 at bit 2 (e div 8)
-            // (kbit_format.md); chunk c holds elements 16 (c mod 8) + u.
-            uint32_t src[8];
-            std::memcpy(src, w.codes + n * w.row_stride + (c / 8) * 32, sizeof(src));
-            const int base = 4 * static_cast<int>(c % 8);
-            for (int u = 0; u < 16; ++u) {
-              const uint32_t q = (src[u % 8] >> (base + 2 * (u / 8))) & 3u;
-              word |= ((q >> 1) << u) | ((q & 1u) << (16 + u));
-            }
+            uint32_t blk[12];
+            std::memcpy(blk, w.codes + n * w.row_stride + (pr / 4) * 16 * w.bits, 16 * w.bits);
+            for (int h = 0; h < 2; ++h)
+              for (int u = 0; u < 16; ++u) {
+                const int64_t e = 32 * (pr % 4) + 16 * h + u;
+                const uint32_t q = plane_word(blk, 0, e);
+                words[h] |= ((q >> 1) << u) | ((q & 1u) << (16 + u));
+                if (w.bits == 3) words[2] |= plane_word(blk, 1, e) << (16 * h + u);
+              }
           }
-          std::memcpy(pass + ((c * in_pass + t % P) * 16 + r) * 4, &word, 4);
+          for (int64_t v = 0; v < V; ++v)
+            std::memcpy(pass + (((pr * V + v) * in_pass + t % P) * 16 + r) * 4, &words[v], 4);
         }
     }
   });

@@ -50,7 +50,7 @@ def kbit_matmul_paths() -> dict[str, str]:
             lut = ""
             if hasattr(cpu, "kbit_lut_available") and cpu.kbit_lut_available():
                 lut = (
-                    "; 2-bit/ternary at batch 1: table GEMV (avx512_vnni)"
+                    "; 2-bit/3-bit/ternary at batch 1: table GEMV (avx512_vnni)"
                     if kbit_lut.enabled()
                     else "; table GEMV off (FUSENAS_CPU_LUT=0)"
                 )

@@ -30,26 +30,30 @@ void kbit_matmul_cpu(const void* x, int64_t M, int64_t ldx, DType dtype, const K
 // Unpacks to float32 W (N x K, row-major): the dequantized weight.
 void kbit_dequantize_cpu(const KbitWeight& w, float* out, int num_threads);
 
-// 2-bit and ternary weights in the CPU's table layout (docs/kbit_format.md,
-// "CPU table layout"): a copy of the codes made once per weight for the
-// batch-1 GEMV on subset-sum tables, kbit_gemv_lut_cpu.
+// 2-bit, ternary and 3-bit weights in the CPU's table layout
+// (docs/kbit_format.md, "CPU table layout"): a copy of the codes made once per
+// weight for the batch-1 GEMV on subset-sum tables, kbit_gemv_lut_cpu.
+// c = (2^bits - 1) / 2 is the codes' centre (1.5 or 3.5).
 struct KbitLutWeight {
   // Rows in tiles of 16, tiles in passes of 8 (the last pass may hold fewer).
-  const uint8_t* codes;  // per pass: chunks (K padded to 128, / 16) x tiles x 64 bytes
-  const float* scale;    // per pass: groups x tiles x 16: s[n, g] (0 on padding rows)
-  const float* offset;   // per pass: groups x tiles x 16: s[n, g] * (1.5 - z[n, g]),
-                         // or null (symmetric, ternary): s[n, g] * zero_term
+  // Per pass: per pair of 16-input chunks (K padded to 128), V vectors of
+  // tiles x 64 bytes (V = kbit::lut_vectors_per_pair(bits): 2, or 3 for 3-bit).
+  const uint8_t* codes;
+  const float* scale;   // per pass: groups x tiles x 16: s[n, g] (0 on padding rows)
+  const float* offset;  // per pass: groups x tiles x 16: s[n, g] * (c - z[n, g]),
+                        // or null (symmetric, ternary): s[n, g] * zero_term
   int64_t N;
   int64_t K;
   int64_t group_size;  // a multiple of 128, or K (one group per row)
-  float zero_term;     // 1.5 - z where offset is null: -0.5 symmetric, 0.5 ternary
+  float zero_term;     // c - z where offset is null: -0.5 symmetric, 0.5 ternary
+  int bits;            // 2 (and ternary) or 3
 };
 
 // Whether this CPU runs kbit_gemv_lut_cpu (AVX-512 with AVX512_VNNI).
 bool kbit_lut_available();
 
-// Writes the codes of a 2-bit weight w in the table layout: out holds
-// ceil(N / 16) * num_blocks(K) * 8 * 64 bytes (KbitLutWeight::codes).
+// Writes the codes of a 2- or 3-bit weight w in the table layout: out holds
+// ceil(N / 16) * num_blocks(K) * 4 * lut_vectors_per_pair(bits) * 64 bytes.
 void kbit_lut_pack_codes(const KbitWeight& w, uint8_t* out, int num_threads);
 
 // y (1 x N) = x (1 x K) @ dequant(W)^T + bias in dtype (float32 or bfloat16).

@@ -137,12 +137,12 @@ def _kbit_matmul_cpu(x, codes, scales, zeros, bias, bits, ternary, group_size):
     y = torch.empty(*x.shape[:-1], n, dtype=x.dtype, device=x.device)
     if m == 0:
         return y
-    if m == 1 and bits == 2 and _lut_applies(ext, k, group_size):
-        lut = kbit_lut.lut_weight(ext, codes, scales, zeros, k, ternary)
+    if m == 1 and bits in (2, 3) and _lut_applies(ext, k, group_size):
+        lut = kbit_lut.lut_weight(ext, codes, scales, zeros, k, bits, ternary)
         if ext.kbit_gemv_lut_cpu(
             x.data_ptr(), _DTYPE_CODE[x.dtype], lut.codes.data_ptr(), lut.scale.data_ptr(),
             0 if lut.offset is None else lut.offset.data_ptr(), n, k, group_size, lut.zero_term,
-            0 if bias is None else bias.data_ptr(), y.data_ptr(), torch.get_num_threads(),
+            bits, 0 if bias is None else bias.data_ptr(), y.data_ptr(), torch.get_num_threads(),
         ):  # fmt: skip
             return y  # else x holds Inf or NaN: the kernels below handle it
     ext.kbit_matmul_cpu(
@@ -293,11 +293,12 @@ def kbit_matmul(
     bfloat16 terms each (16 significant bits, relative error per element <= 2^-16),
     about 1e-5 of the output's scale; set FUSENAS_CPU_BF16=0 for the plain float32
     kernel. bfloat16 x (M <= 24) is exact there (codes are small integers). A single
-    row of x (M = 1) times 2-bit or ternary weights there runs on tables of sums of
-    four inputs (ops/kbit_lut.py): float32 x keeps 16 significant bits per table
-    entry, bfloat16 x rounds each entry to bfloat16 (relative error <= 2^-9, that of
-    its bfloat16 output); the first such call builds a copy of the codes in the
-    tables' layout, kept as long as the codes tensor lives (FUSENAS_CPU_LUT=0: off).
+    row of x (M = 1) times 2-bit, 3-bit or ternary weights on CPUs with AVX512_VNNI
+    runs on tables of sums of four inputs (ops/kbit_lut.py), held as int16 per 128-input
+    block: each entry within 1/65534 of its block's largest, about 3e-5 of the
+    output's scale for float32 x (bfloat16 x: below its output rounding); the first
+    such call builds a copy of the codes in the tables' layout, kept as long as the
+    codes tensor lives (FUSENAS_CPU_LUT=0: off).
     Other bfloat16 cases with M >= 2 on those CPUs (larger M, 5- to 8-bit codes,
     smaller groups) round the decoded weights to bfloat16, as bfloat16 F.linear
     does. On CUDA, M >= CUDA_DEQUANT_GEMM_MIN_M dequantizes W into x's dtype
