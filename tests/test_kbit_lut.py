@@ -167,6 +167,25 @@ def test_an_outlier_coarsens_only_its_own_block(bits):
 
 
 @needs_lut
+def test_tiny_and_huge_x(monkeypatch):
+    """Table units follow x's magnitude: x near 1e-36 (where 32767 / top is
+    past float32) keeps its relative precision, and x whose sums of four pass
+    float32 leaves the tables for the kernels on codes, as Inf and NaN do."""
+    torch.manual_seed(8)
+    pw = quantize_weight(torch.randn(40, 512), 2, 128)
+    x = torch.randn(1, 512)
+    for tiny in (1e-36, 1e-30):
+        y = kbit_matmul(x * tiny, pw)
+        assert id(pw.codes) in kbit_lut._cache
+        _assert_close(y, _exact(x * tiny, pw))
+    big = x.clone()
+    big[0, :4] = 3e38  # finite, but 2 * 3e38 is not
+    y = kbit_matmul(big, pw)
+    monkeypatch.setenv("FUSENAS_CPU_LUT", "0")
+    torch.testing.assert_close(y, kbit_matmul(big, pw), rtol=0, atol=0, equal_nan=True)
+
+
+@needs_lut
 def test_batch_dims_route_one_row_to_the_tables():
     torch.manual_seed(3)
     pw = quantize_weight(torch.randn(40, 256), 2, 128)

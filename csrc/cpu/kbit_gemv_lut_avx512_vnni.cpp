@@ -26,6 +26,8 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 
 #include "common/kbit_layout.h"
 #include "common/static_dispatch.h"
@@ -203,12 +205,21 @@ bool kbit_lut_prepare(const void* x, bool float32_x, int64_t K, int64_t group_si
       peak = _mm512_max_ps(peak, _mm512_abs_ps(s));
     }
     // Entries as int16 fixed point against the block's largest: 15 bits.
+    // top = f * 2^e, f in [0.5, 1): the entries are scaled by 2^-e first
+    // (vscalefps, exact) and then by 32767 / f, so no factor overflows for
+    // tiny x (32767 / top is inf below about 1e-34) or loses bits to denormals.
     const float top = _mm512_reduce_max_ps(peak);
-    const __m512 inv = _mm512_set1_ps(top > 0.f ? 32767.f / top : 0.f);
-    tscale[b] = top / 32767.f;
-    for (int64_t q = 0; q < Q; ++q)
+    if (!(top <= std::numeric_limits<float>::max())) return false;  // sums overflowed
+    int e = 0;
+    const float f = top > 0.f ? std::frexp(top, &e) : 1.f;
+    const __m512 shift = _mm512_set1_ps(static_cast<float>(-e));
+    const __m512 inv = _mm512_set1_ps(top > 0.f ? 32767.f / f : 0.f);
+    tscale[b] = std::ldexp(f / 32767.f, e);
+    for (int64_t q = 0; q < Q; ++q) {
+      const __m512 unit = _mm512_mul_ps(_mm512_scalef_ps(t[q], shift), inv);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(table + 16 * (b * Q + q)),
-                          _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(t[q], inv))));
+                          _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(unit)));
+    }
   }
   return bad == 0;
 }

@@ -102,8 +102,8 @@ void kbit_gemv_bf16_prepare(const void* x, int64_t M, int64_t ldx, bool float32_
 // q of x (zero-padded to whole 128-element blocks), the 16 sums
 // T[m] = sum_i (bit_i(m) - 1/2) x[4q + i] as int16 in table, in units of the
 // 128-input block's tscale (its largest |T| / 32767), and x's sum per scale
-// group in xsum. It returns false if x holds an Inf or NaN (nothing usable
-// written).
+// group in xsum. It returns false if x holds an Inf or NaN, or its sums
+// overflow float32 (nothing usable written).
 struct KbitLutProblem {
   const int16_t* table;  // num_blocks(K) * 32 blocks x 16 entries
   const float* tscale;   // num_blocks(K): entry value = table * tscale

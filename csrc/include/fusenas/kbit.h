@@ -60,8 +60,9 @@ void kbit_lut_pack_codes(const KbitWeight& w, uint8_t* out, int num_threads);
 // Table entries (sums of four +-x/2) are int16 fixed point per 128-input block
 // b: each within top_b / 65534 of its value, top_b the block's largest
 // (half the largest sum of |x| over its 4-input runs). Returns false, having
-// written nothing, when x holds an Inf or NaN (the tables would mix them; the
-// caller runs kbit_matmul_cpu) or the CPU lacks AVX512_VNNI.
+// written nothing, when x holds an Inf or NaN or values whose sums of four
+// overflow float32 (the tables would mix them; the caller runs kbit_matmul_cpu)
+// or the CPU lacks AVX512_VNNI.
 bool kbit_gemv_lut_cpu(const void* x, DType dtype, const KbitLutWeight& w, const void* bias,
                        void* y, int num_threads);
 

@@ -144,7 +144,7 @@ def _kbit_matmul_cpu(x, codes, scales, zeros, bias, bits, ternary, group_size):
             0 if lut.offset is None else lut.offset.data_ptr(), n, k, group_size, lut.zero_term,
             bits, 0 if bias is None else bias.data_ptr(), y.data_ptr(), torch.get_num_threads(),
         ):  # fmt: skip
-            return y  # else x holds Inf or NaN: the kernels below handle it
+            return y  # else x holds Inf, NaN or sums past float32: the kernels below
     ext.kbit_matmul_cpu(
         x.data_ptr(), m, k, _DTYPE_CODE[x.dtype],
         *_weight_args(codes, scales, zeros, k, bits, ternary, group_size),
