@@ -94,8 +94,8 @@ void lut_pass(const KbitLutProblem& p, const KbitLutWeight& w, int64_t pass) {
       for (int64_t pr = b * kPairsPerBlock; pr < (b + 1) * kPairsPerBlock; ++pr) {
         const uint8_t* at = codes + pr * V * TG * 64;
         // Every fourth line; the hardware prefetcher follows the rest.
-        FUSENAS_UNROLL for (int l = 0; l < V * TG / 2; ++l) {
-          _mm_prefetch(reinterpret_cast<const char*>(at + kPrefetchBytes + l * 128), _MM_HINT_T1);
+        FUSENAS_UNROLL for (int l = 0; l < (V * TG + 3) / 4; ++l) {
+          _mm_prefetch(reinterpret_cast<const char*>(at + kPrefetchBytes + l * 256), _MM_HINT_T1);
         }
         FUSENAS_UNROLL for (int h = 0; h < 2; ++h) {
           const int64_t c = 2 * pr + h;  // chunk of 16 inputs
