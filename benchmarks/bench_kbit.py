@@ -46,6 +46,7 @@ import dataclasses
 import gc
 import logging
 import os
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -569,4 +570,66 @@ def test_kbit(benchmark, case: Case):
         grid="full" if FULL else "quick",
         torch_version=torch.__version__,
         **_build_info(),
+    )
+
+
+# The bit-width targets (M = 1: 2-bit <= 0.6x 4-bit, 3-bit between, ternary <= 2-bit)
+# compare different cases, and test_kbit measures them a minute or more apart, while
+# the host's memory bandwidth drifts 2x within minutes on a shared VM (41-85 GB/s in
+# one run): the ratios then compare memory speeds as much as kernels. This case
+# alternates the widths over their cold rings, a batch of calls each in turn, so every
+# width sees the same minutes; report.py judges the bit-width targets on it.
+INTERLEAVED_BITS: tuple[int | str, ...] = (2, 3, 4, "ternary")
+INTERLEAVED_CALLS = 16  # cold calls per width per round
+INTERLEAVED_ROUNDS = 30
+INTERLEAVED_CASES = [
+    (k, n, dt) for k, n in (ALL_SHAPES if FULL else ((4096, 4096),)) for dt in DTYPES
+]
+
+
+@pytest.mark.parametrize(
+    "k, n, dtype",
+    INTERLEAVED_CASES,
+    ids=[f"interleaved-widths-{DTYPE_NAME[dt]}-M1-{k}x{n}-cold" for k, n, dt in INTERLEAVED_CASES],
+)
+def test_kbit_widths_interleaved(benchmark, k: int, n: int, dtype: torch.dtype):
+    preps = {b: _prepared(Case("fusenas", b, dtype, 1, k, n, "cold")) for b in INTERLEAVED_BITS}
+    x = torch.randn(1, k, generator=torch.Generator().manual_seed(k + n)).to(dtype)
+    times: dict[int | str, list[float]] = {b: [] for b in INTERLEAVED_BITS}
+    pos = dict.fromkeys(INTERLEAVED_BITS, 0)
+    rnd = [0]
+
+    def one_round():
+        # Each round starts at the next width, so none always follows the same one.
+        order = INTERLEAVED_BITS[rnd[0] % 4 :] + INTERLEAVED_BITS[: rnd[0] % 4]
+        rnd[0] += 1
+        for b in order:
+            prep = preps[b]
+            t0 = time.perf_counter()
+            for _ in range(INTERLEAVED_CALLS):
+                pos[b] = (pos[b] + 1) % len(prep.ring)
+                prep.fn(x, prep.ring[pos[b]])
+            times[b].append((time.perf_counter() - t0) / INTERLEAVED_CALLS)
+
+    benchmark.group = f"{k}x{n} M=1 cold, widths interleaved"
+    quiet_before = _wait_for_quiet()
+    meter = _CpuMeter()
+    meter.start()
+    with torch.no_grad():
+        benchmark.pedantic(one_round, rounds=INTERLEAVED_ROUNDS, warmup_rounds=0)
+    benchmark.extra_info.update(
+        interleaved_widths={
+            "K": k,
+            "N": n,
+            "dtype": DTYPE_NAME[dtype],
+            "rounds": INTERLEAVED_ROUNDS,
+            "calls_per_round": INTERLEAVED_CALLS,
+            # seconds per call: median and best over the rounds
+            "median": {str(b): statistics.median(t) for b, t in times.items()},
+            "min": {str(b): min(t) for b, t in times.items()},
+            "weight_bytes": {str(b): p.weight_bytes for b, p in preps.items()},
+        },
+        foreign_load=meter.stop(),
+        foreign_load_before=quiet_before,
+        dram_gbps=dram_info()["gbps"],
     )
