@@ -295,7 +295,7 @@ def _prep_fusenas(case: Case, w: torch.Tensor) -> Prepared:
         return dataclasses.replace(p, codes=p.codes.clone(), scales=p.scales.clone(), zeros=zeros)
 
     ring = _clone_ring(pw, _ring_size(case, pw.nbytes()), clone)
-    # A batch-1 call of a 2-bit weight on an AVX512-BF16 CPU first builds the
+    # A batch-1 call of a 2- or 3-bit weight on an AVX512_VNNI CPU first builds the
     # weight's table layout (fusenas/ops/kbit_lut.py, about 6 ms at 4096 x 4096),
     # once per weight as a deployment would: one untimed call per copy.
     x1 = torch.zeros(1, case.k)
