@@ -268,15 +268,15 @@ bool kbit_gemv_lut_cpu(const void* x, DType dtype, const KbitLutWeight& w, const
   const bool f32 = dtype == DType::kFloat32;
   const int64_t blocks = kbit::num_blocks(w.K);
   const auto tables = scratch<int16_t>(cpu::ScratchSlot::kInput, blocks * kbit::kBlock * 4);
-  std::vector<float> tscale(static_cast<size_t>(blocks));
+  const auto tscale = scratch<float>(cpu::ScratchSlot::kInput2, blocks);
   std::vector<float> xsum(static_cast<size_t>(w.K / w.group_size));
-  if (!cpu::kbit_lut_prepare(x, f32, w.K, w.group_size, tables.as<int16_t>(), tscale.data(),
+  if (!cpu::kbit_lut_prepare(x, f32, w.K, w.group_size, tables.as<int16_t>(), tscale.as<float>(),
                              xsum.data()))
     return false;
   const std::vector<float> bf =
       f32 ? std::vector<float>() : bias_to_float(static_cast<const uint16_t*>(bias), w.N);
   const cpu::KbitLutProblem p{tables.as<int16_t>(),
-                              tscale.data(),
+                              tscale.as<float>(),
                               xsum.data(),
                               f32 ? static_cast<const float*>(bias) : (bias ? bf.data() : nullptr),
                               f32 ? static_cast<float*>(y) : nullptr,

@@ -90,8 +90,9 @@ def build_lut_weight(
     s = torch.zeros(tiles * TILE, groups, dtype=torch.float32)
     s[:n] = scales
     centre = ((1 << bits) - 1) / 2
-    if zeros is None:  # one zero point: the kernel applies centre - z itself
-        return LutWeight(lut_codes, pass_major(s, tiles), None, 0.5 if ternary else -0.5, bits)
+    if zeros is None:  # one zero point (as dequantize_reference's): the kernel applies centre - z
+        z = 1.0 if ternary else float(1 << (bits - 1))
+        return LutWeight(lut_codes, pass_major(s, tiles), None, centre - z, bits)
     z = torch.zeros_like(s)
     z[:n] = zeros
     offset = pass_major(s * (centre - z), tiles)
