@@ -319,6 +319,32 @@ def test_code_kernels(bits, dtype):
 
 
 @needs_ext
+@pytest.mark.parametrize("bits", [2, 3, 4, "ternary"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_batch_one_gemv_on_codes(bits, dtype, monkeypatch):
+    """M = 1 on the GEMV on codes (the tables off): rows streamed one after
+    another while x's terms fit in L1, output tiles past that (float32 x at
+    K = 6272: 25 KB of terms; bfloat16 x there is still streamed). Batches of 16
+    rows with a partial last one, groups of two blocks, per-channel scales,
+    asymmetric codes, bias."""
+    monkeypatch.setenv("FUSENAS_CPU_LUT", "0")
+    torch.manual_seed(12)
+    for n, k, g, sym in [
+        (37, 512, 128, True),
+        (9, 1000, None, False),
+        (50, 768, 256, False),
+        (21, 6272, 128, False),
+    ]:
+        pw = quantize_weight(torch.randn(n, k), bits, g, sym or bits == "ternary")
+        x = (torch.randn(1, k) * 3).to(dtype)
+        bias = torch.randn(n).to(dtype)
+        exact = x.double() @ fusenas.dequantize(pw).double().T + bias.double()
+        y = kbit_matmul(x, pw, bias)
+        err = ((y.double() - exact).abs().max() / exact.abs().max()).item()
+        assert err < (5e-5 if dtype == torch.float32 else 8e-3), (n, k, g, sym, err)
+
+
+@needs_ext
 @pytest.mark.parametrize("isa", _isas())
 @pytest.mark.parametrize("bits", [2, 4, 8])
 @pytest.mark.parametrize("m", [5, 40])

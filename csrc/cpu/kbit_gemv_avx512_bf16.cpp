@@ -136,11 +136,111 @@ void gemv_tile(const KbitGemvBf16Problem& p, const KbitWeight& w, __m512i table,
   }
 }
 
+// Batch 1 with x in L1: the rows one after another, so a thread reads its
+// codes as one sequential stream, which the hardware prefetchers follow; a
+// tile's rows are R streams 2 KB apart (K = 4096, 4 bits) that they follow
+// less well. Cold, 4 bits, 2 threads, streamed / tiles alternated in one
+// process (ms; the memory in its slow state, where a torch.sum over as many
+// bytes took 0.211 and 0.548):
+//   4096 x 4096:  bfloat16 x 0.214 / 0.274, float32 x 0.238 / 0.274
+//   4096 x 11008: bfloat16 x 0.527 / 0.727, float32 x 0.584 / 0.690
+//   1024 x 1024:  bfloat16 x 0.0235 / 0.0271, float32 x 0.0253 / 0.0264
+// Warm (weights in L3) it is slower at K = 4096, 0.102 / 0.092 (bfloat16 x)
+// and 0.144 / 0.123 (float32 x): each x load feeds one row instead of R.
+// A batch's 16 rows leave their lanes in `lanes`, reduced together.
+constexpr int64_t kStreamRows = 16;
+
+template <int BITS, bool SPLIT>
+void gemv_stream(const KbitGemvBf16Problem& p, const KbitWeight& w, __m512i table, int64_t n_begin,
+                 int64_t n_end) {
+  const int64_t nb = kbit::num_blocks(w.K);
+  const int64_t groups = w.K / w.group_size;
+  const int64_t blocks_per_group = groups == 1 ? nb : w.group_size / kbit::kBlock;
+  alignas(64) float lanes[kStreamRows][16] = {};
+  alignas(64) float sums[kStreamRows];
+  // Lane j of row r is lanes[r][j]: gathering column j of every row adds 16 rows at once.
+  const __m512i column =
+      _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                         _mm512_set1_epi32(16));
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += kStreamRows) {
+    const int64_t rows = std::min(kStreamRows, n_end - n0);
+    for (int64_t r = 0; r < rows; ++r) {
+      const uint8_t* codes = w.codes + (n0 + r) * w.row_stride;
+      const float* scale = w.scales + (n0 + r) * groups;
+      // Two chains for hi terms and two for lo, two totals by group parity:
+      // vdpbf16ps and the scaling FMA are latency-bound within one row.
+      __m512 hi0 = _mm512_setzero_ps(), hi1 = hi0, lo0 = hi0, lo1 = hi0, tot0 = hi0, tot1 = hi0;
+      int64_t g = 0, left = blocks_per_group;
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* block = codes + b * 16 * BITS;
+        __m512i pl = load_planes<BITS>(block).a;
+        // Keeps the codes in a register: GCC otherwise folds the load into
+        // each of the three shifts (four loads a block; 1.2x slower warm).
+        asm volatile("" : "+v"(pl));
+        _mm_prefetch(reinterpret_cast<const char*>(block + kPrefetchBytes), _MM_HINT_T1);
+        FUSENAS_UNROLL for (int t = 0; t < 4; ++t) {
+          const int64_t off = b * kbit::kBlock + 32 * t;
+          const __m512i c = t == 0 ? pl : _mm512_srli_epi16(pl, 4 * t);
+          const __m512bh wv = as_bh(_mm512_permutexvar_epi16(c, table));
+          __m512& h = t & 1 ? hi1 : hi0;
+          h = _mm512_dpbf16_ps(h, wv, as_bh(_mm512_loadu_si512(p.xhi + off)));
+          if constexpr (SPLIT) {
+            __m512& l = t & 1 ? lo1 : lo0;
+            l = _mm512_dpbf16_ps(l, wv, as_bh(_mm512_loadu_si512(p.xlo + off)));
+          }
+        }
+        if (--left == 0 || b + 1 == nb) {  // end of a group: scale its dot product
+          __m512 d = _mm512_add_ps(hi0, hi1);
+          if constexpr (SPLIT) d = _mm512_add_ps(d, _mm512_add_ps(lo0, lo1));
+          const __m512 s = _mm512_set1_ps(scale[g]);
+          if (g & 1)
+            tot1 = _mm512_fmadd_ps(d, s, tot1);
+          else
+            tot0 = _mm512_fmadd_ps(d, s, tot0);
+          hi0 = hi1 = lo0 = lo1 = _mm512_setzero_ps();
+          ++g;
+          left = blocks_per_group;
+        }
+      }
+      _mm512_store_ps(lanes[r], _mm512_add_ps(tot0, tot1));
+    }
+    __m512 sum = _mm512_setzero_ps();
+    FUSENAS_UNROLL for (int j = 0; j < 16; ++j) {
+      sum = _mm512_add_ps(sum, _mm512_i32gather_ps(column, &lanes[0][j], 4));
+    }
+    _mm512_store_ps(sums, sum);  // rows past `rows` add stale lanes and are not written
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t n = n0 + r;
+      float corr = 0.f;  // asymmetric codes: the zero points' term
+      if (w.zeros) {
+        const float* zrow = w.zeros + n * groups;
+        const float* scale = w.scales + n * groups;
+        for (int64_t q = 0; q < groups; ++q) corr += scale[q] * zrow[q] * p.xsum[q];
+      }
+      const float v = sums[r] - corr + (p.bias ? p.bias[n] : 0.f);
+      if (p.ybf)
+        p.ybf[n] = float_to_bf16_bits(v);
+      else
+        p.y[n] = v;
+    }
+  }
+}
+
+// x's terms (hi, and lo for float32 x) per row take up to this many bytes for
+// the streaming GEMV: they are read once per output row, so they must stay in
+// L1 (32 KB on most x86 cores, 48 KB on Zen 5 and Sapphire Rapids) beside the
+// streamed codes. At K = 11008 float32 x (44 KB) ran 1.4x slower streamed.
+constexpr int64_t kStreamXBytes = 24 << 10;
+
 template <int BITS, bool SPLIT>
 void gemv(const KbitGemvBf16Problem& p, const KbitWeight& w, int64_t n_begin, int64_t n_end) {
   // Symmetric codes: the table holds q - z; asymmetric: q (z per group comes
   // back through the group sums of x).
   const __m512i table = code_table<BITS>(w.zeros ? 0.f : kbit::symmetric_zero(w.bits, w.ternary));
+  if (p.M == 1 && (SPLIT ? 4 : 2) * w.K <= kStreamXBytes) {
+    gemv_stream<BITS, SPLIT>(p, w, table, n_begin, n_end);
+    return;
+  }
   // A chunk of output rows against every x row: the first x tile streams the
   // chunk's codes in from DRAM (and prefetches ahead), the later tiles find
   // them in L1 (12 rows x 2 KB at K = 4096, 4 bits), while each x tile (four
