@@ -64,10 +64,10 @@ inline __m512i pair_table(const int16_t* a, const int16_t* b) {
 // How far ahead a pass's codes are prefetched: every line, into L1. A pass
 // reads one sequential stream, as the GEMV on codes does. Cold, 2 threads,
 // against every fourth line 32 KB ahead into L2 (alternated in one process,
-// ms): 2-bit 4096 x 4096 0.101-0.108 / 0.122, 4096 x 11008 0.234 / 0.319;
-// 3-bit 4096 x 4096 0.123 / 0.164. Every second line into L1 was no faster
-// than every fourth; no prefetch at all, 0.108-0.111 / 0.122 (2-bit, 4096²).
-// Warm (weights in L3) the prefetches cost 7%: 0.052 / 0.048 ms (2-bit, 4096²).
+// ms): 2-bit 4096 x 4096 0.128 / 0.142 (slow memory) and 4096 x 11008
+// 0.234 / 0.319 (fast); 3-bit 4096 x 4096 0.123 / 0.164 (fast). Every second
+// line into L1 was no faster than every fourth; no prefetch at all, 0.134 /
+// 0.142. Warm (weights in L3) the prefetches cost 7%: 0.052 / 0.048 ms.
 constexpr int64_t kPrefetchBytes = 16 << 10;
 constexpr int64_t kPairsPerBlock = kbit::kBlock / 32;
 
