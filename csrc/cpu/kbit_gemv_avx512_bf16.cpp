@@ -140,13 +140,14 @@ void gemv_tile(const KbitGemvBf16Problem& p, const KbitWeight& w, __m512i table,
 // codes as one sequential stream, which the hardware prefetchers follow; a
 // tile's rows are R streams 2 KB apart (K = 4096, 4 bits) that they follow
 // less well. Cold, 4 bits, 2 threads, streamed / tiles alternated in one
-// process (ms; the memory in its slow state, where a torch.sum over as many
-// bytes took 0.211 and 0.548):
-//   4096 x 4096:  bfloat16 x 0.214 / 0.274, float32 x 0.238 / 0.274
-//   4096 x 11008: bfloat16 x 0.527 / 0.727, float32 x 0.584 / 0.690
-//   1024 x 1024:  bfloat16 x 0.0235 / 0.0271, float32 x 0.0253 / 0.0264
-// Warm (weights in L3) it is slower at K = 4096, 0.102 / 0.092 (bfloat16 x)
-// and 0.144 / 0.123 (float32 x): each x load feeds one row instead of R.
+// process (ms; fast memory, where a torch.sum over as many bytes took 0.139
+// and 0.345):
+//   4096 x 4096:  bfloat16 x 0.158 / 0.195, float32 x 0.176 / 0.219
+//   4096 x 11008: bfloat16 x 0.381 / 0.531, float32 x 0.434 / 0.514
+//   1024 x 1024:  bfloat16 x 0.0241 / 0.0266, float32 x 0.0257 / 0.0263
+// In slow memory the gains were alike (4096 x 11008: 0.527 / 0.727, bfloat16
+// x). Warm (weights in L3) it is 1-10% slower at K <= 4096 (4096 x 4096:
+// 0.106 / 0.100, bfloat16 x): each x load feeds one row instead of R.
 // A batch's 16 rows leave their lanes in `lanes`, reduced together.
 constexpr int64_t kStreamRows = 16;
 // The stream is prefetched 16 KB ahead into L1: 5-9% faster cold than 32 KB
@@ -170,39 +171,45 @@ void gemv_stream(const KbitGemvBf16Problem& p, const KbitWeight& w, __m512i tabl
     for (int64_t r = 0; r < rows; ++r) {
       const uint8_t* codes = w.codes + (n0 + r) * w.row_stride;
       const float* scale = w.scales + (n0 + r) * groups;
-      // Two chains for hi terms and two for lo, two totals by group parity:
-      // vdpbf16ps and the scaling FMA are latency-bound within one row.
-      __m512 hi0 = _mm512_setzero_ps(), hi1 = hi0, lo0 = hi0, lo1 = hi0, tot0 = hi0, tot1 = hi0;
-      int64_t g = 0, left = blocks_per_group;
-      for (int64_t b = 0; b < nb; ++b) {
+      // One block's dot product with x: two chains, hi and lo terms alternating.
+      auto block_dot = [&](int64_t b) {
         const uint8_t* block = codes + b * 16 * BITS;
         __m512i pl = load_planes<BITS>(block).a;
         // Keeps the codes in a register: GCC otherwise folds the load into
         // each of the three shifts (four loads a block; 1.2x slower warm).
         asm volatile("" : "+v"(pl));
         _mm_prefetch(reinterpret_cast<const char*>(block + kStreamPrefetchBytes), _MM_HINT_T0);
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0;
         FUSENAS_UNROLL for (int t = 0; t < 4; ++t) {
           const int64_t off = b * kbit::kBlock + 32 * t;
           const __m512i c = t == 0 ? pl : _mm512_srli_epi16(pl, 4 * t);
           const __m512bh wv = as_bh(_mm512_permutexvar_epi16(c, table));
-          __m512& h = t & 1 ? hi1 : hi0;
+          __m512& h = t & 1 ? a1 : a0;
           h = _mm512_dpbf16_ps(h, wv, as_bh(_mm512_loadu_si512(p.xhi + off)));
           if constexpr (SPLIT) {
-            __m512& l = t & 1 ? lo1 : lo0;
+            __m512& l = t & 1 ? a0 : a1;
             l = _mm512_dpbf16_ps(l, wv, as_bh(_mm512_loadu_si512(p.xlo + off)));
           }
         }
-        if (--left == 0 || b + 1 == nb) {  // end of a group: scale its dot product
-          __m512 d = _mm512_add_ps(hi0, hi1);
-          if constexpr (SPLIT) d = _mm512_add_ps(d, _mm512_add_ps(lo0, lo1));
-          const __m512 s = _mm512_set1_ps(scale[g]);
-          if (g & 1)
-            tot1 = _mm512_fmadd_ps(d, s, tot1);
-          else
-            tot0 = _mm512_fmadd_ps(d, s, tot0);
-          hi0 = hi1 = lo0 = lo1 = _mm512_setzero_ps();
-          ++g;
-          left = blocks_per_group;
+        return _mm512_add_ps(a0, a1);
+      };
+      // Two totals (even and odd groups): the scaling FMA is latency-bound.
+      __m512 tot0 = _mm512_setzero_ps(), tot1 = tot0;
+      if (blocks_per_group == 1) {  // group 128: the usual case, two blocks a step
+        int64_t b = 0;
+        for (; b + 2 <= nb; b += 2) {
+          tot0 = _mm512_fmadd_ps(block_dot(b), _mm512_set1_ps(scale[b]), tot0);
+          tot1 = _mm512_fmadd_ps(block_dot(b + 1), _mm512_set1_ps(scale[b + 1]), tot1);
+        }
+        if (b < nb) tot0 = _mm512_fmadd_ps(block_dot(b), _mm512_set1_ps(scale[b]), tot0);
+      } else {
+        for (int64_t g = 0; g < groups; ++g) {
+          const int64_t b1 = std::min(nb, (g + 1) * blocks_per_group);
+          __m512 d = block_dot(g * blocks_per_group);
+          for (int64_t b = g * blocks_per_group + 1; b < b1; ++b)
+            d = _mm512_add_ps(d, block_dot(b));
+          __m512& tot = g & 1 ? tot1 : tot0;
+          tot = _mm512_fmadd_ps(d, _mm512_set1_ps(scale[g]), tot);
         }
       }
       _mm512_store_ps(lanes[r], _mm512_add_ps(tot0, tot1));
