@@ -82,6 +82,7 @@ PYBIND11_MODULE(_C, m) {
       },
       py::call_guard<py::gil_scoped_release>());
   m.def("kbit_lut_available", &fusenas::kbit_lut_available);
+  m.def("kbit_lut_enabled", &fusenas::kbit_lut_enabled);
   m.def(
       "kbit_lut_pack_codes_cpu",
       [](uintptr_t codes, int64_t N, int64_t K, int64_t row_stride, int bits, uintptr_t out,

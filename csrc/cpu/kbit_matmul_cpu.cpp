@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -260,6 +261,12 @@ void kbit_lut_pack_codes(const KbitWeight& w, uint8_t* out, int num_threads) {
 
 bool kbit_lut_available() {
   return cpu::active_isa() == cpu::Isa::kAvx512 && cpu::has_avx512_vnni();
+}
+
+bool kbit_lut_enabled() {
+  if (!kbit_lut_available()) return false;
+  const char* env = std::getenv("FUSENAS_CPU_LUT");
+  return env == nullptr || std::strcmp(env, "0") != 0;
 }
 
 bool kbit_gemv_lut_cpu(const void* x, DType dtype, const KbitLutWeight& w, const void* bias,

@@ -52,6 +52,10 @@ struct KbitLutWeight {
 // Whether this CPU runs kbit_gemv_lut_cpu (AVX-512 with AVX512_VNNI).
 bool kbit_lut_available();
 
+// kbit_lut_available() and FUSENAS_CPU_LUT is not "0": whether batch-1 calls
+// take the tables (read per call, as the other FUSENAS_CPU_* switches are).
+bool kbit_lut_enabled();
+
 // Writes the codes of a 2- or 3-bit weight w in the table layout: out holds
 // ceil(N / 16) * num_blocks(K) * 4 * lut_vectors_per_pair(bits) * 64 bytes.
 void kbit_lut_pack_codes(const KbitWeight& w, uint8_t* out, int num_threads);
