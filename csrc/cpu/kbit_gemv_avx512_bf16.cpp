@@ -32,14 +32,17 @@ using namespace avx512;
 
 namespace {
 
-// How far ahead cold weights are prefetched (bytes along the thread's rows),
-// into L2. No prefetch ran at 30-36 GB/s with 2 threads cold (4096 x 4096,
-// 4 bits), 64 KB ahead into L1 at 38-55 GB/s. Three alternating rounds of
-// M = 1 over 1024 x 1024, 4096 x 4096 and 4096 x 11008 (the host's DRAM
+// How far ahead the tiles prefetch cold weights (bytes along the thread's
+// rows), into L1. No prefetch ran at 30-36 GB/s with 2 threads cold (4096 x
+// 4096, 4 bits), 64 KB ahead into L1 at 38-55 GB/s. Three alternating rounds
+// of M = 1 over 1024 x 1024, 4096 x 4096 and 4096 x 11008 (the host's DRAM
 // bandwidth drifts 2x within minutes, so only rough): 32 KB into L2 was never
 // the slowest of {32 KB L2, 128 KB L2, 64 KB L1} and had no outliers; 128 KB
 // leaves the first 128 KB of a thread's rows unprefetched (1024 x 1024:
-// 0.023-0.036 ms against 0.023-0.028).
+// 0.023-0.036 ms against 0.023-0.028). Session 28, alternated in one process:
+// 32 KB into L1 instead of L2 was 3-9% faster cold for float32 x at M = 1,
+// K = 11008 (0.585 / 0.605 ms slow memory, 0.468 / 0.517 fast) and 3-6% at
+// M = 4 and 8 (4096 x 4096, float32 x; bfloat16 x 0-2%), the same warm.
 constexpr int64_t kPrefetchBytes = 32 << 10;
 
 // Output rows per tile for MT x rows, with the 32 zmm registers in mind: the
@@ -82,7 +85,7 @@ void gemv_tile(const KbitGemvBf16Problem& p, const KbitWeight& w, __m512i table,
       const uint8_t* block = codes_row[r] + b * 16 * BITS;
       pl[r] = load_planes<BITS>(block).a;
       if (prefetch_ahead)
-        _mm_prefetch(reinterpret_cast<const char*>(block + prefetch), _MM_HINT_T1);
+        _mm_prefetch(reinterpret_cast<const char*>(block + prefetch), _MM_HINT_T0);
     }
     // Word 2j+h of pl after a shift by 4t holds, in its low bits, the code of
     // element j + 64h + 16t of the block (kbit_format.md; the front end lays
