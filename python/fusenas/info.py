@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from fusenas.ops import _native, kbit_lut
+from fusenas.ops import _native
 
 
 def _call_build_info(ext: Any) -> dict[str, Any] | str:
@@ -51,7 +51,7 @@ def kbit_matmul_paths() -> dict[str, str]:
             if hasattr(cpu, "kbit_lut_available") and cpu.kbit_lut_available():
                 lut = (
                     "; 2-bit/3-bit/ternary at batch 1: table GEMV (avx512_vnni)"
-                    if kbit_lut.enabled()
+                    if cpu.kbit_lut_enabled()
                     else "; table GEMV off (FUSENAS_CPU_LUT=0)"
                 )
             paths[key] = f"native kernel (fusenas._C, {isa}){lut}"

@@ -15,7 +15,6 @@ turns the path off (no copy is made)."""
 
 from __future__ import annotations
 
-import os
 import weakref
 from dataclasses import dataclass
 
@@ -57,11 +56,6 @@ class LutWeight:
     offset: torch.Tensor | None
     zero_term: float
     bits: int
-
-
-def enabled() -> bool:
-    """False when FUSENAS_CPU_LUT=0."""
-    return os.environ.get("FUSENAS_CPU_LUT", "1") != "0"
 
 
 def build_lut_weight(
