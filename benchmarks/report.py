@@ -251,87 +251,73 @@ M1_DRAM = "M=1 4-bit {d} cold: >= 80% of the DRAM read bandwidth"
 M1_F32 = "M=1 4-bit cold: float32 input >= 0.8x the speed of bfloat16 input"
 
 
-def m1_targets(ix: Index, shape, dram_gbps: float) -> list[tuple[str, bool | None, str]]:
-    """(target, ok or None without data, measured) for the M = 1 4-bit targets of a shape."""
+@dataclass(frozen=True)
+class M1Times:
+    """The M = 1 4-bit figures of one shape that the targets compare, from either source."""
+
+    t: dict[str, float | None]  # fusenas seconds per call, by x dtype
+    gbps: dict[str, float | None]  # fusenas GB/s of weight bytes, by x dtype
+    dram: dict[str, str | None]  # how that compares with DRAM ("81% of ... GB/s ...")
+    dram_ok: dict[str, bool | None]
+    alt: tuple[str, float] | None  # (label, seconds) of the faster of int4pack and bnb
+    how: str  # " (interleaved)" or ""
+
+
+def m1_times(ix: Index, shape, dram_gbps: float) -> M1Times:
+    """The interleaved case where the run has it (all timed in the same minutes), else
+    the separate cases, each against the DRAM figure measured next to it."""
     inter = ix.alternatives.get(shape)
+    t, gbps, dram, dram_ok = {}, {}, {}, {}
     if inter is not None:
-        return m1_targets_interleaved(inter)
-    out: list[tuple[str, bool | None, str]] = []
-    alt = ix.best(shape, "cold", 1, ["int4pack", "bnb_nf4"])
-    rows = {dt: ix.get(("fusenas", "4", dt), shape, "cold", 1) for dt in DTYPE_SHORT}
-    for dt, r in rows.items():
-        ok = None if r is None or alt is None else alt.t / r.t >= 1.7
-        measured = "-"
-        if r is not None and alt is not None:
-            measured = (
-                f"{fmt_ms(r.t)} ms vs {label(alt.variant)} {fmt_ms(alt.t)} ms: {alt.t / r.t:.2f}x"
-            )
-        out.append((M1_FASTER.format(d=DTYPE_SHORT[dt]), ok, measured))
-    for dt, r in rows.items():
-        bw = r.dram(dram_gbps) if r is not None else 0.0
-        out.append(
-            (
-                M1_DRAM.format(d=DTYPE_SHORT[dt]),
-                None if r is None or not bw else r.gbps >= 0.8 * bw,
-                ""
-                if r is None
-                else f"{r.gbps:.1f} GB/s = {r.gbps / bw:.0%} of {bw:.1f} GB/s"
-                f"{' (measured next to it)' if r.dram_near else ''}",
-            )
-        )
-    r32, r16 = rows["float32"], rows["bfloat16"]
-    have = r32 is not None and r16 is not None
-    out.append(
-        (
-            M1_F32,
-            r16.t / r32.t >= 0.8 if have else None,
-            f"f32 {fmt_ms(r32.t)} ms, bf16 {fmt_ms(r16.t)} ms: {r16.t / r32.t:.2f}x"
-            if have
-            else "",
-        )
-    )
-    return out
-
-
-def m1_targets_interleaved(inter: Interleaved) -> list[tuple[str, bool | None, str]]:
-    """The M = 1 4-bit targets on the interleaved case (marked "interleaved")."""
-    out: list[tuple[str, bool | None, str]] = []
-    alt = inter.best_alternative()
-    keys = {dt: f"fusenas-{dt}" for dt in DTYPE_SHORT}
-    for dt, key in keys.items():
-        t = inter.t.get(key)
-        ok = None if t is None or alt is None else inter.t[alt] / t >= 1.7
-        measured = "-"
-        if t is not None and alt is not None:
-            measured = (
-                f"{fmt_ms(t)} ms vs {alt_label(alt)} {fmt_ms(inter.t[alt])} ms: "
-                f"{inter.t[alt] / t:.2f}x (interleaved)"
-            )
-        out.append((M1_FASTER.format(d=DTYPE_SHORT[dt]), ok, measured))
-    for dt, key in keys.items():
-        if key not in inter.t:
-            out.append((M1_DRAM.format(d=DTYPE_SHORT[dt]), None, ""))
-            continue
-        g, bw = inter.gbps(key), inter.dram_gbps
+        best = inter.best_alternative()
         read = (
             f"; a torch.sum of as many bytes: {inter.gbps('read'):.1f}" if "read" in inter.t else ""
         )
-        out.append(
-            (
-                M1_DRAM.format(d=DTYPE_SHORT[dt]),
-                g >= 0.8 * bw,
-                f"{g:.1f} GB/s = {g / bw:.0%} of {bw:.1f} GB/s (interleaved 512 MiB reads{read})",
-            )
-        )
-    t32, t16 = inter.t.get(keys["float32"]), inter.t.get(keys["bfloat16"])
+        for dt in DTYPE_SHORT:
+            key = f"fusenas-{dt}"
+            t[dt] = inter.t.get(key)
+            gbps[dt] = inter.gbps(key) if key in inter.t else None
+            bw, note = inter.dram_gbps, f" (interleaved 512 MiB reads{read})"
+            dram[dt] = None if gbps[dt] is None else f"{gbps[dt] / bw:.0%} of {bw:.1f} GB/s{note}"
+            dram_ok[dt] = None if gbps[dt] is None else gbps[dt] >= 0.8 * bw
+        alt = None if best is None else (alt_label(best), inter.t[best])
+        return M1Times(t, gbps, dram, dram_ok, alt, " (interleaved)")
+    for dt in DTYPE_SHORT:
+        r = ix.get(("fusenas", "4", dt), shape, "cold", 1)
+        t[dt] = None if r is None else r.t
+        gbps[dt] = None if r is None else r.gbps
+        bw = 0.0 if r is None else r.dram(dram_gbps)
+        have = r is not None and bw > 0
+        note = " (measured next to it)" if have and r.dram_near else ""
+        dram[dt] = f"{r.gbps / bw:.0%} of {bw:.1f} GB/s{note}" if have else None
+        dram_ok[dt] = r.gbps >= 0.8 * bw if have else None
+    best_row = ix.best(shape, "cold", 1, ["int4pack", "bnb_nf4"])
+    alt = None if best_row is None else (label(best_row.variant), best_row.t)
+    return M1Times(t, gbps, dram, dram_ok, alt, "")
+
+
+def m1_targets(ix: Index, shape, dram_gbps: float) -> list[tuple[str, bool | None, str]]:
+    """(target, ok or None without data, measured) for the M = 1 4-bit targets of a shape."""
+    m = m1_times(ix, shape, dram_gbps)
+    out: list[tuple[str, bool | None, str]] = []
+    for dt, d in DTYPE_SHORT.items():
+        t = m.t[dt]
+        if t is None or m.alt is None:
+            out.append((M1_FASTER.format(d=d), None, "-"))
+            continue
+        name, ta = m.alt
+        measured = f"{fmt_ms(t)} ms vs {name} {fmt_ms(ta)} ms: {ta / t:.2f}x{m.how}"
+        out.append((M1_FASTER.format(d=d), ta / t >= 1.7, measured))
+    for dt, d in DTYPE_SHORT.items():
+        measured = "" if m.dram[dt] is None else f"{m.gbps[dt]:.1f} GB/s = {m.dram[dt]}"
+        out.append((M1_DRAM.format(d=d), m.dram_ok[dt], measured))
+    t32, t16 = m.t["float32"], m.t["bfloat16"]
     have = t32 is not None and t16 is not None
     out.append(
         (
             M1_F32,
             t16 / t32 >= 0.8 if have else None,
-            f"f32 {fmt_ms(t32)} ms, bf16 {fmt_ms(t16)} ms: {t16 / t32:.2f}x (interleaved)"
-            if have
-            else "",
+            f"f32 {fmt_ms(t32)} ms, bf16 {fmt_ms(t16)} ms: {t16 / t32:.2f}x{m.how}" if have else "",
         )
     )
     return out
