@@ -581,9 +581,10 @@ def _interleave(
     after_round: Callable[[], None] | None = None,
 ):
     """Runs each entry of `calls` per_round times per round, the entries in turn, each
-    round starting at the next entry (so none always follows the same one), then
-    after_round once; returns {key: [seconds per call, one per round]}. The rounds run
-    through benchmark.pedantic."""
+    round starting at the next entry (so none always runs first; neighbours stay
+    neighbours, so entries must not share the copies they read), then after_round
+    once; returns {key: [seconds per call, one per round]}. The rounds run through
+    benchmark.pedantic."""
     keys = list(calls)
     times: dict[str, list[float]] = {k: [] for k in keys}
     rnd = [0]
