@@ -3,6 +3,10 @@
 #include <cstdlib>
 #include <cstring>
 
+#if __has_include(<unistd.h>)
+#include <unistd.h>  // sysconf
+#endif
+
 namespace fusenas {
 namespace cpu {
 
@@ -88,6 +92,17 @@ const char* isa_name(Isa isa) {
     default:
       return "scalar";
   }
+}
+
+bool streamed_prefetch_nta() {
+  static const bool yes = [] {
+#ifdef _SC_LEVEL1_DCACHE_SIZE
+    return sysconf(_SC_LEVEL1_DCACHE_SIZE) >= 48 * 1024;  // 0 or -1 when unknown
+#else
+    return false;
+#endif
+  }();
+  return yes;
 }
 
 }  // namespace cpu

@@ -25,6 +25,12 @@ bool use_avx512_bf16();
 // AVX-512 runs on 256-bit units (AMD family 19h, Zen 4: a 512-bit FMA issues as
 // two halves), so 8-wide AVX2 kernels reach the same multiply-add throughput.
 bool avx512_double_pumped();
+// The batch-1 GEMVs prefetch their weight streams as non-temporal data
+// (stream_prefetch.h): only where L1D holds at least 48 KB (Zen 5, Intel since
+// Ice Lake). A non-temporal line that leaves L1 before its load is not in L2
+// either, and on 32 KB L1s (Zen 4) the 8-16 KB prefetch window shares L1 with
+// the tables or x terms of the same loop.
+bool streamed_prefetch_nta();
 
 }  // namespace cpu
 }  // namespace fusenas

@@ -21,9 +21,11 @@
 #include <cstring>
 
 #include "common/dtype_convert.h"
+#include "cpu/cpu_dispatch.h"
 #include "cpu/kbit_bf16_micro_avx512.h"
 #include "cpu/kbit_decode_avx512.h"
 #include "cpu/kbit_kernels.h"
+#include "cpu/stream_prefetch.h"
 
 namespace fusenas {
 namespace cpu {
@@ -44,6 +46,11 @@ namespace {
 // K = 11008 (0.585 / 0.605 ms slow memory, 0.468 / 0.517 fast) and 3-6% at
 // M = 4 and 8 (4096 x 4096, float32 x; bfloat16 x 0-2%), the same warm.
 constexpr int64_t kPrefetchBytes = 32 << 10;
+// One-row tiles prefetch non-temporal lines (stream_prefetch.h) 16 KB ahead:
+// such a line has no copy in L2 to fall back on if L1 drops it early, and
+// 16 KB beat 32 there (0.623 / 0.638 ms slow memory, 0.490 / 0.491 fast;
+// float32 x, 11008 x 4096, alternated in one process).
+constexpr int64_t kNtaPrefetchBytes = 16 << 10;
 
 // Output rows per tile for MT x rows, with the 32 zmm registers in mind: the
 // group's dot products (2 * R with one x row, MT * R otherwise), the scaled
@@ -81,8 +88,10 @@ void gemv_tile(const KbitGemvBf16Problem& p, const KbitWeight& w, __m512i table,
   // 10-14% faster with bfloat16 x and 2-5% with float32 x; float32 x at M = 1,
   // K = 11008, 7%); with more x rows, where it came out -5% to +4%, the same
   // block of each row.
+  const bool nta = MT == 1 && streamed_prefetch_nta();
   const int64_t tile_bytes = R * w.row_stride;
-  const int64_t prefetch = std::max<int64_t>(1, kPrefetchBytes / tile_bytes) * tile_bytes;
+  const int64_t prefetch =
+      std::max<int64_t>(1, (nta ? kNtaPrefetchBytes : kPrefetchBytes) / tile_bytes) * tile_bytes;
   int64_t g = 0, left = blocks_per_group;  // current group, its blocks still to come
   for (int64_t b = 0; b < nb; ++b) {
     __m512i pl[R];
@@ -92,7 +101,7 @@ void gemv_tile(const KbitGemvBf16Problem& p, const KbitWeight& w, __m512i table,
       if (prefetch_ahead) {
         const uint8_t* ahead =
             MT <= 2 ? codes_row[0] + prefetch + (b * R + r) * 16 * BITS : block + prefetch;
-        _mm_prefetch(reinterpret_cast<const char*>(ahead), _MM_HINT_T0);
+        prefetch_streamed(ahead, nta);
       }
     }
     // Word 2j+h of pl after a shift by 4t holds, in its low bits, the code of
@@ -161,8 +170,9 @@ void gemv_tile(const KbitGemvBf16Problem& p, const KbitWeight& w, __m512i table,
 // 0.106 / 0.100, bfloat16 x): each x load feeds one row instead of R.
 // A batch's 16 rows leave their lanes in `lanes`, reduced together.
 constexpr int64_t kStreamRows = 16;
-// The stream is prefetched 16 KB ahead into L1: 5-9% faster cold than 32 KB
-// into L2 (4096 x 4096 and 4096 x 11008, alternated in one process).
+// The stream is prefetched 16 KB ahead into L1 (non-temporal:
+// stream_prefetch.h): 5-9% faster cold than 32 KB into L2 (4096 x 4096 and
+// 4096 x 11008, alternated in one process).
 constexpr int64_t kStreamPrefetchBytes = 16 << 10;
 
 template <int BITS, bool SPLIT>
@@ -171,6 +181,7 @@ void gemv_stream(const KbitGemvBf16Problem& p, const KbitWeight& w, __m512i tabl
   const int64_t nb = kbit::num_blocks(w.K);
   const int64_t groups = w.K / w.group_size;
   const int64_t blocks_per_group = groups == 1 ? nb : w.group_size / kbit::kBlock;
+  const bool nta = streamed_prefetch_nta();
   alignas(64) float lanes[kStreamRows][16] = {};
   alignas(64) float sums[kStreamRows];
   // Lane j of row r is lanes[r][j]: gathering column j of every row adds 16 rows at once.
@@ -189,7 +200,7 @@ void gemv_stream(const KbitGemvBf16Problem& p, const KbitWeight& w, __m512i tabl
         // Keeps the codes in a register: GCC otherwise folds the load into
         // each of the three shifts (four loads a block; 1.2x slower warm).
         asm volatile("" : "+v"(pl));
-        _mm_prefetch(reinterpret_cast<const char*>(block + kStreamPrefetchBytes), _MM_HINT_T0);
+        prefetch_streamed(block + kStreamPrefetchBytes, nta);
         __m512 a0 = _mm512_setzero_ps(), a1 = a0;
         FUSENAS_UNROLL for (int t = 0; t < 4; ++t) {
           const int64_t off = b * kbit::kBlock + 32 * t;

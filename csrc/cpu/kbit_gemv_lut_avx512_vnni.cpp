@@ -32,8 +32,10 @@
 #include "common/kbit_layout.h"
 #include "common/static_dispatch.h"
 #include "cpu/bf16_bits_avx512.h"
+#include "cpu/cpu_dispatch.h"
 #include "cpu/kbit_decode_avx512.h"
 #include "cpu/kbit_kernels.h"
+#include "cpu/stream_prefetch.h"
 
 namespace fusenas {
 namespace cpu {
@@ -61,7 +63,8 @@ inline __m512i pair_table(const int16_t* a, const int16_t* b) {
                             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b)), 1);
 }
 
-// How far ahead a pass's codes are prefetched: every line, into L1. A pass
+// How far ahead a pass's codes are prefetched: every line, into L1
+// (non-temporal: stream_prefetch.h). A pass
 // reads one sequential stream, as the GEMV on codes does. Cold, 2 threads,
 // 16 KB ahead against every fourth line 32 KB ahead into L2 (alternated in one process,
 // ms): 2-bit 4096 x 4096 0.128 / 0.142 (slow memory) and 4096 x 11008
@@ -87,6 +90,7 @@ void lut_pass(const KbitLutProblem& p, const KbitLutWeight& w, int64_t pass) {
   const int64_t groups = w.K / w.group_size;
   const int64_t blocks_per_group = groups == 1 ? blocks : w.group_size / kbit::kBlock;
   const __m512i two_one = _mm512_set1_epi32(kTwoOne);
+  const bool nta = streamed_prefetch_nta();
   const uint8_t* codes = w.codes + pass * kbit::kLutTilesPerPass * blocks * kPairsPerBlock * V * 64;
   const float* scale = w.scale + pass * kbit::kLutTilesPerPass * groups * 16;
   // Symmetric and ternary codes share one zero point: no offset stream to read.
@@ -101,7 +105,7 @@ void lut_pass(const KbitLutProblem& p, const KbitLutWeight& w, int64_t pass) {
       for (int64_t pr = b * kPairsPerBlock; pr < (b + 1) * kPairsPerBlock; ++pr) {
         const uint8_t* at = codes + pr * V * TG * 64;
         FUSENAS_UNROLL for (int l = 0; l < V * TG; ++l) {
-          _mm_prefetch(reinterpret_cast<const char*>(at + kPrefetchBytes + l * 64), _MM_HINT_T0);
+          prefetch_streamed(at + kPrefetchBytes + l * 64, nta);
         }
         FUSENAS_UNROLL for (int h = 0; h < 2; ++h) {
           const int64_t c = 2 * pr + h;  // chunk of 16 inputs
