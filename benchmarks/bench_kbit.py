@@ -58,6 +58,8 @@ import torch.nn.functional as F
 from dram_bandwidth import l3_cache_bytes, make_buffer, measure_read_bandwidth, read_once
 
 import fusenas
+from fusenas import weight_memory
+from fusenas.info import weight_memory_info
 from fusenas.ops import _native
 from fusenas.quant.packed import dequantize
 
@@ -248,6 +250,7 @@ def _build_info() -> dict[str, Any]:
         "fusenas_isa": info.get("active_isa"),
         "fusenas_compiler": info.get("compiler"),
         "fusenas_ext_built": built,
+        "fusenas_weight_memory": weight_memory_info(),
     }
 
 
@@ -291,8 +294,12 @@ def _prep_fusenas(case: Case, w: torch.Tensor) -> Prepared:
     pw = fusenas.quantize_weight(w, case.bits, GROUP, True)
 
     def clone(p):
+        # Each copy placed as fusenas places the codes it packs (fusenas/weight_memory.py:
+        # 2 MiB-aligned, for huge pages); the other ops' copies come from torch's allocator,
+        # as their libraries' weights do.
         zeros = None if p.zeros is None else p.zeros.clone()
-        return dataclasses.replace(p, codes=p.codes.clone(), scales=p.scales.clone(), zeros=zeros)
+        codes = weight_memory.place(p.codes, copy=True)
+        return dataclasses.replace(p, codes=codes, scales=p.scales.clone(), zeros=zeros)
 
     ring = _clone_ring(pw, _ring_size(case, pw.nbytes()), clone)
     # A batch-1 call of a 2- or 3-bit weight on an AVX512_VNNI CPU first builds the

@@ -460,7 +460,12 @@ def write_markdown(ix: Index, data: dict, dram: dict, stat: str, png: Path, md: 
         f"bitsandbytes {bnb or NO_BNB}; "
         f"fusenas CPU path {ex0.get('fusenas_isa', '?')}; run {data.get('datetime', '?')[:19]}.",
         f"- Code: commit {commit.get('id', '?')[:10]}{' (dirty)' if commit.get('dirty') else ''}; "
-        f"fusenas._C built {ex0.get('fusenas_ext_built', '?')}.",
+        f"fusenas._C built {ex0.get('fusenas_ext_built', '?')}."
+        + (
+            f" fusenas weights (CPU): {ex0['fusenas_weight_memory']}."
+            if "fusenas_weight_memory" in ex0
+            else ""
+        ),
         f"- DRAM read bandwidth measured in the same run: **{dram_gbps:.1f} GB/s** "
         f"({dram.get('method', 'torch.sum over a 1 GiB buffer')}, "
         f"{dram.get('threads', 2)} threads).{near_txt}",

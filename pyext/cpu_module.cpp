@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cpu/cpu_dispatch.h"
+#include "fusenas/huge_pages.h"
 #include "fusenas/kbit.h"
 #include "fusenas/lowrank.h"
 #include "fusenas/pc_mixed.h"
@@ -83,6 +84,18 @@ PYBIND11_MODULE(_C, m) {
       py::call_guard<py::gil_scoped_release>());
   m.def("kbit_lut_available", &fusenas::kbit_lut_available);
   m.def("kbit_lut_enabled", &fusenas::kbit_lut_enabled);
+  // Python wraps it with torch.frombuffer (fusenas/weight_memory.py), which
+  // keeps the buffer alive as long as any tensor viewing it.
+  py::class_<fusenas::HugePageBuffer>(m, "HugePageBuffer", py::buffer_protocol(),
+                                      "nbytes of zeroed memory on a 2 MiB boundary, advised "
+                                      "MADV_HUGEPAGE (a writable buffer)")
+      .def(py::init<size_t>(), py::arg("nbytes"))
+      .def_property_readonly("nbytes", &fusenas::HugePageBuffer::size)
+      .def_property_readonly("advised", &fusenas::HugePageBuffer::advised)
+      .def_buffer([](fusenas::HugePageBuffer& b) {
+        return py::buffer_info(b.data(), 1, py::format_descriptor<uint8_t>::format(), 1,
+                               {static_cast<py::ssize_t>(b.size())}, {py::ssize_t{1}});
+      });
   m.def(
       "kbit_lut_pack_codes_cpu",
       [](uintptr_t codes, int64_t N, int64_t K, int64_t row_stride, int bits, uintptr_t out,

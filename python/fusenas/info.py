@@ -2,7 +2,8 @@
 
 Prints the fusenas and torch versions, ``fusenas._C.build_info()`` (the CPU ISA
 chosen at run time, OpenMP threads, compiler), ``fusenas._C_cuda.build_info()``
-when the CUDA extension imports (archs, devices), torch's thread settings, and
+when the CUDA extension imports (archs, devices), torch's thread settings, where
+packed CPU weights are placed (huge pages, ``fusenas.weight_memory``), and
 for ``kbit_matmul``, ``lowrank_conv2d`` and ``pc_mixed_op`` whether CPU float32 /
 bfloat16 / float16 (float64) and CUDA inputs run a native kernel or the pure-torch
 reference, and why.
@@ -169,6 +170,17 @@ def cpu_model() -> str:
     return name
 
 
+def weight_memory_info() -> str:
+    """Where packed CPU weights are placed (fusenas.weight_memory), with the OS's THP mode."""
+    from fusenas import weight_memory
+
+    thp = f"transparent huge pages: {weight_memory.thp_setting()}"
+    if weight_memory.enabled():
+        return f"2 MiB-aligned, advised for huge pages from 2 MiB ({thp})"
+    off = "FUSENAS_HUGE_PAGES=0" if _native.cpu() is not None else "fusenas._C not built"
+    return f"torch's allocator ({off}; {thp})"
+
+
 def collect_info() -> dict[str, Any]:
     """Everything :func:`main` prints, as a dict."""
     from fusenas import __version__
@@ -187,6 +199,7 @@ def collect_info() -> dict[str, Any]:
         "cuda devices": torch.cuda.device_count() if torch.cuda.is_available() else 0,
         "torch threads": torch.get_num_threads(),
         "torch interop threads": torch.get_num_interop_threads(),
+        "kbit weights (CPU)": weight_memory_info(),
         "kbit_matmul": kbit_matmul_paths(),
         "lowrank_conv2d": lowrank_conv2d_paths(),
         "pc_mixed_op": pc_mixed_op_paths(),

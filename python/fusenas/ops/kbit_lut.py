@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fusenas import weight_memory
 from fusenas.quant.packing import BLOCK, num_blocks
 
 TILE = 16  # output rows per tile: one float32 lane each
@@ -75,7 +76,8 @@ def build_lut_weight(
     tiles = -(-n // TILE)
     vectors = 3 if bits == 3 else 2  # per pair of chunks: kbit::lut_vectors_per_pair
     pairs = num_blocks(k) * BLOCK // (2 * CHUNK)
-    lut_codes = torch.empty(tiles * pairs * vectors * 64, dtype=torch.uint8)
+    # Streamed once per batch-1 call: 2 MiB-aligned, for huge pages (weight_memory.py).
+    lut_codes = weight_memory.empty((tiles * pairs * vectors * 64,), torch.uint8)
     ext.kbit_lut_pack_codes_cpu(
         codes.data_ptr(), n, k, codes.stride(0), bits, lut_codes.data_ptr(),
         torch.get_num_threads(),

@@ -33,6 +33,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_bytes
 from torch import nn
 
+from fusenas import weight_memory
 from fusenas._atomic import atomic_write_bytes
 from fusenas.nn.lowrank_conv import LowRankConv2d
 from fusenas.nn.quant_conv import QuantConv2d
@@ -93,9 +94,10 @@ class ModelState:
                     raise ValueError("a k-bit layer as the whole model cannot be loaded in place")
                 _check_replaceable(model.get_submodule(name), qmod, name)
                 model.set_submodule(name, qmod)
-            # assign=True keeps the saved dtypes (e.g. a bfloat16 bias); clones keep two
-            # models built from one ModelState independent.
-            tensors = {k: v.clone() for k, v in self.tensors.items()}
+            # assign=True keeps the saved dtypes (e.g. a bfloat16 bias); copies keep two
+            # models built from one ModelState independent, large ones in huge-page
+            # memory (weight_memory.py) for the kernels that stream them.
+            tensors = {k: weight_memory.place(v, copy=True) for k, v in self.tensors.items()}
             model.load_state_dict(tensors, strict=True, assign=True)
         except (AttributeError, RuntimeError, KeyError, ValueError, TypeError) as exc:
             raise ValueError(f"model: does not match {self.path}: {exc}") from exc

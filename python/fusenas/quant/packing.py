@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from fusenas import weight_memory
+
 FORMAT_VERSION = 1
 BLOCK = 128
 
@@ -59,7 +61,8 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
         b = (word_vals.unsqueeze(-1) >> byte_shifts) & 0xFF  # (n, nb, words, 4)
         planes.append(b.reshape(n, nb, words * 4))
         shift += p
-    return torch.cat(planes, dim=2).reshape(n, nb * 16 * bits).to(torch.uint8).contiguous()
+    packed = torch.cat(planes, dim=2).reshape(n, nb * 16 * bits).to(torch.uint8).contiguous()
+    return weight_memory.place(packed)  # large CPU codes: 2 MiB-aligned, for huge pages
 
 
 def unpack_codes(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
