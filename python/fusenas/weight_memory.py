@@ -2,19 +2,19 @@
 
 A cold batch-1 k-bit matmul streams its weight from DRAM once per call. On
 4 KiB pages that costs a page walk every 4 KiB, and the kernels' prefetches
-run ahead of the walks; on 2 MiB pages the same calls ran 9-15% faster on a
-Zen 5 machine (``docs/kbit_notes.md``, "Huge pages"). torch's allocator hands
-out memory that is not 2 MiB-aligned and, under the common transparent-huge-
-page setting ``madvise``, never backed by huge pages. So the codes fusenas
-packs (``fusenas.quant.pack_codes``), the CPU table layout of 2- and 3-bit
-weights and the tensors of a loaded packed file are placed in memory from
-``fusenas._C.HugePageBuffer``: a private mapping on a 2 MiB boundary, advised
-``MADV_HUGEPAGE``. Whether huge pages then back it is the OS's call (THP
+run ahead of the walks; on 2 MiB pages the same calls ran 3-15% faster
+(typically 3-7%) on a Zen 5 machine (``docs/benchmarks/kbit_notes.md``,
+"Session 29"). torch's allocator hands out memory that is not 2 MiB-aligned
+and, under the common transparent-huge-page setting ``madvise``, never backed
+by huge pages. So the codes fusenas packs (``fusenas.quant.pack_codes``), the
+CPU table layout of 2- and 3-bit weights and the tensors of a loaded packed
+file are placed in memory from ``fusenas._C.HugePageBuffer``: a private
+mapping on a 2 MiB boundary, advised ``MADV_HUGEPAGE``. Whether huge pages then back it is the OS's call (THP
 setting ``always`` or ``madvise``, free memory); the memory is ordinary CPU
 memory either way.
 
-Only CPU tensors of at least :data:`MIN_BYTES` move; smaller ones fit the TLB
-anyway. ``FUSENAS_HUGE_PAGES=0`` turns this off (torch's allocator throughout),
+Only CPU tensors of at least :data:`MIN_BYTES` move: a huge page needs a whole
+aligned 2 MiB. ``FUSENAS_HUGE_PAGES=0`` turns this off (torch's allocator throughout),
 as does a build without the extension.
 """
 

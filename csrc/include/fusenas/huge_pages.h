@@ -2,10 +2,11 @@
 // out for transparent huge pages.
 //
 // Why: a cold batch-1 GEMV reads its weights once, front to back. On 4 KiB
-// pages that is a page walk every 4 KiB (Zen 5's L2 DTLB covers 12 MiB), and
-// the kernels' software prefetches run ahead of the walks. On 2 MiB pages the
-// same call ran 9-15% faster on Zen 5 (docs/kbit_notes.md, "Huge pages").
-// Kernels' memory from torch's allocator is not 2 MiB-aligned, and under the
+// pages that is a page walk every 4 KiB, and the kernels' software prefetches
+// run ahead of the walks. On 2 MiB pages the
+// same call ran 3-15% faster on Zen 5, typically 3-7% (docs/benchmarks/
+// kbit_notes.md, "Session 29").
+// Memory from torch's allocator is not 2 MiB-aligned, and under the
 // common THP setting "madvise" it never gets huge pages at all.
 #pragma once
 
