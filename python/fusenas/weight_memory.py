@@ -9,9 +9,9 @@ and, under the common transparent-huge-page setting ``madvise``, never backed
 by huge pages. So the codes fusenas packs (``fusenas.quant.pack_codes``), the
 CPU table layout of 2- and 3-bit weights and the tensors of a loaded packed
 file are placed in memory from ``fusenas._C.HugePageBuffer``: a private
-mapping on a 2 MiB boundary, advised ``MADV_HUGEPAGE``. Whether huge pages then back it is the OS's call (THP
-setting ``always`` or ``madvise``, free memory); the memory is ordinary CPU
-memory either way.
+mapping on a 2 MiB boundary, advised ``MADV_HUGEPAGE``. Whether huge pages
+then back it is the OS's call (THP setting ``always`` or ``madvise``, free
+memory); the memory is ordinary CPU memory either way.
 
 Only CPU tensors of at least :data:`MIN_BYTES` move: a huge page needs a whole
 aligned 2 MiB. ``FUSENAS_HUGE_PAGES=0`` turns this off (torch's allocator throughout),
