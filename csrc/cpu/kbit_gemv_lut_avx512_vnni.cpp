@@ -64,15 +64,16 @@ inline __m512i pair_table(const int16_t* a, const int16_t* b) {
 }
 
 // How far ahead a pass's codes are prefetched: every line, into L1
-// (non-temporal: stream_prefetch.h). A pass
-// reads one sequential stream, as the GEMV on codes does. Cold, 2 threads,
-// 16 KB ahead against every fourth line 32 KB ahead into L2 (alternated in one process,
+// (non-temporal where L1 allows: stream_prefetch.h). A pass reads one
+// sequential stream, as the GEMV on codes does. Cold, 2 threads, 16 KB ahead
+// against every fourth line 32 KB ahead into L2 (alternated in one process,
 // ms): 2-bit 4096 x 4096 0.128 / 0.142 (slow memory) and 4096 x 11008
 // 0.234 / 0.319 (fast); 3-bit 4096 x 4096 0.123 / 0.164 (fast). Every second
 // line into L1 was no faster than every fourth; no prefetch at all, 0.134 /
 // 0.142. Warm (weights in L3) the prefetches cost 7%: 0.052 / 0.048 ms.
 // 8 KB ahead beat 16 KB by 1-6% (2-bit at the three large shapes, 3-bit at
 // 4096 x 4096, slow and fast memory); 4 and 24 KB were no better than 16.
+// With prefetchnta, 2 to 24 KB came out within 3% of each other.
 constexpr int64_t kPrefetchBytes = 8 << 10;
 constexpr int64_t kPairsPerBlock = kbit::kBlock / 32;
 

@@ -2,8 +2,8 @@
 
 A cold batch-1 k-bit matmul streams its weight from DRAM once per call. On
 4 KiB pages that costs a page walk every 4 KiB, and the kernels' prefetches
-run ahead of the walks; on 2 MiB pages the same calls ran 3-15% faster
-(typically 3-7%) on a Zen 5 machine (``docs/benchmarks/kbit_notes.md``,
+run ahead of the walks; on 2 MiB pages the same calls ran 1-15% faster
+(typically 3-8%) on a Zen 5 machine (``docs/benchmarks/kbit_notes.md``,
 "Session 29"). torch's allocator hands out memory that is not 2 MiB-aligned
 and, under the common transparent-huge-page setting ``madvise``, never backed
 by huge pages. So the codes fusenas packs (``fusenas.quant.pack_codes``), the

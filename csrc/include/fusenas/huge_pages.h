@@ -4,7 +4,7 @@
 // Why: a cold batch-1 GEMV reads its weights once, front to back. On 4 KiB
 // pages that is a page walk every 4 KiB, and the kernels' software prefetches
 // run ahead of the walks. On 2 MiB pages the
-// same call ran 3-15% faster on Zen 5, typically 3-7% (docs/benchmarks/
+// same call ran 1-15% faster on Zen 5, typically 3-8% (docs/benchmarks/
 // kbit_notes.md, "Session 29").
 // Memory from torch's allocator is not 2 MiB-aligned, and under the
 // common THP setting "madvise" it never gets huge pages at all.
