@@ -118,7 +118,10 @@ class PackedWeightModule(nn.Module):
     def _kbit_matmul(self, rows: torch.Tensor) -> torch.Tensor:
         """(..., K) contiguous rows -> (..., N) in rows' dtype."""
         bias = None if self.bias is None else self.bias.to(rows.dtype)
-        return torch.ops.fusenas.kbit_matmul(
+        # Imported here: fusenas.ops.kbit_matmul imports fusenas.quant, which imports this.
+        from fusenas.ops.kbit_matmul import kbit_matmul_tensors
+
+        return kbit_matmul_tensors(
             rows, self.codes, self.scales, self.zeros, bias, self.bits, self.ternary,
             self.group_size,
         )  # fmt: skip

@@ -319,11 +319,19 @@ def kbit_matmul(
         raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
     if x.dim() < 1 or x.shape[-1] != weight.in_features:
         raise ValueError(f"x: expected shape (..., {weight.in_features}), got {tuple(x.shape)}")
-    args = (x, weight.codes, weight.scales, weight.zeros, bias, weight.bits, weight.ternary,
-            weight.group_size)  # fmt: skip
-    if _eager_inference(x):
-        # Plain tensors, no autograd, not tracing: skip the dispatcher's ~10 us
-        # of Python round trips per call (it dominates small batch-1 layers).
+    return kbit_matmul_tensors(
+        x, weight.codes, weight.scales, weight.zeros, bias, weight.bits, weight.ternary,
+        weight.group_size,
+    )  # fmt: skip
+
+
+def kbit_matmul_tensors(x, codes, scales, zeros, bias, bits, ternary, group_size) -> torch.Tensor:
+    """torch.ops.fusenas.kbit_matmul on the packed weight's tensors (QuantLinear and
+    QuantConv2d call this). Eager inference on plain tensors (no autograd, not tracing
+    or compiling) goes straight to the kernel: the dispatcher's Python round trips
+    cost about 10 us a call, which dominates small batch-1 layers."""
+    args = (x, codes, scales, zeros, bias, bits, ternary, group_size)
+    if _eager_inference(x, codes):
         if x.device.type == "cpu":
             return _kbit_matmul_cpu(*args)
         if x.device.type == "cuda":
@@ -331,9 +339,10 @@ def kbit_matmul(
     return torch.ops.fusenas.kbit_matmul.default(*args)
 
 
-def _eager_inference(x: torch.Tensor) -> bool:
+def _eager_inference(x: torch.Tensor, codes: torch.Tensor) -> bool:
     return (
         _native.is_plain(x)
+        and _native.is_plain(codes)
         and not (x.requires_grad and torch.is_grad_enabled())
         and _native.eager_mode()
     )
