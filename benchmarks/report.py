@@ -13,6 +13,7 @@ times (fusenas / theirs): below 1 means fusenas is faster.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 from collections import defaultdict
@@ -709,14 +710,22 @@ def write_plot(ix: Index, dram: dict, png: Path) -> None:
     plt.close(fig)
 
 
+def load_json(path: Path) -> dict:
+    """A pytest-benchmark JSON file, plain or gzipped (.gz: how docs/benchmarks keeps them)."""
+    raw = path.read_bytes()
+    return json.loads(gzip.decompress(raw) if path.suffix == ".gz" else raw)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("json", type=Path, help="pytest-benchmark JSON (--benchmark-json)")
+    p.add_argument(
+        "json", type=Path, help="pytest-benchmark JSON (--benchmark-json), or it gzipped (.json.gz)"
+    )
     p.add_argument("--out-md", type=Path, default=ROOT / "docs" / "benchmarks" / "kbit.md")
     p.add_argument("--out-png", type=Path, default=ROOT / "docs" / "benchmarks" / "kbit.png")
     p.add_argument("--stat", choices=("median", "min", "mean"), default="median")
     args = p.parse_args()
-    data = json.loads(args.json.read_text())
+    data = load_json(args.json)
     rows, dram = load_rows(data, args.stat)
     if not rows:
         raise SystemExit(f"{args.json}: no bench_kbit.py results in this file")

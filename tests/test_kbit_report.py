@@ -3,7 +3,9 @@ run has it, and on the separate cases otherwise (synthetic pytest-benchmark JSON
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -117,3 +119,12 @@ def test_interleaved_case_without_bitsandbytes():
     ok, measured = got[report.M1_DRAM.format(d="f32")]
     # 8.9 MB in 0.2 ms = 45 GB/s of 100; no read entry in this run
     assert ok is False and "45%" in measured and "torch.sum" not in measured
+
+
+def test_raw_results_load_plain_or_gzipped(tmp_path):
+    data = {"benchmarks": [{"name": "x", "stats": {"median": 1.5}}]}
+    plain, packed = tmp_path / "r.json", tmp_path / "r.json.gz"
+    plain.write_text(json.dumps(data))
+    packed.write_bytes(gzip.compress(json.dumps(data).encode()))
+    assert report.load_json(plain) == data
+    assert report.load_json(packed) == data
