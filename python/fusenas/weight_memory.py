@@ -20,6 +20,7 @@ as does a build without the extension.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -60,10 +61,7 @@ def _eligible(nbytes: int, device: torch.device) -> bool:
 
 def empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """A zero-filled CPU tensor of ``shape`` and ``dtype``, in huge-page memory when eligible."""
-    numel = 1
-    for s in shape:
-        numel *= s
-    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    nbytes = math.prod(shape) * dtype.itemsize
     if not _eligible(nbytes, torch.device("cpu")):
         return torch.zeros(shape, dtype=dtype)
     buf = _ext().HugePageBuffer(nbytes)
