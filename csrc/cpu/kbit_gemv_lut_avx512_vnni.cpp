@@ -26,7 +26,6 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <cmath>
 #include <limits>
 
 #include "common/kbit_layout.h"
